@@ -1,0 +1,129 @@
+"""Avro single-object encoding of novalog events.
+
+Wire format (Avro spec, "Single object encoding"): `C3 01`, the writer schema's
+8-byte little-endian CRC-64-AVRO fingerprint, then the Avro binary body. The
+reader looks the fingerprint up among every locked schema version and resolves
+it against the current schema of the same event type, so events written by an
+older release stay readable.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from fastavro import schemaless_reader, schemaless_writer
+from fastavro.validation import ValidationError, validate
+
+from schemas.registry import MAGIC, Registry, default_registry
+
+HEADER_LEN = len(MAGIC) + 8
+
+
+class SerializationError(ValueError):
+    """Bytes that are not a novalog event, or an event that does not fit its schema."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True)
+class Event:
+    """One fact or command: the envelope of DESIGN.md §3 plus a typed payload."""
+
+    event_type: str
+    aggregate_id: str
+    payload: dict[str, Any]
+    correlation_id: str
+    producer: str
+    causation_id: str | None = None
+    event_id: str = field(default_factory=_new_id)
+    occurred_at: datetime = field(default_factory=_now)
+
+    def to_record(self) -> dict[str, Any]:
+        """The Avro record: envelope fields and `payload`."""
+        return {
+            "event_id": self.event_id,
+            "event_type": self.event_type,
+            "occurred_at": self.occurred_at,
+            "aggregate_id": self.aggregate_id,
+            "causation_id": self.causation_id,
+            "correlation_id": self.correlation_id,
+            "producer": self.producer,
+            "payload": self.payload,
+        }
+
+
+def encode(event: Event, registry: Registry | None = None) -> bytes:
+    """Serialize with the current schema of the event's type."""
+    reg = registry or default_registry()
+    schema = reg.current.get(event.event_type)
+    if schema is None:
+        raise SerializationError(f"unknown event type {event.event_type!r}")
+    record = event.to_record()
+    buf = io.BytesIO()
+    buf.write(schema.header)
+    try:
+        schemaless_writer(buf, schema.parsed, record)
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+        raise SerializationError(_explain_invalid(event.event_type, schema.parsed, record,
+                                                  exc)) from exc
+    return buf.getvalue()
+
+
+def _explain_invalid(event_type: str, parsed: Any, record: dict[str, Any],
+                     exc: Exception) -> str:
+    """fastavro's writer errors are terse; its validator names the offending field."""
+    try:
+        validate(record, parsed, raise_errors=True)
+    except ValidationError as verr:
+        return f"{event_type} does not match its schema: {verr}"
+    return f"{event_type} does not match its schema: {exc}"
+
+
+def decode(data: bytes, registry: Registry | None = None) -> Event:
+    """Parse single-object-encoded bytes; SerializationError says what is wrong."""
+    reg = registry or default_registry()
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise SerializationError(f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) < HEADER_LEN:
+        raise SerializationError(f"truncated: {len(data)} bytes, the header alone is "
+                                 f"{HEADER_LEN}")
+    if data[:2] != MAGIC:
+        raise SerializationError(f"not Avro single-object encoding: starts with "
+                                 f"{data[:2].hex()} instead of c301")
+    writer = reg.writers.get(data[:HEADER_LEN])
+    if writer is None:
+        raise SerializationError(f"unknown schema fingerprint {data[2:HEADER_LEN].hex()}")
+    reader = reg.current.get(writer.event_type, writer)
+    body = io.BytesIO(data[HEADER_LEN:])
+    try:
+        record = schemaless_reader(body, writer.parsed, reader.parsed)
+    except Exception as exc:  # fastavro raises many types on corrupt bodies
+        raise SerializationError(f"corrupt {writer.event_type} body: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+    if body.tell() != len(data) - HEADER_LEN:
+        raise SerializationError(f"corrupt {writer.event_type} body: "
+                                 f"{len(data) - HEADER_LEN - body.tell()} trailing bytes")
+    if not isinstance(record, dict) or record.get("event_type") != writer.event_type:
+        raise SerializationError(f"corrupt {writer.event_type} body: envelope names "
+                                 f"{record.get('event_type') if isinstance(record, dict) else '?'}")
+    return Event(
+        event_type=record["event_type"],
+        aggregate_id=record["aggregate_id"],
+        payload=record["payload"],
+        correlation_id=record["correlation_id"],
+        producer=record["producer"],
+        causation_id=record["causation_id"],
+        event_id=record["event_id"],
+        occurred_at=record["occurred_at"],
+    )
