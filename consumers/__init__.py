@@ -1,0 +1,1 @@
+"""Stateless reactors, one package per role (scheduler, conductor, compute, network)."""

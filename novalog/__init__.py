@@ -1,0 +1,1 @@
+"""novalog's shared runtime: settings, Kafka plumbing, the dev stack, the CLI."""

@@ -1,0 +1,210 @@
+"""The `novalog` command: run the stack, inspect it, run one role.
+
+Typer gives typed options, help text and shell completion; rich draws the tables.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from novalog.roles import ROLES, configure_logging, run_role
+from novalog.settings import Settings, SettingsError
+from novalog.stack import (
+    StackError,
+    Supervisor,
+    component_up,
+    read_state,
+    state_path,
+    stop_stack,
+    tcp_answers,
+)
+
+app = typer.Typer(help="novalog: OpenStack Nova's boot flow on an event log.",
+                  no_args_is_help=True, add_completion=False)
+console = Console()
+err = Console(stderr=True)
+
+EXIT_NOT_RUNNING = 3  # as LSB `status` does
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    err.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(1)
+
+
+@app.command()
+def up(
+    detach: Annotated[bool, typer.Option("--detach", "-d",
+                                         help="Start in the background and return.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for a detached start.")] = 120,
+) -> None:
+    """Start the broker, Postgres (embedded unless configured) and every role."""
+    settings = _settings()
+    if detach:
+        _up_detached(settings, timeout)
+        return
+    configure_logging("supervisor")
+    stopping: list[int] = []
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        stopping.append(signum)
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    supervisor = Supervisor(settings, {n: r.listens(settings) for n, r in ROLES.items()})
+    try:
+        supervisor.start()
+    except (StackError, SettingsError) as exc:
+        raise _fail(exc) from None
+    _print_status(settings)
+    console.print("novalog is up. Ctrl-C (or `novalog down`) stops it.")
+    try:
+        supervisor.serve(lambda: bool(stopping))
+    except StackError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        supervisor.shutdown()
+        raise typer.Exit(1) from None
+    console.print("stopping novalog...")
+    supervisor.shutdown()
+    console.print("novalog stopped.")
+
+
+def _up_detached(settings: Settings, timeout: float) -> None:
+    log_path = settings.home / "logs" / "supervisor.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "novalog", "up"], stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        state = read_state(settings)
+        if state and state.get("ready") and state.get("supervisor_pid") == proc.pid:
+            break
+        if proc.poll() is not None:
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-10:])
+            raise _fail(StackError(f"novalog did not start (exit {proc.returncode}):\n{tail}"))
+        if time.monotonic() > deadline:
+            proc.terminate()
+            raise _fail(StackError(f"novalog was not ready after {timeout:.0f}s; see {log_path}"))
+        time.sleep(0.1)
+    _print_status(settings)
+    console.print(f"novalog runs in the background (pid {proc.pid}, log {log_path}). "
+                  "`novalog down` stops it.")
+
+
+@app.command()
+def down() -> None:
+    """Stop a stack started with `novalog up` (detached or not)."""
+    settings = _settings()
+    if stop_stack(settings):
+        console.print("novalog stopped.")
+    else:
+        console.print(f"novalog is not running (no {state_path(settings)}).")
+
+
+def status_rows(settings: Settings) -> list[dict[str, Any]] | None:
+    """One row per component of the running stack, with up / down; None when not running."""
+    state = read_state(settings)
+    if state is None:
+        return None
+    rows: list[dict[str, Any]] = []
+    kinds = {c["kind"] for c in state["components"]}
+    externals = [("broker", state.get("kafka_bootstrap_servers")),
+                 ("postgres", state.get("database_url"))]
+    for kind, address in externals:
+        if kind not in kinds and address:
+            host, port = _host_port(address)
+            rows.append({"name": kind, "kind": f"{kind} (external)", "pid": None,
+                         "address": address, "restarts": 0,
+                         "state": "up" if tcp_answers(host, port) else "down"})
+    for component in state["components"]:
+        rows.append({**component, "state": "up" if component_up(component) else "down"})
+    return rows
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    """host and port of a bootstrap list's first entry or of a libpq URL / conninfo."""
+    if "=" in address or "://" in address:
+        from psycopg.conninfo import conninfo_to_dict
+
+        info = conninfo_to_dict(address)
+        return str(info.get("host") or "127.0.0.1"), int(info.get("port") or 5432)
+    host, _, port = address.split(",")[0].rpartition(":")
+    return host or "127.0.0.1", int(port or 9092)
+
+
+def _print_status(settings: Settings) -> bool:
+    rows = status_rows(settings)
+    if rows is None:
+        console.print("novalog is not running.")
+        return False
+    table = Table(title="novalog")
+    for col in ("component", "kind", "state", "address", "pid", "restarts"):
+        table.add_column(col)
+    for r in rows:
+        colour = "green" if r["state"] == "up" else "red"
+        table.add_row(r["name"], r["kind"], f"[{colour}]{r['state']}[/{colour}]", r["address"],
+                      str(r["pid"] or "-"), str(r["restarts"]))
+    console.print(table)
+    return all(r["state"] == "up" for r in rows)
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False,
+           ) -> None:
+    """Each component and role: up / down, address, pid. Exit 3 when not all up."""
+    settings = _settings()
+    if as_json:
+        rows = status_rows(settings)
+        console.print_json(json.dumps({"running": rows is not None, "components": rows or []}))
+        healthy = rows is not None and all(r["state"] == "up" for r in rows)
+    else:
+        healthy = _print_status(settings)
+    if not healthy:
+        raise typer.Exit(EXIT_NOT_RUNNING)
+
+
+@app.command()
+def run(role: Annotated[str, typer.Argument(help=f"One of: {', '.join(sorted(ROLES))}")],
+        ) -> None:
+    """Run one role in the foreground (what `novalog up` starts for each role)."""
+    if role not in ROLES:
+        raise _fail(KeyError(f"unknown role {role!r}; roles: {', '.join(sorted(ROLES))}"))
+    try:
+        run_role(role, _settings())
+    except SettingsError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def roles() -> None:
+    """List the roles `novalog up` starts."""
+    for role in ROLES.values():
+        console.print(f"[bold]{role.name}[/bold]  {role.description}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    logging.captureWarnings(True)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()

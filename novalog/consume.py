@@ -1,0 +1,182 @@
+"""The consume loop every reacting role runs.
+
+At-least-once with durable effects first: for each batch the loop decodes and
+handles every record, flushes the producer (follow-up events and dead letters
+are acknowledged by the broker), and only then commits the batch's offsets.
+A crash anywhere before the commit re-delivers the batch, so handlers must be
+idempotent (DESIGN.md §4). A record that cannot be decoded, or whose handler
+keeps failing, is copied verbatim to the dead-letter topic and the loop moves
+on: one bad record never stalls a partition.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from novalog.kafka import EventProducer, Headers, Topics, consumer_config
+from novalog.settings import Settings
+from schemas import Event, SerializationError, decode
+
+log = logging.getLogger(__name__)
+
+DLQ_HEADER = "novalog.dlq."
+
+
+class TransientError(Exception):
+    """Raised by a handler for a failure worth retrying (a peer briefly away, a lock)."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """Where a record came from, for handlers that need it and for dead letters."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+
+
+Handler = Callable[[Event, Record], None]
+
+
+def is_transient(exc: BaseException) -> bool:
+    """The default retry policy: explicit TransientErrors and retriable Kafka errors."""
+    if isinstance(exc, TransientError):
+        return True
+    return isinstance(exc, KafkaException) and bool(exc.args[0].retriable())
+
+
+def _record(msg: Message) -> Record:
+    return Record(
+        topic=msg.topic() or "",
+        partition=msg.partition() or 0,
+        offset=msg.offset() or 0,
+        key=msg.key(),
+        value=msg.value(),
+        headers=list(msg.headers() or []),
+    )
+
+
+class ConsumeLoop:
+    """Consume `topics` as member of `group_id`, hand each event to `handler`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        group_id: str,
+        topics: list[str],
+        handler: Handler,
+        producer: EventProducer,
+        retry_if: Callable[[BaseException], bool] = is_transient,
+        batch_size: int = 500,
+    ) -> None:
+        self.settings = settings
+        self.group_id = group_id
+        self.topics = topics
+        self.handler = handler
+        self.producer = producer
+        self.retry_if = retry_if
+        self.batch_size = batch_size
+        self.dead_letter_topic = Topics(settings.topic_prefix).dead_letters
+        self._consumer: Consumer | None = None
+
+    @property
+    def consumer(self) -> Consumer:
+        if self._consumer is None:
+            self._consumer = Consumer(consumer_config(self.settings, self.group_id))
+            self._consumer.subscribe(self.topics)
+        return self._consumer
+
+    def run(self, stop: threading.Event) -> None:
+        """Poll until `stop` is set; commit what was handled, then leave the group."""
+        try:
+            while not stop.is_set():
+                self.poll_once()
+        finally:
+            self.close()
+
+    def poll_once(self) -> int:
+        """Handle one batch and commit it; returns how many records it held."""
+        messages = self.consumer.consume(self.batch_size,
+                                         self.settings.poll_timeout_ms / 1000)
+        last: dict[tuple[str, int], int] = {}
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise KafkaException(err)
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error on %s: %s", self.topics, err.str())
+                continue
+            self._handle(_record(msg))
+            last[(msg.topic() or "", msg.partition() or 0)] = msg.offset() or 0
+        if last:
+            self.producer.flush()
+            self.consumer.commit(
+                offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()],
+                asynchronous=False,
+            )
+        return len(messages)
+
+    def _handle(self, record: Record) -> None:
+        try:
+            event = decode(record.value or b"")
+        except SerializationError as exc:
+            self.dead_letter(record, f"undecodable: {exc}")
+            return
+        attempts = self.settings.max_retries + 1
+        retrying = Retrying(
+            stop=stop_after_attempt(attempts),
+            wait=wait_exponential(multiplier=self.settings.retry_backoff_ms / 1000, max=10),
+            retry=retry_if_exception(self.retry_if),
+            reraise=True,
+        )
+        try:
+            retrying(self.handler, event, record)
+        except Exception as exc:
+            transient = self.retry_if(exc)
+            why = f"gave up after {attempts} attempts: " if transient else "handler failed: "
+            log.exception("%s %s@%d:%d (%s)", why, record.topic, record.partition,
+                          record.offset, event.event_type)
+            self.dead_letter(record, f"{why}{type(exc).__name__}: {exc}")
+
+    def dead_letter(self, record: Record, error: str) -> None:
+        """Copy the record verbatim to the dead-letter topic with where it came from and why."""
+        log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition,
+                    record.offset, error)
+        headers: Headers = [
+            *record.headers,
+            (DLQ_HEADER + "topic", record.topic.encode()),
+            (DLQ_HEADER + "partition", str(record.partition).encode()),
+            (DLQ_HEADER + "offset", str(record.offset).encode()),
+            (DLQ_HEADER + "error", error[:4000].encode()),
+            (DLQ_HEADER + "consumer", self.group_id.encode()),
+            (DLQ_HEADER + "failed_at", datetime.now(UTC).isoformat().encode()),
+        ]
+        self.producer.produce(self.dead_letter_topic, record.key, record.value, headers)
+
+    def close(self) -> None:
+        """Leave the group at once so a replica takes over without waiting for a timeout."""
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
+def wait_for_assignment(loop: ConsumeLoop, timeout: float = 30.0) -> None:
+    """Poll until the group gave this member partitions (tests and start-up ordering)."""
+    deadline = time.monotonic() + timeout
+    while not loop.consumer.assignment():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{loop.group_id} got no partitions within {timeout}s")
+        loop.poll_once()

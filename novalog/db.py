@@ -1,0 +1,54 @@
+"""Postgres access shared by the roles: reachability check, per-deployment schema, pools."""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from novalog.settings import Settings
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The configured PostgreSQL server does not answer."""
+
+
+def check_database(url: str, timeout: int = 5) -> str:
+    """Return the server version, or raise DatabaseUnavailable with what to do."""
+    try:
+        with psycopg.connect(url, connect_timeout=timeout) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+    except psycopg.Error as exc:
+        raise DatabaseUnavailable(
+            f"PostgreSQL at {redact(url)} does not answer ({str(exc).strip().splitlines()[0]}). "
+            "Start it, fix DATABASE_URL, or unset it to use the embedded Postgres (`novalog up`)."
+        ) from None
+    return str(row[0]) if row else "?"
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    if not url:
+        return ""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    if "password" in info:
+        info["password"] = "***"
+    return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items() if v})
+
+
+def ensure_schema(settings: Settings) -> None:
+    """Create the deployment's schema (NOVALOG_DB_SCHEMA) if it is missing."""
+    with psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+            sql.Identifier(settings.db_schema)))
+
+
+def make_pool(settings: Settings, *, max_size: int = 4) -> ConnectionPool:
+    """A pool whose connections search the deployment's schema first; opened on creation."""
+    return ConnectionPool(
+        settings.require_database_url(),
+        min_size=1,
+        max_size=max_size,
+        kwargs={"options": f"-c search_path={settings.db_schema},public"},
+        open=True,
+    )

@@ -1,0 +1,180 @@
+"""Kafka plumbing shared by every role: topic names, topic creation, the event producer.
+
+Clients are created lazily, on first use, never at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from novalog.settings import Settings
+from schemas import Event, encode
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
+
+
+class BrokerUnavailable(RuntimeError):
+    """The configured Kafka broker does not answer."""
+
+
+class DeliveryError(RuntimeError):
+    """The broker did not acknowledge some produced records."""
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names under one prefix (DESIGN.md §3)."""
+
+    prefix: str
+
+    @property
+    def instances(self) -> str:
+        return f"{self.prefix}.instances"
+
+    @property
+    def hosts(self) -> str:
+        return f"{self.prefix}.hosts"
+
+    @property
+    def catalog(self) -> str:
+        return f"{self.prefix}.catalog"
+
+    @property
+    def network(self) -> str:
+        return f"{self.prefix}.network"
+
+    @property
+    def dead_letters(self) -> str:
+        return f"{self.prefix}.dead-letters"
+
+    def compute(self, host: str) -> str:
+        """The command topic of one compute agent, like Nova's per-host RPC queue."""
+        return f"{self.prefix}.compute.{host}"
+
+    def core(self) -> list[str]:
+        """Topics that exist before any compute host does."""
+        return [self.instances, self.hosts, self.catalog, self.network, self.dead_letters]
+
+
+def client_config(settings: Settings) -> dict[str, Any]:
+    """Settings common to every librdkafka client."""
+    return {
+        "bootstrap.servers": settings.require_bootstrap(),
+        "client.id": f"novalog@{settings.hostname}",
+        "log.connection.close": False,
+    }
+
+
+def consumer_config(settings: Settings, group_id: str) -> dict[str, Any]:
+    """No auto-commit, no auto offset store: the consume loop commits after effects are durable."""
+    return {
+        **client_config(settings),
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": settings.session_timeout_ms,
+        "heartbeat.interval.ms": settings.heartbeat_interval_ms,
+        "fetch.wait.max.ms": 50,
+    }
+
+
+def check_broker(bootstrap: str, timeout: float = 5.0) -> None:
+    """Raise BrokerUnavailable with an actionable message when nothing answers."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log.connection.close": False})
+    try:
+        admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise BrokerUnavailable(
+            f"Kafka broker at {bootstrap} does not answer ({exc.args[0].str()}). Start it, fix "
+            "KAFKA_BOOTSTRAP_SERVERS, or unset it to use the embedded broker (`novalog up`)."
+        ) from None
+
+
+def ensure_topics(settings: Settings, names: Iterable[str], timeout: float = 15.0) -> None:
+    """Create missing topics with the configured partitions; existing ones are left alone."""
+    admin = AdminClient(client_config(settings))
+    wanted = sorted(set(names))
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    missing = [n for n in wanted if n not in existing]
+    if missing:
+        futures = admin.create_topics(
+            [NewTopic(n, settings.partitions, settings.replication_factor) for n in missing],
+            operation_timeout=timeout,
+        )
+        for name, future in futures.items():
+            try:
+                future.result(timeout)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+            log.info("created topic %s (%d partitions)", name, settings.partitions)
+    deadline = time.monotonic() + timeout
+    while missing and time.monotonic() < deadline:
+        known = admin.list_topics(timeout=timeout).topics
+        missing = [n for n in missing if n not in known or known[n].error is not None]
+        if missing:
+            time.sleep(0.05)
+    if missing:
+        raise BrokerUnavailable(f"topics not visible after {timeout}s: {missing}")
+
+
+class EventProducer:
+    """Idempotent producer (acks=all); delivery failures surface at flush()."""
+
+    def __init__(self, settings: Settings, *, linger_ms: int = 5) -> None:
+        self._config = {
+            **client_config(settings),
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": linger_ms,
+            "message.timeout.ms": 30000,
+        }
+        self._producer: Producer | None = None
+        self._errors: list[str] = []
+
+    @property
+    def client(self) -> Producer:
+        if self._producer is None:
+            self._producer = Producer(self._config)
+        return self._producer
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._errors.append(f"{msg.topic()}: {err.str()}")
+
+    def publish(self, topic: str, event: Event, headers: Headers | None = None) -> None:
+        """Queue one event, keyed by its aggregate id so an aggregate stays in order."""
+        self.produce(topic, event.aggregate_id.encode(), encode(event), headers)
+
+    def produce(self, topic: str, key: bytes | None, value: bytes | None,
+                headers: Headers | None = None) -> None:
+        """Queue raw bytes (dead letters keep the original record verbatim)."""
+        while True:
+            try:
+                self.client.produce(topic, value=value, key=key, headers=headers,
+                                    on_delivery=self._on_delivery)
+                break
+            except BufferError:
+                self.client.poll(0.1)  # local queue full: let deliveries drain
+        self.client.poll(0)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Block until every queued record is acknowledged, or raise DeliveryError."""
+        if self._producer is None:
+            return
+        remaining = self._producer.flush(timeout)
+        errors, self._errors = self._errors, []
+        if remaining:
+            errors.append(f"{remaining} records not acknowledged within {timeout}s")
+        if errors:
+            raise DeliveryError("; ".join(errors[:5]))

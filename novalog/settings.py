@@ -1,0 +1,132 @@
+"""Settings from the environment, read once per process and passed down explicitly."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value novalog cannot use."""
+
+
+def _default_home() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "novalog"
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int = 1,
+         high: int = 2**31 - 1) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name}={value} is outside {low}..{high}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a role needs to find the broker, the database and its peers.
+
+    `kafka_bootstrap_servers` / `database_url` are None when the embedded
+    broker / Postgres are to be used (`novalog up` then fills them in for the
+    roles it starts).
+    """
+
+    kafka_bootstrap_servers: str | None = None
+    database_url: str | None = None
+    db_schema: str = "novalog"
+    topic_prefix: str = "novalog"
+    partitions: int = 4
+    replication_factor: int = 1
+    session_timeout_ms: int = 6000
+    heartbeat_interval_ms: int = 1000
+    poll_timeout_ms: int = 100
+    max_retries: int = 3
+    retry_backoff_ms: int = 200
+    home: Path = _default_home()
+    broker_port: int = 19092
+    postgres_port: int = 15432
+    api_host: str = "127.0.0.1"
+    api_port: int = 8774
+    hostname: str = socket.gethostname()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read NOVALOG_* (and the two infrastructure URLs); bad values raise SettingsError."""
+        e = os.environ if env is None else env
+        prefix = e.get("NOVALOG_TOPIC_PREFIX", "novalog")
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", prefix):
+            raise SettingsError(f"NOVALOG_TOPIC_PREFIX={prefix!r}: use letters, digits, . _ -")
+        schema = e.get("NOVALOG_DB_SCHEMA", "novalog")
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
+            raise SettingsError(f"NOVALOG_DB_SCHEMA={schema!r}: use a lower-case SQL identifier")
+        return cls(
+            kafka_bootstrap_servers=e.get("KAFKA_BOOTSTRAP_SERVERS") or None,
+            database_url=e.get("DATABASE_URL") or None,
+            db_schema=schema,
+            topic_prefix=prefix,
+            partitions=_int(e, "NOVALOG_PARTITIONS", 4, high=1000),
+            replication_factor=_int(e, "NOVALOG_REPLICATION_FACTOR", 1, high=10),
+            session_timeout_ms=_int(e, "NOVALOG_SESSION_TIMEOUT_MS", 6000, low=1000),
+            heartbeat_interval_ms=_int(e, "NOVALOG_HEARTBEAT_INTERVAL_MS", 1000, low=100),
+            poll_timeout_ms=_int(e, "NOVALOG_POLL_TIMEOUT_MS", 100, low=1),
+            max_retries=_int(e, "NOVALOG_MAX_RETRIES", 3, low=0, high=100),
+            retry_backoff_ms=_int(e, "NOVALOG_RETRY_BACKOFF_MS", 200, low=0),
+            home=Path(e.get("NOVALOG_HOME") or _default_home()),
+            broker_port=_int(e, "NOVALOG_BROKER_PORT", 19092, high=65535),
+            postgres_port=_int(e, "NOVALOG_POSTGRES_PORT", 15432, high=65535),
+            api_host=e.get("NOVALOG_API_HOST", "127.0.0.1"),
+            api_port=_int(e, "NOVALOG_API_PORT", 8774, high=65535),
+            hostname=e.get("NOVALOG_HOST") or socket.gethostname(),
+        )
+
+    def with_infrastructure(self, bootstrap: str, database_url: str) -> Settings:
+        """The settings a role gets once the broker and database are known."""
+        return replace(self, kafka_bootstrap_servers=bootstrap, database_url=database_url)
+
+    def require_bootstrap(self) -> str:
+        """The broker address, or a clear error when neither env nor `novalog up` gave one."""
+        if not self.kafka_bootstrap_servers:
+            raise SettingsError("KAFKA_BOOTSTRAP_SERVERS is not set: start the stack with "
+                                "`novalog up` or point it at a Kafka broker")
+        return self.kafka_bootstrap_servers
+
+    def require_database_url(self) -> str:
+        """The database URL, or a clear error."""
+        if not self.database_url:
+            raise SettingsError("DATABASE_URL is not set: start the stack with `novalog up` "
+                                "or point it at a PostgreSQL server")
+        return self.database_url
+
+    def as_env(self) -> dict[str, str]:
+        """Environment for a child role process, so it reads back the same settings."""
+        env = {
+            "NOVALOG_DB_SCHEMA": self.db_schema,
+            "NOVALOG_TOPIC_PREFIX": self.topic_prefix,
+            "NOVALOG_PARTITIONS": str(self.partitions),
+            "NOVALOG_REPLICATION_FACTOR": str(self.replication_factor),
+            "NOVALOG_SESSION_TIMEOUT_MS": str(self.session_timeout_ms),
+            "NOVALOG_HEARTBEAT_INTERVAL_MS": str(self.heartbeat_interval_ms),
+            "NOVALOG_POLL_TIMEOUT_MS": str(self.poll_timeout_ms),
+            "NOVALOG_MAX_RETRIES": str(self.max_retries),
+            "NOVALOG_RETRY_BACKOFF_MS": str(self.retry_backoff_ms),
+            "NOVALOG_HOME": str(self.home),
+            "NOVALOG_API_HOST": self.api_host,
+            "NOVALOG_API_PORT": str(self.api_port),
+            "NOVALOG_HOST": self.hostname,
+        }
+        if self.kafka_bootstrap_servers:
+            env["KAFKA_BOOTSTRAP_SERVERS"] = self.kafka_bootstrap_servers
+        if self.database_url:
+            env["DATABASE_URL"] = self.database_url
+        return env

@@ -1,0 +1,1 @@
+"""The read side: the projector (events -> Postgres), query endpoints, replay and audit."""
