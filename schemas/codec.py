@@ -48,6 +48,14 @@ class Event:
     event_id: str = field(default_factory=_new_id)
     occurred_at: datetime = field(default_factory=_now)
 
+    def __post_init__(self) -> None:
+        """occurred_at travels as timestamp-millis: keep exactly what the wire can carry."""
+        if self.occurred_at.tzinfo is None:
+            raise SerializationError("occurred_at must be timezone-aware (UTC)")
+        ms = self.occurred_at.microsecond // 1000 * 1000
+        if ms != self.occurred_at.microsecond:
+            object.__setattr__(self, "occurred_at", self.occurred_at.replace(microsecond=ms))
+
     def to_record(self) -> dict[str, Any]:
         """The Avro record: envelope fields and `payload`."""
         return {

@@ -239,3 +239,13 @@ def test_compat_check_catches_narrowed_and_changed_types() -> None:
     assert any(p.startswith("a: type changed from long to int") for p in problems)
     assert any(p.startswith("b:") for p in problems)
     assert not any(p.startswith("c:") for p in problems)  # int widens to double
+
+
+def test_occurred_at_keeps_what_the_wire_carries_and_must_be_aware() -> None:
+    at = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    event = Event("HostRemoved", "h", {"host": "h"}, "req-1", "t@h", occurred_at=at)
+    assert event.occurred_at == at.replace(microsecond=678000)
+    assert decode(encode(event)) == event
+    with pytest.raises(SerializationError, match="timezone-aware"):
+        Event("HostRemoved", "h", {"host": "h"}, "req-1", "t@h",
+              occurred_at=datetime(2026, 1, 2))
