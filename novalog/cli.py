@@ -166,6 +166,9 @@ def _print_status(settings: Settings) -> bool:
         table.add_row(r["name"], r["kind"], f"[{colour}]{r['state']}[/{colour}]", r["address"],
                       str(r["pid"] or "-"), str(r["restarts"]))
     console.print(table)
+    if not (read_state(settings) or {}).get("ready"):
+        console.print("[yellow]still starting[/yellow]")
+        return False
     return all(r["state"] == "up" for r in rows)
 
 
@@ -176,8 +179,10 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
     settings = _settings()
     if as_json:
         rows = status_rows(settings)
-        console.print_json(json.dumps({"running": rows is not None, "components": rows or []}))
-        healthy = rows is not None and all(r["state"] == "up" for r in rows)
+        ready = bool((read_state(settings) or {}).get("ready"))
+        console.print_json(json.dumps({"running": rows is not None, "ready": ready,
+                                       "components": rows or []}))
+        healthy = ready and rows is not None and all(r["state"] == "up" for r in rows)
     else:
         healthy = _print_status(settings)
     if not healthy:
