@@ -56,6 +56,11 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, KafkaException) and bool(exc.args[0].retriable())
 
 
+def _headers(msg: Message) -> Headers:
+    raw = msg.headers() or []
+    return list(raw.items()) if isinstance(raw, dict) else list(raw)
+
+
 def _record(msg: Message) -> Record:
     return Record(
         topic=msg.topic() or "",
@@ -63,7 +68,7 @@ def _record(msg: Message) -> Record:
         offset=msg.offset() or 0,
         key=msg.key(),
         value=msg.value(),
-        headers=list(msg.headers() or []),
+        headers=_headers(msg),
     )
 
 

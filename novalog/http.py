@@ -58,7 +58,10 @@ def serve(settings: Settings, stop: threading.Event) -> None:
         create_app(settings), host=settings.api_host, port=settings.api_port,
         log_level="info", access_log=False,
     ))
-    watcher = threading.Thread(target=lambda: (stop.wait(), setattr(server, "should_exit", True)),
-                               daemon=True)
-    watcher.start()
+
+    def exit_when_stopped() -> None:
+        stop.wait()
+        server.should_exit = True
+
+    threading.Thread(target=exit_when_stopped, daemon=True).start()
     server.run()

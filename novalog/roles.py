@@ -67,4 +67,14 @@ def run_role(name: str, settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    prepare_infrastructure(settings)
     ROLES[name].load()(settings, stop)
+
+
+def prepare_infrastructure(settings: Settings) -> None:
+    """Idempotent: core topics and the schema exist, whoever started this role (compose, CI)."""
+    from novalog.db import ensure_schema
+    from novalog.kafka import Topics, ensure_topics
+
+    ensure_topics(settings, Topics(settings.topic_prefix).core())
+    ensure_schema(settings)

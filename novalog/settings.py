@@ -6,7 +6,7 @@ import os
 import re
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 
@@ -53,12 +53,12 @@ class Settings:
     poll_timeout_ms: int = 100
     max_retries: int = 3
     retry_backoff_ms: int = 200
-    home: Path = _default_home()
+    home: Path = field(default_factory=_default_home)
     broker_port: int = 19092
     postgres_port: int = 15432
     api_host: str = "127.0.0.1"
     api_port: int = 8774
-    hostname: str = socket.gethostname()
+    hostname: str = field(default_factory=socket.gethostname)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -120,11 +120,11 @@ def _postgres_bin() -> Path:
     try:
         with warnings.catch_warnings():  # pgserver reads XDG_RUNTIME_DIR at import; unused here
             warnings.simplefilter("ignore")
-            from pgserver.postgres_server import POSTGRES_BIN_PATH
+            from pgserver import _commands  # the binaries' folder; pgserver has no public name
     except ImportError:
         raise StackError("embedded Postgres not found: `pip install pgserver`, "
                          "or set DATABASE_URL.") from None
-    return Path(POSTGRES_BIN_PATH)
+    return Path(_commands.POSTGRES_BIN_PATH)
 
 
 def prepare_postgres(settings: Settings, logs: Path) -> ProcessSpec:
@@ -137,6 +137,7 @@ def prepare_postgres(settings: Settings, logs: Path) -> ProcessSpec:
 
         user = PG_SYSTEM_USER
         entry = utils.ensure_user_exists(user)
+        assert entry is not None, f"could not create the system user {user}"
         data.mkdir(parents=True, exist_ok=True)
         utils.ensure_prefix_permissions(data)
         for sub in ("bin", "lib", "share"):

@@ -49,7 +49,7 @@ def free_port() -> int:
 
 def _docker_answers() -> bool:
     try:
-        import docker
+        import docker  # type: ignore[import-untyped]
 
         docker.from_env(timeout=3).ping()
     except Exception:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from novalog.consume import DLQ_HEADER, ConsumeLoop, Record, TransientError
 from novalog.kafka import EventProducer, Topics, client_config
@@ -21,6 +21,15 @@ from novalog.settings import Settings
 from schemas import Event, encode
 
 pytestmark = pytest.mark.integration
+
+
+GARBAGE = b"garbage, not an Avro event"
+
+
+def text_headers(msg: Message) -> dict[str, str]:
+    raw = msg.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in pairs}
 
 
 def heartbeat(host: str, n: int = 0) -> Event:
@@ -35,12 +44,12 @@ def run_until(loop: ConsumeLoop, done: Callable[[], bool], timeout: float = 30) 
         loop.poll_once()
 
 
-def read_all(settings: Settings, topic: str, expect: int, timeout: float = 15) -> list:
+def read_all(settings: Settings, topic: str, expect: int, timeout: float = 15) -> list[Message]:
     """Every record of `topic` via assign() (no group join), oldest first per partition."""
     consumer = Consumer({**client_config(settings), "group.id": "reader",
                          "enable.auto.commit": False})
     consumer.assign([TopicPartition(topic, p, 0) for p in range(settings.partitions)])
-    records = []
+    records: list[Message] = []
     deadline = time.monotonic() + timeout
     try:
         while len(records) < expect and time.monotonic() < deadline:
@@ -91,7 +100,7 @@ def test_poison_records_are_dead_lettered_and_the_next_record_is_processed(
     good1, good2, flaky = heartbeat("cmp1", 1), heartbeat("cmp1", 2), heartbeat("cmp1", 3)
     broken, stuck = heartbeat("cmp1", 4), heartbeat("cmp1", 5)
     unknown_fp = b"\xc3\x01" + b"\x00" * 8 + encode(good1)[10:]
-    sequence = [encode(good1), b"garbage, not an Avro event", unknown_fp, encode(broken), encode(stuck),
+    sequence = [encode(good1), GARBAGE, unknown_fp, encode(broken), encode(stuck),
                 encode(flaky), encode(good2)]
     for value in sequence:
         producer.produce(topics.hosts, key, value)
@@ -122,8 +131,8 @@ def test_poison_records_are_dead_lettered_and_the_next_record_is_processed(
     assert committed_total(settings, "poison", topics.hosts) == len(sequence)
 
     dead = read_all(settings, topics.dead_letters, expect=4)
-    assert [m.value() for m in dead] == [b"garbage, not an Avro event", unknown_fp, encode(broken), encode(stuck)]
-    headers = [{k: v.decode() for k, v in m.headers()} for m in dead]
+    assert [m.value() for m in dead] == [GARBAGE, unknown_fp, encode(broken), encode(stuck)]
+    headers = [text_headers(m) for m in dead]
     assert all(h[DLQ_HEADER + "topic"] == topics.hosts for h in headers)
     assert [int(h[DLQ_HEADER + "offset"]) for h in headers] == [1, 2, 3, 4]
     assert all(h[DLQ_HEADER + "consumer"] == "poison" for h in headers)

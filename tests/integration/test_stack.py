@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -51,10 +52,8 @@ def tree_pids(state: dict[str, Any]) -> set[int]:
     pids = set()
     for c in state["components"]:
         pids.add(c["pid"])
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             pids |= {p.pid for p in psutil.Process(c["pid"]).children(recursive=True)}
-        except psutil.NoSuchProcess:
-            pass
     return pids
 
 
@@ -162,10 +161,10 @@ def _no_process_uses(home: str) -> None:
     leftovers = []
     for p in psutil.process_iter(["cmdline", "environ"]):
         try:
-            if home in " ".join(p.info["cmdline"] or []) or \
-                    (p.info["environ"] or {}).get("NOVALOG_HOME") == home:
-                if p.pid != os.getpid():
-                    leftovers.append(p.info["cmdline"])
+            uses = home in " ".join(p.info["cmdline"] or []) or \
+                (p.info["environ"] or {}).get("NOVALOG_HOME") == home
+            if uses and p.pid != os.getpid():
+                leftovers.append(p.info["cmdline"])
         except psutil.Error:
             pass
     assert not leftovers
@@ -183,7 +182,8 @@ def test_a_taken_port_is_a_clear_error_and_starts_nothing(novalog_env) -> None:
 
 
 @pytest.mark.parametrize(("var", "value", "message"), [
-    ("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:{port}", "Kafka broker at 127.0.0.1:{port} does not answer"),
+    ("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:{port}",
+     "Kafka broker at 127.0.0.1:{port} does not answer"),
     ("DATABASE_URL", "postgresql://u:secret@127.0.0.1:{port}/db", "PostgreSQL at"),
 ])
 def test_external_infrastructure_that_does_not_answer_is_a_clear_error(

@@ -1,0 +1,60 @@
+"""docker-compose.yml and the Dockerfile, checked without a Docker engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from psycopg.conninfo import conninfo_to_dict
+
+from novalog.roles import ROLES
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return data
+
+
+def test_kafka_runs_kraft_single_node_and_postgres_is_there() -> None:
+    services = compose()["services"]
+    kafka = services["kafka"]
+    assert kafka["image"].startswith("apache/kafka:")
+    env = kafka["environment"]
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    assert "PLAINTEXT://kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"]
+    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    assert "healthcheck" in kafka
+    assert services["postgres"]["image"].startswith("postgres:")
+    assert "healthcheck" in services["postgres"]
+
+
+def test_every_role_is_a_service_wired_to_kafka_and_postgres() -> None:
+    services = compose()["services"]
+    pg = services["postgres"]["environment"]
+    for name in ROLES:
+        assert name in services, f"role {name} has no service in docker-compose.yml"
+        svc = services[name]
+        assert svc["command"] == ["novalog", "run", name]
+        assert svc["build"] == "."
+        env = svc["environment"]
+        assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+        db = conninfo_to_dict(env["DATABASE_URL"])
+        assert (db["host"], db["user"], db["password"], db["dbname"]) == (
+            "postgres", pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"], pg["POSTGRES_DB"])
+        assert svc["depends_on"] == {"kafka": {"condition": "service_healthy"},
+                                     "postgres": {"condition": "service_healthy"}}
+    api = services["api"]
+    assert api["environment"]["NOVALOG_API_HOST"] == "0.0.0.0"
+    assert f"{api['environment']['NOVALOG_API_PORT']}:8774" in api["ports"]
+
+
+def test_the_image_installs_what_libvirt_python_needs_and_the_project() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for package in ("libvirt-dev", "pkg-config", "gcc", "qemu-utils"):
+        assert package in dockerfile
+    for folder in ("schemas", "novalog", "producers", "consumers", "projections"):
+        assert f"COPY {folder} ./{folder}" in dockerfile
+    assert "pip install --no-cache-dir ." in dockerfile

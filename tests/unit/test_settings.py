@@ -1,0 +1,54 @@
+"""Settings from the environment: defaults, overrides, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from novalog.kafka import Topics
+from novalog.settings import Settings, SettingsError
+
+
+def test_defaults_use_the_embedded_stack_and_novas_api_port() -> None:
+    s = Settings.from_env({"HOME": "/home/x"})
+    assert s.kafka_bootstrap_servers is None and s.database_url is None
+    assert (s.api_port, s.broker_port, s.postgres_port) == (8774, 19092, 15432)
+    assert (s.session_timeout_ms, s.heartbeat_interval_ms) == (6000, 1000)
+    assert s.topic_prefix == "novalog"
+
+
+def test_overrides_round_trip_through_a_child_environment() -> None:
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "DATABASE_URL": "postgresql://db/x",
+           "NOVALOG_TOPIC_PREFIX": "prod.eu", "NOVALOG_PARTITIONS": "12",
+           "NOVALOG_HOME": "/srv/novalog", "NOVALOG_DB_SCHEMA": "nova_eu"}
+    s = Settings.from_env(env)
+    assert s.partitions == 12 and s.home == Path("/srv/novalog")
+    assert Settings.from_env(s.as_env()) == s
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"NOVALOG_PARTITIONS": "many"}, "NOVALOG_PARTITIONS='many' is not an integer"),
+    ({"NOVALOG_PARTITIONS": "0"}, "NOVALOG_PARTITIONS=0 is outside 1..1000"),
+    ({"NOVALOG_API_PORT": "70000"}, "NOVALOG_API_PORT=70000 is outside"),
+    ({"NOVALOG_TOPIC_PREFIX": "a b"}, "NOVALOG_TOPIC_PREFIX='a b'"),
+    ({"NOVALOG_DB_SCHEMA": "Robert'); DROP"}, "NOVALOG_DB_SCHEMA="),
+])
+def test_bad_values_are_refused_with_the_variable_named(env: dict[str, str],
+                                                        message: str) -> None:
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Settings.from_env(env)
+
+
+def test_missing_infrastructure_says_how_to_get_it() -> None:
+    with pytest.raises(SettingsError, match="novalog up"):
+        Settings().require_bootstrap()
+    with pytest.raises(SettingsError, match="DATABASE_URL"):
+        Settings().require_database_url()
+
+
+def test_topic_names_follow_the_design() -> None:
+    t = Topics("novalog")
+    assert t.core() == ["novalog.instances", "novalog.hosts", "novalog.catalog",
+                        "novalog.network", "novalog.dead-letters"]
+    assert t.compute("cmp1") == "novalog.compute.cmp1"
