@@ -1,0 +1,147 @@
+"""The fold of one instance's events into its current state, and the boot's transition rules.
+
+`apply(state, event)` is the only place that decides what an instance event
+means. The projector, the audit trail, time travel and the roles that need an
+instance's state all call it, so they can never disagree.
+
+Rules:
+- Events of a past attempt (a late claim refusal from a host the conductor
+  has already given up on) are facts for the audit trail, but they do not
+  change the state.
+- An event that makes no sense in the current state (a spawn after an error,
+  anything before the build request) raises TransitionError. Consumers
+  dead-letter it with that reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from novalog.domain import states as s
+from schemas import Event
+
+NO_VALID_HOST = "No valid host was found. "
+
+
+class TransitionError(ValueError):
+    """An event that cannot happen in the instance's current state."""
+
+
+@dataclass(frozen=True)
+class Instance:
+    """What Nova's API shows about a server, plus what the boot flow needs to go on."""
+
+    uuid: str
+    name: str
+    project_id: str
+    user_id: str
+    reservation_id: str
+    launch_index: int
+    flavor: dict[str, Any]
+    image: dict[str, Any] | None
+    requested_networks: list[dict[str, Any]]
+    key_name: str | None
+    metadata: dict[str, str]
+    availability_zone: str | None
+    request_id: str
+    created_at: datetime
+    updated_at: datetime
+    vm_state: str = s.BUILDING
+    task_state: str | None = s.SCHEDULING
+    power_state: int = s.NOSTATE
+    host: str | None = None
+    node: str | None = None
+    attempt: int = 1
+    tried_hosts: tuple[str, ...] = ()
+    ports: tuple[dict[str, Any], ...] = ()
+    disks: tuple[dict[str, Any], ...] = ()
+    launched_at: datetime | None = None
+    fault: dict[str, Any] | None = None
+    events_applied: int = 1
+
+    @property
+    def status(self) -> str:
+        return s.api_status(self.vm_state, self.task_state)
+
+
+BUILD_STEPS = {
+    "InstanceNetworkingStarted": s.NETWORKING,
+    "InstanceBlockDeviceMappingStarted": s.BLOCK_DEVICE_MAPPING,
+    "InstanceSpawningStarted": s.SPAWNING,
+}
+ATTEMPT_EVENTS = {
+    "InstanceScheduled", "InstanceBuildDispatched", "InstanceClaimAccepted",
+    "InstanceClaimRefused", "InstanceNetworkAllocated", "InstanceBlockDevicesMapped",
+    "InstanceSpawned", "InstanceBuildFailed", *BUILD_STEPS,
+}
+
+
+def created(event: Event) -> Instance:
+    """The state right after InstanceBuildRequested."""
+    p = event.payload
+    return Instance(
+        uuid=event.aggregate_id, name=p["name"], project_id=p["project_id"],
+        user_id=p["user_id"], reservation_id=p["reservation_id"],
+        launch_index=p["launch_index"], flavor=p["flavor"], image=p["image"],
+        requested_networks=p["networks"], key_name=p["key_name"], metadata=p["metadata"],
+        availability_zone=p["availability_zone"], request_id=event.correlation_id,
+        created_at=event.occurred_at, updated_at=event.occurred_at,
+    )
+
+
+def apply(state: Instance | None, event: Event) -> Instance:
+    """The instance after `event`; raises TransitionError when the event cannot happen now."""
+    kind, p = event.event_type, event.payload
+    if state is None:
+        if kind != "InstanceBuildRequested":
+            raise TransitionError(f"{kind} for unknown instance {event.aggregate_id}")
+        return created(event)
+    if kind == "InstanceBuildRequested":
+        raise TransitionError(f"instance {state.uuid} was already requested")
+    if state.vm_state != s.BUILDING:
+        raise TransitionError(f"{kind} for instance {state.uuid} in vm_state {state.vm_state}")
+    if kind in ATTEMPT_EVENTS and p["attempt"] != state.attempt:
+        return replace(state, events_applied=state.events_applied + 1)  # stale attempt
+    new = replace(state, updated_at=event.occurred_at, events_applied=state.events_applied + 1)
+    if kind == "InstanceScheduled":
+        return replace(new, host=p["host"], node=p["node"],
+                       tried_hosts=(*state.tried_hosts, p["host"]))
+    if kind in BUILD_STEPS:
+        return replace(new, task_state=BUILD_STEPS[kind])
+    if kind == "InstanceNetworkAllocated":
+        return replace(new, ports=tuple(p["ports"]))
+    if kind == "InstanceBlockDevicesMapped":
+        return replace(new, disks=tuple(p["disks"]))
+    if kind == "InstanceSpawned":
+        return replace(new, vm_state=s.ACTIVE, task_state=None, power_state=p["power_state"],
+                       host=p["host"], node=p["node"], launched_at=p["launched_at"])
+    if kind in ("InstanceClaimRefused", "InstanceBuildFailed"):  # what it took is released
+        return replace(new, ports=(), disks=())
+    if kind == "InstanceRescheduled":
+        return replace(new, attempt=p["attempt"], host=None, node=None,
+                       task_state=s.SCHEDULING)
+    if kind == "InstanceNoValidHost":
+        return _errored(new, 500, NO_VALID_HOST + p["reason"])
+    if kind == "InstanceErrored":
+        return _errored(new, p["code"], p["message"], p["details"])
+    if kind in ("InstanceBuildDispatched", "InstanceClaimAccepted"):
+        return new
+    raise TransitionError(f"{kind} is not an instance event")
+
+
+def _errored(state: Instance, code: int, message: str, details: str | None = None) -> Instance:
+    return replace(state, vm_state=s.ERROR, task_state=None, power_state=s.NOSTATE,
+                   ports=(), disks=(),
+                   fault={"code": code, "message": message, "details": details,
+                          "created": state.updated_at})
+
+
+def fold(events: Iterable[Event]) -> Instance | None:
+    """Replay a stream of one instance's events from the beginning."""
+    state: Instance | None = None
+    for event in events:
+        state = apply(state, event)
+    return state

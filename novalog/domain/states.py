@@ -1,0 +1,56 @@
+"""Nova's vm_state, task_state and power_state values, and the API status they show as."""
+
+from __future__ import annotations
+
+# vm_states (nova/compute/vm_states.py)
+ACTIVE = "active"
+BUILDING = "building"
+STOPPED = "stopped"
+ERROR = "error"
+DELETED = "deleted"
+
+# task_states of the boot (nova/compute/task_states.py)
+SCHEDULING = "scheduling"
+NETWORKING = "networking"
+BLOCK_DEVICE_MAPPING = "block_device_mapping"
+SPAWNING = "spawning"
+DELETING = "deleting"
+REBOOTING = "rebooting"
+REBOOTING_HARD = "rebooting_hard"
+POWERING_OFF = "powering-off"
+POWERING_ON = "powering-on"
+
+# power_state codes (nova/compute/power_state.py), shown as integers by the API
+NOSTATE = 0
+RUNNING = 1
+PAUSED = 3
+SHUTDOWN = 4
+CRASHED = 6
+SUSPENDED = 7
+
+_VM_STATUS = {
+    ACTIVE: "ACTIVE", BUILDING: "BUILD", STOPPED: "SHUTOFF", ERROR: "ERROR",
+    DELETED: "DELETED", "paused": "PAUSED", "suspended": "SUSPENDED", "rescued": "RESCUE",
+    "resized": "VERIFY_RESIZE", "soft-delete": "SOFT_DELETED", "shelved": "SHELVED",
+    "shelved_offloaded": "SHELVED_OFFLOADED",
+}
+_TASK_STATUS = {  # task states that override the vm_state's status, as Nova's API does
+    (ACTIVE, REBOOTING): "REBOOT",
+    (ACTIVE, REBOOTING_HARD): "HARD_REBOOT",
+    (STOPPED, REBOOTING_HARD): "HARD_REBOOT",
+    (ACTIVE, "rebuilding"): "REBUILD",
+    (ACTIVE, "migrating"): "MIGRATING",
+    (ACTIVE, "resize_prep"): "RESIZE",
+    (ACTIVE, "resize_migrating"): "RESIZE",
+    (ACTIVE, "resize_migrated"): "RESIZE",
+    (ACTIVE, "resize_finish"): "RESIZE",
+    ("resized", "resize_reverting"): "REVERT_RESIZE",
+    (ACTIVE, "updating_password"): "PASSWORD",
+}
+
+
+def api_status(vm_state: str, task_state: str | None) -> str:
+    """The `status` field of GET /servers/{id} for a (vm_state, task_state) pair."""
+    if task_state is not None and (vm_state, task_state) in _TASK_STATUS:
+        return _TASK_STATUS[(vm_state, task_state)]
+    return _VM_STATUS.get(vm_state, "UNKNOWN")

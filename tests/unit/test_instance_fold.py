@@ -1,0 +1,156 @@
+"""The fold of an instance's events: Nova's task-state walk, reschedules, errors, bad order."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from novalog.domain import states as s
+from novalog.domain.instance import NO_VALID_HOST, Instance, TransitionError, apply, fold
+from schemas import Event
+
+UUID = str(uuid.uuid4())
+T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+FLAVOR = {"flavorid": "1", "name": "m1.tiny", "vcpus": 1, "memory_mb": 512, "root_gb": 1,
+          "ephemeral_gb": 0, "swap_mb": 0, "extra_specs": {}}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def ev(self, kind: str, **payload: Any) -> Event:
+        self.n += 1
+        return Event(kind, UUID, payload, "req-1", "test@h",
+                     occurred_at=T0 + timedelta(seconds=self.n))
+
+
+def requested(c: Clock) -> Event:
+    return c.ev("InstanceBuildRequested", name="vm1", project_id="p", user_id="u",
+                reservation_id="r-1", launch_index=0, flavor=FLAVOR,
+                image={"id": "img", "name": "cirros", "min_disk": 0, "min_ram": 0,
+                       "properties": {}},
+                networks=[], block_device_mapping=[], key_name=None, metadata={},
+                user_data=None, availability_zone=None, forced_host=None, forced_node=None,
+                scheduler_hints={}, is_admin=False)
+
+
+def attempt(c: Clock, host: str, n: int = 1) -> list[Event]:
+    return [
+        c.ev("InstanceScheduled", host=host, node=host, attempt=n, weighed_hosts=[host]),
+        c.ev("InstanceBuildDispatched", host=host, node=host, attempt=n),
+        c.ev("InstanceClaimAccepted", host=host, node=host, attempt=n, vcpus=1,
+             memory_mb=512, disk_gb=1),
+    ]
+
+
+def build(c: Clock, host: str, n: int = 1) -> list[Event]:
+    port = {"port_id": "p1", "network_id": "net", "network_name": "private",
+            "ip_address": "10.0.0.5", "mac_address": "fa:16:3e:00:00:01"}
+    return [
+        c.ev("InstanceNetworkingStarted", host=host, attempt=n),
+        c.ev("InstanceNetworkAllocated", host=host, attempt=n, ports=[port]),
+        c.ev("InstanceBlockDeviceMappingStarted", host=host, attempt=n),
+        c.ev("InstanceBlockDevicesMapped", host=host, attempt=n, disks=[]),
+        c.ev("InstanceSpawningStarted", host=host, attempt=n),
+        c.ev("InstanceSpawned", host=host, node=host, attempt=n, domain_name=f"instance-{UUID}",
+             power_state=s.RUNNING, launched_at=T0),
+    ]
+
+
+def task_states(events: list[Event]) -> list[str | None]:
+    seen: list[str | None] = []
+    state: Instance | None = None
+    for event in events:
+        state = apply(state, event)
+        if not seen or seen[-1] != state.task_state:
+            seen.append(state.task_state)
+    return seen
+
+
+def test_a_boot_walks_novas_task_states_and_ends_active() -> None:
+    c = Clock()
+    events = [requested(c), *attempt(c, "cmp1"), *build(c, "cmp1")]
+    assert task_states(events) == [s.SCHEDULING, s.NETWORKING, s.BLOCK_DEVICE_MAPPING,
+                                   s.SPAWNING, None]
+    final = fold(events)
+    assert final is not None
+    assert (final.vm_state, final.power_state, final.status) == (s.ACTIVE, s.RUNNING, "ACTIVE")
+    assert (final.host, final.node, final.launched_at) == ("cmp1", "cmp1", T0)
+    assert final.ports[0]["ip_address"] == "10.0.0.5"
+    assert final.created_at == T0 + timedelta(seconds=1)
+    assert final.events_applied == len(events)
+
+
+def test_a_refused_claim_reschedules_and_late_facts_of_the_old_attempt_change_nothing() -> None:
+    c = Clock()
+    first = [c.ev("InstanceScheduled", host="cmp1", node="cmp1", attempt=1, weighed_hosts=[]),
+             c.ev("InstanceClaimRefused", host="cmp1", node="cmp1", attempt=1,
+                  reason="RAM: 512 MB needed, 0 free")]
+    again = c.ev("InstanceRescheduled", attempt=2, excluded_hosts=["cmp1"],
+                 reason="claim refused")
+    state = fold([requested(c), *first, again])
+    assert state is not None
+    assert (state.attempt, state.host, state.task_state) == (2, None, s.SCHEDULING)
+    late = c.ev("InstanceClaimRefused", host="cmp1", node="cmp1", attempt=1, reason="dup")
+    assert apply(state, late).task_state == s.SCHEDULING
+    assert apply(state, late).attempt == 2
+    final = fold([requested(Clock()), *first, again, late, *attempt(c, "cmp2", 2),
+                  *build(c, "cmp2", 2)])
+    assert final is not None and final.status == "ACTIVE" and final.host == "cmp2"
+    assert final.tried_hosts == ("cmp1", "cmp2")
+
+
+def test_no_valid_host_is_an_error_with_novas_fault_message() -> None:
+    c = Clock()
+    state = fold([requested(c), c.ev("InstanceNoValidHost", attempt=1,
+                                      reason="RamFilter removed 4 of 4 hosts", filters=[])])
+    assert state is not None
+    assert (state.vm_state, state.task_state, state.status) == (s.ERROR, None, "ERROR")
+    assert state.fault is not None
+    assert state.fault["code"] == 500
+    assert state.fault["message"] == NO_VALID_HOST + "RamFilter removed 4 of 4 hosts"
+
+
+def test_a_build_failure_releases_ports_and_an_error_ends_the_build() -> None:
+    c = Clock()
+    events = [requested(c), *attempt(c, "cmp1"), *build(c, "cmp1")[:2],
+              c.ev("InstanceBuildFailed", host="cmp1", attempt=1, stage="spawning",
+                   reason="libvirt said no", retryable=False),
+              c.ev("InstanceErrored", code=500, message="Build of instance failed",
+                   details="libvirt said no")]
+    state = fold(events[:-1])
+    assert state is not None and state.ports == ()
+    final = fold(events)
+    assert final is not None and final.status == "ERROR"
+    assert final.fault == {"code": 500, "message": "Build of instance failed",
+                           "details": "libvirt said no", "created": final.updated_at}
+
+
+@pytest.mark.parametrize("bad", ["before_request", "twice", "after_error", "not_instance"])
+def test_events_that_cannot_happen_now_raise(bad: str) -> None:
+    c = Clock()
+    request = requested(c)
+    spawned = build(c, "cmp1")[-1]
+    error = c.ev("InstanceErrored", code=500, message="x", details=None)
+    with pytest.raises(TransitionError):
+        if bad == "before_request":
+            apply(None, spawned)
+        elif bad == "twice":
+            fold([request, request])
+        elif bad == "after_error":
+            fold([request, error, spawned])
+        else:
+            apply(fold([request]), c.ev("ServiceHeartbeat", host="h", binary="b"))
+
+
+@pytest.mark.parametrize(("vm", "task", "status"), [
+    (s.BUILDING, s.SPAWNING, "BUILD"), (s.ACTIVE, None, "ACTIVE"),
+    (s.ACTIVE, s.REBOOTING, "REBOOT"), (s.ACTIVE, s.REBOOTING_HARD, "HARD_REBOOT"),
+    (s.STOPPED, None, "SHUTOFF"), (s.ERROR, None, "ERROR"), (s.ACTIVE, s.DELETING, "ACTIVE"),
+])
+def test_api_status_follows_novas_state_map(vm: str, task: str | None, status: str) -> None:
+    assert s.api_status(vm, task) == status
