@@ -1,0 +1,200 @@
+"""The scheduler's view of every compute host, folded from host facts and placements.
+
+Usage = the host's last resource report + the placements this view knows of
+that the report does not include yet (Nova's HostState.consume_from_request).
+The compute claim stays the final word: a stale view only costs a reschedule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from schemas import Event
+
+SERVICE_DOWN_TIME = timedelta(seconds=60)  # Nova's service_down_time
+
+
+@dataclass(frozen=True)
+class Claim:
+    vcpus: int
+    memory_mb: int
+    disk_gb: int
+
+
+@dataclass(frozen=True)
+class HostState:
+    host: str
+    node: str
+    zone: str = "nova"
+    disabled: bool = False
+    last_heartbeat: datetime | None = None
+    vcpus: int = 0
+    memory_mb: int = 0
+    local_gb: int = 0
+    reported_vcpus_used: int = 0
+    reported_memory_mb_used: int = 0
+    reported_local_gb_used: int = 0
+    reported_instances: frozenset[str] = frozenset()
+    cpu_allocation_ratio: float = 4.0
+    ram_allocation_ratio: float = 1.0
+    disk_allocation_ratio: float = 1.0
+    cpu_arch: str = "x86_64"
+    hypervisor_type: str = "QEMU"
+    failed_builds: int = 0
+    pending: tuple[tuple[str, Claim], ...] = ()  # placed here, not yet in a report
+    instances: frozenset[str] = frozenset()  # every instance known to be here
+
+    def _pending_sum(self, attr: str) -> int:
+        return sum(getattr(c, attr) for _, c in self.pending)
+
+    @property
+    def vcpus_used(self) -> int:
+        return self.reported_vcpus_used + self._pending_sum("vcpus")
+
+    @property
+    def memory_mb_used(self) -> int:
+        return self.reported_memory_mb_used + self._pending_sum("memory_mb")
+
+    @property
+    def local_gb_used(self) -> int:
+        return self.reported_local_gb_used + self._pending_sum("disk_gb")
+
+    @property
+    def free_ram_mb(self) -> float:
+        return self.memory_mb * self.ram_allocation_ratio - self.memory_mb_used
+
+    @property
+    def free_vcpus(self) -> float:
+        return self.vcpus * self.cpu_allocation_ratio - self.vcpus_used
+
+    @property
+    def free_disk_gb(self) -> float:
+        return self.local_gb * self.disk_allocation_ratio - self.local_gb_used
+
+    def is_up(self, now: datetime) -> bool:
+        return self.last_heartbeat is not None and now - self.last_heartbeat <= SERVICE_DOWN_TIME
+
+    def place(self, instance: str, claim: Claim) -> HostState:
+        """Account for an instance placed here before the host reports it."""
+        if instance in self.instances:
+            return self
+        return replace(self, pending=(*self.pending, (instance, claim)),
+                       instances=self.instances | {instance})
+
+    def forget(self, instance: str) -> HostState:
+        return replace(self, pending=tuple(p for p in self.pending if p[0] != instance),
+                       instances=self.instances - {instance})
+
+
+def claim_of(flavor: dict[str, Any]) -> Claim:
+    """What a flavor takes from a host: swap counts as disk, rounded up to whole GB."""
+    swap_gb = -(-int(flavor.get("swap_mb", 0)) // 1024)
+    return Claim(vcpus=flavor["vcpus"], memory_mb=flavor["memory_mb"],
+                 disk_gb=flavor["root_gb"] + flavor.get("ephemeral_gb", 0) + swap_gb)
+
+
+@dataclass
+class HostView:
+    """Every host by name, plus where each instance went. Fed events in log order."""
+
+    hosts: dict[str, HostState] = field(default_factory=dict)
+    placements: dict[str, str] = field(default_factory=dict)  # instance -> host
+    groups: dict[str, set[str]] = field(default_factory=dict)  # server group -> instances
+    group_policies: dict[str, str] = field(default_factory=dict)  # server group -> policy
+    _claims: dict[str, Claim] = field(default_factory=dict)
+
+    def apply(self, event: Event) -> None:
+        handler = getattr(self, f"_on_{event.event_type}", None)
+        if handler is not None:
+            handler(event, event.payload)
+
+    # -- host facts ----------------------------------------------------------------------
+    def _host(self, name: str) -> HostState:
+        return self.hosts.get(name) or HostState(host=name, node=name)
+
+    def _on_ComputeServiceStarted(self, e: Event, p: dict[str, Any]) -> None:
+        h = self._host(p["host"])
+        self.hosts[p["host"]] = replace(h, zone=p["zone"], node=p["hypervisor_hostname"],
+                                        hypervisor_type=p["hypervisor_type"],
+                                        last_heartbeat=e.occurred_at)
+
+    def _on_ComputeResourcesReported(self, e: Event, p: dict[str, Any]) -> None:
+        h = self._host(p["host"])
+        reported = frozenset(p["instance_uuids"])
+        self.hosts[p["host"]] = replace(
+            h, node=p["node"], vcpus=p["vcpus"], memory_mb=p["memory_mb"],
+            local_gb=p["local_gb"], reported_vcpus_used=p["vcpus_used"],
+            reported_memory_mb_used=p["memory_mb_used"], reported_local_gb_used=p["local_gb_used"],
+            reported_instances=reported,
+            pending=tuple(x for x in h.pending if x[0] not in reported),
+            instances=reported | {i for i, _ in h.pending if i not in reported},
+            cpu_allocation_ratio=p["cpu_allocation_ratio"],
+            ram_allocation_ratio=p["ram_allocation_ratio"],
+            disk_allocation_ratio=p["disk_allocation_ratio"],
+            cpu_arch=p["cpu_arch"], hypervisor_type=p["hypervisor_type"],
+            last_heartbeat=max(filter(None, [h.last_heartbeat, e.occurred_at])),
+        )
+
+    def _on_ServiceHeartbeat(self, e: Event, p: dict[str, Any]) -> None:
+        h = self._host(p["host"])
+        if h.last_heartbeat is None or e.occurred_at > h.last_heartbeat:
+            self.hosts[p["host"]] = replace(h, last_heartbeat=e.occurred_at)
+
+    def _on_ServiceDisabled(self, _e: Event, p: dict[str, Any]) -> None:
+        self.hosts[p["host"]] = replace(self._host(p["host"]), disabled=True)
+
+    def _on_ServiceEnabled(self, _e: Event, p: dict[str, Any]) -> None:
+        self.hosts[p["host"]] = replace(self._host(p["host"]), disabled=False)
+
+    def _on_HostRemoved(self, _e: Event, p: dict[str, Any]) -> None:
+        self.hosts.pop(p["host"], None)
+
+    # -- placements ----------------------------------------------------------------------
+    def _on_InstanceBuildRequested(self, e: Event, p: dict[str, Any]) -> None:
+        self._claims[e.aggregate_id] = claim_of(p["flavor"])
+        for group in p["scheduler_hints"].get("group", []):
+            self.groups.setdefault(group, set()).add(e.aggregate_id)
+
+    def _on_InstanceScheduled(self, e: Event, p: dict[str, Any]) -> None:
+        self.record_placement(e.aggregate_id, p["host"])
+
+    def record_placement(self, instance: str, host: str) -> None:
+        """Also called by the scheduler for its own decisions, before they come back."""
+        claim = self._claims.get(instance)
+        previous = self.placements.get(instance)
+        if previous and previous != host and previous in self.hosts:
+            self.hosts[previous] = self.hosts[previous].forget(instance)
+        self.placements[instance] = host
+        if claim is not None and host in self.hosts:
+            self.hosts[host] = self.hosts[host].place(instance, claim)
+
+    def _release(self, instance: str, failed_build: bool = False) -> None:
+        host = self.placements.pop(instance, None)
+        if host and host in self.hosts:
+            h = self.hosts[host].forget(instance)
+            self.hosts[host] = replace(h, failed_builds=h.failed_builds + failed_build)
+
+    def _on_InstanceClaimRefused(self, e: Event, _p: dict[str, Any]) -> None:
+        self._release(e.aggregate_id)
+
+    def _on_InstanceBuildFailed(self, e: Event, _p: dict[str, Any]) -> None:
+        self._release(e.aggregate_id, failed_build=True)
+
+    def _on_InstanceErrored(self, e: Event, _p: dict[str, Any]) -> None:
+        self._release(e.aggregate_id)
+        self._claims.pop(e.aggregate_id, None)
+
+    def _on_InstanceSpawned(self, e: Event, p: dict[str, Any]) -> None:
+        h = self.hosts.get(p["host"])
+        if h is not None and h.failed_builds:  # Nova resets the count on a success
+            self.hosts[p["host"]] = replace(h, failed_builds=0)
+        self._claims.pop(e.aggregate_id, None)
+
+    def _on_ServerGroupCreated(self, _e: Event, p: dict[str, Any]) -> None:
+        self.group_policies[p["group_id"]] = p["policy"]
+
+    def group_hosts(self, group: str) -> frozenset[str]:
+        return frozenset(self.placements[i] for i in self.groups.get(group, set())
+                         if i in self.placements)

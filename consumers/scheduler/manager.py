@@ -1,0 +1,66 @@
+"""select_destination: filter, weigh, pick at random among the best host_subset_size.
+
+Pure: the caller passes the hosts, the spec and the random generator.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from consumers.scheduler.filters import DEFAULT_FILTERS, BaseHostFilter
+from consumers.scheduler.host_state import HostState
+from consumers.scheduler.request_spec import RequestSpec
+from consumers.scheduler.weighers import BaseWeigher, default_weighers, weigh_hosts
+
+
+@dataclass(frozen=True)
+class FilterResult:
+    filter: str
+    hosts_in: int
+    hosts_out: int
+
+
+@dataclass(frozen=True)
+class Selection:
+    host: str
+    node: str
+    weighed_hosts: list[str]
+    filters: list[FilterResult]
+
+
+@dataclass(frozen=True)
+class NoValidHost:
+    reason: str
+    filters: list[FilterResult]
+
+
+def run_filters(hosts: list[HostState], spec: RequestSpec, filters: list[BaseHostFilter],
+                ) -> tuple[list[HostState], list[FilterResult]]:
+    results = []
+    for f in filters:
+        before = len(hosts)
+        hosts = [h for h in hosts if f.host_passes(h, spec)]
+        results.append(FilterResult(f.name, before, len(hosts)))
+        if not hosts:
+            break
+    return hosts, results
+
+
+def select_destination(hosts: list[HostState], spec: RequestSpec, *,
+                       filters: list[BaseHostFilter] | None = None,
+                       weighers: list[BaseWeigher] | None = None,
+                       host_subset_size: int = 1,
+                       rng: random.Random | None = None) -> Selection | NoValidHost:
+    """One host for `spec`, or why none fits (which filter removed how many hosts)."""
+    candidates, results = run_filters(sorted(hosts, key=lambda h: h.host), spec,
+                                      DEFAULT_FILTERS if filters is None else filters)
+    if not candidates:
+        removed = [f"{r.filter} removed {r.hosts_in - r.hosts_out} of {r.hosts_in}"
+                   for r in results if r.hosts_in != r.hosts_out]
+        detail = "; ".join(removed) if removed else f"{len(hosts)} hosts known"
+        return NoValidHost(f"There are not enough hosts available. ({detail})", results)
+    ranked = weigh_hosts(candidates, spec, default_weighers() if weighers is None else weighers)
+    best = ranked[: max(1, host_subset_size)]
+    chosen = (rng or random).choice(best)[0]
+    return Selection(chosen.host, chosen.node, [h.host for h, _ in ranked], results)

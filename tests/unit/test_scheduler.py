@@ -1,0 +1,194 @@
+"""The filter scheduler as pure functions: each filter, the weighers, the choice, the view."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from consumers.scheduler.filters import (
+    DEFAULT_FILTERS,
+)
+from consumers.scheduler.filters.affinity_filter import (
+    DifferentHostFilter,
+    SameHostFilter,
+    ServerGroupAffinityFilter,
+    ServerGroupAntiAffinityFilter,
+)
+from consumers.scheduler.filters.availability_zone_filter import AvailabilityZoneFilter
+from consumers.scheduler.filters.compute_filter import ComputeFilter
+from consumers.scheduler.filters.forced_host_filter import ForcedHostFilter
+from consumers.scheduler.filters.image_props_filter import ImagePropertiesFilter
+from consumers.scheduler.filters.resource_filters import CoreFilter, DiskFilter, RamFilter
+from consumers.scheduler.filters.retry_filter import RetryFilter
+from consumers.scheduler.host_state import Claim, HostState, HostView, claim_of
+from consumers.scheduler.manager import NoValidHost, Selection, select_destination
+from consumers.scheduler.request_spec import RequestSpec
+from consumers.scheduler.weighers import default_weighers, normalize, weigh_hosts
+from consumers.scheduler.weighers.build_failure import BuildFailureWeigher
+from schemas import Event
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+TINY = Claim(vcpus=1, memory_mb=512, disk_gb=1)
+
+
+def host(name: str, **kw: Any) -> HostState:
+    base = dict(host=name, node=name, vcpus=4, memory_mb=8192, local_gb=100,
+                last_heartbeat=NOW - timedelta(seconds=5))
+    return HostState(**{**base, **kw})
+
+
+def spec(**kw: Any) -> RequestSpec:
+    return RequestSpec(**{"instance_uuid": "i-1", "claim": TINY, "now": NOW, **kw})
+
+
+@pytest.mark.parametrize(("flt", "passes", "fails", "request_kw"), [
+    (ComputeFilter(), host("a"), host("a", disabled=True), {}),
+    (ComputeFilter(), host("a"), host("a", last_heartbeat=NOW - timedelta(seconds=61)), {}),
+    (AvailabilityZoneFilter(), host("a", zone="az1"), host("a", zone="az2"),
+     {"availability_zone": "az1"}),
+    (RamFilter(), host("a", memory_mb=512), host("a", memory_mb=511), {}),
+    (RamFilter(), host("a", memory_mb=400, ram_allocation_ratio=1.5),
+     host("a", memory_mb=400), {}),
+    (CoreFilter(), host("a", vcpus=1, cpu_allocation_ratio=1.0),
+     host("a", vcpus=1, cpu_allocation_ratio=1.0, reported_vcpus_used=1), {}),
+    (DiskFilter(), host("a", local_gb=1), host("a", local_gb=0), {}),
+    (ImagePropertiesFilter(), host("a"), host("a", cpu_arch="aarch64"),
+     {"image_properties": {"hw_architecture": "x86_64"}}),
+    (ImagePropertiesFilter(), host("a"), host("a", hypervisor_type="xen"),
+     {"image_properties": {"img_hv_type": "qemu"}}),
+    (SameHostFilter(), host("a", instances=frozenset({"x"})), host("a"),
+     {"same_host": frozenset({"x"})}),
+    (DifferentHostFilter(), host("a"), host("a", instances=frozenset({"x"})),
+     {"different_host": frozenset({"x"})}),
+    (ServerGroupAffinityFilter(), host("a"), host("b"),
+     {"group_policy": "affinity", "group_hosts": frozenset({"a"})}),
+    (ServerGroupAntiAffinityFilter(), host("b"), host("a"),
+     {"group_policy": "anti-affinity", "group_hosts": frozenset({"a"})}),
+    (RetryFilter(), host("b"), host("a"), {"excluded_hosts": frozenset({"a"})}),
+    (ForcedHostFilter(), host("a"), host("b"), {"forced_host": "a"}),
+    (ForcedHostFilter(), host("a", node="n1"), host("a", node="n2"),
+     {"forced_host": "a", "forced_node": "n1"}),
+])
+def test_each_filter_passes_and_refuses(flt, passes, fails, request_kw) -> None:
+    s = spec(**request_kw)
+    assert flt.host_passes(passes, s)
+    assert not flt.host_passes(fails, s)
+
+
+def test_filters_without_their_hint_let_everything_through() -> None:
+    h = host("a", instances=frozenset({"x"}))
+    for f in DEFAULT_FILTERS:
+        assert f.host_passes(h, spec()), f.name
+
+
+def test_normalize_is_novas() -> None:
+    assert normalize([2.0, 4.0, 6.0]) == [0.0, 0.5, 1.0]
+    assert normalize([3.0, 3.0]) == [0.0, 0.0]
+    assert normalize([]) == []
+
+
+def test_weighers_spread_by_default_and_failing_hosts_sink() -> None:
+    busy, idle = host("busy", reported_memory_mb_used=6000), host("idle")
+    ranked = weigh_hosts([busy, idle], spec(), default_weighers())
+    assert [h.host for h, _ in ranked] == ["idle", "busy"]
+    stack = weigh_hosts([busy, idle], spec(), default_weighers(ram=-1.0, cpu=0, disk=0))
+    assert stack[0][0].host == "busy"
+    failing = replace(idle, failed_builds=2)
+    ranked = weigh_hosts([busy, failing], spec(), default_weighers())
+    assert ranked[0][0].host == "busy"
+    assert BuildFailureWeigher(1000000.0).weigh(failing, spec()) == -2.0
+
+
+def test_select_destination_picks_the_best_and_spreads_with_the_view() -> None:
+    view = HostView(hosts={n: host(n) for n in ("cmp1", "cmp2", "cmp3")})
+    chosen = []
+    for i in range(6):
+        uuid = f"i-{i}"
+        view._claims[uuid] = TINY
+        result = select_destination(list(view.hosts.values()), spec(instance_uuid=uuid))
+        assert isinstance(result, Selection)
+        view.record_placement(uuid, result.host)
+        chosen.append(result.host)
+    assert sorted(chosen) == ["cmp1", "cmp1", "cmp2", "cmp2", "cmp3", "cmp3"]
+
+
+def test_host_subset_size_chooses_randomly_among_the_best() -> None:
+    hosts = [host(f"cmp{i}") for i in range(4)]
+    picks = {select_destination(hosts, spec(), host_subset_size=3,  # type: ignore[union-attr]
+                                rng=random.Random(seed)).host for seed in range(50)}
+    assert picks == {"cmp0", "cmp1", "cmp2"}
+
+
+def test_no_valid_host_says_which_filter_removed_how_many() -> None:
+    hosts = [host("a"), host("b"), host("c", disabled=True)]
+    result = select_destination(hosts, spec(claim=Claim(vcpus=1, memory_mb=99999, disk_gb=1)))
+    assert isinstance(result, NoValidHost)
+    assert "ComputeFilter removed 1 of 3" in result.reason
+    assert "RamFilter removed 2 of 2" in result.reason
+    counts = {r.filter: (r.hosts_in, r.hosts_out) for r in result.filters}
+    assert counts["ComputeFilter"] == (3, 2) and counts["RamFilter"] == (2, 0)
+    assert "CoreFilter" not in counts  # filtering stops once no host is left
+    empty = select_destination([], spec())
+    assert isinstance(empty, NoValidHost) and "0 hosts known" in empty.reason
+
+
+def ev(kind: str, aggregate: str, at: datetime = NOW, **payload: Any) -> Event:
+    return Event(kind, aggregate, payload, "req-1", "test@h", occurred_at=at)
+
+
+def report(host_name: str, used_mb: int, uuids: list[str]) -> Event:
+    return ev("ComputeResourcesReported", host_name, host=host_name, node=host_name, vcpus=4,
+              memory_mb=8192, local_gb=100, vcpus_used=len(uuids), memory_mb_used=used_mb,
+              local_gb_used=len(uuids), running_vms=len(uuids), cpu_allocation_ratio=4.0,
+              ram_allocation_ratio=1.0, disk_allocation_ratio=1.0, cpu_arch="x86_64",
+              hypervisor_type="QEMU", instance_uuids=uuids)
+
+
+FLAVOR = {"flavorid": "1", "name": "m1.tiny", "vcpus": 1, "memory_mb": 512, "root_gb": 1,
+          "ephemeral_gb": 0, "swap_mb": 0, "extra_specs": {}}
+
+
+def request(uuid: str, group: str | None = None) -> Event:
+    return ev("InstanceBuildRequested", uuid, flavor=FLAVOR,
+              scheduler_hints={"group": [group]} if group else {})
+
+
+def test_the_view_counts_pending_placements_until_a_report_includes_them() -> None:
+    view = HostView()
+    view.apply(ev("ComputeServiceStarted", "cmp1", host="cmp1", binary="nova-compute",
+                  zone="nova", hypervisor_type="QEMU", hypervisor_hostname="cmp1",
+                  host_ip="127.0.0.1", version="1"))
+    view.apply(report("cmp1", 0, []))
+    view.apply(request("i-1"))
+    view.apply(ev("InstanceScheduled", "i-1", host="cmp1", node="cmp1", attempt=1,
+                  weighed_hosts=[]))
+    assert view.hosts["cmp1"].memory_mb_used == 512
+    view.apply(report("cmp1", 512, ["i-1"]))  # the claim is now in the report: no double count
+    assert view.hosts["cmp1"].memory_mb_used == 512
+    assert view.hosts["cmp1"].instances == {"i-1"}
+    view.apply(ev("InstanceBuildFailed", "i-1", host="cmp1", attempt=1, stage="spawning",
+                  reason="x", retryable=True))
+    assert view.hosts["cmp1"].failed_builds == 1
+    view.apply(ev("ServiceDisabled", "cmp1", host="cmp1", binary="nova-compute", reason="m"))
+    assert view.hosts["cmp1"].disabled
+    view.apply(ev("HostRemoved", "cmp1", host="cmp1"))
+    assert "cmp1" not in view.hosts
+
+
+def test_the_view_knows_server_group_hosts() -> None:
+    view = HostView(hosts={"a": host("a"), "b": host("b")})
+    view.apply(ev("ServerGroupCreated", "g", group_id="g", name="web", policy="anti-affinity",
+                  project_id="p"))
+    view.apply(request("i-1", group="g"))
+    view.apply(ev("InstanceScheduled", "i-1", host="a", node="a", attempt=1, weighed_hosts=[]))
+    assert view.group_hosts("g") == {"a"}
+    assert view.group_policies["g"] == "anti-affinity"
+
+
+def test_claim_of_counts_ephemeral_and_swap_as_disk() -> None:
+    assert claim_of({**FLAVOR, "root_gb": 20, "ephemeral_gb": 5, "swap_mb": 1025}) == \
+        Claim(vcpus=1, memory_mb=512, disk_gb=27)
