@@ -1,0 +1,113 @@
+"""IP address management, pure and deterministic.
+
+Allocation takes the lowest free address of the allocation range; the MAC and
+port id derive from (network, address). Replaying the same facts therefore
+rebuilds exactly the same pools, and re-handling a command after a crash yields
+exactly the same port, so re-delivery never hands out a second address.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+PORT_NAMESPACE = uuid.UUID("6f1c1b1e-3d2a-4c55-9a57-2b1d0c9e7a10")
+
+
+class PoolExhausted(Exception):
+    """No free address left in the network's allocation range."""
+
+
+@dataclass(frozen=True)
+class Port:
+    port_id: str
+    network_id: str
+    network_name: str
+    ip_address: str
+    mac_address: str
+    instance_uuid: str
+
+    def as_payload(self) -> dict[str, str]:
+        """The novalog.instance.Port record."""
+        return {"port_id": self.port_id, "network_id": self.network_id,
+                "network_name": self.network_name, "ip_address": self.ip_address,
+                "mac_address": self.mac_address}
+
+
+def mac_for(network_id: str, ip: str, taken: set[str]) -> str:
+    """fa:16:3e (OpenStack's prefix) + 3 bytes from a hash; bumped on the rare collision."""
+    n = 0
+    while True:
+        digest = hashlib.sha256(f"{network_id}/{ip}/{n}".encode()).digest()
+        mac = "fa:16:3e:" + ":".join(f"{b:02x}" for b in digest[:3])
+        if mac not in taken:
+            return mac
+        n += 1
+
+
+@dataclass
+class Pool:
+    network_id: str
+    name: str
+    cidr: str
+    gateway_ip: str
+    allocation_start: str
+    allocation_end: str
+    ports: dict[str, Port] = field(default_factory=dict)  # ip -> port
+
+    @classmethod
+    def from_network(cls, net: dict[str, Any]) -> Pool:
+        """From a NetworkToAttach record; refuses a range outside the CIDR."""
+        network = ipaddress.ip_network(net["cidr"])
+        start = ipaddress.ip_address(net["allocation_start"])
+        end = ipaddress.ip_address(net["allocation_end"])
+        if start not in network or end not in network or int(start) > int(end):
+            raise ValueError(f"allocation range {start}-{end} is not within {network}")
+        return cls(net["network_id"], net["name"], net["cidr"], net["gateway_ip"],
+                   net["allocation_start"], net["allocation_end"])
+
+    def ports_of(self, instance_uuid: str) -> list[Port]:
+        return [p for p in self.ports.values() if p.instance_uuid == instance_uuid]
+
+    def allocate(self, instance_uuid: str, fixed_ip: str | None = None) -> Port:
+        """The instance's port on this network: the existing one, or a new one."""
+        existing = self.ports_of(instance_uuid)
+        if existing:
+            return existing[0]
+        if fixed_ip is not None:
+            ip = ipaddress.ip_address(fixed_ip)
+            if ip not in ipaddress.ip_network(self.cidr) or str(ip) == self.gateway_ip:
+                raise PoolExhausted(f"fixed IP {fixed_ip} is not usable on {self.name}")
+            if str(ip) in self.ports:
+                raise PoolExhausted(f"fixed IP {fixed_ip} is already in use on {self.name}")
+            return self._port(instance_uuid, str(ip))
+        first = int(ipaddress.ip_address(self.allocation_start))
+        last = int(ipaddress.ip_address(self.allocation_end))
+        for n in range(first, last + 1):
+            candidate = str(ipaddress.ip_address(n))
+            if candidate not in self.ports and candidate != self.gateway_ip:
+                return self._port(instance_uuid, candidate)
+        raise PoolExhausted(f"no free IP address on network {self.name} ({self.cidr})")
+
+    def _port(self, instance_uuid: str, ip: str) -> Port:
+        taken = {p.mac_address for p in self.ports.values()}
+        return Port(
+            port_id=str(uuid.uuid5(PORT_NAMESPACE, f"{self.network_id}/{ip}/{instance_uuid}")),
+            network_id=self.network_id, network_name=self.name, ip_address=ip,
+            mac_address=mac_for(self.network_id, ip, taken), instance_uuid=instance_uuid,
+        )
+
+    def apply_allocated(self, p: dict[str, Any]) -> None:
+        """An IpAllocated fact; applying it twice changes nothing."""
+        self.ports[p["ip_address"]] = Port(p["port_id"], p["network_id"], self.name,
+                                           p["ip_address"], p["mac_address"],
+                                           p["instance_uuid"])
+
+    def apply_released(self, p: dict[str, Any]) -> None:
+        """An IpReleased fact; only frees the address if that port still holds it."""
+        held = self.ports.get(p["ip_address"])
+        if held is not None and held.port_id == p["port_id"]:
+            del self.ports[p["ip_address"]]

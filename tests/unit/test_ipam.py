@@ -1,0 +1,92 @@
+"""IP allocation: unique, deterministic, idempotent, rebuilt by replaying facts."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from consumers.network.ipam import Pool, PoolExhausted
+
+NET = {"network_id": "net-1", "name": "private", "cidr": "10.0.0.0/24",
+       "gateway_ip": "10.0.0.1", "allocation_start": "10.0.0.2",
+       "allocation_end": "10.0.0.254"}
+
+
+def allocated(pool: Pool, instance: str) -> dict[str, str]:
+    port = pool.allocate(instance)
+    fact = {**port.as_payload(), "instance_uuid": instance}
+    pool.apply_allocated(fact)
+    return fact
+
+
+def test_lowest_free_address_with_an_openstack_mac() -> None:
+    pool = Pool.from_network(NET)
+    a, b = allocated(pool, "i-a"), allocated(pool, "i-b")
+    assert (a["ip_address"], b["ip_address"]) == ("10.0.0.2", "10.0.0.3")
+    assert a["mac_address"].startswith("fa:16:3e:") and a["mac_address"] != b["mac_address"]
+
+
+def test_allocating_again_for_the_same_instance_returns_the_same_port() -> None:
+    pool = Pool.from_network(NET)
+    first = allocated(pool, "i-a")
+    assert pool.allocate("i-a").as_payload() == {k: v for k, v in first.items()
+                                                   if k != "instance_uuid"}
+    assert len(pool.ports) == 1
+
+
+def test_a_re_handled_command_yields_the_identical_port() -> None:
+    """Crash after producing the fact, before committing: the same port comes out."""
+    a, b = Pool.from_network(NET), Pool.from_network(NET)
+    allocated(a, "i-x")
+    allocated(b, "i-x")
+    assert a.ports == b.ports
+
+
+def test_release_frees_the_address_for_the_next_instance() -> None:
+    pool = Pool.from_network(NET)
+    fact = allocated(pool, "i-a")
+    pool.apply_released(fact)
+    pool.apply_released(fact)  # twice: no harm
+    assert allocated(pool, "i-b")["ip_address"] == "10.0.0.2"
+
+
+def test_exhaustion_and_bad_fixed_ips_are_refused() -> None:
+    pool = Pool.from_network({**NET, "allocation_start": "10.0.0.2",
+                              "allocation_end": "10.0.0.3"})
+    allocated(pool, "i-a")
+    allocated(pool, "i-b")
+    with pytest.raises(PoolExhausted, match="no free IP address on network private"):
+        pool.allocate("i-c")
+    with pytest.raises(PoolExhausted, match="already in use"):
+        pool.allocate("i-d", fixed_ip="10.0.0.2")
+    with pytest.raises(PoolExhausted, match="not usable"):
+        pool.allocate("i-d", fixed_ip="192.168.0.9")
+    with pytest.raises(ValueError, match="not within"):
+        Pool.from_network({**NET, "allocation_end": "10.0.1.9"})
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["alloc", "release"]), st.integers(0, 30)),
+                max_size=80))
+def test_no_address_or_mac_is_ever_held_twice_and_replay_rebuilds_the_pool(ops) -> None:
+    pool, facts = Pool.from_network(NET), []
+    for op, n in ops:
+        instance = f"i-{n}"
+        if op == "alloc":
+            fact = allocated(pool, instance)
+            facts.append(("alloc", fact))
+        else:
+            for port in pool.ports_of(instance):
+                fact = {**port.as_payload(), "instance_uuid": instance}
+                pool.apply_released(fact)
+                facts.append(("release", fact))
+        ips = [p.ip_address for p in pool.ports.values()]
+        macs = [p.mac_address for p in pool.ports.values()]
+        owners = [p.instance_uuid for p in pool.ports.values()]
+        assert len(set(ips)) == len(ips) and len(set(macs)) == len(macs)
+        assert len(set(owners)) == len(owners)  # one port per instance per network
+    replayed = Pool.from_network(NET)
+    for kind, fact in facts:
+        (replayed.apply_allocated if kind == "alloc" else replayed.apply_released)(fact)
+    assert replayed.ports == pool.ports
