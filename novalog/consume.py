@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from novalog.idempotency import Inbox
 from novalog.kafka import EventProducer, Headers, Topics, consumer_config
 from novalog.settings import Settings
 from schemas import Event, SerializationError, decode
@@ -61,7 +62,7 @@ def _headers(msg: Message) -> Headers:
     return list(raw.items()) if isinstance(raw, dict) else list(raw)
 
 
-def _record(msg: Message) -> Record:
+def record_of(msg: Message) -> Record:
     return Record(
         topic=msg.topic() or "",
         partition=msg.partition() or 0,
@@ -85,6 +86,8 @@ class ConsumeLoop:
         producer: EventProducer,
         retry_if: Callable[[BaseException], bool] = is_transient,
         batch_size: int = 500,
+        inbox: Inbox | None = None,
+        on_idle: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.group_id = group_id
@@ -93,6 +96,9 @@ class ConsumeLoop:
         self.producer = producer
         self.retry_if = retry_if
         self.batch_size = batch_size
+        self.inbox = inbox
+        self.on_idle = on_idle
+        self._handled: list[str] = []
         self.dead_letter_topic = Topics(settings.topic_prefix).dead_letters
         self._consumer: Consumer | None = None
 
@@ -124,10 +130,15 @@ class ConsumeLoop:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer error on %s: %s", self.topics, err.str())
                 continue
-            self._handle(_record(msg))
+            self._handle(record_of(msg))
             last[(msg.topic() or "", msg.partition() or 0)] = msg.offset() or 0
+        if self.on_idle is not None:
+            self.on_idle()  # periodic work (heartbeats, sweeps) in the loop's own thread
         if last:
             self.producer.flush()
+            if self.inbox is not None:
+                self.inbox.record(self._handled)
+            self._handled = []
             self.consumer.commit(
                 offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()],
                 asynchronous=False,
@@ -140,6 +151,11 @@ class ConsumeLoop:
         except SerializationError as exc:
             self.dead_letter(record, f"undecodable: {exc}")
             return
+        if self.inbox is not None:
+            if event.event_id in self._handled or self.inbox.seen(event.event_id):
+                log.info("skipping %s %s: already handled", event.event_type, event.event_id)
+                return
+            self._handled.append(event.event_id)
         attempts = self.settings.max_retries + 1
         retrying = Retrying(
             stop=stop_after_attempt(attempts),
@@ -157,25 +173,30 @@ class ConsumeLoop:
             self.dead_letter(record, f"{why}{type(exc).__name__}: {exc}")
 
     def dead_letter(self, record: Record, error: str) -> None:
-        """Copy the record verbatim to the dead-letter topic with where it came from and why."""
-        log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition,
-                    record.offset, error)
-        headers: Headers = [
-            *record.headers,
-            (DLQ_HEADER + "topic", record.topic.encode()),
-            (DLQ_HEADER + "partition", str(record.partition).encode()),
-            (DLQ_HEADER + "offset", str(record.offset).encode()),
-            (DLQ_HEADER + "error", error[:4000].encode()),
-            (DLQ_HEADER + "consumer", self.group_id.encode()),
-            (DLQ_HEADER + "failed_at", datetime.now(UTC).isoformat().encode()),
-        ]
-        self.producer.produce(self.dead_letter_topic, record.key, record.value, headers)
+        dead_letter(self.producer, self.dead_letter_topic, self.group_id, record, error)
 
     def close(self) -> None:
         """Leave the group at once so a replica takes over without waiting for a timeout."""
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
+
+
+def dead_letter(producer: EventProducer, topic: str, consumer: str, record: Record,
+                error: str) -> None:
+    """Copy the record verbatim to the dead-letter topic with where it came from and why."""
+    log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition,
+                record.offset, error)
+    headers: Headers = [
+        *record.headers,
+        (DLQ_HEADER + "topic", record.topic.encode()),
+        (DLQ_HEADER + "partition", str(record.partition).encode()),
+        (DLQ_HEADER + "offset", str(record.offset).encode()),
+        (DLQ_HEADER + "error", error[:4000].encode()),
+        (DLQ_HEADER + "consumer", consumer.encode()),
+        (DLQ_HEADER + "failed_at", datetime.now(UTC).isoformat().encode()),
+    ]
+    producer.produce(topic, record.key, record.value, headers)
 
 
 def wait_for_assignment(loop: ConsumeLoop, timeout: float = 30.0) -> None:

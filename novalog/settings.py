@@ -19,6 +19,26 @@ def _default_home() -> Path:
     return Path(state) / "novalog"
 
 
+def env_float(env: Mapping[str, str], name: str, default: float, low: float = 0.0) -> float:
+    """A float variable, or SettingsError naming it."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if value < low:
+        raise SettingsError(f"{name}={value} is below {low}")
+    return value
+
+
+def env_int(env: Mapping[str, str], name: str, default: int, low: int = 1,
+            high: int = 2**31 - 1) -> int:
+    """An integer variable within bounds, or SettingsError naming it."""
+    return _int(env, name, default, low, high)
+
+
 def _int(env: Mapping[str, str], name: str, default: int, low: int = 1,
          high: int = 2**31 - 1) -> int:
     raw = env.get(name)

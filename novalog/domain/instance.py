@@ -15,8 +15,9 @@ Rules:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -137,6 +138,33 @@ def _errored(state: Instance, code: int, message: str, details: str | None = Non
                    ports=(), disks=(),
                    fault={"code": code, "message": message, "details": details,
                           "created": state.updated_at})
+
+
+_TIMES = ("created_at", "updated_at", "launched_at")
+
+
+def to_json(state: Instance) -> dict[str, Any]:
+    """A JSON-able dict (the projector stores it, and reads it back with from_json)."""
+    d = asdict(state)
+    for key in _TIMES:
+        d[key] = d[key].isoformat() if d[key] else None
+    if d["fault"] and d["fault"].get("created"):
+        d["fault"] = {**d["fault"], "created": d["fault"]["created"].isoformat()}
+    d["ports"], d["disks"], d["tried_hosts"] = list(d["ports"]), list(d["disks"]), \
+        list(d["tried_hosts"])
+    out: dict[str, Any] = json.loads(json.dumps(d, default=str))
+    return out
+
+
+def from_json(d: dict[str, Any]) -> Instance:
+    d = dict(d)
+    for key in _TIMES:
+        d[key] = datetime.fromisoformat(d[key]) if d[key] else None
+    if d["fault"] and d["fault"].get("created"):
+        d["fault"] = {**d["fault"], "created": datetime.fromisoformat(d["fault"]["created"])}
+    d["ports"], d["disks"], d["tried_hosts"] = tuple(d["ports"]), tuple(d["disks"]), \
+        tuple(d["tried_hosts"])
+    return Instance(**d)
 
 
 def fold(events: Iterable[Event]) -> Instance | None:

@@ -154,3 +154,15 @@ def test_events_that_cannot_happen_now_raise(bad: str) -> None:
 ])
 def test_api_status_follows_novas_state_map(vm: str, task: str | None, status: str) -> None:
     assert s.api_status(vm, task) == status
+
+
+def test_state_survives_its_json_form() -> None:
+    from novalog.domain.instance import from_json, to_json
+
+    c = Clock()
+    for events in ([requested(c), *attempt(c, "cmp1"), *build(c, "cmp1")],
+                   [requested(c), c.ev("InstanceNoValidHost", attempt=1, reason="r",
+                                       filters=[])]):
+        state = fold(events)
+        assert state is not None
+        assert from_json(to_json(state)) == state

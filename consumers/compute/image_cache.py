@@ -1,0 +1,103 @@
+"""Disks for an instance: the image fetched once into the host's base-image cache, a qcow2
+overlay per instance on top of it, and blank ephemeral / swap disks (like Nova's
+imagebackend with `images_type = qcow2`). Every step is idempotent: a disk already
+made is reused, so a re-delivered build does not make a second one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+
+class ImageError(Exception):
+    """The image could not be fetched or does not match its checksum."""
+
+
+def _qemu_img(*args: str) -> None:
+    result = subprocess.run(["qemu-img", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ImageError(f"qemu-img {' '.join(args)}: {result.stderr.strip()}")
+
+
+def md5_of(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _device(index: int) -> str:
+    """vda, vdb, ... in the order the disks are attached."""
+    return "vd" + "abcdefghijklmnopqrstuvwxyz"[index]
+
+
+class ImageCache:
+    """`<instances>/_base/<sha1 of image id>`, as Nova names its cached base images."""
+
+    def __init__(self, instances_dir: Path) -> None:
+        self.instances_dir = instances_dir
+        self.base_dir = instances_dir / "_base"
+        self._lock = threading.Lock()
+        self.fetches = 0  # how many times an image was actually copied in
+
+    def base_image(self, image: dict[str, Any]) -> Path:
+        """The cached copy of `image`, fetched and checksummed on first use only."""
+        target = self.base_dir / hashlib.sha1(image["id"].encode(),
+                                              usedforsecurity=False).hexdigest()
+        with self._lock:
+            if target.exists():
+                return target
+            self.base_dir.mkdir(parents=True, exist_ok=True)
+            source = Path(image["location"])
+            if not source.is_file():
+                raise ImageError(f"image {image['id']} not found at {source}")
+            partial = target.with_suffix(f".part{os.getpid()}")
+            shutil.copyfile(source, partial)
+            if md5_of(partial) != image["checksum"]:
+                partial.unlink()
+                raise ImageError(f"image {image['id']} does not match its checksum")
+            partial.rename(target)
+            self.fetches += 1
+        return target
+
+    def instance_dir(self, instance_uuid: str) -> Path:
+        return self.instances_dir / instance_uuid
+
+    def prepare_disks(self, instance_uuid: str, image: dict[str, Any] | None,
+                      flavor: dict[str, Any]) -> list[dict[str, Any]]:
+        """Root overlay + ephemeral + swap, as novalog.instance.Disk records."""
+        directory = self.instance_dir(instance_uuid)
+        directory.mkdir(parents=True, exist_ok=True)
+        disks: list[dict[str, Any]] = []
+        if image is not None:
+            base = self.base_image(image)
+            root = directory / "disk"
+            if not root.exists():
+                _qemu_img("create", "-q", "-f", "qcow2", "-F", image["disk_format"], "-b",
+                          str(base), str(root), f"{flavor['root_gb']}G")
+            disks.append({"device": "vda", "path": str(root), "format": "qcow2",
+                          "size_gb": flavor["root_gb"], "backing_file": str(base)})
+        if flavor.get("ephemeral_gb"):
+            disks.append(self._blank(directory / "disk.eph0", _device(len(disks)),
+                                     flavor["ephemeral_gb"], f"{flavor['ephemeral_gb']}G"))
+        if flavor.get("swap_mb"):
+            size_gb = -(-flavor["swap_mb"] // 1024)
+            disks.append(self._blank(directory / "disk.swap", _device(len(disks)), size_gb,
+                                     f"{flavor['swap_mb']}M"))
+        return disks
+
+    def _blank(self, path: Path, device: str, size_gb: int, size: str) -> dict[str, Any]:
+        if not path.exists():
+            _qemu_img("create", "-q", "-f", "qcow2", str(path), size)
+        return {"device": device, "path": str(path), "format": "qcow2", "size_gb": size_gb,
+                "backing_file": None}
+
+    def remove(self, instance_uuid: str) -> None:
+        shutil.rmtree(self.instance_dir(instance_uuid), ignore_errors=True)

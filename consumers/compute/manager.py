@@ -1,0 +1,228 @@
+"""nova-compute for one host: claim, then networking → block_device_mapping → spawning.
+
+Commands arrive on the host's own topic: BuildAndRunInstance from the conductor,
+then PortsAllocated / PortsAllocationFailed from the network role. The build's
+progress lives in its claim row, so a restarted agent picks up where it was.
+Any failure after the claim releases what the build took (domain, disks,
+ports, claim) before InstanceBuildFailed tells the conductor.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import uuid4
+
+from consumers.compute.driver import LibvirtDriver, domain_name, domain_xml
+from consumers.compute.image_cache import ImageCache
+from consumers.compute.resource_tracker import BuildRecord, ResourceTracker
+from consumers.scheduler.host_state import claim_of
+from novalog import faults
+from novalog.consume import Record
+from novalog.domain import states
+from novalog.kafka import Topics
+from novalog.publish import Publisher
+from schemas import Event
+
+log = logging.getLogger(__name__)
+
+BINARY = "nova-compute"
+
+
+class BuildStepFailed(Exception):
+    def __init__(self, stage: str, reason: str, retryable: bool) -> None:
+        super().__init__(reason)
+        self.stage, self.reason, self.retryable = stage, reason, retryable
+
+
+@dataclass(frozen=True)
+class ComputeIdentity:
+    host: str
+    zone: str = "nova"
+    host_ip: str = "127.0.0.1"
+    report_interval_s: float = 10.0  # Nova's report_interval
+    resource_report_interval_s: float = 60.0
+
+
+class ComputeManager:
+    def __init__(self, ident: ComputeIdentity, tracker: ResourceTracker, driver: LibvirtDriver,
+                 cache: ImageCache, publisher: Publisher, topics: Topics) -> None:
+        self.ident = ident
+        self.host = ident.host
+        self.tracker = tracker
+        self.driver = driver
+        self.cache = cache
+        self.pub = publisher
+        self.topics = topics
+        self._last_heartbeat = 0.0
+        self._last_report = 0.0
+        self._start_correlation = f"req-{self.host}-start-{int(time.time())}"
+
+    # -- service lifecycle -----------------------------------------------------------------
+    def start(self) -> None:
+        """Register the host and tell the cloud: service started, resources, heartbeat."""
+        self.tracker.register()
+        self.pub.emit(self.topics.hosts, "ComputeServiceStarted", self.host, {
+            "host": self.host, "binary": BINARY, "zone": self.ident.zone,
+            "hypervisor_type": "QEMU", "hypervisor_hostname": self.host,
+            "host_ip": self.ident.host_ip, "version": "novalog"},
+            correlation_id=self._start_correlation)
+        self.report_resources()
+        self.heartbeat()
+
+    def periodic(self) -> None:
+        """Called by the consume loop after every poll."""
+        now = time.monotonic()
+        if now - self._last_heartbeat >= self.ident.report_interval_s:
+            self.heartbeat()
+        if now - self._last_report >= self.ident.resource_report_interval_s:
+            self.report_resources()
+
+    def heartbeat(self) -> None:
+        self._last_heartbeat = time.monotonic()
+        self.pub.emit(self.topics.hosts, "ServiceHeartbeat", self.host,
+                      {"host": self.host, "binary": BINARY},
+                      correlation_id=self._start_correlation)
+
+    def report_resources(self, cause: Event | None = None) -> None:
+        self._last_report = time.monotonic()
+        t, u = self.tracker.totals, self.tracker.usage()
+        self.pub.emit(self.topics.hosts, "ComputeResourcesReported", self.host, {
+            "host": self.host, "node": self.host, "vcpus": t.vcpus, "memory_mb": t.memory_mb,
+            "local_gb": t.local_gb, "vcpus_used": u.vcpus_used,
+            "memory_mb_used": u.memory_mb_used, "local_gb_used": u.local_gb_used,
+            "running_vms": len(self.driver.instance_uuids()),
+            "cpu_allocation_ratio": t.cpu_allocation_ratio,
+            "ram_allocation_ratio": t.ram_allocation_ratio,
+            "disk_allocation_ratio": t.disk_allocation_ratio,
+            "cpu_arch": "x86_64", "hypervisor_type": "QEMU", "instance_uuids": u.instances},
+            correlation_id=cause.correlation_id if cause else self._start_correlation,
+            event_id=str(uuid4()))  # a snapshot, not a consequence: never de-duplicated
+
+    # -- commands --------------------------------------------------------------------------
+    def handle(self, event: Event, _record: Record) -> None:
+        handler = {"BuildAndRunInstance": self.build_and_run_instance,
+                   "PortsAllocated": self.ports_allocated,
+                   "PortsAllocationFailed": self.ports_allocation_failed}.get(event.event_type)
+        if handler is None:
+            raise ValueError(f"{event.event_type} is not a command for nova-compute")
+        if event.payload["host"] != self.host:
+            raise ValueError(f"{event.event_type} for host {event.payload['host']} reached "
+                             f"{self.host}")
+        handler(event)
+
+    def _instance_event(self, kind: str, uuid: str, payload: dict[str, Any], cause: Event,
+                        *what: object) -> None:
+        self.pub.emit(self.topics.instances, kind, uuid, payload, cause=cause, what=what)
+
+    def build_and_run_instance(self, event: Event) -> None:
+        p = event.payload
+        uuid, attempt = p["instance_uuid"], p["attempt"]
+        base = {"host": self.host, "attempt": attempt}
+        need = claim_of(p["flavor"])
+        if faults.active("refuse_claim", self.host):
+            result_ok, reason, duplicate = False, f"claim refused on {self.host} (test fault)", \
+                False
+        else:
+            result = self.tracker.claim(uuid, attempt, need, p)
+            result_ok, reason, duplicate = result.accepted, result.reason, result.duplicate
+        if not result_ok:
+            self._instance_event("InstanceClaimRefused", uuid,
+                                 {**base, "node": p["node"], "reason": reason}, event)
+            return
+        self._instance_event("InstanceClaimAccepted", uuid, {
+            **base, "node": p["node"], "vcpus": need.vcpus, "memory_mb": need.memory_mb,
+            "disk_gb": need.disk_gb}, event)
+        if not duplicate:
+            self.report_resources(cause=event)
+        self._instance_event("InstanceNetworkingStarted", uuid, base, event)
+        if not p["networks"]:
+            record = self.tracker.get(uuid)
+            assert record is not None
+            self._continue_build(record, event)
+            return
+        for net in p["networks"]:
+            self.pub.emit(self.topics.network, "AllocatePorts", net["network_id"], {
+                "instance_uuid": uuid, "host": self.host, "attempt": attempt, "network": net},
+                cause=event, what=(net["network_id"],))
+
+    def ports_allocated(self, event: Event) -> None:
+        p = event.payload
+        record = self.tracker.get(p["instance_uuid"])
+        if record is None or record.attempt != p["attempt"] or record.stage != "networking":
+            log.info("ignoring ports for %s attempt %s: no build waiting for them",
+                     p["instance_uuid"], p["attempt"])
+            return
+        network_id = p["ports"][0]["network_id"] if p["ports"] else ""
+        record = self.tracker.add_ports(record.instance_uuid, network_id, p["ports"])
+        if record is None:
+            return
+        wanted = [n["network_id"] for n in record.command["networks"]]
+        if all(n in record.ports for n in wanted):
+            self._continue_build(record, event)
+
+    def ports_allocation_failed(self, event: Event) -> None:
+        p = event.payload
+        record = self.tracker.get(p["instance_uuid"])
+        if record is None or record.attempt != p["attempt"]:
+            return
+        self._fail(record, event, BuildStepFailed("networking", p["reason"], retryable=False))
+
+    # -- the build -------------------------------------------------------------------------
+    def _continue_build(self, record: BuildRecord, cause: Event) -> None:
+        cmd, uuid = record.command, record.instance_uuid
+        base = {"host": self.host, "attempt": record.attempt}
+        ports = [port for n in cmd["networks"] for port in record.ports.get(n["network_id"], [])]
+        self._instance_event("InstanceNetworkAllocated", uuid, {**base, "ports": ports}, cause)
+        try:
+            self.tracker.set_stage(uuid, "block_device_mapping")
+            self._instance_event("InstanceBlockDeviceMappingStarted", uuid, base, cause)
+            try:
+                disks = self.cache.prepare_disks(uuid, cmd["image"], cmd["flavor"])
+            except Exception as exc:
+                raise BuildStepFailed("block_device_mapping", str(exc), retryable=True) from exc
+            self._instance_event("InstanceBlockDevicesMapped", uuid, {**base, "disks": disks},
+                                 cause)
+            self.tracker.set_stage(uuid, "spawning")
+            self._instance_event("InstanceSpawningStarted", uuid, base, cause)
+            try:
+                if faults.active("fail_spawn", self.host):
+                    raise RuntimeError(f"spawn failed on {self.host} (test fault)")
+                directory = self.cache.instance_dir(uuid)
+                xml = domain_xml(uuid, cmd["name"], cmd["flavor"], disks, ports,
+                                 directory / "console.log")
+                self.driver.spawn(xml, directory / "libvirt.xml")
+            except Exception as exc:
+                raise BuildStepFailed("spawning", str(exc), retryable=True) from exc
+        except BuildStepFailed as failure:
+            self._fail(record, cause, failure)
+            return
+        self.tracker.set_stage(uuid, "active")
+        self._instance_event("InstanceSpawned", uuid, {
+            **base, "node": self.host, "domain_name": domain_name(uuid),
+            "power_state": states.RUNNING, "launched_at": datetime.now(UTC)}, cause)
+        self.report_resources(cause=cause)
+
+    def _fail(self, record: BuildRecord, cause: Event, failure: BuildStepFailed) -> None:
+        """Release everything the build took, then say so."""
+        uuid = record.instance_uuid
+        log.warning("build of %s failed at %s on %s: %s", uuid, failure.stage, self.host,
+                    failure.reason)
+        try:
+            self.driver.destroy(uuid)
+        except Exception:
+            log.exception("could not destroy the domain of %s", uuid)
+        self.cache.remove(uuid)
+        for net in record.command["networks"]:
+            self.pub.emit(self.topics.network, "ReleasePorts", net["network_id"], {
+                "instance_uuid": uuid, "network_id": net["network_id"],
+                "reason": f"build failed on {self.host}: {failure.reason}"},
+                cause=cause, what=(net["network_id"],))
+        self.tracker.release(uuid)
+        self._instance_event("InstanceBuildFailed", uuid, {
+            "host": self.host, "attempt": record.attempt, "stage": failure.stage,
+            "reason": failure.reason, "retryable": failure.retryable}, cause)
+        self.report_resources(cause=cause)

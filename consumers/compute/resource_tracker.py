@@ -1,0 +1,140 @@
+"""The resource tracker: atomic claims against a host's totals and allocation ratios.
+
+Claims live in Postgres (`compute_claims`) so they survive an agent restart; a
+claim takes a row lock on its host first, so concurrent builds on one host are
+serialised and the last free resources go to exactly one of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from consumers.scheduler.host_state import Claim
+
+
+@dataclass(frozen=True)
+class HostTotals:
+    vcpus: int
+    memory_mb: int
+    local_gb: int
+    cpu_allocation_ratio: float
+    ram_allocation_ratio: float
+    disk_allocation_ratio: float
+
+
+@dataclass(frozen=True)
+class Usage:
+    vcpus_used: int
+    memory_mb_used: int
+    local_gb_used: int
+    instances: list[str]
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    accepted: bool
+    reason: str = ""
+    duplicate: bool = False  # this instance already holds a claim here (re-delivery)
+
+
+@dataclass(frozen=True)
+class BuildRecord:
+    """A claim row: where the build of one instance on this host stands."""
+
+    instance_uuid: str
+    attempt: int
+    stage: str
+    command: dict[str, Any]
+    ports: dict[str, list[dict[str, Any]]]
+
+
+class ResourceTracker:
+    def __init__(self, pool: ConnectionPool, host: str, totals: HostTotals) -> None:
+        self.pool = pool
+        self.host = host
+        self.totals = totals
+
+    def register(self) -> None:
+        t = self.totals
+        with self.pool.connection() as conn:
+            conn.execute(
+                "INSERT INTO compute_hosts VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (host) DO UPDATE SET vcpus = excluded.vcpus, "
+                "memory_mb = excluded.memory_mb, local_gb = excluded.local_gb, "
+                "cpu_allocation_ratio = excluded.cpu_allocation_ratio, "
+                "ram_allocation_ratio = excluded.ram_allocation_ratio, "
+                "disk_allocation_ratio = excluded.disk_allocation_ratio",
+                (self.host, t.vcpus, t.memory_mb, t.local_gb, t.cpu_allocation_ratio,
+                 t.ram_allocation_ratio, t.disk_allocation_ratio))
+
+    def claim(self, instance: str, attempt: int, need: Claim,
+              command: dict[str, Any]) -> ClaimResult:
+        """Reserve `need` for `instance`, or say which resource does not fit."""
+        t = self.totals
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT 1 FROM compute_hosts WHERE host = %s FOR UPDATE", (self.host,))
+            existing = conn.execute(
+                "SELECT attempt FROM compute_claims WHERE host = %s AND instance_uuid = %s",
+                (self.host, instance)).fetchone()
+            if existing is not None:
+                return ClaimResult(True, duplicate=True)
+            row = conn.execute(
+                "SELECT COALESCE(SUM(vcpus), 0), COALESCE(SUM(memory_mb), 0), "
+                "COALESCE(SUM(disk_gb), 0) FROM compute_claims WHERE host = %s",
+                (self.host,)).fetchone()
+            assert row is not None
+            used_cpu, used_ram, used_disk = (int(v) for v in row)
+            checks = [
+                ("RAM", need.memory_mb, t.memory_mb * t.ram_allocation_ratio - used_ram, "MB"),
+                ("vCPU", need.vcpus, t.vcpus * t.cpu_allocation_ratio - used_cpu, ""),
+                ("disk", need.disk_gb, t.local_gb * t.disk_allocation_ratio - used_disk, "GB"),
+            ]
+            for what, wanted, free, unit in checks:
+                if wanted > free:
+                    return ClaimResult(False, f"Insufficient {what} on {self.host}: "
+                                              f"{wanted}{unit} requested, {max(free, 0):g}{unit}"
+                                              f" free")
+            conn.execute(
+                "INSERT INTO compute_claims (host, instance_uuid, attempt, vcpus, memory_mb, "
+                "disk_gb, stage, command) VALUES (%s, %s, %s, %s, %s, %s, 'networking', %s)",
+                (self.host, instance, attempt, need.vcpus, need.memory_mb, need.disk_gb,
+                 Jsonb(command)))
+        return ClaimResult(True)
+
+    def get(self, instance: str) -> BuildRecord | None:
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                "SELECT attempt, stage, command, ports FROM compute_claims "
+                "WHERE host = %s AND instance_uuid = %s", (self.host, instance)).fetchone()
+        return BuildRecord(instance, row[0], row[1], row[2], row[3]) if row else None
+
+    def add_ports(self, instance: str, network_id: str,
+                  ports: list[dict[str, Any]]) -> BuildRecord | None:
+        """Record one network's ports; returns the updated build (None when released)."""
+        with self.pool.connection() as conn:
+            conn.execute(
+                "UPDATE compute_claims SET ports = ports || %s WHERE host = %s "
+                "AND instance_uuid = %s", (Jsonb({network_id: ports}), self.host, instance))
+        return self.get(instance)
+
+    def set_stage(self, instance: str, stage: str) -> None:
+        with self.pool.connection() as conn:
+            conn.execute("UPDATE compute_claims SET stage = %s WHERE host = %s "
+                         "AND instance_uuid = %s", (stage, self.host, instance))
+
+    def release(self, instance: str) -> None:
+        with self.pool.connection() as conn:
+            conn.execute("DELETE FROM compute_claims WHERE host = %s AND instance_uuid = %s",
+                         (self.host, instance))
+
+    def usage(self) -> Usage:
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT instance_uuid, vcpus, memory_mb, disk_gb FROM compute_claims "
+                "WHERE host = %s ORDER BY instance_uuid", (self.host,)).fetchall()
+        return Usage(sum(r[1] for r in rows), sum(r[2] for r in rows), sum(r[3] for r in rows),
+                     [r[0] for r in rows])

@@ -1,0 +1,40 @@
+"""Emitting the next event: envelope filled in the same way by every role.
+
+An event caused by another gets the id derived_id(cause, type, *what), the
+cause's id as causation_id and the cause's request id as correlation_id, so
+re-handling an input re-emits identical events (see novalog.idempotency).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from novalog.idempotency import derived_id
+from novalog.kafka import EventProducer
+from schemas import Event
+
+
+class Publisher:
+    def __init__(self, producer: EventProducer, role: str, host: str) -> None:
+        self.producer = producer
+        self.name = f"{role}@{host}"
+
+    def emit(self, topic: str, event_type: str, aggregate_id: str, payload: dict[str, Any], *,
+             cause: Event | None = None, correlation_id: str | None = None,
+             what: tuple[object, ...] = (), event_id: str | None = None) -> Event:
+        """Build, queue and return the event (the caller's loop flushes before committing)."""
+        if event_id is None and cause is not None:
+            event_id = derived_id(cause.event_id, event_type, *what)
+        correlation = correlation_id or (cause.correlation_id if cause else None)
+        if correlation is None:
+            raise ValueError(f"{event_type} needs a cause or a correlation id")
+        event = Event(
+            event_type=event_type, aggregate_id=aggregate_id, payload=payload,
+            correlation_id=correlation, producer=self.name,
+            causation_id=cause.event_id if cause else None,
+            occurred_at=datetime.now(UTC),
+            **({"event_id": event_id} if event_id else {}),
+        )
+        self.producer.publish(topic, event)
+        return event

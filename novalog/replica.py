@@ -1,0 +1,85 @@
+"""A read-only replica of whole topics, folded into an in-memory view by a background thread.
+
+Roles whose decisions need everything (the scheduler needs every host, not just
+its partitions) read the topics with assign() from offset 0, outside any
+consumer group, and fold each event into a view. The view is guarded by
+`lock`. "Caught up" means a poll came back empty, because broker watermark
+offsets cannot be trusted on the embedded broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from confluent_kafka import Consumer, TopicPartition
+
+from novalog.kafka import client_config
+from novalog.settings import Settings
+from schemas import Event, SerializationError, decode
+
+log = logging.getLogger(__name__)
+
+
+class LogReplica:
+    def __init__(self, settings: Settings, topics: list[str], apply: Callable[[Event], None],
+                 name: str) -> None:
+        self.settings = settings
+        self.topics = topics
+        self.apply = apply
+        self.name = name
+        self.lock = threading.Lock()
+        self.events_read = 0
+        self._idle = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> LogReplica:
+        self._thread = threading.Thread(target=self._run, name=f"replica-{self.name}",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def wait_caught_up(self, timeout: float = 30.0) -> bool:
+        return self._idle.wait(timeout)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        consumer = Consumer({**client_config(self.settings),
+                             "group.id": f"replica-{self.name}",  # never joined or committed
+                             "enable.auto.commit": False, "fetch.wait.max.ms": 20})
+        try:
+            metadata = consumer.list_topics(timeout=15)
+            consumer.assign([TopicPartition(t, p, 0) for t in self.topics
+                             for p in metadata.topics[t].partitions])
+            while not self._stop.is_set():
+                messages = consumer.consume(1000, 0.05)
+                if not messages:
+                    self._idle.set()
+                    continue
+                with self.lock:
+                    for msg in messages:
+                        if msg.error() is not None:
+                            continue
+                        try:
+                            event = decode(msg.value() or b"")
+                        except SerializationError as exc:
+                            log.warning("replica %s skips %s@%s: %s", self.name, msg.topic(),
+                                        msg.offset(), exc)
+                            continue
+                        try:
+                            self.apply(event)
+                        except Exception:  # one odd event must not blind the view
+                            log.exception("replica %s could not apply %s %s", self.name,
+                                          event.event_type, event.event_id)
+                        self.events_read += 1
+        except Exception:
+            log.exception("replica %s stopped", self.name)
+            raise
+        finally:
+            consumer.close()

@@ -1,0 +1,18 @@
+-- The API's own record of accepted requests: quota usage is counted here, in the same
+-- transaction that accepts a request, so a burst cannot overshoot a quota while the
+-- projection catches up; GET /servers/{id} falls back to it for a server just accepted.
+
+CREATE TABLE IF NOT EXISTS accepted_instances (
+    uuid           text PRIMARY KEY,
+    project_id     text        NOT NULL,
+    user_id        text        NOT NULL,
+    name           text        NOT NULL,
+    reservation_id text        NOT NULL,
+    vcpus          int         NOT NULL,
+    memory_mb      int         NOT NULL,
+    flavor         jsonb       NOT NULL,
+    image_id       text,
+    request_id     text        NOT NULL,
+    created_at     timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS accepted_by_project ON accepted_instances (project_id);

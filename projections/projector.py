@@ -1,0 +1,134 @@
+"""The projector role: the log folded into Postgres, offsets in the same transaction.
+
+Each batch is one Postgres transaction holding the projection rows and the
+next offset of every partition it read (DESIGN.md §4). When the group assigns
+partitions (at start, or after a rebalance between replicas), the projector
+seeks to the offsets stored in that table, never to Kafka's. A record that
+cannot be decoded, or an event that cannot happen (TransitionError), goes to
+the dead-letter topic; its offset is stored all the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from psycopg import Connection
+from psycopg_pool import ConnectionPool
+
+from novalog.consume import Record, dead_letter, record_of
+from novalog.db import make_pool
+from novalog.domain.instance import TransitionError
+from novalog.kafka import EventProducer, Topics, consumer_config
+from novalog.settings import Settings
+from projections.writers import WRITERS
+from schemas import SerializationError, decode, default_registry
+
+log = logging.getLogger(__name__)
+
+GROUP = "projector"
+
+
+def family_of(event_type: str) -> str:
+    return default_registry().current[event_type].family
+
+
+class Projector:
+    def __init__(self, settings: Settings, pool: ConnectionPool, producer: EventProducer,
+                 *, group_id: str = GROUP, batch_size: int = 500) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.producer = producer
+        self.group_id = group_id
+        self.batch_size = batch_size
+        topics = Topics(settings.topic_prefix)
+        self.topics = [topics.instances, topics.hosts, topics.catalog]
+        self.dead_letters = topics.dead_letters
+        self._consumer: Consumer | None = None
+
+    @property
+    def consumer(self) -> Consumer:
+        if self._consumer is None:
+            config = {**consumer_config(self.settings, self.group_id)}
+            self._consumer = Consumer(config)
+            self._consumer.subscribe(self.topics, on_assign=self._on_assign)
+        return self._consumer
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        stored = self.stored_offsets()
+        for tp in partitions:
+            tp.offset = stored.get((tp.topic, tp.partition), OFFSET_BEGINNING)
+        consumer.assign(partitions)
+        log.info("projector assigned %s", [(tp.topic, tp.partition, tp.offset)
+                                           for tp in partitions])
+
+    def stored_offsets(self) -> dict[tuple[str, int], int]:
+        with self.pool.connection() as conn:
+            rows = conn.execute("SELECT topic, partition, next_offset FROM projector_offsets"
+                                ).fetchall()
+        return {(t, p): o for t, p, o in rows}
+
+    def run(self, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                self.poll_once()
+        finally:
+            self.close()
+
+    def poll_once(self) -> int:
+        messages = [m for m in self.consumer.consume(self.batch_size,
+                                                     self.settings.poll_timeout_ms / 1000)
+                    if self._usable(m)]
+        if not messages:
+            return 0
+        with self.pool.connection() as conn, conn.transaction():
+            for msg in messages:
+                self._project(conn, record_of(msg))
+            self.producer.flush()  # dead letters are durable before their offsets are
+            conn.cursor().executemany(
+                "INSERT INTO projector_offsets (topic, partition, next_offset) "
+                "VALUES (%s, %s, %s) ON CONFLICT (topic, partition) DO UPDATE SET "
+                "next_offset = GREATEST(projector_offsets.next_offset, excluded.next_offset)",
+                [(m.topic(), m.partition(), (m.offset() or 0) + 1) for m in messages])
+        return len(messages)
+
+    def _usable(self, msg: Message) -> bool:
+        err = msg.error()
+        if err is None:
+            return True
+        if err.code() != KafkaError._PARTITION_EOF:
+            log.warning("projector consumer error: %s", err.str())
+        return False
+
+    def _project(self, conn: Connection[Any], record: Record) -> None:
+        try:
+            event = decode(record.value or b"")
+        except SerializationError as exc:
+            dead_letter(self.producer, self.dead_letters, self.group_id, record,
+                        f"undecodable: {exc}")
+            return
+        writer = WRITERS.get(family_of(event.event_type))
+        if writer is None:
+            return  # commands and network facts are not projected
+        try:
+            with conn.transaction():  # a savepoint: a refused event leaves no half-write
+                writer(conn, event)
+        except TransitionError as exc:
+            dead_letter(self.producer, self.dead_letters, self.group_id, record,
+                        f"refused by the fold: {exc}")
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
+def serve(settings: Settings, stop: threading.Event) -> None:
+    """The `projector` role."""
+    pool = make_pool(settings)
+    try:
+        Projector(settings, pool, EventProducer(settings)).run(stop)
+    finally:
+        pool.close()

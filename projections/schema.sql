@@ -1,0 +1,191 @@
+-- The read side. Every table is a fold of the log; `novalog replay` rebuilds them all.
+
+CREATE TABLE IF NOT EXISTS projector_offsets (
+    topic       text   NOT NULL,
+    partition   int    NOT NULL,
+    next_offset bigint NOT NULL,
+    PRIMARY KEY (topic, partition)
+);
+
+CREATE TABLE IF NOT EXISTS servers (
+    uuid              text PRIMARY KEY,
+    name              text        NOT NULL,
+    project_id        text        NOT NULL,
+    user_id           text        NOT NULL,
+    status            text        NOT NULL,
+    vm_state          text        NOT NULL,
+    task_state        text,
+    power_state       int         NOT NULL,
+    host              text,
+    node              text,
+    availability_zone text,
+    flavor            jsonb       NOT NULL,
+    image             jsonb,
+    addresses         jsonb       NOT NULL,
+    key_name          text,
+    metadata          jsonb       NOT NULL,
+    reservation_id    text        NOT NULL,
+    launch_index      int         NOT NULL,
+    attempt           int         NOT NULL,
+    request_id        text        NOT NULL,
+    created_at        timestamptz NOT NULL,
+    updated_at        timestamptz NOT NULL,
+    launched_at       timestamptz,
+    fault             jsonb,
+    state             jsonb       NOT NULL  -- the whole fold, read back to apply the next event
+);
+CREATE INDEX IF NOT EXISTS servers_by_project ON servers (project_id, created_at);
+CREATE INDEX IF NOT EXISTS servers_building ON servers (updated_at) WHERE vm_state = 'building';
+
+CREATE TABLE IF NOT EXISTS instance_events (
+    event_id      text PRIMARY KEY,  -- first wins: a re-delivered event is ignored
+    instance_uuid text        NOT NULL,
+    seq           bigserial,
+    event_type    text        NOT NULL,
+    occurred_at   timestamptz NOT NULL,
+    vm_state      text,
+    task_state    text,
+    producer      text        NOT NULL,
+    request_id    text        NOT NULL,
+    payload       jsonb       NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instance_events_by_instance ON instance_events (instance_uuid, seq);
+
+CREATE TABLE IF NOT EXISTS instance_actions (
+    instance_uuid text        NOT NULL,
+    request_id    text        NOT NULL,
+    action        text        NOT NULL,
+    project_id    text        NOT NULL,
+    user_id       text        NOT NULL,
+    start_time    timestamptz NOT NULL,
+    finish_time   timestamptz,
+    message       text,
+    PRIMARY KEY (instance_uuid, request_id)
+);
+
+CREATE TABLE IF NOT EXISTS instance_action_events (
+    instance_uuid text        NOT NULL,
+    request_id    text        NOT NULL,
+    event         text        NOT NULL,
+    attempt       int         NOT NULL,
+    host          text,
+    start_time    timestamptz NOT NULL,
+    finish_time   timestamptz,
+    result        text,
+    details       text,
+    PRIMARY KEY (instance_uuid, request_id, event, attempt)
+);
+
+CREATE TABLE IF NOT EXISTS compute_nodes (
+    host                  text PRIMARY KEY,
+    node                  text        NOT NULL,
+    hypervisor_type       text        NOT NULL DEFAULT 'QEMU',
+    host_ip               text,
+    cpu_arch              text        NOT NULL DEFAULT 'x86_64',
+    vcpus                 int         NOT NULL DEFAULT 0,
+    memory_mb             int         NOT NULL DEFAULT 0,
+    local_gb              int         NOT NULL DEFAULT 0,
+    vcpus_used            int         NOT NULL DEFAULT 0,
+    memory_mb_used        int         NOT NULL DEFAULT 0,
+    local_gb_used         int         NOT NULL DEFAULT 0,
+    running_vms           int         NOT NULL DEFAULT 0,
+    cpu_allocation_ratio  float8      NOT NULL DEFAULT 4.0,
+    ram_allocation_ratio  float8      NOT NULL DEFAULT 1.0,
+    disk_allocation_ratio float8      NOT NULL DEFAULT 1.0,
+    updated_at            timestamptz NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS services (
+    host            text        NOT NULL,
+    binary          text        NOT NULL,
+    zone            text        NOT NULL DEFAULT 'nova',
+    disabled        boolean     NOT NULL DEFAULT false,
+    disabled_reason text,
+    last_heartbeat  timestamptz,
+    created_at      timestamptz NOT NULL,
+    updated_at      timestamptz NOT NULL,
+    PRIMARY KEY (host, binary)
+);
+
+CREATE TABLE IF NOT EXISTS flavors (
+    flavorid     text PRIMARY KEY,
+    name         text    NOT NULL,
+    vcpus        int     NOT NULL,
+    memory_mb    int     NOT NULL,
+    root_gb      int     NOT NULL,
+    ephemeral_gb int     NOT NULL,
+    swap_mb      int     NOT NULL,
+    is_public    boolean NOT NULL,
+    extra_specs  jsonb   NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS images (
+    image_id         text PRIMARY KEY,
+    name             text        NOT NULL,
+    status           text        NOT NULL,
+    disk_format      text        NOT NULL,
+    container_format text        NOT NULL,
+    size             bigint      NOT NULL,
+    checksum         text        NOT NULL,
+    min_disk         int         NOT NULL,
+    min_ram          int         NOT NULL,
+    location         text        NOT NULL,
+    visibility       text        NOT NULL,
+    properties       jsonb       NOT NULL,
+    created_at       timestamptz NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS networks (
+    network_id       text PRIMARY KEY,
+    name             text    NOT NULL,
+    cidr             text    NOT NULL,
+    gateway_ip       text    NOT NULL,
+    allocation_start text    NOT NULL,
+    allocation_end   text    NOT NULL,
+    project_id       text,
+    shared           boolean NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS projects (
+    project_id text PRIMARY KEY,
+    name       text NOT NULL,
+    domain     text NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS users (
+    user_id            text PRIMARY KEY,
+    name               text NOT NULL,
+    password_hash      text NOT NULL,
+    default_project_id text,
+    domain             text NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS role_assignments (
+    user_id    text NOT NULL,
+    project_id text NOT NULL,
+    role       text NOT NULL,
+    PRIMARY KEY (user_id, project_id, role)
+);
+
+CREATE TABLE IF NOT EXISTS quotas (
+    project_id text NOT NULL,
+    resource   text NOT NULL,
+    hard_limit int  NOT NULL,
+    PRIMARY KEY (project_id, resource)
+);
+
+CREATE TABLE IF NOT EXISTS keypairs (
+    user_id     text NOT NULL,
+    name        text NOT NULL,
+    public_key  text NOT NULL,
+    fingerprint text NOT NULL,
+    type        text NOT NULL,
+    PRIMARY KEY (user_id, name)
+);
+
+CREATE TABLE IF NOT EXISTS server_groups (
+    group_id   text PRIMARY KEY,
+    name       text NOT NULL,
+    policy     text NOT NULL,
+    project_id text NOT NULL
+);

@@ -1,0 +1,239 @@
+"""How each event changes the projection tables. Called inside the projector's transaction.
+
+Instance events go through the pure fold (`novalog.domain.instance.apply`);
+host and catalog events are upserts that tolerate re-delivery and reordering.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from psycopg import Connection
+from psycopg.types.json import Jsonb
+
+from novalog.domain.instance import Instance, apply, from_json, to_json
+from schemas import Event
+
+Writer = Callable[[Connection[Any], Event], None]
+
+
+def addresses(state: Instance) -> dict[str, list[dict[str, Any]]]:
+    """Nova's `addresses` field: {network name: [{version, addr, type, mac}]}."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for port in state.ports:
+        out.setdefault(port["network_name"], []).append({
+            "version": 6 if ":" in port["ip_address"] else 4,
+            "addr": port["ip_address"],
+            "OS-EXT-IPS:type": "fixed",
+            "OS-EXT-IPS-MAC:mac_addr": port["mac_address"],
+        })
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def project_instance_event(conn: Connection[Any], event: Event) -> None:
+    """Fold one instance event into `servers`, its history and its instance actions."""
+    inserted = conn.execute(
+        "INSERT INTO instance_events (event_id, instance_uuid, event_type, occurred_at, "
+        "producer, request_id, payload) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (event_id) DO NOTHING RETURNING seq",
+        (event.event_id, event.aggregate_id, event.event_type, event.occurred_at,
+         event.producer, event.correlation_id, Jsonb(_jsonable(event.payload))),
+    ).fetchone()
+    if inserted is None:
+        return  # re-delivered: first wins
+    row = conn.execute("SELECT state FROM servers WHERE uuid = %s FOR UPDATE",
+                       (event.aggregate_id,)).fetchone()
+    state = apply(from_json(row[0]) if row else None, event)  # TransitionError -> dead letter
+    conn.execute("UPDATE instance_events SET vm_state = %s, task_state = %s WHERE event_id = %s",
+                 (state.vm_state, state.task_state, event.event_id))
+    _upsert_server(conn, state)
+    _record_action(conn, state, event)
+
+
+def _upsert_server(conn: Connection[Any], s: Instance) -> None:
+    fault = _jsonable(s.fault) if s.fault else None
+    conn.execute(
+        """INSERT INTO servers (uuid, name, project_id, user_id, status, vm_state, task_state,
+            power_state, host, node, availability_zone, flavor, image, addresses, key_name,
+            metadata, reservation_id, launch_index, attempt, request_id, created_at, updated_at,
+            launched_at, fault, state)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+                %s, %s, %s, %s, %s)
+        ON CONFLICT (uuid) DO UPDATE SET status = excluded.status,
+            vm_state = excluded.vm_state, task_state = excluded.task_state,
+            power_state = excluded.power_state, host = excluded.host, node = excluded.node,
+            addresses = excluded.addresses, attempt = excluded.attempt,
+            updated_at = excluded.updated_at, launched_at = excluded.launched_at,
+            fault = excluded.fault, state = excluded.state""",
+        (s.uuid, s.name, s.project_id, s.user_id, s.status, s.vm_state, s.task_state,
+         s.power_state, s.host, s.node, s.availability_zone, Jsonb(s.flavor),
+         Jsonb(s.image) if s.image else None, Jsonb(addresses(s)), s.key_name,
+         Jsonb(s.metadata), s.reservation_id, s.launch_index, s.attempt, s.request_id,
+         s.created_at, s.updated_at, s.launched_at, Jsonb(fault) if fault else None,
+         Jsonb(to_json(s))),
+    )
+
+
+# Nova's instance-action event names for the two steps of a build, per attempt.
+SCHEDULE = "schedule_instances"
+BUILD = "compute__do_build_and_run_instance"
+
+
+def _record_action(conn: Connection[Any], s: Instance, event: Event) -> None:
+    kind, p, at = event.event_type, event.payload, event.occurred_at
+    request_id = s.request_id
+
+    def start(step: str, attempt: int, host: str | None = None) -> None:
+        conn.execute(
+            "INSERT INTO instance_action_events (instance_uuid, request_id, event, attempt, "
+            "host, start_time) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (s.uuid, request_id, step, attempt, host, at))
+
+    def finish(step: str, attempt: int, result: str, details: str | None = None,
+               host: str | None = None) -> None:
+        conn.execute(
+            "UPDATE instance_action_events SET finish_time = %s, result = %s, details = %s, "
+            "host = COALESCE(%s, host) WHERE instance_uuid = %s AND request_id = %s "
+            "AND event = %s AND attempt = %s AND finish_time IS NULL",
+            (at, result, details, host, s.uuid, request_id, step, attempt))
+
+    def end_action(message: str | None) -> None:
+        conn.execute("UPDATE instance_actions SET finish_time = %s, message = %s "
+                     "WHERE instance_uuid = %s AND request_id = %s", (at, message, s.uuid,
+                                                                      request_id))
+
+    if kind == "InstanceBuildRequested":
+        conn.execute(
+            "INSERT INTO instance_actions (instance_uuid, request_id, action, project_id, "
+            "user_id, start_time) VALUES (%s, %s, 'create', %s, %s, %s) ON CONFLICT DO NOTHING",
+            (s.uuid, request_id, s.project_id, s.user_id, at))
+        start(SCHEDULE, 1)
+    elif kind == "InstanceRescheduled":
+        start(SCHEDULE, p["attempt"])
+    elif kind == "InstanceScheduled":
+        finish(SCHEDULE, p["attempt"], "Success", host=p["host"])
+    elif kind == "InstanceNoValidHost":
+        finish(SCHEDULE, p["attempt"], "Error", p["reason"])
+        end_action("Error")
+    elif kind == "InstanceBuildDispatched":
+        start(BUILD, p["attempt"], p["host"])
+    elif kind in ("InstanceClaimRefused", "InstanceBuildFailed"):
+        finish(BUILD, p["attempt"], "Error", p["reason"], p["host"])
+    elif kind == "InstanceSpawned":
+        finish(BUILD, p["attempt"], "Success", host=p["host"])
+        end_action(None)
+    elif kind == "InstanceErrored":
+        end_action("Error")
+
+
+def project_host_event(conn: Connection[Any], event: Event) -> None:
+    """Services and compute nodes; a late or repeated fact never moves time backwards."""
+    p, at, kind = event.payload, event.occurred_at, event.event_type
+    if kind == "ComputeServiceStarted":
+        conn.execute(
+            "INSERT INTO services (host, binary, zone, last_heartbeat, created_at, updated_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (host, binary) DO UPDATE SET "
+            "zone = excluded.zone, last_heartbeat = GREATEST(services.last_heartbeat, "
+            "excluded.last_heartbeat), updated_at = GREATEST(services.updated_at, "
+            "excluded.updated_at)",
+            (p["host"], p["binary"], p["zone"], at, at, at))
+        conn.execute(
+            "INSERT INTO compute_nodes (host, node, hypervisor_type, host_ip, updated_at) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (host) DO UPDATE SET node = excluded.node, "
+            "hypervisor_type = excluded.hypervisor_type, host_ip = excluded.host_ip",
+            (p["host"], p["hypervisor_hostname"], p["hypervisor_type"], p["host_ip"], at))
+    elif kind == "ComputeResourcesReported":
+        conn.execute(
+            """INSERT INTO compute_nodes (host, node, hypervisor_type, cpu_arch, vcpus, memory_mb,
+                local_gb, vcpus_used, memory_mb_used, local_gb_used, running_vms,
+                cpu_allocation_ratio, ram_allocation_ratio, disk_allocation_ratio, updated_at)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            ON CONFLICT (host) DO UPDATE SET node = excluded.node, cpu_arch = excluded.cpu_arch,
+                vcpus = excluded.vcpus, memory_mb = excluded.memory_mb,
+                local_gb = excluded.local_gb, vcpus_used = excluded.vcpus_used,
+                memory_mb_used = excluded.memory_mb_used, local_gb_used = excluded.local_gb_used,
+                running_vms = excluded.running_vms,
+                cpu_allocation_ratio = excluded.cpu_allocation_ratio,
+                ram_allocation_ratio = excluded.ram_allocation_ratio,
+                disk_allocation_ratio = excluded.disk_allocation_ratio,
+                updated_at = excluded.updated_at
+            WHERE compute_nodes.updated_at <= excluded.updated_at""",
+            (p["host"], p["node"], p["hypervisor_type"], p["cpu_arch"], p["vcpus"],
+             p["memory_mb"], p["local_gb"], p["vcpus_used"], p["memory_mb_used"],
+             p["local_gb_used"], p["running_vms"], p["cpu_allocation_ratio"],
+             p["ram_allocation_ratio"], p["disk_allocation_ratio"], at))
+    elif kind == "ServiceHeartbeat":
+        conn.execute(
+            "UPDATE services SET last_heartbeat = GREATEST(last_heartbeat, %s), "
+            "updated_at = GREATEST(updated_at, %s) WHERE host = %s AND binary = %s",
+            (at, at, p["host"], p["binary"]))
+    elif kind in ("ServiceDisabled", "ServiceEnabled"):
+        disabled = kind == "ServiceDisabled"
+        conn.execute(
+            "UPDATE services SET disabled = %s, disabled_reason = %s, updated_at = %s "
+            "WHERE host = %s AND binary = %s",
+            (disabled, p.get("reason") if disabled else None, at, p["host"], p["binary"]))
+    elif kind == "HostRemoved":
+        conn.execute("DELETE FROM services WHERE host = %s", (p["host"],))
+        conn.execute("DELETE FROM compute_nodes WHERE host = %s", (p["host"],))
+
+
+CATALOG_UPSERTS: dict[str, tuple[str, list[str], list[str]]] = {
+    # event type: (table, columns from the payload, primary key)
+    "FlavorCreated": ("flavors", ["flavorid", "name", "vcpus", "memory_mb", "root_gb",
+                                  "ephemeral_gb", "swap_mb", "is_public", "extra_specs"],
+                      ["flavorid"]),
+    "ImageRegistered": ("images", ["image_id", "name", "status", "disk_format",
+                                   "container_format", "size", "checksum", "min_disk",
+                                   "min_ram", "location", "visibility", "properties"],
+                        ["image_id"]),
+    "NetworkCreated": ("networks", ["network_id", "name", "cidr", "gateway_ip",
+                                    "allocation_start", "allocation_end", "project_id",
+                                    "shared"], ["network_id"]),
+    "ProjectCreated": ("projects", ["project_id", "name", "domain"], ["project_id"]),
+    "UserCreated": ("users", ["user_id", "name", "password_hash", "default_project_id",
+                              "domain"], ["user_id"]),
+    "RoleAssigned": ("role_assignments", ["user_id", "project_id", "role"],
+                     ["user_id", "project_id", "role"]),
+    "QuotaSet": ("quotas", ["project_id", "resource", "limit"], ["project_id", "resource"]),
+    "KeypairCreated": ("keypairs", ["user_id", "name", "public_key", "fingerprint", "type"],
+                       ["user_id", "name"]),
+    "ServerGroupCreated": ("server_groups", ["group_id", "name", "policy", "project_id"],
+                           ["group_id"]),
+}
+
+
+def project_catalog_event(conn: Connection[Any], event: Event) -> None:
+    """Catalog facts are upserts keyed by the entity: re-delivery changes nothing."""
+    spec = CATALOG_UPSERTS.get(event.event_type)
+    if spec is None:
+        return
+    table, fields, key = spec
+    columns = ["hard_limit" if f == "limit" else f for f in fields]
+    values = [Jsonb(v) if isinstance(v, dict) else v
+              for v in (event.payload[f] for f in fields)]
+    if table == "images":
+        columns, values = [*columns, "created_at"], [*values, event.occurred_at]
+    updates = [c for c in columns if c not in key]
+    set_clause = ", ".join(f"{c} = excluded.{c}" for c in updates) if updates else None
+    conflict = f"ON CONFLICT ({', '.join(key)}) " + (f"DO UPDATE SET {set_clause}"
+                                                      if set_clause else "DO NOTHING")
+    placeholders = ", ".join(["%s"] * len(columns))
+    conn.execute(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders}) "
+                 f"{conflict}", values)
+
+
+WRITERS: dict[str, Writer] = {"instance": project_instance_event, "host": project_host_event,
+                              "catalog": project_catalog_event}
