@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Annotated, Any
 
@@ -19,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from novalog.roles import ROLES, configure_logging, run_role
+from novalog.roles import ROLES, configure_logging, plan, run_role
 from novalog.settings import Settings, SettingsError
 from novalog.stack import (
     StackError,
@@ -52,16 +53,49 @@ def _fail(exc: Exception) -> typer.Exit:
     return typer.Exit(1)
 
 
+def prepare_cloud(hosts: int) -> Callable[[Settings], None]:
+    """Between the reactors and the API: the catalog exists and every host has reported."""
+
+    def prepare(settings: Settings) -> None:
+        from novalog.db import make_pool
+        from producers.catalog import bootstrap_catalog
+
+        pool = make_pool(settings)
+        try:
+            published = bootstrap_catalog(settings, pool)
+            logging.getLogger(__name__).info("catalog: %d entries published", published)
+            deadline = time.monotonic() + 60
+            while True:
+                with pool.connection() as conn:
+                    row = conn.execute("SELECT count(*) FROM compute_nodes WHERE vcpus > 0"
+                                       ).fetchone()
+                if row and row[0] >= hosts:
+                    break
+                if time.monotonic() > deadline:
+                    raise StackError(f"only {row[0] if row else 0} of {hosts} compute hosts "
+                                     "reported within 60s; see the compute logs")
+                time.sleep(0.1)
+        finally:
+            pool.close()
+
+    return prepare
+
+
 @app.command()
 def up(
     detach: Annotated[bool, typer.Option("--detach", "-d",
                                          help="Start in the background and return.")] = False,
+    hosts: Annotated[int, typer.Option(min=0, max=64,
+                                       help="Simulated compute hosts (cmp1..cmpN).")] = 4,
+    replicas: Annotated[int, typer.Option(min=1, max=8,
+                                          help="Replicas of scheduler, conductor and "
+                                               "projector.")] = 1,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for a detached start.")] = 120,
 ) -> None:
     """Start the broker, Postgres (embedded unless configured) and every role."""
     settings = _settings()
     if detach:
-        _up_detached(settings, timeout)
+        _up_detached(settings, timeout, ["--hosts", str(hosts), "--replicas", str(replicas)])
         return
     configure_logging("supervisor")
     stopping: list[int] = []
@@ -71,10 +105,10 @@ def up(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    supervisor = Supervisor(settings, {n: r.listens(settings) for n, r in ROLES.items()})
+    supervisor = Supervisor(settings, plan(settings, hosts, replicas), prepare_cloud(hosts))
     try:
         supervisor.start()
-    except (StackError, SettingsError) as exc:
+    except (StackError, SettingsError, TimeoutError) as exc:
         raise _fail(exc) from None
     _print_status(settings)
     console.print("novalog is up. Ctrl-C (or `novalog down`) stops it.")
@@ -89,11 +123,12 @@ def up(
     console.print("novalog stopped.")
 
 
-def _up_detached(settings: Settings, timeout: float) -> None:
+def _up_detached(settings: Settings, timeout: float, args: list[str]) -> None:
     log_path = settings.home / "logs" / "supervisor.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "novalog", "up"], stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen([sys.executable, "-m", "novalog", "up", *args],
+                                stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + timeout
     while True:

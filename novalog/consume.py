@@ -22,7 +22,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from novalog.idempotency import Inbox
-from novalog.kafka import EventProducer, Headers, Topics, consumer_config
+from novalog.kafka import EventProducer, Headers, Topics, consumer_config, next_batch
 from novalog.settings import Settings
 from schemas import Event, SerializationError, decode
 
@@ -119,8 +119,8 @@ class ConsumeLoop:
 
     def poll_once(self) -> int:
         """Handle one batch and commit it; returns how many records it held."""
-        messages = self.consumer.consume(self.batch_size,
-                                         self.settings.poll_timeout_ms / 1000)
+        messages = next_batch(self.consumer, self.batch_size,
+                              self.settings.poll_timeout_ms / 1000)
         last: dict[tuple[str, int], int] = {}
         for msg in messages:
             err = msg.error()

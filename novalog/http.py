@@ -1,31 +1,106 @@
-"""The HTTP app factory (nova-api) and the `api` role that serves it.
+"""The HTTP app factory (nova-api + a minimal keystone) and the `api` role that serves it.
 
 Endpoints that publish live in `producers/`, query endpoints in
-`projections/`; this module assembles them with the shared pieces: settings,
-health, the OpenAPI document FastAPI derives from the typed handlers.
+`projections/api.py`; this module assembles them with what they share:
+settings, a database pool, a producer, Nova-shaped errors, health.
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from importlib.metadata import version
+from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from psycopg_pool import ConnectionPool
 
-from novalog.db import DatabaseUnavailable, check_database
-from novalog.kafka import BrokerUnavailable, check_broker
+from novalog.db import DatabaseUnavailable, check_database, make_pool
+from novalog.kafka import BrokerUnavailable, EventProducer, check_broker
 from novalog.settings import Settings
+
+FAULT_NAMES = {400: "badRequest", 403: "forbidden", 404: "itemNotFound",
+               409: "conflictingRequest", 413: "overLimit", 503: "serviceUnavailable"}
+
+
+class ApiError(Exception):
+    """An error answered the way Nova does: {"badRequest": {"code": 400, "message": ...}}."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    if status == 401:  # keystonemiddleware's shape
+        return {"error": {"code": 401, "title": "Unauthorized", "message": message}}
+    return {FAULT_NAMES.get(status, "computeFault"): {"code": status, "message": message}}
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc if p != "body")
+
+
+@dataclass
+class AppState:
+    """What the request handlers share; created lazily on first use."""
+
+    settings: Settings
+    _pool: ConnectionPool | None = None
+    _producer: EventProducer | None = None
+
+    @property
+    def pool(self) -> ConnectionPool:
+        if self._pool is None:
+            self._pool = make_pool(self.settings, max_size=8)
+        return self._pool
+
+    @property
+    def producer(self) -> EventProducer:
+        if self._producer is None:
+            self._producer = EventProducer(self.settings, linger_ms=1)
+        return self._producer
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush()
+        if self._pool is not None:
+            self._pool.close()
+
+
+def state_of(request: Request) -> AppState:
+    state: AppState = request.app.state.novalog
+    return state
 
 
 def create_app(settings: Settings) -> FastAPI:
     """A new app bound to `settings`; no client is created until a request needs it."""
+    from producers.identity import router as identity_router
+    from producers.servers import router as servers_router
+    from projections.api import router as query_router
+
     app = FastAPI(
         title="novalog",
         version=version("novalog"),
         description="OpenStack Nova's boot flow as an event-sourced system.",
     )
+    app.state.novalog = AppState(settings)
+
+    @app.exception_handler(ApiError)
+    def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(error_body(exc.status, exc.message), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = _location(tuple(first.get("loc", ())))
+        message = (f"Invalid input for field/attribute {where}. {first.get('msg')}"
+                   if where else f"Invalid request body: {first.get('msg')}")
+        return JSONResponse(error_body(400, message), status_code=400)
 
     @app.get("/", summary="What this endpoint is")
     def root() -> dict[str, str]:
@@ -49,13 +124,17 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({"status": "ok" if healthy else "unavailable", **checks},
                             status_code=200 if healthy else 503)
 
+    app.include_router(identity_router)
+    app.include_router(servers_router)
+    app.include_router(query_router)
     return app
 
 
 def serve(settings: Settings, stop: threading.Event) -> None:
     """The `api` role: uvicorn on NOVALOG_API_HOST:NOVALOG_API_PORT until stopped."""
+    app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(
-        create_app(settings), host=settings.api_host, port=settings.api_port,
+        app, host=settings.api_host, port=settings.api_port,
         log_level="info", access_log=False,
     ))
 
@@ -64,4 +143,7 @@ def serve(settings: Settings, stop: threading.Event) -> None:
         server.should_exit = True
 
     threading.Thread(target=exit_when_stopped, daemon=True).start()
-    server.run()
+    try:
+        server.run()
+    finally:
+        app.state.novalog.close()

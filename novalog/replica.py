@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, TopicPartition
 
-from novalog.kafka import client_config
+from novalog.kafka import client_config, next_batch
 from novalog.settings import Settings
 from schemas import Event, SerializationError, decode
 
@@ -58,7 +58,7 @@ class LogReplica:
             consumer.assign([TopicPartition(t, p, 0) for t in self.topics
                              for p in metadata.topics[t].partitions])
             while not self._stop.is_set():
-                messages = consumer.consume(1000, 0.05)
+                messages = next_batch(consumer, 1000, 0.05)
                 if not messages:
                     self._idle.set()
                     continue

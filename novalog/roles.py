@@ -37,14 +37,48 @@ class Role:
 ROLES: dict[str, Role] = {
     role.name: role
     for role in [
-        Role(
-            name="api",
-            entry_point="novalog.http:serve",
-            description="nova-api: HTTP endpoints (OpenAPI at /openapi.json), health at /healthz",
-            listens=lambda s: f"{s.api_host}:{s.api_port}",
-        ),
+        Role("api", "novalog.http:serve",
+             "nova-api + keystone: POST/GET servers, tokens (OpenAPI at /openapi.json)",
+             listens=lambda s: f"{s.api_host}:{s.api_port}"),
+        Role("projector", "projections.projector:serve",
+             "folds the log into Postgres (servers, actions, nodes, services, catalog)"),
+        Role("scheduler", "consumers.scheduler.role:serve",
+             "nova-scheduler: filters and weighers over a host view from the log"),
+        Role("conductor", "consumers.conductor.role:serve",
+             "nova-conductor: dispatches builds, reschedules, times out stuck builds"),
+        Role("network", "consumers.network.role:serve",
+             "IP and MAC allocation per network"),
+        Role("compute", "consumers.compute.role:serve",
+             "nova-compute for one host (NOVALOG_COMPUTE_HOST): claims, disks, libvirt"),
     ]
 }
+REPLICATED = ("scheduler", "conductor", "projector")  # one consumer group each
+
+
+@dataclass(frozen=True)
+class RoleInstance:
+    """One process `novalog up` starts: a role, its display name, its own environment."""
+
+    name: str
+    role: str
+    address: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    phase: int = 0  # 1 = started after the catalog is bootstrapped (the API)
+
+
+def plan(settings: Settings, hosts: int = 4, replicas: int = 1) -> list[RoleInstance]:
+    """The processes of a stack: every role, `hosts` compute agents, `replicas` of the
+    replicated roles."""
+    out: list[RoleInstance] = []
+    for role in ("projector", "network", "scheduler", "conductor"):
+        count = replicas if role in REPLICATED else 1
+        for i in range(1, count + 1):
+            out.append(RoleInstance(role if count == 1 else f"{role}-{i}", role))
+    for i in range(1, hosts + 1):
+        out.append(RoleInstance(f"compute-cmp{i}", "compute",
+                                env=(("NOVALOG_COMPUTE_HOST", f"cmp{i}"),)))
+    out.append(RoleInstance("api", "api", ROLES["api"].listens(settings), phase=1))
+    return out
 
 
 def configure_logging(role: str, level: int = logging.INFO) -> None:
@@ -73,8 +107,8 @@ def run_role(name: str, settings: Settings) -> None:
 
 def prepare_infrastructure(settings: Settings) -> None:
     """Idempotent: core topics and the schema exist, whoever started this role (compose, CI)."""
-    from novalog.db import ensure_schema
     from novalog.kafka import Topics, ensure_topics
+    from novalog.migrations import migrate
 
     ensure_topics(settings, Topics(settings.topic_prefix).core())
-    ensure_schema(settings)
+    migrate(settings)

@@ -29,8 +29,10 @@ from typing import IO, Any
 
 import psutil
 
-from novalog.db import DatabaseUnavailable, check_database, ensure_schema, redact
+from novalog.db import DatabaseUnavailable, check_database, redact
 from novalog.kafka import BrokerUnavailable, Topics, check_broker, ensure_topics
+from novalog.migrations import migrate, reset
+from novalog.roles import RoleInstance
 from novalog.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -167,10 +169,12 @@ def embedded_database_url(settings: Settings) -> str:
     return f"postgresql://postgres@127.0.0.1:{settings.postgres_port}/postgres"
 
 
-def role_spec(settings: Settings, role: str, address: str, logs: Path) -> ProcessSpec:
+def role_spec(settings: Settings, instance: RoleInstance, logs: Path) -> ProcessSpec:
     return ProcessSpec(
-        name=role, kind="role", argv=[sys.executable, "-m", "novalog", "run", role],
-        address=address, log_path=logs / f"{role}.log", env=settings.as_env(),
+        name=instance.name, kind="role",
+        argv=[sys.executable, "-m", "novalog", "run", instance.role],
+        address=instance.address or "-", log_path=logs / f"{instance.name}.log",
+        env={**settings.as_env(), **dict(instance.env)},
     )
 
 
@@ -237,10 +241,12 @@ def _db_ready(url: str) -> bool:
 class Supervisor:
     """Owns the stack's processes for as long as `novalog up` runs."""
 
-    def __init__(self, settings: Settings, roles: dict[str, str | None]) -> None:
-        """`roles` maps each role to start to its address (None when it listens on nothing)."""
+    def __init__(self, settings: Settings, roles: list[RoleInstance],
+                 between_phases: Callable[[Settings], None] | None = None) -> None:
+        """Phase 0 roles start first, then `between_phases` runs, then phase 1 roles."""
         self.settings = settings
         self.roles = roles
+        self.between_phases = between_phases
         self.children: list[Child] = []
         self.logs = settings.home / "logs"
         self.started_at = time.time()
@@ -254,7 +260,8 @@ class Supervisor:
             raise StackError(f"novalog is already running (supervisor pid "
                              f"{existing['supervisor_pid']}): `novalog down` first.")
         s = self.settings
-        ports = [("API", s.api_host, s.api_port, "NOVALOG_API_PORT")] if "api" in self.roles else []
+        ports = [("API", s.api_host, s.api_port, "NOVALOG_API_PORT")] \
+            if any(r.role == "api" for r in self.roles) else []
         if not s.kafka_bootstrap_servers:
             ports.append(("embedded broker", "127.0.0.1", s.broker_port, "NOVALOG_BROKER_PORT"))
         if not s.database_url:
@@ -271,8 +278,12 @@ class Supervisor:
         self.preflight()
         try:
             self._start_infrastructure()
-            for role, address in self.roles.items():
-                self._start_role(role, address)
+            for phase in (0, 1):
+                if phase == 1 and self.between_phases is not None:
+                    self.between_phases(self.settings)
+                for instance in self.roles:
+                    if instance.phase == phase:
+                        self._start_role(instance)
             self.ready = True
             self.write_state()
         except BaseException:
@@ -302,14 +313,17 @@ class Supervisor:
             raise StackError(str(exc)) from None
         self.settings = s.with_infrastructure(bootstrap, database_url)
         ensure_topics(self.settings, Topics(s.topic_prefix).core())
-        ensure_schema(self.settings)
+        if s.kafka_bootstrap_servers is None:
+            reset(self.settings)  # the embedded broker starts empty: so must its folds
+        else:
+            migrate(self.settings)
         self.write_state()
 
-    def _start_role(self, role: str, address: str | None) -> None:
-        child = self._spawn(role_spec(self.settings, role, address or "-", self.logs))
-        if address:
-            host, _, port = address.rpartition(":")
-            wait_until(lambda: tcp_answers(host, int(port)), child, f"role {role}", 60)
+    def _start_role(self, instance: RoleInstance) -> None:
+        child = self._spawn(role_spec(self.settings, instance, self.logs))
+        if instance.address:
+            host, _, port = instance.address.rpartition(":")
+            wait_until(lambda: tcp_answers(host, int(port)), child, f"role {instance.name}", 60)
 
     def _spawn(self, spec: ProcessSpec) -> Child:
         log.info("starting %s: %s", spec.name, " ".join(spec.argv))

@@ -21,7 +21,7 @@ from psycopg_pool import ConnectionPool
 from novalog.consume import Record, dead_letter, record_of
 from novalog.db import make_pool
 from novalog.domain.instance import TransitionError
-from novalog.kafka import EventProducer, Topics, consumer_config
+from novalog.kafka import EventProducer, Topics, consumer_config, next_batch
 from novalog.settings import Settings
 from projections.writers import WRITERS
 from schemas import SerializationError, decode, default_registry
@@ -78,8 +78,8 @@ class Projector:
             self.close()
 
     def poll_once(self) -> int:
-        messages = [m for m in self.consumer.consume(self.batch_size,
-                                                     self.settings.poll_timeout_ms / 1000)
+        messages = [m for m in next_batch(self.consumer, self.batch_size,
+                                          self.settings.poll_timeout_ms / 1000)
                     if self._usable(m)]
         if not messages:
             return 0

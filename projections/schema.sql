@@ -97,14 +97,14 @@ CREATE TABLE IF NOT EXISTS compute_nodes (
 
 CREATE TABLE IF NOT EXISTS services (
     host            text        NOT NULL,
-    binary          text        NOT NULL,
+    service_binary  text        NOT NULL,
     zone            text        NOT NULL DEFAULT 'nova',
     disabled        boolean     NOT NULL DEFAULT false,
     disabled_reason text,
     last_heartbeat  timestamptz,
     created_at      timestamptz NOT NULL,
     updated_at      timestamptz NOT NULL,
-    PRIMARY KEY (host, binary)
+    PRIMARY KEY (host, service_binary)
 );
 
 CREATE TABLE IF NOT EXISTS flavors (

@@ -143,8 +143,9 @@ def project_host_event(conn: Connection[Any], event: Event) -> None:
     p, at, kind = event.payload, event.occurred_at, event.event_type
     if kind == "ComputeServiceStarted":
         conn.execute(
-            "INSERT INTO services (host, binary, zone, last_heartbeat, created_at, updated_at) "
-            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (host, binary) DO UPDATE SET "
+            "INSERT INTO services (host, service_binary, zone, last_heartbeat, created_at, "
+            "updated_at) VALUES (%s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (host, service_binary) DO UPDATE SET "
             "zone = excluded.zone, last_heartbeat = GREATEST(services.last_heartbeat, "
             "excluded.last_heartbeat), updated_at = GREATEST(services.updated_at, "
             "excluded.updated_at)",
@@ -177,13 +178,13 @@ def project_host_event(conn: Connection[Any], event: Event) -> None:
     elif kind == "ServiceHeartbeat":
         conn.execute(
             "UPDATE services SET last_heartbeat = GREATEST(last_heartbeat, %s), "
-            "updated_at = GREATEST(updated_at, %s) WHERE host = %s AND binary = %s",
+            "updated_at = GREATEST(updated_at, %s) WHERE host = %s AND service_binary = %s",
             (at, at, p["host"], p["binary"]))
     elif kind in ("ServiceDisabled", "ServiceEnabled"):
         disabled = kind == "ServiceDisabled"
         conn.execute(
             "UPDATE services SET disabled = %s, disabled_reason = %s, updated_at = %s "
-            "WHERE host = %s AND binary = %s",
+            "WHERE host = %s AND service_binary = %s",
             (disabled, p.get("reason") if disabled else None, at, p["host"], p["binary"]))
     elif kind == "HostRemoved":
         conn.execute("DELETE FROM services WHERE host = %s", (p["host"],))

@@ -160,9 +160,9 @@ class HostView:
     def _on_InstanceScheduled(self, e: Event, p: dict[str, Any]) -> None:
         self.record_placement(e.aggregate_id, p["host"])
 
-    def record_placement(self, instance: str, host: str) -> None:
+    def record_placement(self, instance: str, host: str, claim: Claim | None = None) -> None:
         """Also called by the scheduler for its own decisions, before they come back."""
-        claim = self._claims.get(instance)
+        claim = claim or self._claims.get(instance)
         previous = self.placements.get(instance)
         if previous and previous != host and previous in self.hosts:
             self.hosts[previous] = self.hosts[previous].forget(instance)

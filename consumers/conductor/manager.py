@@ -1,0 +1,156 @@
+"""nova-conductor's part of a boot: dispatch, reschedule, give up, time out.
+
+- InstanceScheduled: gather what compute needs (the flavor from the request,
+  the image and networks from the catalog) and send BuildAndRunInstance to the
+  chosen host's topic.
+- A refused claim, or a build failure the host calls retryable: reschedule,
+  excluding the hosts already tried, up to `max_attempts` (Nova's
+  scheduler.max_attempts, 3). A failure that no other host would fix ends in
+  error at once.
+- A build that has made no progress for `build_timeout` ends in error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from psycopg_pool import ConnectionPool
+
+from consumers.scheduler.role import remember, request_payload
+from novalog.consume import Record, TransientError
+from novalog.domain import states
+from novalog.idempotency import derived_id
+from novalog.kafka import Topics
+from novalog.publish import Publisher
+from schemas import Event
+
+log = logging.getLogger(__name__)
+
+
+def max_retries_message(uuid: str) -> str:
+    return ("Exceeded maximum number of retries. Exhausted all hosts available for retrying "
+            f"build failures for instance {uuid}.")
+
+
+class Conductor:
+    def __init__(self, topics: Topics, publisher: Publisher, pool: ConnectionPool, *,
+                 ensure_topic: Any, max_attempts: int = 3, build_timeout_s: float = 300.0,
+                 sweep_interval_s: float = 10.0) -> None:
+        self.topics = topics
+        self.pub = publisher
+        self.pool = pool
+        self.ensure_topic = ensure_topic
+        self.max_attempts = max_attempts
+        self.build_timeout = timedelta(seconds=build_timeout_s)
+        self.sweep_interval_s = sweep_interval_s
+        self.requests: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.tried: dict[str, list[str]] = {}
+        self._known_topics: set[str] = set()
+        self._last_sweep = 0.0
+
+    def handle(self, event: Event, _record: Record) -> None:
+        kind, uuid, p = event.event_type, event.aggregate_id, event.payload
+        if kind == "InstanceBuildRequested":
+            remember(self.requests, uuid, p)
+        elif kind == "InstanceScheduled":
+            self.tried.setdefault(uuid, [])
+            if p["host"] not in self.tried[uuid]:
+                self.tried[uuid].append(p["host"])
+            self.dispatch(event)
+        elif kind == "InstanceClaimRefused":
+            self.retry_or_fail(event, f"claim refused on {p['host']}: {p['reason']}", True)
+        elif kind == "InstanceBuildFailed":
+            self.retry_or_fail(event, f"build failed on {p['host']} at {p['stage']}: "
+                                      f"{p['reason']}", p["retryable"])
+        elif kind in ("InstanceSpawned", "InstanceErrored", "InstanceNoValidHost"):
+            self.requests.pop(uuid, None)
+            self.tried.pop(uuid, None)
+
+    # -- dispatch --------------------------------------------------------------------------
+    def dispatch(self, event: Event) -> None:
+        uuid, p = event.aggregate_id, event.payload
+        request = request_payload(self.pool, self.requests, uuid)
+        image = self._image(request["image"]["id"]) if request["image"] else None
+        networks = [self._network(n["network_id"], n.get("fixed_ip"))
+                    for n in request["networks"]]
+        topic = self.topics.compute(p["host"])
+        if topic not in self._known_topics:
+            self.ensure_topic(topic)
+            self._known_topics.add(topic)
+        self.pub.emit(topic, "BuildAndRunInstance", uuid, {
+            "instance_uuid": uuid, "host": p["host"], "node": p["node"],
+            "attempt": p["attempt"], "name": request["name"],
+            "project_id": request["project_id"], "flavor": request["flavor"],
+            "image": image, "networks": networks,
+            "block_device_mapping": request["block_device_mapping"],
+            "key_name": request["key_name"], "user_data": request["user_data"],
+            "metadata": request["metadata"]}, cause=event)
+        self.pub.emit(self.topics.instances, "InstanceBuildDispatched", uuid, {
+            "host": p["host"], "node": p["node"], "attempt": p["attempt"]}, cause=event)
+
+    def _image(self, image_id: str) -> dict[str, Any]:
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                "SELECT image_id, name, disk_format, checksum, size, location, properties "
+                "FROM images WHERE image_id = %s", (image_id,)).fetchone()
+        if row is None:
+            raise TransientError(f"image {image_id} is not in the catalog projection yet")
+        return dict(zip(["id", "name", "disk_format", "checksum", "size", "location",
+                         "properties"], row, strict=True))
+
+    def _network(self, network_id: str, fixed_ip: str | None) -> dict[str, Any]:
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                "SELECT network_id, name, cidr, gateway_ip, allocation_start, allocation_end "
+                "FROM networks WHERE network_id = %s", (network_id,)).fetchone()
+        if row is None:
+            raise TransientError(f"network {network_id} is not in the catalog projection yet")
+        return {**dict(zip(["network_id", "name", "cidr", "gateway_ip", "allocation_start",
+                            "allocation_end"], row, strict=True)), "fixed_ip": fixed_ip}
+
+    # -- failures --------------------------------------------------------------------------
+    def _tried_hosts(self, uuid: str) -> list[str]:
+        if uuid in self.tried:
+            return self.tried[uuid]
+        with self.pool.connection() as conn:
+            row = conn.execute("SELECT state->'tried_hosts' FROM servers WHERE uuid = %s",
+                               (uuid,)).fetchone()
+        return list(row[0]) if row and row[0] else []
+
+    def retry_or_fail(self, event: Event, reason: str, retryable: bool) -> None:
+        uuid, attempt = event.aggregate_id, event.payload["attempt"]
+        if retryable and attempt < self.max_attempts:
+            self.pub.emit(self.topics.instances, "InstanceRescheduled", uuid, {
+                "attempt": attempt + 1, "excluded_hosts": self._tried_hosts(uuid),
+                "reason": reason}, cause=event)
+            return
+        message = max_retries_message(uuid) if retryable else \
+            f"Build of instance {uuid} aborted: {reason}"
+        self.pub.emit(self.topics.instances, "InstanceErrored", uuid,
+                      {"code": 500, "message": message, "details": reason}, cause=event)
+
+    # -- periodic --------------------------------------------------------------------------
+    def sweep(self) -> None:
+        """Builds with no progress for build_timeout end in error (once: derived ids)."""
+        now = time.monotonic()
+        if now - self._last_sweep < self.sweep_interval_s:
+            return
+        self._last_sweep = now
+        cutoff = datetime.now(UTC) - self.build_timeout
+        with self.pool.connection() as conn:
+            stuck = conn.execute(
+                "SELECT uuid, attempt, task_state, request_id FROM servers "
+                "WHERE vm_state = %s AND updated_at < %s LIMIT 100",
+                (states.BUILDING, cutoff)).fetchall()
+        for uuid, attempt, task_state, request_id in stuck:
+            seconds = int(self.build_timeout.total_seconds())
+            log.warning("build of %s stuck in %s for over %ss", uuid, task_state, seconds)
+            self.pub.emit(self.topics.instances, "InstanceErrored", uuid, {
+                "code": 500,
+                "message": f"Build of instance {uuid} timed out after {seconds} seconds",
+                "details": f"no progress while in task_state {task_state}"},
+                correlation_id=request_id, event_id=derived_id(uuid, "timeout", attempt))

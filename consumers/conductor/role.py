@@ -1,0 +1,35 @@
+"""The `conductor` role: consumer group "conductor" on the instances topic."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from consumers.conductor.manager import Conductor
+from novalog.consume import ConsumeLoop
+from novalog.db import make_pool
+from novalog.idempotency import Inbox
+from novalog.kafka import EventProducer, Topics, ensure_topics
+from novalog.publish import Publisher
+from novalog.settings import Settings, env_float, env_int
+
+GROUP = "conductor"
+
+
+def serve(settings: Settings, stop: threading.Event) -> None:
+    topics = Topics(settings.topic_prefix)
+    pool = make_pool(settings)
+    producer = EventProducer(settings)
+    conductor = Conductor(
+        topics, Publisher(producer, "conductor", settings.hostname), pool,
+        ensure_topic=lambda topic: ensure_topics(settings, [topic]),
+        max_attempts=env_int(os.environ, "NOVALOG_MAX_ATTEMPTS", 3),
+        build_timeout_s=env_float(os.environ, "NOVALOG_BUILD_TIMEOUT_S", 300.0, low=1.0),
+    )
+    loop = ConsumeLoop(settings, group_id=GROUP, topics=[topics.instances],
+                       handler=conductor.handle, producer=producer, inbox=Inbox(pool, GROUP),
+                       on_idle=conductor.sweep)
+    try:
+        loop.run(stop)
+    finally:
+        pool.close()

@@ -1,0 +1,378 @@
+"""POST /compute/v2.1/servers: Nova's servers.create, validated, then published.
+
+A request is checked in Nova's order with Nova's status codes and messages.
+A rejected one publishes nothing. An accepted one publishes one
+InstanceBuildRequested per instance (vm_state building, task_state scheduling)
+and answers 202 at once. Quota usage is counted in `accepted_instances` under a
+per-project advisory lock, in the transaction that also waits for the broker
+to acknowledge the events: if publishing fails, nothing is counted and the
+client gets 503.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Request, Response
+from psycopg import Connection
+from psycopg.types.json import Jsonb
+from pydantic import BaseModel, ConfigDict, Field
+
+from novalog.http import ApiError, state_of
+from novalog.kafka import DeliveryError, Topics
+from novalog.publish import Publisher
+from producers.catalog import DEFAULT_QUOTAS
+from producers.identity import Auth, Context
+
+router = APIRouter(prefix="/compute/v2.1", tags=["compute"])
+
+MAX_USER_DATA = 65535
+MAX_METADATA_ITEMS = 128
+DEFAULT_NETWORK = "private"
+
+
+class NetworkRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    uuid: str | None = None
+    fixed_ip: str | None = None
+    port: str | None = None
+    tag: str | None = None
+
+
+class BlockDeviceMappingV2(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    source_type: Literal["image", "volume", "snapshot", "blank"] = "image"
+    destination_type: Literal["local", "volume"] = "local"
+    uuid: str | None = None
+    boot_index: int | str | None = None
+    volume_size: int | None = Field(default=None, ge=0)
+    guest_format: str | None = None
+    delete_on_termination: bool = False
+
+
+class SecurityGroup(BaseModel):
+    name: str
+
+
+Metadata = dict[Annotated[str, Field(min_length=1, max_length=255)],
+                Annotated[str, Field(max_length=255)]]
+
+
+class ServerCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str = Field(min_length=1, max_length=255)
+    imageRef: str | None = None
+    flavorRef: str | int
+    networks: list[NetworkRequest] | Literal["auto", "none"] | None = None
+    min_count: int = Field(default=1, ge=1)
+    max_count: int | None = Field(default=None, ge=1)
+    return_reservation_id: bool = False
+    key_name: str | None = Field(default=None, max_length=255)
+    user_data: str | None = None
+    metadata: Metadata = Field(default_factory=dict)
+    availability_zone: str | None = Field(default=None, max_length=255)
+    block_device_mapping: list[dict[str, Any]] | None = None
+    block_device_mapping_v2: list[BlockDeviceMappingV2] | None = None
+    security_groups: list[SecurityGroup] | None = None
+    adminPass: str | None = None
+    config_drive: bool | str | None = None
+    accessIPv4: str | None = None
+    accessIPv6: str | None = None
+    description: str | None = Field(default=None, max_length=255)
+    disk_config: str | None = Field(default=None, alias="OS-DCF:diskConfig")
+
+
+class SchedulerHints(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    group: str | None = None
+    same_host: list[str] | str | None = None
+    different_host: list[str] | str | None = None
+
+
+class CreateServerBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    server: ServerCreate
+    scheduler_hints: SchedulerHints | None = Field(default=None, alias="os:scheduler_hints")
+
+
+@dataclass(frozen=True)
+class Target:
+    zone: str | None
+    host: str | None
+    node: str | None
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _one(conn: Connection[Any], query: str, *args: Any) -> tuple[Any, ...] | None:
+    row: tuple[Any, ...] | None = conn.execute(query, args).fetchone()
+    return row
+
+
+def check_name(name: str) -> None:
+    if name != name.strip() or not name.isprintable():
+        raise ApiError(400, f"Invalid input for field/attribute name. Value: {name!r}. "
+                            "The name must be printable and can not start or end with "
+                            "whitespace.")
+
+
+def boot_image_id(s: ServerCreate) -> str:
+    """The image to boot: imageRef, or the boot_index 0 image of block_device_mapping_v2."""
+    if s.block_device_mapping and s.block_device_mapping_v2:
+        raise ApiError(400, "Using different block_device_mapping syntaxes is not allowed")
+    if s.imageRef:
+        if not _is_uuid(s.imageRef):
+            raise ApiError(400, "Invalid imageRef provided.")
+        return s.imageRef
+    for bdm in s.block_device_mapping_v2 or []:
+        if str(bdm.boot_index) == "0":
+            if bdm.source_type == "image" and bdm.destination_type == "local" and bdm.uuid:
+                if not _is_uuid(bdm.uuid):
+                    raise ApiError(400, "Invalid imageRef provided.")
+                return bdm.uuid
+            raise ApiError(400, "Block Device Mapping is Invalid: booting from a volume is "
+                                "not supported (novalog has no block storage service).")
+    if s.block_device_mapping:
+        raise ApiError(400, "Block Device Mapping is Invalid: booting from a volume is not "
+                            "supported (novalog has no block storage service).")
+    raise ApiError(400, "Missing imageRef attribute")
+
+
+def image_record(conn: Connection[Any], image_id: str) -> dict[str, Any]:
+    row = _one(conn, "SELECT image_id, name, status, min_disk, min_ram, size, properties "
+                     "FROM images WHERE image_id = %s", image_id)
+    if row is None:
+        raise ApiError(400, "Can not find requested image")
+    if row[2] != "active":
+        raise ApiError(400, f"Image {image_id} is not active.")
+    return {"id": row[0], "name": row[1], "min_disk": row[3], "min_ram": row[4],
+            "size": row[5], "properties": row[6]}
+
+
+def flavor_record(conn: Connection[Any], ref: str | int) -> dict[str, Any]:
+    flavorid = str(ref).rstrip("/").rsplit("/", 1)[-1]  # a flavor URL is accepted too
+    row = _one(conn, "SELECT flavorid, name, vcpus, memory_mb, root_gb, ephemeral_gb, swap_mb, "
+                     "extra_specs FROM flavors WHERE flavorid = %s", flavorid)
+    if row is None:
+        raise ApiError(400, "Invalid flavorRef provided.")
+    return dict(zip(["flavorid", "name", "vcpus", "memory_mb", "root_gb", "ephemeral_gb",
+                     "swap_mb", "extra_specs"], row, strict=True))
+
+
+def check_flavor_fits_image(flavor: dict[str, Any], image: dict[str, Any]) -> None:
+    if image["min_ram"] > flavor["memory_mb"]:
+        raise ApiError(400, "Flavor's memory is too small for requested image.")
+    if flavor["root_gb"] and (image["min_disk"] > flavor["root_gb"]
+                              or image["size"] > flavor["root_gb"] * 1024**3):
+        raise ApiError(400, "Flavor's disk is too small for requested image.")
+
+
+def requested_networks(conn: Connection[Any], s: ServerCreate) -> list[dict[str, Any]]:
+    if s.networks == "none":
+        return []
+    if s.networks in (None, "auto") or s.networks == []:
+        row = _one(conn, "SELECT network_id FROM networks WHERE name = %s", DEFAULT_NETWORK)
+        if row is None:
+            raise ApiError(400, f"Network {DEFAULT_NETWORK} could not be found.")
+        return [{"network_id": row[0], "fixed_ip": None, "port_id": None}]
+    assert isinstance(s.networks, list)
+    out: list[dict[str, Any]] = []
+    for net in s.networks:
+        if net.port:
+            raise ApiError(400, f"Port {net.port} could not be found.")
+        if not net.uuid:
+            raise ApiError(400, "Bad network format: missing 'uuid'")
+        if not _is_uuid(net.uuid):
+            raise ApiError(400, f"Bad networks format: network uuid is not in proper format "
+                                f"({net.uuid})")
+        row = _one(conn, "SELECT network_id, cidr FROM networks WHERE network_id = %s",
+                   net.uuid)
+        if row is None:
+            raise ApiError(400, f"Network {net.uuid} could not be found.")
+        if any(o["network_id"] == net.uuid for o in out):
+            raise ApiError(400, f"Duplicate networks ({net.uuid}) are not allowed")
+        if net.fixed_ip is not None:
+            try:
+                ip = ipaddress.ip_address(net.fixed_ip)
+            except ValueError:
+                raise ApiError(400, f"Invalid fixed IP address ({net.fixed_ip})") from None
+            if ip not in ipaddress.ip_network(row[1]):
+                raise ApiError(400, f"Fixed IP address {net.fixed_ip} is not in the subnet "
+                                    f"{row[1]} of network {net.uuid}")
+        out.append({"network_id": net.uuid, "fixed_ip": net.fixed_ip, "port_id": None})
+    return out
+
+
+def check_user_data(user_data: str | None) -> None:
+    if user_data is None:
+        return
+    if len(user_data) > MAX_USER_DATA:
+        raise ApiError(400, f"User data too large. User data must be no larger than "
+                            f"{MAX_USER_DATA} bytes once base64 encoded. Your data is "
+                            f"{len(user_data)} bytes")
+    try:
+        base64.b64decode(user_data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "User data needs to be valid base 64.") from None
+
+
+def parse_target(conn: Connection[Any], az: str | None, ctx: Context) -> Target:
+    """`availability_zone`, possibly Nova's admin-only `AZ:host[:node]` form."""
+    if not az:
+        return Target(None, None, None)
+    zone, _, rest = az.partition(":")
+    host, _, node = rest.partition(":")
+    if (host or node) and not ctx.is_admin:
+        raise ApiError(403, "Policy doesn't allow os_compute_api:servers:create:forced_host "
+                            "to be performed.")
+    if zone:
+        known = {r[0] for r in conn.execute("SELECT DISTINCT zone FROM services").fetchall()}
+        if zone not in known | {"nova"}:
+            raise ApiError(400, "The requested availability zone is not available")
+    if host and _one(conn, "SELECT 1 FROM compute_nodes WHERE host = %s", host) is None:
+        raise ApiError(400, f"Compute host {host} could not be found.")
+    if node and _one(conn, "SELECT 1 FROM compute_nodes WHERE host = %s AND node = %s",
+                     host, node) is None:
+        raise ApiError(400, f"Compute host {host} with node {node} could not be found.")
+    return Target(zone or None, host or None, node or None)
+
+
+def hints_of(conn: Connection[Any], hints: SchedulerHints | None,
+             ctx: Context) -> dict[str, list[str]]:
+    if hints is None:
+        return {}
+    out: dict[str, list[str]] = {}
+    if hints.group:
+        row = _one(conn, "SELECT project_id FROM server_groups WHERE group_id = %s", hints.group)
+        if row is None or (row[0] != ctx.project_id and not ctx.is_admin):
+            raise ApiError(400, f"Invalid server group {hints.group}")
+        out["group"] = [hints.group]
+    for key in ("same_host", "different_host"):
+        value = getattr(hints, key)
+        uuids = [value] if isinstance(value, str) else list(value or [])
+        if any(not _is_uuid(u) for u in uuids):
+            raise ApiError(400, f"Invalid input for field/attribute {key}: not a UUID")
+        if uuids:
+            out[key] = uuids
+    return out
+
+
+def quota_limits(conn: Connection[Any], project_id: str) -> dict[str, int]:
+    limits = dict(DEFAULT_QUOTAS)
+    for resource, limit in conn.execute(
+            "SELECT resource, hard_limit FROM quotas WHERE project_id = %s",
+            (project_id,)).fetchall():
+        limits[resource] = limit
+    return limits
+
+
+def allowed_count(conn: Connection[Any], ctx: Context, flavor: dict[str, Any],
+                  min_count: int, max_count: int) -> int:
+    """As many instances as quota allows, from max_count down to min_count, or 403."""
+    limits = quota_limits(conn, ctx.project_id)
+    row = _one(conn, "SELECT count(*), COALESCE(SUM(vcpus), 0), COALESCE(SUM(memory_mb), 0) "
+                     "FROM accepted_instances WHERE project_id = %s", ctx.project_id)
+    assert row is not None
+    used = {"instances": int(row[0]), "cores": int(row[1]), "ram": int(row[2])}
+    per = {"instances": 1, "cores": flavor["vcpus"], "ram": flavor["memory_mb"]}
+    for count in range(max_count, min_count - 1, -1):
+        if all(limits[r] < 0 or used[r] + per[r] * count <= limits[r] for r in per):
+            return count
+    resource = next(r for r in per
+                    if limits[r] >= 0 and used[r] + per[r] * min_count > limits[r])
+    raise ApiError(403, f"Quota exceeded for {resource}: Requested {per[resource] * min_count},"
+                        f" but already used {used[resource]} of {limits[resource]} {resource}")
+
+
+def server_link(request: Request, server_id: str) -> list[dict[str, str]]:
+    base = str(request.base_url).rstrip("/")
+    return [{"rel": "self", "href": f"{base}/compute/v2.1/servers/{server_id}"},
+            {"rel": "bookmark", "href": f"{base}/compute/servers/{server_id}"}]
+
+
+@router.post("/servers", status_code=202, summary="Create one or more servers",
+             responses={400: {"description": "invalid request"},
+                        401: {"description": "no valid token"},
+                        403: {"description": "quota exceeded or admin only"},
+                        503: {"description": "the broker did not acknowledge the request"}})
+def create_server(body: CreateServerBody, ctx: Auth, request: Request,
+                  response: Response) -> dict[str, Any]:
+    s = body.server
+    app = state_of(request)
+    check_name(s.name)
+    max_count = s.max_count or s.min_count
+    if s.min_count > max_count:
+        raise ApiError(400, "min_count must be <= max_count")
+    image_id = boot_image_id(s)
+    check_user_data(s.user_data)
+    if len(s.metadata) > MAX_METADATA_ITEMS:
+        raise ApiError(403, f"Quota exceeded for metadata_items: Requested "
+                            f"{len(s.metadata)}, but already used 0 of {MAX_METADATA_ITEMS} "
+                            "metadata_items")
+    request_id = f"req-{uuid.uuid4()}"
+    response.headers["X-Openstack-Request-Id"] = request_id
+    with app.pool.connection() as conn, conn.transaction():
+        flavor = flavor_record(conn, s.flavorRef)
+        image = image_record(conn, image_id)
+        check_flavor_fits_image(flavor, image)
+        networks = requested_networks(conn, s)
+        if s.key_name is not None and _one(
+                conn, "SELECT 1 FROM keypairs WHERE user_id = %s AND name = %s",
+                ctx.user_id, s.key_name) is None:
+            raise ApiError(400, "Invalid key_name provided.")
+        target = parse_target(conn, s.availability_zone, ctx)
+        hints = hints_of(conn, body.scheduler_hints, ctx)
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (ctx.project_id,))
+        count = allowed_count(conn, ctx, flavor, s.min_count, max_count)
+        reservation_id = f"r-{secrets.token_hex(4)}"
+        topics = Topics(app.settings.topic_prefix)
+        pub = Publisher(app.producer, "api", app.settings.hostname)
+        ids = [str(uuid.uuid4()) for _ in range(count)]
+        now = datetime.now(UTC)
+        bdm = [b.model_dump(include={"source_type", "destination_type", "uuid",
+                                     "volume_size", "guest_format", "delete_on_termination"})
+               | {"boot_index": int(b.boot_index) if b.boot_index not in (None, "") else None}
+               for b in s.block_device_mapping_v2 or []]
+        for index, server_id in enumerate(ids):
+            name = s.name if count == 1 else f"{s.name}-{index + 1}"
+            conn.execute(
+                "INSERT INTO accepted_instances VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                "%s)", (server_id, ctx.project_id, ctx.user_id, name, reservation_id,
+                        flavor["vcpus"], flavor["memory_mb"], Jsonb(flavor), image["id"],
+                        request_id, now))
+            pub.emit(topics.instances, "InstanceBuildRequested", server_id, {
+                "name": name, "project_id": ctx.project_id, "user_id": ctx.user_id,
+                "reservation_id": reservation_id, "launch_index": index, "flavor": flavor,
+                "image": {k: image[k] for k in ("id", "name", "min_disk", "min_ram",
+                                                "properties")},
+                "networks": networks, "block_device_mapping": bdm, "key_name": s.key_name,
+                "metadata": s.metadata, "user_data": s.user_data,
+                "availability_zone": target.zone, "forced_host": target.host,
+                "forced_node": target.node, "scheduler_hints": hints,
+                "is_admin": ctx.is_admin}, correlation_id=request_id)
+        try:
+            app.producer.flush(10)
+        except DeliveryError as exc:
+            raise ApiError(503, f"The request could not be recorded ({exc}); nothing was "
+                                "created. Try again.") from None
+    if s.return_reservation_id:
+        return {"reservation_id": reservation_id}
+    return {"server": {"id": ids[0], "links": server_link(request, ids[0]),
+                       "OS-DCF:diskConfig": s.disk_config or "MANUAL",
+                       "security_groups": [{"name": g.name} for g in s.security_groups or []]
+                       or [{"name": "default"}],
+                       "adminPass": s.adminPass or secrets.token_urlsafe(9)}}
+

@@ -1,0 +1,260 @@
+"""Query endpoints: what Nova's API shows, read from the projection.
+
+Members see their project's servers; admins see theirs, or every project's
+with `all_tenants=1`; another project's server is a 404, as in Nova. A server
+accepted a moment ago but not projected yet is shown as BUILD / scheduling
+from the API's own record, so `openstack server create` can GET it at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter, Request
+from psycopg.rows import dict_row
+
+from novalog.domain import states
+from novalog.http import ApiError, state_of
+from producers.identity import Auth, Context
+from producers.servers import server_link
+
+router = APIRouter(prefix="/compute/v2.1", tags=["compute"])
+
+SERVICE_DOWN_TIME = timedelta(seconds=60)
+SERVER_COLUMNS = ("uuid, name, project_id, user_id, status, vm_state, task_state, power_state, "
+                  "host, node, availability_zone, flavor, image, addresses, key_name, metadata, "
+                  "reservation_id, launch_index, created_at, updated_at, launched_at, fault")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
+
+
+def server_view(request: Request, row: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """Nova's server representation (v2.1)."""
+    host_id = hashlib.sha224((row["project_id"] + (row["host"] or "")).encode()).hexdigest() \
+        if row["host"] else ""
+    view: dict[str, Any] = {
+        "id": row["uuid"], "name": row["name"], "status": row["status"],
+        "tenant_id": row["project_id"], "user_id": row["user_id"],
+        "metadata": row["metadata"], "hostId": host_id,
+        "image": {"id": row["image"]["id"]} if row["image"] else "",
+        "flavor": {"id": row["flavor"]["flavorid"]},
+        "created": _iso(row["created_at"]), "updated": _iso(row["updated_at"]),
+        "addresses": row["addresses"], "accessIPv4": "", "accessIPv6": "",
+        "links": server_link(request, row["uuid"]),
+        "OS-DCF:diskConfig": "MANUAL", "progress": 100 if row["status"] == "ACTIVE" else 0,
+        "OS-EXT-AZ:availability_zone": row["availability_zone"] or "nova",
+        "config_drive": "", "key_name": row["key_name"],
+        "OS-SRV-USG:launched_at": _iso(row["launched_at"]),
+        "OS-SRV-USG:terminated_at": None,
+        "OS-EXT-STS:vm_state": row["vm_state"], "OS-EXT-STS:task_state": row["task_state"],
+        "OS-EXT-STS:power_state": row["power_state"],
+        "security_groups": [{"name": "default"}],
+        "os-extended-volumes:volumes_attached": [],
+    }
+    if ctx.is_admin:
+        view["OS-EXT-SRV-ATTR:host"] = row["host"]
+        view["OS-EXT-SRV-ATTR:hypervisor_hostname"] = row["node"]
+        view["OS-EXT-SRV-ATTR:instance_name"] = f"instance-{row['uuid']}"
+    if row["fault"]:
+        view["fault"] = {"code": row["fault"]["code"], "message": row["fault"]["message"],
+                         "created": row["fault"].get("created")}
+        if ctx.is_admin and row["fault"].get("details"):
+            view["fault"]["details"] = row["fault"]["details"]
+    return view
+
+
+def _accepted_as_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A just-accepted request, shown as Nova shows a server still scheduling."""
+    return {"uuid": row["uuid"], "name": row["name"], "project_id": row["project_id"],
+            "user_id": row["user_id"], "status": "BUILD", "vm_state": states.BUILDING,
+            "task_state": states.SCHEDULING, "power_state": states.NOSTATE, "host": None,
+            "node": None, "availability_zone": None, "flavor": row["flavor"],
+            "image": {"id": row["image_id"]} if row["image_id"] else None, "addresses": {},
+            "key_name": None, "metadata": {}, "reservation_id": row["reservation_id"],
+            "launch_index": 0, "created_at": row["created_at"],
+            "updated_at": row["created_at"], "launched_at": None, "fault": None}
+
+
+def list_rows(request: Request, ctx: Context) -> list[dict[str, Any]]:
+    params = request.query_params
+    all_tenants = ctx.is_admin and params.get("all_tenants", "0").lower() in ("1", "true")
+    where, args = [], []
+    if not all_tenants:
+        where.append("project_id = %s")
+        args.append(ctx.project_id)
+    if params.get("status"):
+        where.append("status = %s")
+        args.append(params["status"].upper())
+    if ctx.is_admin and params.get("host"):
+        where.append("host = %s")
+        args.append(params["host"])
+    if params.get("reservation_id"):
+        where.append("reservation_id = %s")
+        args.append(params["reservation_id"])
+    query = f"SELECT {SERVER_COLUMNS} FROM servers"
+    if where:
+        query += " WHERE " + " AND ".join(where)
+    query += " ORDER BY created_at DESC, uuid"
+    with state_of(request).pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(query, args).fetchall()
+    if params.get("name"):
+        try:
+            pattern = re.compile(params["name"])
+        except re.error:
+            raise ApiError(400, f"Invalid regular expression in name: {params['name']}") \
+                from None
+        rows = [r for r in rows if pattern.search(r["name"])]
+    return rows
+
+
+@router.get("", summary="Compute API version (microversions up to 2.1)")
+def compute_version(request: Request) -> dict[str, Any]:
+    base = str(request.base_url).rstrip("/")
+    return {"version": {"id": "v2.1", "status": "CURRENT", "version": "2.1",
+                        "min_version": "2.1", "updated": "2013-07-23T11:33:21Z",
+                        "links": [{"rel": "self", "href": f"{base}/compute/v2.1/"}]}}
+
+
+@router.get("/servers", summary="List servers (id, name, links)")
+def list_servers(request: Request, ctx: Auth) -> dict[str, Any]:
+    return {"servers": [{"id": r["uuid"], "name": r["name"],
+                         "links": server_link(request, r["uuid"])}
+                        for r in list_rows(request, ctx)]}
+
+
+@router.get("/servers/detail", summary="List servers with details")
+def list_servers_detail(request: Request, ctx: Auth) -> dict[str, Any]:
+    return {"servers": [server_view(request, r, ctx) for r in list_rows(request, ctx)]}
+
+
+def find_server(request: Request, ctx: Context, server_id: str) -> dict[str, Any]:
+    """The server row, or 404 when it does not exist or belongs to another project."""
+    with state_of(request).pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(f"SELECT {SERVER_COLUMNS} FROM servers WHERE uuid = %s",
+                          (server_id,)).fetchone()
+        if row is None:
+            accepted = cur.execute("SELECT * FROM accepted_instances WHERE uuid = %s",
+                                   (server_id,)).fetchone()
+            row = _accepted_as_row(accepted) if accepted else None
+    if row is None or (row["project_id"] != ctx.project_id and not ctx.is_admin):
+        raise ApiError(404, f"Instance {server_id} could not be found.")
+    return row
+
+
+@router.get("/servers/{server_id}", summary="Show one server",
+            responses={404: {"description": "no such server in your project"}})
+def show_server(server_id: str, request: Request, ctx: Auth) -> dict[str, Any]:
+    return {"server": server_view(request, find_server(request, ctx, server_id), ctx)}
+
+
+@router.get("/servers/{server_id}/os-instance-actions", summary="Actions on a server")
+def instance_actions(server_id: str, request: Request, ctx: Auth) -> dict[str, Any]:
+    find_server(request, ctx, server_id)
+    with state_of(request).pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute("SELECT * FROM instance_actions WHERE instance_uuid = %s "
+                           "ORDER BY start_time DESC", (server_id,)).fetchall()
+    return {"instanceActions": [{
+        "action": r["action"], "instance_uuid": r["instance_uuid"],
+        "request_id": r["request_id"], "user_id": r["user_id"], "project_id": r["project_id"],
+        "start_time": _iso(r["start_time"]), "message": r["message"]} for r in rows]}
+
+
+@router.get("/servers/{server_id}/os-instance-actions/{request_id}",
+            summary="One action with its per-step events")
+def instance_action(server_id: str, request_id: str, request: Request,
+                    ctx: Auth) -> dict[str, Any]:
+    find_server(request, ctx, server_id)
+    with state_of(request).pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        action = cur.execute("SELECT * FROM instance_actions WHERE instance_uuid = %s AND "
+                             "request_id = %s", (server_id, request_id)).fetchone()
+        if action is None:
+            raise ApiError(404, f"Action for request_id {request_id} on instance {server_id} "
+                                "not found")
+        events = cur.execute("SELECT * FROM instance_action_events WHERE instance_uuid = %s "
+                             "AND request_id = %s ORDER BY start_time, attempt",
+                             (server_id, request_id)).fetchall()
+    return {"instanceAction": {
+        "action": action["action"], "instance_uuid": server_id, "request_id": request_id,
+        "user_id": action["user_id"], "project_id": action["project_id"],
+        "start_time": _iso(action["start_time"]), "message": action["message"],
+        "events": [{"event": e["event"], "start_time": _iso(e["start_time"]),
+                    "finish_time": _iso(e["finish_time"]), "result": e["result"],
+                    "traceback": e["details"], "host": e["host"],
+                    "hostId": hashlib.sha224((action["project_id"] + (e["host"] or ""))
+                                             .encode()).hexdigest() if e["host"] else ""}
+                   for e in events]}}
+
+
+FLAVOR_COLUMNS = "flavorid, name, vcpus, memory_mb, root_gb, ephemeral_gb, swap_mb, is_public"
+
+
+def flavor_view(request: Request, r: tuple[Any, ...], detail: bool) -> dict[str, Any]:
+    base = str(request.base_url).rstrip("/")
+    view: dict[str, Any] = {"id": r[0], "name": r[1], "links": [
+        {"rel": "self", "href": f"{base}/compute/v2.1/flavors/{r[0]}"}]}
+    if detail:
+        view.update({"vcpus": r[2], "ram": r[3], "disk": r[4],
+                     "OS-FLV-EXT-DATA:ephemeral": r[5], "swap": r[6] or "",
+                     "os-flavor-access:is_public": r[7], "rxtx_factor": 1.0,
+                     "OS-FLV-DISABLED:disabled": False})
+    return view
+
+
+@router.get("/flavors", summary="List flavors")
+def list_flavors(request: Request, _ctx: Auth) -> dict[str, Any]:
+    with state_of(request).pool.connection() as conn:
+        rows = conn.execute(f"SELECT {FLAVOR_COLUMNS} FROM flavors ORDER BY memory_mb, flavorid"
+                            ).fetchall()
+    return {"flavors": [flavor_view(request, r, False) for r in rows]}
+
+
+@router.get("/flavors/detail", summary="List flavors with details")
+def list_flavors_detail(request: Request, _ctx: Auth) -> dict[str, Any]:
+    with state_of(request).pool.connection() as conn:
+        rows = conn.execute(f"SELECT {FLAVOR_COLUMNS} FROM flavors ORDER BY memory_mb, flavorid"
+                            ).fetchall()
+    return {"flavors": [flavor_view(request, r, True) for r in rows]}
+
+
+@router.get("/flavors/{flavor_id}", summary="Show a flavor")
+def show_flavor(flavor_id: str, request: Request, _ctx: Auth) -> dict[str, Any]:
+    with state_of(request).pool.connection() as conn:
+        row = conn.execute(f"SELECT {FLAVOR_COLUMNS} FROM flavors WHERE flavorid = %s",
+                           (flavor_id,)).fetchone()
+    if row is None:
+        raise ApiError(404, f"Flavor {flavor_id} could not be found.")
+    return {"flavor": flavor_view(request, row, True)}
+
+
+@router.get("/os-services", summary="Compute services, up or down by heartbeat age")
+def list_services(request: Request, _ctx: Auth) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    with state_of(request).pool.connection() as conn:
+        rows = conn.execute("SELECT host, service_binary, zone, disabled, disabled_reason, "
+                            "last_heartbeat, updated_at FROM services ORDER BY host").fetchall()
+    return {"services": [{
+        "id": i + 1, "binary": r[1], "host": r[0], "zone": r[2],
+        "status": "disabled" if r[3] else "enabled", "disabled_reason": r[4],
+        "state": "up" if r[5] and now - r[5] <= SERVICE_DOWN_TIME else "down",
+        "updated_at": _iso(r[6]), "forced_down": False} for i, r in enumerate(rows)]}
+
+
+@router.get("/os-hypervisors/detail", summary="Compute nodes with their usage")
+def list_hypervisors(request: Request, _ctx: Auth) -> dict[str, Any]:
+    with state_of(request).pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT c.host, c.node, c.hypervisor_type, c.host_ip, c.vcpus, c.memory_mb, "
+            "c.local_gb, c.vcpus_used, c.memory_mb_used, c.local_gb_used, c.running_vms, "
+            "s.disabled FROM compute_nodes c LEFT JOIN services s ON s.host = c.host "
+            "ORDER BY c.host").fetchall()
+    return {"hypervisors": [{
+        "id": i + 1, "hypervisor_hostname": r[1], "hypervisor_type": r[2], "host_ip": r[3],
+        "state": "up", "status": "disabled" if r[11] else "enabled",
+        "vcpus": r[4], "memory_mb": r[5], "local_gb": r[6], "vcpus_used": r[7],
+        "memory_mb_used": r[8], "local_gb_used": r[9], "running_vms": r[10],
+        "service": {"host": r[0]}} for i, r in enumerate(rows)]}
