@@ -243,6 +243,18 @@ def roles() -> None:
         console.print(f"[bold]{role.name}[/bold]  {role.description}")
 
 
+def _register_verbs() -> None:
+    from producers.cli import boot
+    from projections.cli import list_servers, show_server
+
+    app.command("boot")(boot)
+    app.command("list")(list_servers)
+    app.command("show")(show_server)
+
+
+_register_verbs()
+
+
 def main() -> None:
     """Console-script entry point."""
     logging.captureWarnings(True)

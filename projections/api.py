@@ -258,3 +258,41 @@ def list_hypervisors(request: Request, _ctx: Auth) -> dict[str, Any]:
         "vcpus": r[4], "memory_mb": r[5], "local_gb": r[6], "vcpus_used": r[7],
         "memory_mb_used": r[8], "local_gb_used": r[9], "running_vms": r[10],
         "service": {"host": r[0]}} for i, r in enumerate(rows)]}
+
+
+history_router = APIRouter(tags=["novalog"])
+
+
+@history_router.get("/novalog/v1/servers/{server_id}/events",
+                    summary="The server's events as projected, oldest first")
+def server_events(server_id: str, request: Request, ctx: Auth,
+                  after: int = 0) -> dict[str, Any]:
+    """`after` = the last `seq` already seen, so a client can follow a build live."""
+    find_server(request, ctx, server_id)
+    with state_of(request).pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            "SELECT seq, event_id, event_type, occurred_at, vm_state, task_state, producer, "
+            "request_id, payload FROM instance_events WHERE instance_uuid = %s AND seq > %s "
+            "ORDER BY seq", (server_id, after)).fetchall()
+    return {"events": [{**r, "occurred_at": r["occurred_at"].isoformat()} for r in rows]}
+
+
+@history_router.get("/image/v2/images", summary="Glance: list images (?name=)")
+def list_images(request: Request, _ctx: Auth, name: str | None = None) -> dict[str, Any]:
+    with state_of(request).pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT image_id, name, status, disk_format, size, min_disk, min_ram, checksum "
+            "FROM images WHERE %s::text IS NULL OR name = %s ORDER BY name",
+            (name, name)).fetchall()
+    keys = ["id", "name", "status", "disk_format", "size", "min_disk", "min_ram", "checksum"]
+    return {"images": [dict(zip(keys, r, strict=True)) for r in rows]}
+
+
+@history_router.get("/networking/v2.0/networks", summary="Neutron: list networks (?name=)")
+def list_networks(request: Request, _ctx: Auth, name: str | None = None) -> dict[str, Any]:
+    with state_of(request).pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT network_id, name, cidr FROM networks WHERE %s::text IS NULL OR name = %s "
+            "ORDER BY name", (name, name)).fetchall()
+    return {"networks": [{"id": r[0], "name": r[1], "subnets": [], "cidr": r[2],
+                          "status": "ACTIVE"} for r in rows]}

@@ -1,0 +1,85 @@
+"""A small client of novalog's own API, for the CLI verbs (and the tests that act like users).
+
+Credentials follow OpenStack's variables: OS_USERNAME, OS_PASSWORD,
+OS_PROJECT_NAME (dev defaults admin / admin / admin); the endpoint is
+NOVALOG_API_URL, by default the local API of `novalog up`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import httpx
+
+from novalog.settings import Settings
+
+
+class ApiFailure(Exception):
+    """The API answered with an error; the message is the API's own."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{message} (HTTP {status})")
+        self.status = status
+        self.message = message
+
+
+class NovalogClient:
+    def __init__(self, base_url: str, username: str, password: str, project: str,
+                 timeout: float = 30.0) -> None:
+        self.http = httpx.Client(base_url=base_url, timeout=timeout)
+        self.credentials = (username, password, project)
+        self._token: str | None = None
+
+    @classmethod
+    def from_env(cls, settings: Settings) -> NovalogClient:
+        env = os.environ
+        return cls(env.get("NOVALOG_API_URL") or f"http://{settings.api_host}:{settings.api_port}",
+                   env.get("OS_USERNAME", "admin"), env.get("OS_PASSWORD", "admin"),
+                   env.get("OS_PROJECT_NAME", "admin"))
+
+    def token(self) -> str:
+        if self._token is None:
+            user, password, project = self.credentials
+            body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
+                "name": user, "password": password, "domain": {"name": "Default"}}}},
+                "scope": {"project": {"name": project, "domain": {"name": "Default"}}}}}
+            response = self.http.post("/identity/v3/auth/tokens", json=body)
+            self._check(response)
+            self._token = response.headers["X-Subject-Token"]
+        return self._token
+
+    @staticmethod
+    def _check(response: httpx.Response) -> None:
+        if response.status_code < 400:
+            return
+        try:
+            body = response.json()
+            message = next(iter(body.values()))["message"]
+        except (ValueError, StopIteration, KeyError, TypeError, AttributeError):
+            message = response.text[:300]
+        raise ApiFailure(response.status_code, message)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.http.request(method, path, headers={"X-Auth-Token": self.token()},
+                                     **kwargs)
+        self._check(response)
+        return response.json() if response.content else None
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self.request("GET", path, params=params)
+
+    def find(self, kind: str, ref: str) -> dict[str, Any]:
+        """A flavor, image, network or server by id or exact name (one match, else an error)."""
+        paths = {"flavor": ("/compute/v2.1/flavors/detail", "flavors"),
+                 "image": ("/image/v2/images", "images"),
+                 "network": ("/networking/v2.0/networks", "networks"),
+                 "server": ("/compute/v2.1/servers/detail", "servers")}
+        path, key = paths[kind]
+        items = self.get(path)[key]
+        matches = [i for i in items if ref in (i["id"], i["name"])]
+        if not matches:
+            raise ApiFailure(404, f"No {kind} with a name or ID of '{ref}' exists.")
+        if len(matches) > 1 and not any(i["id"] == ref for i in matches):
+            raise ApiFailure(409, f"More than one {kind} exists with the name '{ref}'.")
+        return next((i for i in matches if i["id"] == ref), matches[0])

@@ -1,0 +1,106 @@
+"""`novalog boot`: the write-side CLI verb. It goes through the API like any client.
+
+With --wait it follows each server's events as they are projected and prints
+every task-state transition, with a progress bar over the servers, and exits 1
+if any server ends in ERROR (printing its fault).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from novalog.client import ApiFailure, NovalogClient
+from novalog.settings import Settings
+
+console = Console()
+err = Console(stderr=True)
+
+
+def _server_ids(client: NovalogClient, created: dict[str, Any], count: int) -> list[str]:
+    if "server" in created:
+        return [created["server"]["id"]]
+    reservation = created["reservation_id"]
+    deadline = time.monotonic() + 15
+    while True:  # a multi-create answers with its reservation id only, as in Nova
+        servers = client.get("/compute/v2.1/servers", reservation_id=reservation)["servers"]
+        if len(servers) >= count or time.monotonic() > deadline:
+            return [s["id"] for s in servers]
+        time.sleep(0.1)
+
+
+def follow(client: NovalogClient, ids: list[str], names: dict[str, str],
+           timeout: float) -> dict[str, dict[str, Any]]:
+    """Print each server's transitions until every one is ACTIVE or ERROR."""
+    seen = dict.fromkeys(ids, 0)
+    final: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + timeout
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("booting", total=len(ids))
+        while len(final) < len(ids):
+            if time.monotonic() > deadline:
+                raise ApiFailure(408, f"gave up waiting after {timeout:.0f}s")
+            for server_id in ids:
+                if server_id in final:
+                    continue
+                events = client.get(f"/novalog/v1/servers/{server_id}/events",
+                                    after=seen[server_id])["events"]
+                for e in events:
+                    seen[server_id] = e["seq"]
+                    progress.console.print(
+                        f"{e['occurred_at'][11:23]}  {names[server_id]:<20} "
+                        f"{e['event_type']:<34} {e['vm_state']}/{e['task_state'] or 'None'}")
+                    if e["vm_state"] in ("active", "error"):
+                        final[server_id] = client.get(
+                            f"/compute/v2.1/servers/{server_id}")["server"]
+                        progress.advance(task)
+            time.sleep(0.1)
+    return final
+
+
+def boot(
+    name: Annotated[str, typer.Argument(help="Server name (-1, -2... appended with --count).")],
+    flavor: Annotated[str, typer.Option(help="Flavor name or id.")],
+    image: Annotated[str, typer.Option(help="Image name or id.")],
+    network: Annotated[list[str] | None, typer.Option(
+        help="Network name or id (repeatable; default: private).")] = None,
+    count: Annotated[int, typer.Option(min=1, max=1000, help="How many servers.")] = 1,
+    wait: Annotated[bool, typer.Option(help="Follow the build until ACTIVE or ERROR.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 300,
+) -> None:
+    """Boot servers through the API (POST /servers)."""
+    client = NovalogClient.from_env(Settings.from_env())
+    try:
+        f = client.find("flavor", flavor)
+        i = client.find("image", image)
+        nets = [{"uuid": client.find("network", n)["id"]} for n in network or []]
+        body: dict[str, Any] = {"server": {
+            "name": name, "flavorRef": f["id"], "imageRef": i["id"], "min_count": count,
+            "max_count": count, "networks": nets or "auto",
+            **({"return_reservation_id": True} if count > 1 else {})}}
+        created = client.request("POST", "/compute/v2.1/servers", json=body)
+        ids = _server_ids(client, created, count)
+        names = {s: (name if count == 1 else f"{name}-{n + 1}") for n, s in enumerate(ids)}
+        if not wait:
+            for server_id in ids:
+                console.print(f"{server_id}  {names[server_id]}  BUILD")
+            return
+        final = follow(client, ids, names, timeout)
+    except ApiFailure as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    failed = {s: v for s, v in final.items() if v["status"] == "ERROR"}
+    for server_id, server in final.items():
+        colour = "red" if server_id in failed else "green"
+        console.print(f"[{colour}]{server['status']}[/{colour}]  {server['name']}  {server_id}")
+    for server in failed.values():
+        fault = server.get("fault", {})
+        err.print(f"[red]{server['name']}: {fault.get('message', 'no fault recorded')}[/red]")
+    if failed:
+        raise typer.Exit(1)

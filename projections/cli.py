@@ -1,0 +1,83 @@
+"""`novalog list` and `novalog show`: the read-side CLI verbs, answered by the API."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from novalog.client import ApiFailure, NovalogClient
+from novalog.settings import Settings
+
+console = Console()
+err = Console(stderr=True)
+POWER_STATES = {0: "NOSTATE", 1: "Running", 3: "Paused", 4: "Shutdown", 6: "Crashed",
+                7: "Suspended"}
+
+
+def networks_text(addresses: dict[str, list[dict[str, Any]]]) -> str:
+    return "; ".join(f"{net}={', '.join(a['addr'] for a in addrs)}"
+                     for net, addrs in addresses.items())
+
+
+def list_servers(
+    all_projects: Annotated[bool, typer.Option("--all-projects",
+                                               help="Every project's (admin).")] = False,
+) -> None:
+    """Servers of your project: status, task state, power state, networks, host."""
+    client = NovalogClient.from_env(Settings.from_env())
+    try:
+        servers = client.get("/compute/v2.1/servers/detail",
+                             **({"all_tenants": "1"} if all_projects else {}))["servers"]
+    except ApiFailure as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    table = Table()
+    for col in ("ID", "Name", "Status", "Task State", "Power State", "Networks", "Host"):
+        table.add_column(col)
+    for s in servers:
+        table.add_row(s["id"], s["name"], s["status"], s["OS-EXT-STS:task_state"] or "-",
+                      POWER_STATES.get(s["OS-EXT-STS:power_state"], "?"),
+                      networks_text(s["addresses"]), s.get("OS-EXT-SRV-ATTR:host") or "-")
+    console.print(table)
+
+
+def show_server(server: Annotated[str, typer.Argument(help="Server name or ID.")]) -> None:
+    """One server's fields and its event history."""
+    client = NovalogClient.from_env(Settings.from_env())
+    try:
+        found = client.find("server", server)
+        detail = client.get(f"/compute/v2.1/servers/{found['id']}")["server"]
+        events = client.get(f"/novalog/v1/servers/{found['id']}/events")["events"]
+    except ApiFailure as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    fields = Table(show_header=False)
+    fields.add_column("Field")
+    fields.add_column("Value")
+    rows = {
+        "id": detail["id"], "name": detail["name"], "status": detail["status"],
+        "vm_state": detail["OS-EXT-STS:vm_state"],
+        "task_state": detail["OS-EXT-STS:task_state"],
+        "power_state": POWER_STATES.get(detail["OS-EXT-STS:power_state"], "?"),
+        "host": detail.get("OS-EXT-SRV-ATTR:host"),
+        "node": detail.get("OS-EXT-SRV-ATTR:hypervisor_hostname"),
+        "addresses": networks_text(detail["addresses"]), "flavor": detail["flavor"]["id"],
+        "image": detail["image"]["id"] if detail["image"] else "",
+        "key_name": detail["key_name"], "metadata": detail["metadata"],
+        "project_id": detail["tenant_id"], "user_id": detail["user_id"],
+        "created": detail["created"], "updated": detail["updated"],
+        "launched_at": detail["OS-SRV-USG:launched_at"], "fault": detail.get("fault"),
+    }
+    for key, value in rows.items():
+        fields.add_row(key, "" if value is None else str(value))
+    console.print(fields)
+    history = Table(title="history")
+    for col in ("time", "event", "vm_state", "task_state", "producer", "request id"):
+        history.add_column(col)
+    for e in events:
+        history.add_row(e["occurred_at"][11:23], e["event_type"], e["vm_state"] or "-",
+                        e["task_state"] or "None", e["producer"], e["request_id"])
+    console.print(history)
