@@ -1,0 +1,129 @@
+"""Whole clouds for end-to-end tests: `novalog up` as a subprocess on the session's
+broker and Postgres, with its own topic prefix, schema, home, API port and token key."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from confluent_kafka import Consumer, TopicPartition
+from cryptography.fernet import Fernet
+
+from novalog.client import NovalogClient
+from novalog.kafka import EventProducer, Topics, client_config
+from novalog.publish import Publisher
+from novalog.settings import Settings
+from schemas import Event, decode
+from tests.conftest import Infra, free_port
+
+
+@dataclass
+class Cloud:
+    env: dict[str, str]
+    home: Path
+    api_url: str
+    settings: Settings
+    token_key: str
+    proc: subprocess.Popen[bytes]
+
+    def client(self, user: str = "admin", password: str = "admin",
+               project: str = "admin") -> NovalogClient:
+        return NovalogClient(self.api_url, user, password, project)
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.api_url, timeout=30)
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "novalog", *args], env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def image_id(self) -> str:
+        return str(self.client().find("image", "cirros")["id"])
+
+    def wait_servers(self, ids: list[str], timeout: float = 90) -> dict[str, dict[str, Any]]:
+        """Each server once it is ACTIVE or ERROR."""
+        client, done = self.client(), {}
+        deadline = time.monotonic() + timeout
+        while len(done) < len(ids):
+            assert time.monotonic() < deadline, f"still building: {set(ids) - set(done)}"
+            for server in client.get("/compute/v2.1/servers/detail",
+                                     all_tenants="1")["servers"]:
+                if server["id"] in ids and server["status"] in ("ACTIVE", "ERROR"):
+                    done[server["id"]] = server
+            time.sleep(0.2)
+        return done
+
+    def publish_catalog(self, event_type: str, key: str, payload: dict[str, Any]) -> None:
+        """A catalog fact, as an operator's tooling would publish it."""
+        producer = EventProducer(self.settings)
+        Publisher(producer, "test", "pytest").emit(
+            Topics(self.settings.topic_prefix).catalog, event_type, key, payload,
+            correlation_id=f"req-{uuid.uuid4()}")
+        producer.flush()
+
+    def topic_events(self, topic: str) -> list[Event]:
+        """Every event of a topic, read with assign() until the broker has no more."""
+        consumer = Consumer({**client_config(self.settings), "group.id": "e2e-reader",
+                             "enable.auto.commit": False})
+        try:
+            parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+            events, empty = [], 0
+            while empty < 5:
+                msg = consumer.poll(0.1)
+                if msg is None:
+                    empty += 1
+                elif msg.error() is None:
+                    empty = 0
+                    events.append(decode(msg.value() or b""))
+            return events
+        finally:
+            consumer.close()
+
+
+@contextmanager
+def running_cloud(infra: Infra, home: Path, *, hosts: int = 4, replicas: int = 1,
+                  extra_env: dict[str, str] | None = None) -> Iterator[Cloud]:
+    tag = uuid.uuid4().hex[:8]
+    key = Fernet.generate_key().decode()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOVALOG_", "OS_"))}
+    env.update(KAFKA_BOOTSTRAP_SERVERS=infra.bootstrap, DATABASE_URL=infra.database_url,
+               NOVALOG_TOPIC_PREFIX=f"e2e-{tag}", NOVALOG_DB_SCHEMA=f"e2e_{tag}",
+               NOVALOG_HOME=str(home), NOVALOG_API_PORT=str(port), NOVALOG_PARTITIONS="2",
+               NOVALOG_TOKEN_KEYS=key, NOVALOG_API_URL=f"http://127.0.0.1:{port}",
+               PYTHONUNBUFFERED="1", **(extra_env or {}))
+    log = open(home.parent / f"up-{tag}.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "novalog", "up", "--hosts", str(hosts),
+                             "--replicas", str(replicas)], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    settings = Settings.from_env(env)
+    cloud = Cloud(env, home, f"http://127.0.0.1:{port}", settings, key, proc)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            status = cloud.cli("status", "--json")
+            if status.returncode == 0 and json.loads(status.stdout)["ready"]:
+                break
+            assert proc.poll() is None, (home.parent / f"up-{tag}.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "cloud did not come up"
+            time.sleep(0.3)
+        yield cloud
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
