@@ -53,7 +53,7 @@ class Cloud:
 
     def wait_servers(self, ids: list[str], timeout: float = 90) -> dict[str, dict[str, Any]]:
         """Each server once it is ACTIVE or ERROR."""
-        client, done = self.client(), {}
+        client, done = self.client(), dict[str, dict[str, Any]]()
         deadline = time.monotonic() + timeout
         while len(done) < len(ids):
             assert time.monotonic() < deadline, f"still building: {set(ids) - set(done)}"
@@ -71,6 +71,16 @@ class Cloud:
             Topics(self.settings.topic_prefix).catalog, event_type, key, payload,
             correlation_id=f"req-{uuid.uuid4()}")
         producer.flush()
+
+    def raise_quotas(self, project_name: str = "admin") -> None:
+        """Unlimited instances, cores and RAM for a project, once the projection has it."""
+        from producers.catalog import entity_id
+
+        project = entity_id("project", project_name)
+        for resource in ("instances", "cores", "ram"):
+            self.publish_catalog("QuotaSet", project,
+                                 {"project_id": project, "resource": resource, "limit": -1})
+        time.sleep(1)
 
     def topic_events(self, topic: str) -> list[Event]:
         """Every event of a topic, read with assign() until the broker has no more."""
