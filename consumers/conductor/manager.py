@@ -125,7 +125,7 @@ class Conductor:
         uuid, attempt = event.aggregate_id, event.payload["attempt"]
         if retryable and attempt < self.max_attempts:
             self.pub.emit(self.topics.instances, "InstanceRescheduled", uuid, {
-                "attempt": attempt + 1, "excluded_hosts": self._tried_hosts(uuid),
+                "attempt": attempt + 1, "excluded_hosts": list(self._tried_hosts(uuid)),
                 "reason": reason}, cause=event)
             return
         message = max_retries_message(uuid) if retryable else \
