@@ -1,5 +1,6 @@
 # The two commands of the README:
-#   make run    set up everything, start the whole stack (Ctrl-C stops it)
+#   make run    set up everything, start the whole stack in the background and boot a
+#               server to ACTIVE in front of you (`.venv/bin/novalog down` stops the stack)
 #   make test   set up everything, run the whole test suite (CI runs exactly this)
 # Both install what is missing first: Debian packages via apt-get, then a virtualenv
 # in .venv with the project and its test extras.
@@ -29,7 +30,9 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 run: setup
-	$(VENV)/bin/novalog up
+	@$(VENV)/bin/novalog status >/dev/null 2>&1 || $(VENV)/bin/novalog up --detach
+	$(VENV)/bin/novalog boot demo-1 --flavor m1.tiny --image cirros --wait
+	@$(VENV)/bin/novalog list
 
 test: setup
 	$(VENV)/bin/ruff check .

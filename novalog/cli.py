@@ -237,6 +237,27 @@ def run(role: Annotated[str, typer.Argument(help=f"One of: {', '.join(sorted(ROL
 
 
 @app.command()
+def bootstrap() -> None:
+    """Publish the default catalog (flavors, cirros, private network, admin and demo)
+    if the projection lacks it, and wait until it is projected."""
+    from novalog.db import make_pool
+    from novalog.roles import prepare_infrastructure
+    from producers.catalog import bootstrap_catalog
+
+    settings = _settings()
+    try:
+        prepare_infrastructure(settings)
+        pool = make_pool(settings)
+        try:
+            count = bootstrap_catalog(settings, pool)
+        finally:
+            pool.close()
+    except (SettingsError, TimeoutError) as exc:
+        raise _fail(exc) from None
+    console.print(f"catalog: {count} entries published" if count else "catalog: complete")
+
+
+@app.command()
 def roles() -> None:
     """List the roles `novalog up` starts."""
     for role in ROLES.values():

@@ -74,11 +74,16 @@ def client_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def group_name(settings: Settings, group_id: str) -> str:
+    """Consumer groups belong to one deployment: two prefixes on one cluster never share one."""
+    return f"{settings.topic_prefix}.{group_id}"
+
+
 def consumer_config(settings: Settings, group_id: str) -> dict[str, Any]:
     """No auto-commit, no auto offset store: the consume loop commits after effects are durable."""
     return {
         **client_config(settings),
-        "group.id": group_id,
+        "group.id": group_name(settings, group_id),
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, TopicPartition
 
-from novalog.kafka import client_config, next_batch
+from novalog.kafka import client_config, group_name, next_batch
 from novalog.settings import Settings
 from schemas import Event, SerializationError, decode
 
@@ -51,7 +51,8 @@ class LogReplica:
 
     def _run(self) -> None:
         consumer = Consumer({**client_config(self.settings),
-                             "group.id": f"replica-{self.name}",  # never joined or committed
+                             "group.id": group_name(self.settings, f"replica-{self.name}"),
+                             # never joined, never committed: assign() only
                              "enable.auto.commit": False, "fetch.wait.max.ms": 20})
         try:
             metadata = consumer.list_topics(timeout=15)

@@ -219,7 +219,8 @@ class ComputeManager:
         for net in record.command["networks"]:
             self.pub.emit(self.topics.network, "ReleasePorts", net["network_id"], {
                 "instance_uuid": uuid, "network_id": net["network_id"],
-                "reason": f"build failed on {self.host}: {failure.reason}"},
+                "reason": f"build failed on {self.host}: {failure.reason}",
+                "attempt": record.attempt},
                 cause=cause, what=(net["network_id"],))
         self.tracker.release(uuid)
         self._instance_event("InstanceBuildFailed", uuid, {

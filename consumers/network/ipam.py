@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 PORT_NAMESPACE = uuid.UUID("6f1c1b1e-3d2a-4c55-9a57-2b1d0c9e7a10")
@@ -29,6 +29,8 @@ class Port:
     ip_address: str
     mac_address: str
     instance_uuid: str
+    attempt: int = 0  # the build attempt the port is bound for
+    host: str = ""
 
     def as_payload(self) -> dict[str, str]:
         """The novalog.instance.Port record."""
@@ -69,27 +71,31 @@ class Pool:
         return cls(net["network_id"], net["name"], net["cidr"], net["gateway_ip"],
                    net["allocation_start"], net["allocation_end"])
 
-    def ports_of(self, instance_uuid: str) -> list[Port]:
-        return [p for p in self.ports.values() if p.instance_uuid == instance_uuid]
+    def ports_of(self, instance_uuid: str, attempt: int = 0) -> list[Port]:
+        """The instance's ports; with `attempt`, only those bound for that attempt."""
+        return [p for p in self.ports.values() if p.instance_uuid == instance_uuid
+                and (not attempt or p.attempt == attempt)]
 
-    def allocate(self, instance_uuid: str, fixed_ip: str | None = None) -> Port:
-        """The instance's port on this network: the existing one, or a new one."""
+    def allocate(self, instance_uuid: str, fixed_ip: str | None = None, *, attempt: int = 0,
+                 host: str = "") -> Port:
+        """The instance's port on this network, bound to `attempt`: the existing one
+        (re-bound, as Neutron moves a port to the new host), or a new one."""
         existing = self.ports_of(instance_uuid)
         if existing:
-            return existing[0]
+            return replace(existing[0], attempt=attempt, host=host)
         if fixed_ip is not None:
             ip = ipaddress.ip_address(fixed_ip)
             if ip not in ipaddress.ip_network(self.cidr) or str(ip) == self.gateway_ip:
                 raise PoolExhausted(f"fixed IP {fixed_ip} is not usable on {self.name}")
             if str(ip) in self.ports:
                 raise PoolExhausted(f"fixed IP {fixed_ip} is already in use on {self.name}")
-            return self._port(instance_uuid, str(ip))
+            return replace(self._port(instance_uuid, str(ip)), attempt=attempt, host=host)
         first = int(ipaddress.ip_address(self.allocation_start))
         last = int(ipaddress.ip_address(self.allocation_end))
         for n in range(first, last + 1):
             candidate = str(ipaddress.ip_address(n))
             if candidate not in self.ports and candidate != self.gateway_ip:
-                return self._port(instance_uuid, candidate)
+                return replace(self._port(instance_uuid, candidate), attempt=attempt, host=host)
         raise PoolExhausted(f"no free IP address on network {self.name} ({self.cidr})")
 
     def _port(self, instance_uuid: str, ip: str) -> Port:
@@ -104,7 +110,8 @@ class Pool:
         """An IpAllocated fact; applying it twice changes nothing."""
         self.ports[p["ip_address"]] = Port(p["port_id"], p["network_id"], self.name,
                                            p["ip_address"], p["mac_address"],
-                                           p["instance_uuid"])
+                                           p["instance_uuid"], p.get("attempt", 0),
+                                           p.get("host", ""))
 
     def apply_released(self, p: dict[str, Any]) -> None:
         """An IpReleased fact; only frees the address if that port still holds it."""

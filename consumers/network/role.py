@@ -77,7 +77,7 @@ class NetworkService:
             self.allocate(event, p)
         elif event.event_type == "ReleasePorts":
             pool = self.pools.get(p["network_id"])
-            for port in pool.ports_of(p["instance_uuid"]) if pool else []:
+            for port in pool.ports_of(p["instance_uuid"], p["attempt"]) if pool else []:
                 self._fact("IpReleased", p["network_id"], {
                     "network_id": port.network_id, "instance_uuid": port.instance_uuid,
                     "port_id": port.port_id, "ip_address": port.ip_address}, event,
@@ -87,7 +87,8 @@ class NetworkService:
         net, uuid = p["network"], p["instance_uuid"]
         reply_topic = self.topics.compute(p["host"])
         try:
-            port = self.pool(net).allocate(uuid, net.get("fixed_ip"))
+            port = self.pool(net).allocate(uuid, net.get("fixed_ip"), attempt=p["attempt"],
+                                           host=p["host"])
         except (PoolExhausted, ValueError) as exc:
             self.pub.emit(self.topics.network, "IpAllocationFailed", net["network_id"], {
                 "network_id": net["network_id"], "instance_uuid": uuid, "reason": str(exc)},
@@ -97,7 +98,8 @@ class NetworkService:
                 "reason": str(exc)}, cause=event)
             return
         self._fact("IpAllocated", net["network_id"], {
-            **port.as_payload(), "instance_uuid": uuid}, event)
+            **port.as_payload(), "instance_uuid": uuid, "host": port.host,
+            "attempt": port.attempt}, event)
         self.pub.emit(reply_topic, "PortsAllocated", uuid, {
             "instance_uuid": uuid, "host": p["host"], "attempt": p["attempt"],
             "ports": [port.as_payload()]}, cause=event)

@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from novalog.consume import DLQ_HEADER, ConsumeLoop, Record, TransientError
-from novalog.kafka import EventProducer, Topics, client_config
+from novalog.kafka import EventProducer, Topics, client_config, consumer_config
 from novalog.settings import Settings
 from schemas import Event, encode
 
@@ -62,7 +62,7 @@ def read_all(settings: Settings, topic: str, expect: int, timeout: float = 15) -
 
 
 def committed_total(settings: Settings, group: str, topic: str) -> int:
-    consumer = Consumer({**client_config(settings), "group.id": group})
+    consumer = Consumer(consumer_config(settings, group))
     try:
         offsets = consumer.committed([TopicPartition(topic, p)
                                       for p in range(settings.partitions)], timeout=10)

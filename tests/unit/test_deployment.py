@@ -34,10 +34,15 @@ def test_kafka_runs_kraft_single_node_and_postgres_is_there() -> None:
 def test_every_role_is_a_service_wired_to_kafka_and_postgres() -> None:
     services = compose()["services"]
     pg = services["postgres"]["environment"]
-    for name in ROLES:
-        assert name in services, f"role {name} has no service in docker-compose.yml"
+    runs = {svc_name: svc["command"][-1] for svc_name, svc in services.items()
+            if svc.get("command", [])[:2] == ["novalog", "run"]}
+    assert set(runs.values()) == set(ROLES), "every role, and only roles, as services"
+    assert services["bootstrap"]["command"] == ["novalog", "bootstrap"]
+    for name, role in [*runs.items(), ("bootstrap", None)]:
         svc = services[name]
-        assert svc["command"] == ["novalog", "run", name]
+        if role == "compute":
+            assert svc["environment"]["NOVALOG_COMPUTE_HOST"] == name.removeprefix("compute-")
+        assert svc["volumes"] == ["novalog-home:/var/lib/novalog"]
         assert svc["build"] == "."
         env = svc["environment"]
         assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"

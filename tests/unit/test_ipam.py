@@ -90,3 +90,16 @@ def test_no_address_or_mac_is_ever_held_twice_and_replay_rebuilds_the_pool(ops) 
     for kind, fact in facts:
         (replayed.apply_allocated if kind == "alloc" else replayed.apply_released)(fact)
     assert replayed.ports == pool.ports
+
+
+def test_a_late_release_of_a_failed_attempt_never_frees_the_port_a_later_attempt_rebound() -> None:
+    pool = Pool.from_network(NET)
+    first = pool.allocate("i-a", attempt=1, host="cmp1")
+    pool.apply_allocated({**first.as_payload(), "instance_uuid": "i-a", "attempt": 1,
+                          "host": "cmp1"})
+    rebound = pool.allocate("i-a", attempt=2, host="cmp2")  # the next host asked first
+    assert rebound.ip_address == first.ip_address and rebound.attempt == 2
+    pool.apply_allocated({**rebound.as_payload(), "instance_uuid": "i-a", "attempt": 2,
+                          "host": "cmp2"})
+    assert pool.ports_of("i-a", attempt=1) == []  # the late ReleasePorts(attempt=1) finds none
+    assert [p.ip_address for p in pool.ports_of("i-a", attempt=2)] == [first.ip_address]
