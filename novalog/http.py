@@ -80,6 +80,7 @@ def state_of(request: Request) -> AppState:
 def create_app(settings: Settings) -> FastAPI:
     """A new app bound to `settings`; no client is created until a request needs it."""
     from producers.identity import router as identity_router
+    from producers.quotas import router as quotas_router
     from producers.servers import router as servers_router
     from projections.api import history_router
     from projections.api import router as query_router
@@ -127,6 +128,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(identity_router)
     app.include_router(servers_router)
+    app.include_router(quotas_router)
     app.include_router(query_router)
     app.include_router(history_router)
     return app

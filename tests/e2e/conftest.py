@@ -73,14 +73,14 @@ class Cloud:
         producer.flush()
 
     def raise_quotas(self, project_name: str = "admin") -> None:
-        """Unlimited instances, cores and RAM for a project, once the projection has it."""
+        """Unlimited instances, cores and RAM for a project (PUT os-quota-sets as admin)."""
         from producers.catalog import entity_id
 
         project = entity_id("project", project_name)
-        for resource in ("instances", "cores", "ram"):
-            self.publish_catalog("QuotaSet", project,
-                                 {"project_id": project, "resource": resource, "limit": -1})
-        time.sleep(1)
+        limits = self.client().request("PUT", f"/compute/v2.1/os-quota-sets/{project}",
+                                       json={"quota_set": {"instances": -1, "cores": -1,
+                                                           "ram": -1}})["quota_set"]
+        assert limits == {"instances": -1, "cores": -1, "ram": -1}
 
     def topic_events(self, topic: str) -> list[Event]:
         """Every event of a topic, read with assign() until the broker has no more."""

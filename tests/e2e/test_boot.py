@@ -275,9 +275,17 @@ def test_quota_of_a_project_is_enforced_with_novas_message(cloud: Cloud) -> None
     # members see only their project's servers; another project's server is a 404
     names = {s["name"] for s in demo.get("/compute/v2.1/servers")["servers"]}
     assert names == {f"q-{i}" for i in range(1, 11)}
+    refused = demo.http.put(f"/compute/v2.1/os-quota-sets/{events_project(demo)}",
+                            json={"quota_set": {"instances": 99}},
+                            headers={"X-Auth-Token": demo.token()})
+    assert refused.status_code == 403 and "os-quota-sets:update" in refused.text
     admin_server = cloud.client().find("server", "vm1")["id"]
     with pytest.raises(Exception, match="404"):
         demo.get(f"/compute/v2.1/servers/{admin_server}")
+
+
+def events_project(client: Any) -> str:
+    return str(client.get("/compute/v2.1/servers/detail")["servers"][0]["tenant_id"])
 
 
 def test_multi_create_shares_one_reservation_and_admin_can_force_a_host(cloud: Cloud) -> None:
