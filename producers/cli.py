@@ -53,9 +53,9 @@ def follow(client: NovalogClient, ids: list[str], names: dict[str, str],
                                     after=seen[server_id])["events"]
                 for e in events:
                     seen[server_id] = e["seq"]
-                    progress.console.print(
-                        f"{e['occurred_at'][11:23]}  {names[server_id]:<20} "
-                        f"{e['event_type']:<34} {e['vm_state']}/{e['task_state'] or 'None'}")
+                    state = e["task_state"] if e["vm_state"] == "building" else e["vm_state"]
+                    progress.console.print(f"{e['occurred_at'][11:23]}  {names[server_id]}  "
+                                           f"{e['event_type']:<34}{state}")
                     if e["vm_state"] in ("active", "error"):
                         final[server_id] = client.get(
                             f"/compute/v2.1/servers/{server_id}")["server"]
