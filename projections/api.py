@@ -205,20 +205,21 @@ def flavor_view(request: Request, r: tuple[Any, ...], detail: bool) -> dict[str,
     return view
 
 
-@router.get("/flavors", summary="List flavors")
-def list_flavors(request: Request, _ctx: Auth) -> dict[str, Any]:
+def _flavors(request: Request, detail: bool) -> dict[str, Any]:
     with state_of(request).pool.connection() as conn:
         rows = conn.execute(f"SELECT {FLAVOR_COLUMNS} FROM flavors ORDER BY memory_mb, flavorid"
                             ).fetchall()
-    return {"flavors": [flavor_view(request, r, False) for r in rows]}
+    return {"flavors": [flavor_view(request, r, detail) for r in rows]}
+
+
+@router.get("/flavors", summary="List flavors")
+def list_flavors(request: Request, _ctx: Auth) -> dict[str, Any]:
+    return _flavors(request, detail=False)
 
 
 @router.get("/flavors/detail", summary="List flavors with details")
 def list_flavors_detail(request: Request, _ctx: Auth) -> dict[str, Any]:
-    with state_of(request).pool.connection() as conn:
-        rows = conn.execute(f"SELECT {FLAVOR_COLUMNS} FROM flavors ORDER BY memory_mb, flavorid"
-                            ).fetchall()
-    return {"flavors": [flavor_view(request, r, True) for r in rows]}
+    return _flavors(request, detail=True)
 
 
 @router.get("/flavors/{flavor_id}", summary="Show a flavor")
