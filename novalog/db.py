@@ -43,12 +43,16 @@ def ensure_schema(settings: Settings) -> None:
             sql.Identifier(settings.db_schema)))
 
 
-def make_pool(settings: Settings, *, max_size: int = 4) -> ConnectionPool:
-    """A pool whose connections search the deployment's schema first; opened on creation."""
+def make_pool(settings: Settings, *, max_size: int = 4,
+              projection_schema: str | None = None) -> ConnectionPool:
+    """A pool opened on creation. Unqualified names find the projection tables first:
+    the live views (`S_live`) for readers, or `projection_schema` for a projector
+    writing one version; then the role tables of the deployment's schema S."""
+    first = projection_schema or f"{settings.db_schema}_live"
     return ConnectionPool(
         settings.require_database_url(),
         min_size=1,
         max_size=max_size,
-        kwargs={"options": f"-c search_path={settings.db_schema},public"},
+        kwargs={"options": f"-c search_path={first},{settings.db_schema},public"},
         open=True,
     )

@@ -1,10 +1,10 @@
-"""Create every table novalog needs, idempotently, in the deployment's schema.
+"""Create every table novalog needs, idempotently.
 
 Each part of the system owns its DDL next to its code: the inbox here, the
-projections in `projections/schema.sql`, the compute claims in
-`consumers/compute/schema.sql`, the API's accepted requests in
-`producers/schema.sql`. Every statement is `IF NOT EXISTS`, so running this at
-every role start is safe.
+compute claims in `consumers/compute/schema.sql`, the API's accepted requests
+in `producers/schema.sql`, the projections in `projections/schema.sql`
+(one schema per projection version, see `projections/versions.py`). Every
+statement is `IF NOT EXISTS`, so running this at every role start is safe.
 """
 
 from __future__ import annotations
@@ -16,31 +16,44 @@ from psycopg import sql
 
 from novalog.idempotency import INBOX_DDL
 from novalog.settings import Settings
+from projections import versions
 
 ROOT = Path(__file__).resolve().parent.parent
-DDL_FILES = [ROOT / "projections" / "schema.sql", ROOT / "consumers" / "compute" / "schema.sql",
-             ROOT / "producers" / "schema.sql"]
+ROLE_DDL = [ROOT / "consumers" / "compute" / "schema.sql", ROOT / "producers" / "schema.sql"]
 
 
 def migrate(settings: Settings, schema: str | None = None) -> None:
-    """Create the schema and every table in it; an advisory lock serialises racing roles."""
-    target = schema or settings.db_schema
+    """Role tables in S; the code's projection version in S_p<N>, made live if none is.
+
+    An advisory lock serialises racing role starts.
+    """
+    base = schema or settings.db_schema
     with psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(hashtext('novalog-migrate'))")
         try:
-            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(target)))
-            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(target)))
-            conn.execute(INBOX_DDL)
-            for path in DDL_FILES:
-                if path.exists():
+            with conn.transaction():
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                    sql.Identifier(base)))
+                conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(
+                    sql.Identifier(base)))
+                conn.execute(INBOX_DDL)
+                conn.execute(versions.POINTER_DDL)
+                for path in ROLE_DDL:
                     conn.execute(path.read_text())
+            with conn.transaction():
+                version = versions.code_version()
+                target = versions.version_schema(base, version)
+                versions.create_projection_tables(conn, target)
+                versions.register(conn, base, target, version)
+                if versions.active_schema(conn, base) is None:
+                    versions.activate(conn, base, target)  # a new deployment: nothing to wait for
         finally:
             conn.execute("SELECT pg_advisory_unlock(hashtext('novalog-migrate'))")
 
 
 def reset(settings: Settings) -> None:
-    """Drop and recreate the schema: the embedded broker starts empty, so must its folds."""
+    """Drop S and its derived schemas: the embedded broker starts empty, so must its folds."""
     with psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
-            sql.Identifier(settings.db_schema)))
+        for name in versions.owned_schemas(conn, settings.db_schema):
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
     migrate(settings)

@@ -3,17 +3,24 @@
 Each batch is one Postgres transaction holding the projection rows and the
 next offset of every partition it read (DESIGN.md §4). When the group assigns
 partitions (at start, or after a rebalance between replicas), the projector
-seeks to the offsets stored in that table, never to Kafka's. A record that
+seeks to the offsets stored in its schema, never to Kafka's. A record that
 cannot be decoded, or an event that cannot happen (TransitionError), goes to
-the dead-letter topic; its offset is stored all the same.
+the dead-letter topic, and its offset is stored all the same.
+
+A projector writes one projection version (`projections/versions.py`), as
+consumer group `projector-v<N>`, so two versions can be built side by side.
+When its version is not the live one, it activates it once it has caught up.
+`novalog replay` runs the same class into a throw-away schema.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
+import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 from psycopg import Connection
 from psycopg_pool import ConnectionPool
@@ -23,12 +30,11 @@ from novalog.db import make_pool
 from novalog.domain.instance import TransitionError
 from novalog.kafka import EventProducer, Topics, consumer_config, next_batch
 from novalog.settings import Settings
+from projections import versions
 from projections.writers import WRITERS
 from schemas import SerializationError, decode, default_registry
 
 log = logging.getLogger(__name__)
-
-GROUP = "projector"
 
 
 def family_of(event_type: str) -> str:
@@ -37,7 +43,7 @@ def family_of(event_type: str) -> str:
 
 class Projector:
     def __init__(self, settings: Settings, pool: ConnectionPool, producer: EventProducer,
-                 *, group_id: str = GROUP, batch_size: int = 500) -> None:
+                 *, group_id: str, batch_size: int = 500) -> None:
         self.settings = settings
         self.pool = pool
         self.producer = producer
@@ -46,13 +52,13 @@ class Projector:
         topics = Topics(settings.topic_prefix)
         self.topics = [topics.instances, topics.hosts, topics.catalog]
         self.dead_letters = topics.dead_letters
+        self.events_projected = 0
         self._consumer: Consumer | None = None
 
     @property
     def consumer(self) -> Consumer:
         if self._consumer is None:
-            config = {**consumer_config(self.settings, self.group_id)}
-            self._consumer = Consumer(config)
+            self._consumer = Consumer(consumer_config(self.settings, self.group_id))
             self._consumer.subscribe(self.topics, on_assign=self._on_assign)
         return self._consumer
 
@@ -61,8 +67,8 @@ class Projector:
         for tp in partitions:
             tp.offset = stored.get((tp.topic, tp.partition), OFFSET_BEGINNING)
         consumer.assign(partitions)
-        log.info("projector assigned %s", [(tp.topic, tp.partition, tp.offset)
-                                           for tp in partitions])
+        log.info("%s assigned %s", self.group_id,
+                 [(tp.topic, tp.partition, tp.offset) for tp in partitions])
 
     def stored_offsets(self) -> dict[tuple[str, int], int]:
         with self.pool.connection() as conn:
@@ -92,6 +98,7 @@ class Projector:
                 "VALUES (%s, %s, %s) ON CONFLICT (topic, partition) DO UPDATE SET "
                 "next_offset = GREATEST(projector_offsets.next_offset, excluded.next_offset)",
                 [(m.topic(), m.partition(), (m.offset() or 0) + 1) for m in messages])
+        self.events_projected += len(messages)
         return len(messages)
 
     def _usable(self, msg: Message) -> bool:
@@ -114,7 +121,7 @@ class Projector:
             return  # commands and network facts are not projected
         try:
             with conn.transaction():  # a savepoint: a refused event leaves no half-write
-                writer(conn, event)
+                writer(conn, event, record.value or b"")
         except TransitionError as exc:
             dead_letter(self.producer, self.dead_letters, self.group_id, record,
                         f"refused by the fold: {exc}")
@@ -125,10 +132,40 @@ class Projector:
             self._consumer = None
 
 
+def try_activate(settings: Settings, target: str) -> bool:
+    """Make `target` the live version once it has read as far as the active one."""
+    base = settings.db_schema
+    with psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(hashtext('novalog-activate'))")
+        try:
+            active = versions.active_schema(conn, base)
+            if active == target:
+                return True
+            if active is not None and not versions.caught_up(conn, target, active):
+                return False
+            with conn.transaction():
+                versions.activate(conn, base, target)
+            log.info("projection %s is live (was %s)", target, active)
+            return True
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(hashtext('novalog-activate'))")
+
+
 def serve(settings: Settings, stop: threading.Event) -> None:
-    """The `projector` role."""
-    pool = make_pool(settings)
+    """The `projector` role for the code's projection version."""
+    version = versions.code_version()
+    target = versions.version_schema(settings.db_schema, version)
+    pool = make_pool(settings, projection_schema=target)
+    projector = Projector(settings, pool, EventProducer(settings),
+                          group_id=f"projector-v{version}")
+    live = try_activate(settings, target)
+    last_check = 0.0
     try:
-        Projector(settings, pool, EventProducer(settings)).run(stop)
+        while not stop.is_set():
+            read = projector.poll_once()
+            if not live and read == 0 and time.monotonic() - last_check > 1.0:
+                last_check = time.monotonic()  # idle: have we caught up with the live one?
+                live = try_activate(settings, target)
     finally:
+        projector.close()
         pool.close()

@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS instance_events (
     task_state    text,
     producer      text        NOT NULL,
     request_id    text        NOT NULL,
-    payload       jsonb       NOT NULL
+    payload       jsonb       NOT NULL,
+    raw           bytea       NOT NULL   -- the event exactly as on the log (time travel folds these)
 );
 CREATE INDEX IF NOT EXISTS instance_events_by_instance ON instance_events (instance_uuid, seq);
 

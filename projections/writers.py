@@ -16,7 +16,7 @@ from psycopg.types.json import Jsonb
 from novalog.domain.instance import Instance, apply, from_json, to_json
 from schemas import Event
 
-Writer = Callable[[Connection[Any], Event], None]
+Writer = Callable[[Connection[Any], Event, bytes], None]
 
 
 def addresses(state: Instance) -> dict[str, list[dict[str, Any]]]:
@@ -42,14 +42,14 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def project_instance_event(conn: Connection[Any], event: Event) -> None:
+def project_instance_event(conn: Connection[Any], event: Event, raw: bytes) -> None:
     """Fold one instance event into `servers`, its history and its instance actions."""
     inserted = conn.execute(
         "INSERT INTO instance_events (event_id, instance_uuid, event_type, occurred_at, "
-        "producer, request_id, payload) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+        "producer, request_id, payload, raw) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
         "ON CONFLICT (event_id) DO NOTHING RETURNING seq",
         (event.event_id, event.aggregate_id, event.event_type, event.occurred_at,
-         event.producer, event.correlation_id, Jsonb(_jsonable(event.payload))),
+         event.producer, event.correlation_id, Jsonb(_jsonable(event.payload)), raw),
     ).fetchone()
     if inserted is None:
         return  # re-delivered: first wins
@@ -138,7 +138,7 @@ def _record_action(conn: Connection[Any], s: Instance, event: Event) -> None:
         end_action("Error")
 
 
-def project_host_event(conn: Connection[Any], event: Event) -> None:
+def project_host_event(conn: Connection[Any], event: Event, _raw: bytes = b"") -> None:
     """Services and compute nodes; a late or repeated fact never moves time backwards."""
     p, at, kind = event.payload, event.occurred_at, event.event_type
     if kind == "ComputeServiceStarted":
@@ -216,7 +216,7 @@ CATALOG_UPSERTS: dict[str, tuple[str, list[str], list[str]]] = {
 }
 
 
-def project_catalog_event(conn: Connection[Any], event: Event) -> None:
+def project_catalog_event(conn: Connection[Any], event: Event, _raw: bytes = b"") -> None:
     """Catalog facts are upserts keyed by the entity: re-delivery changes nothing."""
     spec = CATALOG_UPSERTS.get(event.event_type)
     if spec is None:

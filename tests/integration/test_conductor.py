@@ -17,8 +17,9 @@ from novalog.domain.instance import apply
 from novalog.kafka import Topics
 from novalog.migrations import migrate
 from novalog.settings import Settings
+from projections.versions import PROJECTION_VERSION, version_schema
 from projections.writers import project_instance_event
-from schemas import Event
+from schemas import Event, encode
 
 pytestmark = pytest.mark.integration
 
@@ -36,11 +37,20 @@ class Recorder:
 
 @pytest.fixture
 def pool(settings: Settings) -> Iterator[ConnectionPool]:
+    """A reader pool (through the live views) on a schema of the test's own."""
     schema = f"conductor_{uuid.uuid4().hex[:8]}"
     migrate(settings, schema)
     p = make_pool(replace(settings, db_schema=schema))
+    p.schema = schema  # type: ignore[attr-defined]
     yield p
     p.close()
+
+
+def writer_pool(settings: Settings, readers: ConnectionPool) -> ConnectionPool:
+    """What the projector writes through: the projection version's own tables."""
+    schema = readers.schema  # type: ignore[attr-defined]
+    return make_pool(replace(settings, db_schema=schema),
+                     projection_schema=version_schema(schema, PROJECTION_VERSION))
 
 
 def conductor(settings: Settings, pool: ConnectionPool, rec: Recorder,
@@ -91,11 +101,11 @@ def test_a_stuck_build_times_out_once(settings, pool) -> None:
         "image": None, "networks": [], "key_name": None, "metadata": {},
         "availability_zone": None}, "req-9", "api@x", occurred_at=old)
     apply(None, request)  # valid for the fold
-    with pool.connection() as conn:
-        project_instance_event(conn, request)
+    with writer_pool(settings, pool) as writes, writes.connection() as conn:
+        project_instance_event(conn, request, encode(request))
         fresh = replace(request, aggregate_id="i-fresh", event_id=str(uuid.uuid4()),
                         occurred_at=datetime.now(UTC))
-        project_instance_event(conn, fresh)
+        project_instance_event(conn, fresh, encode(fresh))
     rec = Recorder()
     c = conductor(settings, pool, rec, build_timeout_s=60, sweep_interval_s=0)
     c.sweep()
