@@ -18,8 +18,10 @@ from psycopg.rows import dict_row
 
 from novalog.domain import states
 from novalog.http import ApiError, state_of
+from novalog.timeparse import parse_moment
 from producers.identity import Auth, Context
 from producers.servers import server_link
+from projections.history import as_row, cloud_as_of, server_as_of
 
 router = APIRouter(prefix="/compute/v2.1", tags=["compute"])
 
@@ -276,6 +278,42 @@ def server_events(server_id: str, request: Request, ctx: Auth,
             "request_id, payload FROM instance_events WHERE instance_uuid = %s AND seq > %s "
             "ORDER BY seq", (server_id, after)).fetchall()
     return {"events": [{**r, "occurred_at": r["occurred_at"].isoformat()} for r in rows]}
+
+
+def _moment(as_of: str) -> datetime:
+    try:
+        return parse_moment(as_of)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+@history_router.get("/novalog/v1/servers", summary="Servers now, or as of a past moment")
+def servers_as_of(request: Request, ctx: Auth, as_of: str | None = None,
+                  all_tenants: str = "0") -> dict[str, Any]:
+    """`as_of`: ISO 8601 or relative (-5m). The answer is a fold of the events with
+    occurred_at <= as_of, never broker timestamps."""
+    if as_of is None:
+        return list_servers_detail(request, ctx)
+    everyone = ctx.is_admin and all_tenants.lower() in ("1", "true")
+    with state_of(request).pool.connection() as conn:
+        states = cloud_as_of(conn, _moment(as_of), None if everyone else ctx.project_id)
+    return {"as_of": _moment(as_of).isoformat(),
+            "servers": [server_view(request, as_row(s), ctx) for s in states]}
+
+
+@history_router.get("/novalog/v1/servers/{server_id}",
+                    summary="One server now, or as of a past moment",
+                    responses={404: {"description": "no such server (then)"}})
+def server_as_of_endpoint(server_id: str, request: Request, ctx: Auth,
+                          as_of: str | None = None) -> dict[str, Any]:
+    if as_of is None:
+        return show_server(server_id, request, ctx)
+    moment = _moment(as_of)
+    with state_of(request).pool.connection() as conn:
+        state = server_as_of(conn, server_id, moment)
+    if state is None or (state.project_id != ctx.project_id and not ctx.is_admin):
+        raise ApiError(404, f"Instance {server_id} could not be found as of {_iso(moment)}.")
+    return {"as_of": moment.isoformat(), "server": server_view(request, as_row(state), ctx)}
 
 
 @history_router.get("/image/v2/images", summary="Glance: list images (?name=)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 import typer
@@ -22,15 +23,24 @@ def networks_text(addresses: dict[str, list[dict[str, Any]]]) -> str:
                      for net, addrs in addresses.items())
 
 
+AS_OF_HELP = "A past moment: ISO 8601 (2026-11-22T10:00:00Z) or relative (-5m, -2h)."
+
+
 def list_servers(
     all_projects: Annotated[bool, typer.Option("--all-projects",
                                                help="Every project's (admin).")] = False,
+    as_of: Annotated[str | None, typer.Option("--as-of", help=AS_OF_HELP)] = None,
 ) -> None:
     """Servers of your project: status, task state, power state, networks, host."""
     client = NovalogClient.from_env(Settings.from_env())
+    params = {"all_tenants": "1"} if all_projects else {}
     try:
-        servers = client.get("/compute/v2.1/servers/detail",
-                             **({"all_tenants": "1"} if all_projects else {}))["servers"]
+        if as_of:
+            answer = client.get("/novalog/v1/servers", as_of=as_of, **params)
+            console.print(f"as of {answer['as_of']}")
+            servers = answer["servers"]
+        else:
+            servers = client.get("/compute/v2.1/servers/detail", **params)["servers"]
     except ApiFailure as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
@@ -44,13 +54,24 @@ def list_servers(
     console.print(table)
 
 
-def show_server(server: Annotated[str, typer.Argument(help="Server name or ID.")]) -> None:
-    """One server's fields and its event history."""
+def show_server(
+    server: Annotated[str, typer.Argument(help="Server name or ID.")],
+    as_of: Annotated[str | None, typer.Option("--as-of", help=AS_OF_HELP)] = None,
+) -> None:
+    """One server's fields and its event history (as of a past moment with --as-of)."""
     client = NovalogClient.from_env(Settings.from_env())
     try:
         found = client.find("server", server)
-        detail = client.get(f"/compute/v2.1/servers/{found['id']}")["server"]
         events = client.get(f"/novalog/v1/servers/{found['id']}/events")["events"]
+        if as_of:
+            answer = client.get(f"/novalog/v1/servers/{found['id']}", as_of=as_of)
+            detail = answer["server"]
+            console.print(f"as of {answer['as_of']}")
+            moment = datetime.fromisoformat(answer["as_of"])
+            events = [e for e in events
+                      if datetime.fromisoformat(e["occurred_at"]) <= moment]
+        else:
+            detail = client.get(f"/compute/v2.1/servers/{found['id']}")["server"]
     except ApiFailure as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None

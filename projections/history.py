@@ -1,0 +1,62 @@
+"""Time travel: the state of a server, or of the cloud, as of a past occurred_at.
+
+The projected `instance_events` keep every instance event exactly as on the
+log (`raw`). A past state is the fold (novalog.domain.instance) of a server's
+events with occurred_at <= the moment, in log order. Broker timestamps and
+offset-by-time look-ups are never used: they are wrong on the embedded broker,
+and occurred_at is the business time.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from psycopg import Connection
+
+from novalog.domain.instance import Instance, TransitionError, apply
+from projections.writers import addresses
+from schemas import decode
+
+
+def fold_rows(raws: list[bytes]) -> Instance | None:
+    state: Instance | None = None
+    for raw in raws:
+        try:
+            state = apply(state, decode(raw))
+        except TransitionError:
+            break  # a later event out of business-time order: the state stands as it was
+    return state
+
+
+def server_as_of(conn: Connection[Any], server_id: str, moment: datetime) -> Instance | None:
+    rows = conn.execute("SELECT raw FROM instance_events WHERE instance_uuid = %s AND "
+                        "occurred_at <= %s ORDER BY seq", (server_id, moment)).fetchall()
+    return fold_rows([bytes(r[0]) for r in rows])
+
+
+def cloud_as_of(conn: Connection[Any], moment: datetime,
+                project_id: str | None) -> list[Instance]:
+    """Every server that existed at `moment` (of one project, or all)."""
+    rows = conn.execute(
+        "SELECT e.instance_uuid, e.raw FROM instance_events e WHERE e.occurred_at <= %s AND "
+        "(%s::text IS NULL OR e.instance_uuid IN (SELECT instance_uuid FROM instance_events "
+        " WHERE event_type = 'InstanceBuildRequested' AND payload->>'project_id' = %s)) "
+        "ORDER BY e.instance_uuid, e.seq", (moment, project_id, project_id)).fetchall()
+    streams: dict[str, list[bytes]] = {}
+    for uuid, raw in rows:
+        streams.setdefault(uuid, []).append(bytes(raw))
+    states = [s for s in (fold_rows(raws) for raws in streams.values()) if s is not None]
+    return sorted(states, key=lambda s: (s.created_at, s.uuid), reverse=True)
+
+
+def as_row(s: Instance) -> dict[str, Any]:
+    """An Instance in the shape of a `servers` row, for the same views."""
+    return {"uuid": s.uuid, "name": s.name, "project_id": s.project_id, "user_id": s.user_id,
+            "status": s.status, "vm_state": s.vm_state, "task_state": s.task_state,
+            "power_state": s.power_state, "host": s.host, "node": s.node,
+            "availability_zone": s.availability_zone, "flavor": s.flavor, "image": s.image,
+            "addresses": addresses(s), "key_name": s.key_name, "metadata": s.metadata,
+            "reservation_id": s.reservation_id, "launch_index": s.launch_index,
+            "created_at": s.created_at, "updated_at": s.updated_at,
+            "launched_at": s.launched_at, "fault": s.fault}
