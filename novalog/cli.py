@@ -30,6 +30,7 @@ from novalog.stack import (
     state_path,
     stop_stack,
     tcp_answers,
+    with_running_stack,
 )
 
 app = typer.Typer(help="novalog: OpenStack Nova's boot flow on an event log.",
@@ -244,7 +245,7 @@ def bootstrap() -> None:
     from novalog.roles import prepare_infrastructure
     from producers.catalog import bootstrap_catalog
 
-    settings = _settings()
+    settings = with_running_stack(_settings())
     try:
         prepare_infrastructure(settings)
         pool = make_pool(settings)
@@ -266,8 +267,9 @@ def roles() -> None:
 
 def _register_verbs() -> None:
     from producers.cli import boot
-    from projections.cli import list_servers, show_server
+    from projections.cli import list_servers, replay_command, show_server
 
+    app.command("replay")(replay_command)
     app.command("boot")(boot)
     app.command("list")(list_servers)
     app.command("show")(show_server)

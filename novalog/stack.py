@@ -413,6 +413,17 @@ def read_state(settings: Settings) -> dict[str, Any] | None:
     return data
 
 
+def with_running_stack(settings: Settings) -> Settings:
+    """Fill in the broker and database of the stack `novalog up` runs, when the
+    environment does not name them (so CLI verbs work in a plain shell)."""
+    state = read_state(settings) or {}
+    bootstrap = settings.kafka_bootstrap_servers or state.get("kafka_bootstrap_servers")
+    database = settings.database_url or state.get("database_url")
+    if not bootstrap or not database:
+        return settings
+    return settings.with_infrastructure(bootstrap, database)
+
+
 def component_up(component: dict[str, Any]) -> bool:
     """Alive process and, when it has a TCP address, an answering port."""
     try:

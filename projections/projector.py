@@ -43,7 +43,8 @@ def family_of(event_type: str) -> str:
 
 class Projector:
     def __init__(self, settings: Settings, pool: ConnectionPool, producer: EventProducer,
-                 *, group_id: str, batch_size: int = 500) -> None:
+                 *, group_id: str, batch_size: int = 500, dead_letters: bool = True) -> None:
+        """`dead_letters=False` for a replay: a poison record was dead-lettered once already."""
         self.settings = settings
         self.pool = pool
         self.producer = producer
@@ -52,6 +53,8 @@ class Projector:
         topics = Topics(settings.topic_prefix)
         self.topics = [topics.instances, topics.hosts, topics.catalog]
         self.dead_letters = topics.dead_letters
+        self.send_dead_letters = dead_letters
+        self.refused = 0
         self.events_projected = 0
         self._consumer: Consumer | None = None
 
@@ -113,8 +116,7 @@ class Projector:
         try:
             event = decode(record.value or b"")
         except SerializationError as exc:
-            dead_letter(self.producer, self.dead_letters, self.group_id, record,
-                        f"undecodable: {exc}")
+            self._refuse(record, f"undecodable: {exc}")
             return
         writer = WRITERS.get(family_of(event.event_type))
         if writer is None:
@@ -123,8 +125,12 @@ class Projector:
             with conn.transaction():  # a savepoint: a refused event leaves no half-write
                 writer(conn, event, record.value or b"")
         except TransitionError as exc:
-            dead_letter(self.producer, self.dead_letters, self.group_id, record,
-                        f"refused by the fold: {exc}")
+            self._refuse(record, f"refused by the fold: {exc}")
+
+    def _refuse(self, record: Record, why: str) -> None:
+        self.refused += 1
+        if self.send_dead_letters:
+            dead_letter(self.producer, self.dead_letters, self.group_id, record, why)
 
     def close(self) -> None:
         if self._consumer is not None:
