@@ -267,9 +267,10 @@ def roles() -> None:
 
 def _register_verbs() -> None:
     from producers.cli import boot
-    from projections.cli import list_servers, replay_command, show_server
+    from projections.cli import audit_command, list_servers, replay_command, show_server
 
     app.command("replay")(replay_command)
+    app.command("audit")(audit_command)
     app.command("boot")(boot)
     app.command("list")(list_servers)
     app.command("show")(show_server)

@@ -335,3 +335,40 @@ def list_networks(request: Request, _ctx: Auth, name: str | None = None) -> dict
             "ORDER BY name", (name, name)).fetchall()
     return {"networks": [{"id": r[0], "name": r[1], "subnets": [], "cidr": r[2],
                           "status": "ACTIVE"} for r in rows]}
+
+
+@history_router.get("/novalog/v1/servers/{server_id}/audit",
+                    summary="The server's history straight from the instances topic")
+def server_audit(server_id: str, request: Request, ctx: Auth) -> dict[str, Any]:
+    from projections.audit import server_history
+
+    find_server(request, ctx, server_id)
+    entries = server_history(state_of(request).settings, server_id)
+    return {"server_id": server_id, "events": [e.as_json() for e in entries]}
+
+
+@history_router.get("/novalog/v1/requests", summary="Every request since a moment, with outcome")
+def requests_since(request: Request, ctx: Auth, since: str = "-1h") -> dict[str, Any]:
+    """Outcome per server of each request: active, error (with the fault), or building."""
+    moment = _moment(since)
+    everyone = ctx.is_admin
+    with state_of(request).pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            "SELECT a.request_id, a.action, a.start_time, a.finish_time, a.user_id, "
+            "a.project_id, s.uuid, s.name, s.status, s.fault, s.host FROM instance_actions a "
+            "JOIN servers s ON s.uuid = a.instance_uuid WHERE a.start_time >= %s AND "
+            "(%s OR a.project_id = %s) ORDER BY a.start_time, s.name",
+            (moment, everyone, ctx.project_id)).fetchall()
+    now = datetime.now(UTC)
+    out = []
+    for r in rows:
+        outcome = {"ACTIVE": "active", "ERROR": "error"}.get(r["status"], "building")
+        end = r["finish_time"] or now
+        out.append({
+            "request_id": r["request_id"], "action": r["action"], "server_id": r["uuid"],
+            "server": r["name"], "project_id": r["project_id"], "user_id": r["user_id"],
+            "started": r["start_time"].isoformat(), "outcome": outcome, "host": r["host"],
+            "fault": r["fault"]["message"] if r["fault"] else None,
+            "duration_s": round((end - r["start_time"]).total_seconds(), 3),
+            "finished": r["finish_time"] is not None})
+    return {"since": moment.isoformat(), "requests": out}

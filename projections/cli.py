@@ -161,3 +161,54 @@ def replay_command(
                       + ", ".join(t.differing))
     if not result.equal:
         raise typer.Exit(1)
+
+
+def audit_command(
+    server: Annotated[str | None, typer.Argument(help="Server name or ID.")] = None,
+    since: Annotated[str | None, typer.Option(
+        help="List every request since this moment (ISO 8601 or -1h) instead.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False,
+) -> None:
+    """A server's complete history straight from the topics, or every request since a moment."""
+    import json
+
+    client = NovalogClient.from_env(Settings.from_env())
+    if (server is None) == (since is None):
+        err.print("[red]error:[/red] name a SERVER, or give --since TIME")
+        raise typer.Exit(2)
+    try:
+        if since is not None:
+            answer = client.get("/novalog/v1/requests", since=since)
+            if as_json:
+                console.print_json(json.dumps(answer))
+                return
+            table = Table(title=f"requests since {answer['since']}")
+            for col in ("started", "request id", "server", "outcome", "duration", "host",
+                        "fault"):
+                table.add_column(col)
+            colours = {"active": "green", "error": "red", "building": "yellow"}
+            for r in answer["requests"]:
+                c = colours[r["outcome"]]
+                table.add_row(r["started"][11:23], r["request_id"], r["server"],
+                              f"[{c}]{r['outcome']}[/{c}]", f"{r['duration_s']:.3f}s",
+                              r["host"] or "-", r["fault"] or "")
+            console.print(table)
+            return
+        assert server is not None
+        server_id = client.find("server", server)["id"]
+        entries = client.get(f"/novalog/v1/servers/{server_id}/audit")["events"]
+    except ApiFailure as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    if as_json:
+        console.print_json(json.dumps(entries))
+        return
+    table = Table(title=f"audit of {server} ({server_id}), from the instances topic")
+    for col in ("time", "event", "vm_state", "task_state", "by", "request id", "details"):
+        table.add_column(col)
+    for e in entries:
+        details = ", ".join(f"{k}={v}" for k, v in e["details"].items() if v not in (None, []))
+        table.add_row(e["occurred_at"][11:23], e["event_type"], e["vm_state"] or "-",
+                      e["task_state"] or "None", f"{e['role']}@{e['host']}", e["request_id"],
+                      details)
+    console.print(table)
