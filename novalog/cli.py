@@ -266,9 +266,11 @@ def roles() -> None:
 
 
 def _register_verbs() -> None:
+    from novalog.bench import app as bench_app
     from producers.cli import boot
     from projections.cli import audit_command, list_servers, replay_command, show_server
 
+    app.add_typer(bench_app, name="bench")
     app.command("replay")(replay_command)
     app.command("audit")(audit_command)
     app.command("boot")(boot)

@@ -125,7 +125,7 @@ def test_a_projection_version_bump_is_built_and_swapped_in_while_the_api_answers
                     break
                 assert time.monotonic() < deadline, "version 2 never went live"
                 time.sleep(0.2)
-            states = dict(conn.execute(f'SELECT schema_name, state FROM "{schema}".'
+            states: dict[str, str] = dict(conn.execute(f'SELECT schema_name, state FROM "{schema}".'
                                        "projection_versions").fetchall())
             assert states == {f"{schema}_p1": "retired", f"{schema}_p2": "active"}
             kept = conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s",
@@ -152,3 +152,12 @@ def test_a_corrupted_row_fails_verify_naming_the_table_and_row(cloud: Cloud) -> 
     result = cloud.cli("replay", "--verify")
     assert result.returncode == 1
     assert "servers" in result.stderr and server["id"] in result.stderr
+
+
+def test_bench_replay_runs_and_writes_its_figure(cloud: Cloud, tmp_path) -> None:
+    out = tmp_path / "replay.json"
+    result = cloud.cli("bench", "replay", "--events", "200", "--output", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    figure = json.loads(out.read_text())
+    assert figure["events"] == 200 and figure["events_per_second"] > 0
+    assert figure["machine"]["cores"] >= 1 and figure["machine"]["date"]

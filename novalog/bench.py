@@ -1,0 +1,129 @@
+"""`novalog bench`: measurements, never assertions (DESIGN.md §8). Results go to stdout and
+JSON, with the machine and the date.
+
+`replay`: publish synthetic boots (10 instance events each, the real event types
+and payloads) under a topic prefix of their own, then time the projector folding
+them into a fresh schema: events per second of a full replay.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import psycopg
+import typer
+from psycopg import sql
+from rich.console import Console
+
+from novalog.db import make_pool
+from novalog.kafka import EventProducer, Topics, ensure_topics
+from novalog.migrations import migrate
+from novalog.settings import Settings
+from novalog.stack import with_running_stack
+from projections import versions
+from projections.projector import Projector
+from schemas import Event
+
+app = typer.Typer(help="Measure novalog; results are printed and written as JSON.")
+console = Console()
+
+FLAVOR = {"flavorid": "1", "name": "m1.tiny", "vcpus": 1, "memory_mb": 512, "root_gb": 1,
+          "ephemeral_gb": 0, "swap_mb": 0, "extra_specs": {}}
+
+
+def boot_events(n: int, host: str) -> list[Event]:
+    """The ten events of one successful boot, as the roles emit them."""
+    uid, req = str(uuid.uuid4()), f"req-{uuid.uuid4()}"
+    port = {"port_id": str(uuid.uuid4()), "network_id": "net", "network_name": "private",
+            "ip_address": f"10.{n // 65536 % 256}.{n // 256 % 256}.{n % 256}",
+            "mac_address": "fa:16:3e:00:00:01"}
+    base = {"host": host, "attempt": 1}
+    steps: list[tuple[str, str, dict[str, Any]]] = [
+        ("InstanceBuildRequested", "api", {
+            "name": f"bench-{n}", "project_id": "bench", "user_id": "bench",
+            "reservation_id": f"r-{n}", "launch_index": 0, "flavor": FLAVOR,
+            "image": {"id": "img", "name": "cirros", "min_disk": 0, "min_ram": 0,
+                      "properties": {}}, "networks": [], "block_device_mapping": [],
+            "key_name": None, "metadata": {}, "user_data": None, "availability_zone": None,
+            "forced_host": None, "forced_node": None, "scheduler_hints": {},
+            "is_admin": False}),
+        ("InstanceScheduled", "scheduler", {**base, "node": host, "weighed_hosts": [host]}),
+        ("InstanceBuildDispatched", "conductor", {**base, "node": host}),
+        ("InstanceClaimAccepted", "compute", {**base, "node": host, "vcpus": 1,
+                                              "memory_mb": 512, "disk_gb": 1}),
+        ("InstanceNetworkingStarted", "compute", base),
+        ("InstanceNetworkAllocated", "compute", {**base, "ports": [port]}),
+        ("InstanceBlockDeviceMappingStarted", "compute", base),
+        ("InstanceBlockDevicesMapped", "compute", {**base, "disks": []}),
+        ("InstanceSpawningStarted", "compute", base),
+        ("InstanceSpawned", "compute", {**base, "node": host, "domain_name": f"instance-{uid}",
+                                        "power_state": 1, "launched_at": datetime.now(UTC)}),
+    ]
+    return [Event(kind, uid, payload, req, f"{role}@bench") for kind, role, payload in steps]
+
+
+def machine() -> dict[str, Any]:
+    model = next((line.split(":", 1)[1].strip() for line in
+                  Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    return {"cores": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+            "date": datetime.now(UTC).date().isoformat()}
+
+
+@app.command("replay")
+def bench_replay(
+    events: Annotated[int, typer.Option(min=10, help="How many events to replay.")] = 100_000,
+    output: Annotated[Path, typer.Option(help="Where to write the JSON result.")] = Path(
+        "bench-results/replay.json"),
+) -> None:
+    """Events per second of a full replay (publish synthetic boots, then fold them)."""
+    base = with_running_stack(Settings.from_env())
+    tag = uuid.uuid4().hex[:8]
+    settings = replace(base, topic_prefix=f"bench-{tag}", db_schema=f"bench_{tag}",
+                       partitions=4)
+    topics = Topics(settings.topic_prefix)
+    ensure_topics(settings, topics.core())
+    migrate(settings)
+    producer = EventProducer(settings, linger_ms=20)
+    started = time.perf_counter()
+    for n in range(events // 10):
+        for event in boot_events(n, f"cmp{n % 10}"):
+            producer.publish(topics.instances, event)
+    producer.flush(120)
+    published = time.perf_counter() - started
+    console.print(f"published {events:,} events in {published:.1f}s")
+    target = versions.version_schema(settings.db_schema, versions.code_version())
+    pool = make_pool(settings, projection_schema=target, max_size=2)
+    projector = Projector(settings, pool, producer, group_id=f"bench-{tag}",
+                          dead_letters=False, batch_size=5000)
+    try:
+        while not projector.poll_once():  # the first batch also pays the group join
+            pass
+        started = time.perf_counter()
+        first = projector.events_projected
+        while projector.events_projected < events:
+            projector.poll_once()
+        seconds = time.perf_counter() - started
+    finally:
+        projector.close()
+        pool.close()
+    folded = projector.events_projected - first
+    result = {"scenario": "replay", "events": events, "seconds": round(seconds, 2),
+              "events_per_second": round(folded / seconds), "machine": machine(),
+              "broker": "embedded Tansu" if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+              else "external", "batch_size": 5000}
+    with psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
+        for name in versions.owned_schemas(conn, settings.db_schema):
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=1) + "\n")
+    console.print(f"replayed {folded:,} events in {seconds:.1f}s: "
+                  f"[bold]{result['events_per_second']:,} events/s[/bold] (written to {output})")
