@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from novalog.faults import crash_point
 from novalog.idempotency import Inbox
 from novalog.kafka import EventProducer, Headers, Topics, consumer_config, next_batch
 from novalog.settings import Settings
@@ -136,8 +137,10 @@ class ConsumeLoop:
             self.on_idle()  # periodic work (heartbeats, sweeps) in the loop's own thread
         if last:
             self.producer.flush()
+            crash_point("consume.after_flush")
             if self.inbox is not None:
                 self.inbox.record(self._handled)
+                crash_point("consume.after_inbox")
             self._handled = []
             self.consumer.commit(
                 offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()],

@@ -147,6 +147,11 @@ def serve(settings: Settings, stop: threading.Event) -> None:
         server.should_exit = True
 
     threading.Thread(target=exit_when_stopped, daemon=True).start()
+    from producers.outbox import relay
+
+    state: AppState = app.state.novalog
+    threading.Thread(target=relay, args=(state.pool, state.producer, stop), daemon=True,
+                     name="outbox-relay").start()
     try:
         server.run()
     finally:

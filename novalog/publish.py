@@ -24,6 +24,15 @@ class Publisher:
              cause: Event | None = None, correlation_id: str | None = None,
              what: tuple[object, ...] = (), event_id: str | None = None) -> Event:
         """Build, queue and return the event (the caller's loop flushes before committing)."""
+        event = self.build(event_type, aggregate_id, payload, cause=cause,
+                           correlation_id=correlation_id, what=what, event_id=event_id)
+        self.producer.publish(topic, event)
+        return event
+
+    def build(self, event_type: str, aggregate_id: str, payload: dict[str, Any], *,
+              cause: Event | None = None, correlation_id: str | None = None,
+              what: tuple[object, ...] = (), event_id: str | None = None) -> Event:
+        """The event with its envelope filled in, not yet sent (for an outbox)."""
         if event_id is None and cause is not None:
             event_id = derived_id(cause.event_id, event_type, *what)
         correlation = correlation_id or (cause.correlation_id if cause else None)
@@ -36,5 +45,4 @@ class Publisher:
             occurred_at=datetime.now(UTC),
             **({"event_id": event_id} if event_id else {}),
         )
-        self.producer.publish(topic, event)
         return event

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
+from novalog import faults
 from novalog.settings import Settings
 
 RoleMain = Callable[[Settings, threading.Event], None]
@@ -101,6 +103,8 @@ def run_role(name: str, settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    os.environ["NOVALOG_ROLE"] = name  # crash points are armed per role
+    faults._ROLE = name
     prepare_infrastructure(settings)
     ROLES[name].load()(settings, stop)
 

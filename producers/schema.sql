@@ -16,3 +16,13 @@ CREATE TABLE IF NOT EXISTS accepted_instances (
     created_at     timestamptz NOT NULL
 );
 CREATE INDEX IF NOT EXISTS accepted_by_project ON accepted_instances (project_id);
+
+-- The API's transactional outbox: a request's events are committed with its accepted rows,
+-- then published; whatever a crash leaves here is published by the relay (same event ids).
+CREATE TABLE IF NOT EXISTS outbox (
+    event_id   text PRIMARY KEY,
+    topic      text        NOT NULL,
+    key        bytea       NOT NULL,
+    value      bytea       NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);

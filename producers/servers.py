@@ -1,12 +1,12 @@
 """POST /compute/v2.1/servers: Nova's servers.create, validated, then published.
 
 A request is checked in Nova's order with Nova's status codes and messages.
-A rejected one publishes nothing. An accepted one publishes one
+A rejected one publishes nothing. An accepted one yields one
 InstanceBuildRequested per instance (vm_state building, task_state scheduling)
 and answers 202 at once. Quota usage is counted in `accepted_instances` under a
-per-project advisory lock, in the transaction that also waits for the broker
-to acknowledge the events: if publishing fails, nothing is counted and the
-client gets 503.
+per-project advisory lock; the events go into the outbox in that same
+transaction, then out to the broker (producers/outbox.py). A crash at any
+point either loses the whole request or delivers all of it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import logging
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -25,13 +26,16 @@ from psycopg import Connection
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field
 
+from novalog.faults import crash_point
 from novalog.http import ApiError, state_of
 from novalog.kafka import DeliveryError, Topics
 from novalog.publish import Publisher
+from producers import outbox
 from producers.catalog import DEFAULT_QUOTAS
 from producers.identity import Auth, Context
 
 router = APIRouter(prefix="/compute/v2.1", tags=["compute"])
+log = logging.getLogger(__name__)
 
 MAX_USER_DATA = 65535
 MAX_METADATA_ITEMS = 128
@@ -341,6 +345,7 @@ def create_server(body: CreateServerBody, ctx: Auth, request: Request,
         topics = Topics(app.settings.topic_prefix)
         pub = Publisher(app.producer, "api", app.settings.hostname)
         ids = [str(uuid.uuid4()) for _ in range(count)]
+        event_ids: list[str] = []
         now = datetime.now(UTC)
         bdm = [b.model_dump(include={"source_type", "destination_type", "uuid",
                                      "volume_size", "guest_format", "delete_on_termination"})
@@ -353,7 +358,7 @@ def create_server(body: CreateServerBody, ctx: Auth, request: Request,
                 "%s)", (server_id, ctx.project_id, ctx.user_id, name, reservation_id,
                         flavor["vcpus"], flavor["memory_mb"], Jsonb(flavor), image["id"],
                         request_id, now))
-            pub.emit(topics.instances, "InstanceBuildRequested", server_id, {
+            event = pub.build("InstanceBuildRequested", server_id, {
                 "name": name, "project_id": ctx.project_id, "user_id": ctx.user_id,
                 "reservation_id": reservation_id, "launch_index": index, "flavor": flavor,
                 "image": {k: image[k] for k in ("id", "name", "min_disk", "min_ram",
@@ -363,11 +368,14 @@ def create_server(body: CreateServerBody, ctx: Auth, request: Request,
                 "availability_zone": target.zone, "forced_host": target.host,
                 "forced_node": target.node, "scheduler_hints": hints,
                 "is_admin": ctx.is_admin}, correlation_id=request_id)
-        try:
-            app.producer.flush(10)
-        except DeliveryError as exc:
-            raise ApiError(503, f"The request could not be recorded ({exc}); nothing was "
-                                "created. Try again.") from None
+            outbox.add(conn, topics.instances, event)
+            event_ids.append(event.event_id)
+    crash_point("api.after_commit")
+    try:
+        outbox.publish(app.pool, app.producer, event_ids)
+    except DeliveryError as exc:  # accepted all the same: the outbox relay publishes it
+        log.warning("request %s accepted, publishing deferred to the relay: %s", request_id,
+                    exc)
     if s.return_reservation_id:
         return {"reservation_id": reservation_id}
     return {"server": {"id": ids[0], "links": server_link(request, ids[0]),

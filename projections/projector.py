@@ -28,6 +28,7 @@ from psycopg_pool import ConnectionPool
 from novalog.consume import Record, dead_letter, record_of
 from novalog.db import make_pool
 from novalog.domain.instance import TransitionError
+from novalog.faults import crash_point
 from novalog.kafka import EventProducer, Topics, consumer_config, next_batch
 from novalog.settings import Settings
 from projections import versions
@@ -101,6 +102,7 @@ class Projector:
                 "VALUES (%s, %s, %s) ON CONFLICT (topic, partition) DO UPDATE SET "
                 "next_offset = GREATEST(projector_offsets.next_offset, excluded.next_offset)",
                 [(m.topic(), m.partition(), (m.offset() or 0) + 1) for m in messages])
+            crash_point("projector.before_commit")
         self.events_projected += len(messages)
         return len(messages)
 

@@ -23,6 +23,7 @@ from consumers.scheduler.host_state import claim_of
 from novalog import faults
 from novalog.consume import Record
 from novalog.domain import states
+from novalog.faults import crash_point
 from novalog.kafka import Topics
 from novalog.publish import Publisher
 from schemas import Event
@@ -63,8 +64,10 @@ class ComputeManager:
 
     # -- service lifecycle -----------------------------------------------------------------
     def start(self) -> None:
-        """Register the host and tell the cloud: service started, resources, heartbeat."""
+        """Register the host, restore its guests, then tell the cloud: service started,
+        resources, heartbeat."""
         self.tracker.register()
+        self.init_host()
         self.pub.emit(self.topics.hosts, "ComputeServiceStarted", self.host, {
             "host": self.host, "binary": BINARY, "zone": self.ident.zone,
             "hypervisor_type": "QEMU", "hypervisor_hostname": self.host,
@@ -72,6 +75,16 @@ class ComputeManager:
             correlation_id=self._start_correlation)
         self.report_resources()
         self.heartbeat()
+
+    def init_host(self) -> None:
+        """Like Nova's init_host: every instance this host holds as active has its domain
+        running again (a restarted agent, or a hypervisor that lost its guests)."""
+        running = set(self.driver.instance_uuids())
+        for uuid in self.tracker.instances_at("active"):
+            saved = self.cache.instance_dir(uuid) / "libvirt.xml"
+            if uuid not in running and saved.exists():
+                log.info("init_host: restoring the domain of %s", uuid)
+                self.driver.spawn(saved.read_text(), saved)
 
     def periodic(self) -> None:
         """Called by the consume loop after every poll."""
@@ -129,6 +142,7 @@ class ComputeManager:
         else:
             result = self.tracker.claim(uuid, attempt, need, p)
             result_ok, reason, duplicate = result.accepted, result.reason, result.duplicate
+            crash_point("compute.after_claim")
         if not result_ok:
             self._instance_event("InstanceClaimRefused", uuid,
                                  {**base, "node": p["node"], "reason": reason}, event)
@@ -152,9 +166,12 @@ class ComputeManager:
     def ports_allocated(self, event: Event) -> None:
         p = event.payload
         record = self.tracker.get(p["instance_uuid"])
-        if record is None or record.attempt != p["attempt"] or record.stage != "networking":
+        if record is None or record.attempt != p["attempt"] or record.stage == "active":
             log.info("ignoring ports for %s attempt %s: no build waiting for them",
                      p["instance_uuid"], p["attempt"])
+            return
+        if record.stage != "networking":  # re-delivered after a crash mid-build: resume
+            self._continue_build(record, event)
             return
         network_id = p["ports"][0]["network_id"] if p["ports"] else ""
         record = self.tracker.add_ports(record.instance_uuid, network_id, p["ports"])
@@ -184,6 +201,7 @@ class ComputeManager:
                 disks = self.cache.prepare_disks(uuid, cmd["image"], cmd["flavor"])
             except Exception as exc:
                 raise BuildStepFailed("block_device_mapping", str(exc), retryable=True) from exc
+            crash_point("compute.after_disks")
             self._instance_event("InstanceBlockDevicesMapped", uuid, {**base, "disks": disks},
                                  cause)
             self.tracker.set_stage(uuid, "spawning")
@@ -197,6 +215,7 @@ class ComputeManager:
                 self.driver.spawn(xml, directory / "libvirt.xml")
             except Exception as exc:
                 raise BuildStepFailed("spawning", str(exc), retryable=True) from exc
+            crash_point("compute.after_define")
         except BuildStepFailed as failure:
             self._fail(record, cause, failure)
             return

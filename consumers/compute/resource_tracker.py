@@ -131,6 +131,12 @@ class ResourceTracker:
             conn.execute("DELETE FROM compute_claims WHERE host = %s AND instance_uuid = %s",
                          (self.host, instance))
 
+    def instances_at(self, stage: str) -> list[str]:
+        with self.pool.connection() as conn:
+            rows = conn.execute("SELECT instance_uuid FROM compute_claims WHERE host = %s AND "
+                                "stage = %s", (self.host, stage)).fetchall()
+        return [r[0] for r in rows]
+
     def usage(self) -> Usage:
         with self.pool.connection() as conn:
             rows = conn.execute(

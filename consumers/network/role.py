@@ -22,6 +22,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from consumers.network.ipam import Pool, PoolExhausted
 from novalog.consume import dead_letter, record_of
+from novalog.faults import crash_point
 from novalog.kafka import EventProducer, Topics, consumer_config, next_batch
 from novalog.publish import Publisher
 from novalog.settings import Settings
@@ -141,6 +142,7 @@ def serve(settings: Settings, stop: threading.Event) -> None:
         while not stop.is_set():
             messages = [m for m in next_batch(consumer, 500, settings.poll_timeout_ms / 1000)
                         if m.error() is None]
+            allocated = False
             for msg in messages:
                 event = _decode(msg)
                 if event is None:
@@ -151,12 +153,15 @@ def serve(settings: Settings, stop: threading.Event) -> None:
                     service.learn(event)
                     if event.event_type in COMMANDS:
                         service.handle(event)
+                        allocated |= event.event_type == "AllocatePorts"
                 except Exception as exc:  # one bad command must not stop every network
                     log.exception("network could not handle %s", event.event_id)
                     dead_letter(producer, topics.dead_letters, GROUP, record_of(msg),
                                 f"handler failed: {type(exc).__name__}: {exc}")
             if messages:
                 producer.flush()
+                if allocated:
+                    crash_point("network.after_allocation")
                 last: dict[int, int] = {}
                 for m in messages:
                     last[m.partition() or 0] = max(last.get(m.partition() or 0, 0),
