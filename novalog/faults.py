@@ -4,8 +4,8 @@ Behaviour faults: NOVALOG_TEST_FAULTS="refuse_claim@cmp1,fail_spawn@cmp2" makes 
 compute agent of cmp1 refuse every claim and the one of cmp2 fail every spawn.
 
 Crash points: NOVALOG_CRASH_AT="ROLE:POINT[@N]" makes the process of ROLE kill itself
-with SIGKILL (no clean-up, no flush, no commit) the N-th time (default 1st) it
-reaches POINT. Tests that arm crashes one after another on a running cloud
+with SIGKILL (no clean-up, no flush, no commit) the N-th time it reaches POINT
+(counted from the process start), or without @N the next time. Tests that arm crashes one after another on a running cloud
 set NOVALOG_CRASH_PLAN to a file holding such lines instead; it is read at every
 check. Each crash fires once per deployment (a marker in $NOVALOG_HOME/crashes), so
 the restarted process goes on. Production never sets either.
@@ -75,7 +75,7 @@ def crash_point(point: str, role: str | None = None) -> None:
     _seen[point] += 1
     for spec in _armed():
         target, _, nth = spec.partition("@")
-        if target != f"{me}:{point}" or _seen[point] != int(nth or 1):
+        if target != f"{me}:{point}" or (nth and _seen[point] != int(nth)):
             continue
         marker = Path(os.environ.get("NOVALOG_HOME", ".")) / "crashes" / target.replace(":", "-")
         if marker.exists():
