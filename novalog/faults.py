@@ -7,8 +7,9 @@ Crash points: NOVALOG_CRASH_AT="ROLE:POINT[@N]" makes the process of ROLE kill i
 with SIGKILL (no clean-up, no flush, no commit) the N-th time it reaches POINT
 (counted from the process start), or without @N the next time. Tests that arm
 crashes one after another on a running cloud set NOVALOG_CRASH_PLAN to a file
-holding such lines instead; it is read at every check. Each crash fires once per deployment (a marker in $NOVALOG_HOME/crashes), so
-the restarted process goes on. Production never sets either.
+holding such lines instead; it is read at every check. Each crash fires once per
+deployment (a marker in $NOVALOG_HOME/crashes), so the restarted process goes on.
+Production never sets either.
 """
 
 from __future__ import annotations
