@@ -267,10 +267,12 @@ def roles() -> None:
 
 def _register_verbs() -> None:
     from novalog.bench import app as bench_app
+    from novalog.deadletters import dead_letters_command
     from producers.cli import boot
     from projections.cli import audit_command, list_servers, replay_command, show_server
 
     app.add_typer(bench_app, name="bench")
+    app.command("dead-letters")(dead_letters_command)
     app.command("replay")(replay_command)
     app.command("audit")(audit_command)
     app.command("boot")(boot)

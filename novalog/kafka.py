@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from novalog.settings import Settings
@@ -103,6 +103,28 @@ def next_batch(consumer: Consumer, max_messages: int, timeout: float) -> list[Me
     if first is None:
         return []
     return [first, *consumer.consume(max_messages - 1, 0)] if max_messages > 1 else [first]
+
+
+def scan_topic(settings: Settings, topic: str, idle_polls: int = 5) -> list[Message]:
+    """Every record of `topic` from offset 0 to its end (assign(), no group, no commit).
+
+    "The end" is `idle_polls` empty polls in a row: watermark offsets cannot be
+    trusted on the embedded broker.
+    """
+    consumer = Consumer({**client_config(settings), "group.id": group_name(settings, "scan"),
+                         "enable.auto.commit": False, "fetch.wait.max.ms": 20})
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+        records: list[Message] = []
+        empty = 0
+        while empty < idle_polls:
+            batch = consumer.consume(2000, 0.1)
+            empty = 0 if batch else empty + 1
+            records.extend(m for m in batch if m.error() is None)
+        return sorted(records, key=lambda m: (m.partition() or 0, m.offset() or 0))
+    finally:
+        consumer.close()
 
 
 def check_broker(bootstrap: str, timeout: float = 5.0) -> None:

@@ -13,10 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
-
 from novalog.domain.instance import TransitionError, apply
-from novalog.kafka import Topics, client_config, group_name
+from novalog.kafka import Topics, scan_topic
 from novalog.settings import Settings
 from schemas import Event, SerializationError, decode
 
@@ -63,32 +61,17 @@ def details_of(event: Event) -> dict[str, Any]:
     return dict(p)
 
 
-def read_topic(settings: Settings, topic: str, keep: Any, idle_polls: int = 5,
-               ) -> list[tuple[int, int, Event]]:
-    """(partition, offset, event) of every decodable record `keep` accepts, to the end."""
-    consumer = Consumer({**client_config(settings),
-                         "group.id": group_name(settings, "audit"),  # assign() only
-                         "enable.auto.commit": False, "fetch.wait.max.ms": 20})
-    try:
-        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-        found: list[tuple[int, int, Event]] = []
-        empty = 0
-        while empty < idle_polls:
-            batch = consumer.consume(2000, 0.1)
-            empty = 0 if batch else empty + 1
-            for msg in batch:
-                if msg.error() is not None:
-                    continue
-                try:
-                    event = decode(msg.value() or b"")
-                except SerializationError:
-                    continue
-                if keep(event):
-                    found.append((msg.partition() or 0, msg.offset() or 0, event))
-        return sorted(found, key=lambda x: (x[0], x[1]))
-    finally:
-        consumer.close()
+def read_topic(settings: Settings, topic: str, keep: Any) -> list[tuple[int, int, Event]]:
+    """(partition, offset, event) of every decodable record `keep` accepts, in log order."""
+    found: list[tuple[int, int, Event]] = []
+    for msg in scan_topic(settings, topic):
+        try:
+            event = decode(msg.value() or b"")
+        except SerializationError:
+            continue
+        if keep(event):
+            found.append((msg.partition() or 0, msg.offset() or 0, event))
+    return found
 
 
 def server_history(settings: Settings, server_id: str) -> list[AuditEntry]:

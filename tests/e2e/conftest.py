@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from confluent_kafka import Consumer, TopicPartition
 from cryptography.fernet import Fernet
 
 from novalog.client import NovalogClient
-from novalog.kafka import EventProducer, Topics, client_config
+from novalog.kafka import EventProducer, Topics, scan_topic
 from novalog.publish import Publisher
 from novalog.settings import Settings
-from schemas import Event, decode
+from schemas import Event, SerializationError, decode
 from tests.conftest import Infra, free_port
 
 
@@ -83,23 +82,14 @@ class Cloud:
         assert limits == {"instances": -1, "cores": -1, "ram": -1}
 
     def topic_events(self, topic: str) -> list[Event]:
-        """Every event of a topic, read with assign() until the broker has no more."""
-        consumer = Consumer({**client_config(self.settings), "group.id": "e2e-reader",
-                             "enable.auto.commit": False})
-        try:
-            parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-            consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-            events, empty = [], 0
-            while empty < 5:
-                msg = consumer.poll(0.1)
-                if msg is None:
-                    empty += 1
-                elif msg.error() is None:
-                    empty = 0
-                    events.append(decode(msg.value() or b""))
-            return events
-        finally:
-            consumer.close()
+        """Every decodable event of a topic, in log order per partition."""
+        events = []
+        for msg in scan_topic(self.settings, topic):
+            try:
+                events.append(decode(msg.value() or b""))
+            except SerializationError:
+                pass
+        return events
 
 
 @contextmanager
