@@ -23,7 +23,9 @@ from novalog.kafka import BrokerUnavailable, EventProducer, check_broker
 from novalog.settings import Settings
 
 FAULT_NAMES = {400: "badRequest", 403: "forbidden", 404: "itemNotFound",
-               409: "conflictingRequest", 413: "overLimit", 503: "serviceUnavailable"}
+               409: "conflictingRequest", 413: "overLimit", 429: "overLimit",
+               503: "serviceUnavailable"}
+MAX_BODY_BYTES = 1 << 20  # 1 MiB: far above any valid request (user data is <= 64 KiB)
 
 
 class ApiError(Exception):
@@ -91,6 +93,18 @@ def create_app(settings: Settings) -> FastAPI:
         description="OpenStack Nova's boot flow as an event-sourced system.",
     )
     app.state.novalog = AppState(settings)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Any) -> Any:
+        """Refuse oversized bodies before parsing them (400, as for any bad request)."""
+        length = request.headers.get("content-length")
+        body = await request.body() if length is None else b""
+        size = int(length) if length and length.isdigit() else len(body)
+        if size > MAX_BODY_BYTES:
+            return JSONResponse(error_body(400, f"Request body too large: {size} bytes, the "
+                                                f"limit is {MAX_BODY_BYTES} bytes."),
+                                status_code=400)
+        return await call_next(request)
 
     @app.exception_handler(ApiError)
     def _api_error(_request: Request, exc: ApiError) -> JSONResponse:

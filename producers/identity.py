@@ -118,13 +118,19 @@ def token_service(request: Request) -> TokenService:
 
 def authenticate(request: Request,
                  x_auth_token: Annotated[str | None, Header()] = None) -> Context:
-    """FastAPI dependency: 401 unless X-Auth-Token is a valid, unexpired token."""
+    """FastAPI dependency: 401 unless X-Auth-Token is a valid, unexpired, unrevoked token."""
     if not x_auth_token:
         raise ApiError(401, AUTH_REQUIRED)
     try:
-        return token_service(request).validate(x_auth_token)
+        ctx = token_service(request).validate(x_auth_token)
     except ValueError:
         raise ApiError(401, AUTH_REQUIRED) from None
+    with state_of(request).pool.connection() as conn:
+        revoked = conn.execute("SELECT 1 FROM revoked_tokens WHERE token_id = %s",
+                               (ctx.token_id,)).fetchone()
+    if revoked:
+        raise ApiError(401, AUTH_REQUIRED)
+    return ctx
 
 
 Auth = Annotated[Context, Depends(authenticate)]
@@ -194,20 +200,42 @@ class AuthRequest(BaseModel):
     auth: _Auth
 
 
+LOCKOUT_FAILURES = 5  # failed logins of one user name within LOCKOUT_WINDOW ...
+LOCKOUT_WINDOW_S = 300  # ... lock it out for the rest of the window (429)
+
+
+def _check_lockout(conn: Any, username: str) -> None:
+    row = conn.execute(
+        "SELECT count(*), max(failed_at) FROM auth_failures WHERE username = %s AND "
+        "failed_at > now() - make_interval(secs => %s)", (username, LOCKOUT_WINDOW_S)
+    ).fetchone()
+    if row and row[0] >= LOCKOUT_FAILURES:
+        wait = int((row[1] + timedelta(seconds=LOCKOUT_WINDOW_S)
+                    - datetime.now(UTC)).total_seconds()) + 1
+        raise ApiError(429, f"Too many failed authentication attempts for this user; "
+                            f"try again in {wait} seconds.")
+
+
 @router.post("/v3/auth/tokens", status_code=201, summary="Password authentication",
-             responses={401: {"description": "wrong user, password or project"}})
+             responses={401: {"description": "wrong user, password or project"},
+                        429: {"description": "too many failed attempts: locked out"}})
 def issue_token(body: AuthRequest, request: Request, response: Response) -> dict[str, Any]:
     if "password" not in body.auth.identity.methods:
         raise ApiError(400, "Only the password method is supported")
     creds = body.auth.identity.password.user
     pool = state_of(request).pool
+    username = creds.id or creds.name or ""
     with pool.connection() as conn:
+        _check_lockout(conn, username)
         user = conn.execute(
             "SELECT user_id, name, password_hash, default_project_id FROM users "
             "WHERE (%s::text IS NOT NULL AND user_id = %s) OR (%s::text IS NULL AND name = %s)",
             (creds.id, creds.id, creds.id, creds.name)).fetchone()
         if user is None or not verify_password(user[2], creds.password):
+            conn.execute("INSERT INTO auth_failures (username) VALUES (%s)", (username,))
+            conn.commit()
             raise ApiError(401, AUTH_REQUIRED)
+        conn.execute("DELETE FROM auth_failures WHERE username = %s", (username,))
         scope = body.auth.scope.project if body.auth.scope else None
         project = conn.execute(
             "SELECT project_id, name FROM projects WHERE project_id = %s OR name = %s "
@@ -240,3 +268,23 @@ def issue_token(body: AuthRequest, request: Request, response: Response) -> dict
                 {"interface": "public", "region": "RegionOne", "url": f"{base}/compute/v2.1"}]},
         ],
     }}
+
+
+@router.delete("/v3/auth/tokens", status_code=204, summary="Revoke a token",
+               responses={404: {"description": "X-Subject-Token is not a valid token"}})
+def revoke_token(request: Request, ctx: Auth,
+                 x_subject_token: Annotated[str | None, Header()] = None) -> Response:
+    """Revoke X-Subject-Token: one's own token, or anyone's for an admin (as Keystone)."""
+    if not x_subject_token:
+        raise ApiError(400, "X-Subject-Token is required")
+    try:
+        target = token_service(request).validate(x_subject_token)
+    except ValueError:
+        raise ApiError(404, "Could not find token.") from None
+    if target.user_id != ctx.user_id and not ctx.is_admin:
+        raise ApiError(403, "You are not authorized to revoke that token.")
+    with state_of(request).pool.connection() as conn:
+        conn.execute("INSERT INTO revoked_tokens (token_id, expires_at) VALUES (%s, %s) "
+                     "ON CONFLICT DO NOTHING", (target.token_id, target.expires_at))
+        conn.execute("DELETE FROM revoked_tokens WHERE expires_at < now()")  # expired anyway
+    return Response(status_code=204)

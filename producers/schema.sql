@@ -26,3 +26,15 @@ CREATE TABLE IF NOT EXISTS outbox (
     value      bytea       NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- Identity: revoked tokens (until they would have expired anyway) and failed logins
+-- (brute-force lockout); shared by every API replica.
+CREATE TABLE IF NOT EXISTS revoked_tokens (
+    token_id   text PRIMARY KEY,
+    expires_at timestamptz NOT NULL
+);
+CREATE TABLE IF NOT EXISTS auth_failures (
+    username  text        NOT NULL,
+    failed_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS auth_failures_by_user ON auth_failures (username, failed_at);

@@ -11,7 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,8 +36,11 @@ class Cloud:
     token_key: str
     proc: subprocess.Popen[bytes]
 
-    def client(self, user: str = "admin", password: str = "admin",
+    def client(self, user: str = "admin", password: str | None = None,
                project: str = "admin") -> NovalogClient:
+        if password is None:
+            password = self.env.get("NOVALOG_ADMIN_PASSWORD", "admin") if user == "admin" \
+                else user
         return NovalogClient(self.api_url, user, password, project)
 
     def http(self) -> httpx.Client:
@@ -85,10 +88,8 @@ class Cloud:
         """Every decodable event of a topic, in log order per partition."""
         events = []
         for msg in scan_topic(self.settings, topic):
-            try:
+            with suppress(SerializationError):
                 events.append(decode(msg.value() or b""))
-            except SerializationError:
-                pass
         return events
 
 
@@ -104,6 +105,7 @@ def running_cloud(infra: Infra, home: Path, *, hosts: int = 4, replicas: int = 1
                NOVALOG_HOME=str(home), NOVALOG_API_PORT=str(port), NOVALOG_PARTITIONS="2",
                NOVALOG_TOKEN_KEYS=key, NOVALOG_API_URL=f"http://127.0.0.1:{port}",
                PYTHONUNBUFFERED="1", **(extra_env or {}))
+    env["OS_PASSWORD"] = env.get("NOVALOG_ADMIN_PASSWORD", "admin")  # the CLI logs in as admin
     log = open(home.parent / f"up-{tag}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "novalog", "up", "--hosts", str(hosts),
                              "--replicas", str(replicas)], env=env, stdout=log,

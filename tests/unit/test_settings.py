@@ -52,3 +52,18 @@ def test_topic_names_follow_the_design() -> None:
     assert t.core() == ["novalog.instances", "novalog.hosts", "novalog.catalog",
                         "novalog.network", "novalog.dead-letters"]
     assert t.compute("cmp1") == "novalog.compute.cmp1"
+
+
+def test_token_keys_rotate_without_invalidating_unexpired_tokens() -> None:
+    from cryptography.fernet import Fernet
+
+    from producers.identity import TokenService
+
+    old, new = Fernet.generate_key(), Fernet.generate_key()
+    token, ctx = TokenService([old]).issue("u", "p", ["member"])
+    rotated = TokenService([new, old])  # the new key signs, the old one still verifies
+    assert rotated.validate(token) == ctx
+    fresh, _ = rotated.issue("u", "p", ["member"])
+    assert TokenService([new]).validate(fresh).user_id == "u"
+    with pytest.raises(ValueError):
+        TokenService([new]).validate(token)  # once the old key is dropped, so are its tokens
