@@ -15,13 +15,14 @@ from producers.identity import Auth
 from producers.servers import quota_limits
 
 router = APIRouter(prefix="/compute/v2.1", tags=["compute"])
+INT32 = 2**31 - 1  # QuotaSet.limit is an Avro int
 
 
 class QuotaValues(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    instances: int | None = Field(default=None, ge=-1)
-    cores: int | None = Field(default=None, ge=-1)
-    ram: int | None = Field(default=None, ge=-1)
+    instances: int | None = Field(default=None, ge=-1, le=INT32)
+    cores: int | None = Field(default=None, ge=-1, le=INT32)
+    ram: int | None = Field(default=None, ge=-1, le=INT32)
     force: bool | None = None
 
 

@@ -38,6 +38,7 @@ router = APIRouter(prefix="/compute/v2.1", tags=["compute"])
 log = logging.getLogger(__name__)
 
 MAX_USER_DATA = 65535
+MAX_COUNT = 1000  # instances in one request; quotas usually bind long before
 MAX_METADATA_ITEMS = 128
 DEFAULT_NETWORK = "private"
 
@@ -56,7 +57,7 @@ class BlockDeviceMappingV2(BaseModel):
     destination_type: Literal["local", "volume"] = "local"
     uuid: str | None = None
     boot_index: int | str | None = None
-    volume_size: int | None = Field(default=None, ge=0)
+    volume_size: int | None = Field(default=None, ge=0, le=2**31 - 1)
     guest_format: str | None = None
     delete_on_termination: bool = False
 
@@ -75,8 +76,8 @@ class ServerCreate(BaseModel):
     imageRef: str | None = None
     flavorRef: str | int
     networks: list[NetworkRequest] | Literal["auto", "none"] | None = None
-    min_count: int = Field(default=1, ge=1)
-    max_count: int | None = Field(default=None, ge=1)
+    min_count: int = Field(default=1, ge=1, le=MAX_COUNT)
+    max_count: int | None = Field(default=None, ge=1, le=MAX_COUNT)
     return_reservation_id: bool = False
     key_name: str | None = Field(default=None, max_length=255)
     user_data: str | None = None
@@ -292,9 +293,10 @@ def allowed_count(conn: Connection[Any], ctx: Context, flavor: dict[str, Any],
     assert row is not None
     used = {"instances": int(row[0]), "cores": int(row[1]), "ram": int(row[2])}
     per = {"instances": 1, "cores": flavor["vcpus"], "ram": flavor["memory_mb"]}
-    for count in range(max_count, min_count - 1, -1):
-        if all(limits[r] < 0 or used[r] + per[r] * count <= limits[r] for r in per):
-            return count
+    room = [(limits[r] - used[r]) // per[r] for r in per if limits[r] >= 0 and per[r] > 0]
+    count = int(min([max_count, *room]))
+    if count >= min_count:
+        return count
     resource = next(r for r in per
                     if limits[r] >= 0 and used[r] + per[r] * min_count > limits[r])
     raise ApiError(403, f"Quota exceeded for {resource}: Requested {per[resource] * min_count},"

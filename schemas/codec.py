@@ -94,7 +94,9 @@ def _explain_invalid(event_type: str, parsed: Any, record: dict[str, Any],
         validate(record, parsed, raise_errors=True)
     except ValidationError as verr:
         return f"{event_type} does not match its schema: {verr}"
-    return f"{event_type} does not match its schema: {exc}"
+    except Exception:  # the validator can trip on the same value; say what the writer said
+        pass
+    return f"{event_type} does not match its schema: {type(exc).__name__}: {exc}"
 
 
 def decode(data: bytes, registry: Registry | None = None) -> Event:

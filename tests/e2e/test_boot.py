@@ -168,6 +168,7 @@ CASES: list[tuple[str, Any, int, str, str]] = [
     ("min > max", lambda c: _body(c, min_count=3, max_count=2), 400, "badRequest",
      "min_count must be <= max_count"),
     ("zero count", lambda c: _body(c, min_count=0), 400, "badRequest", "min_count"),
+    ("absurd count", lambda c: _body(c, max_count=10**18), 400, "badRequest", "max_count"),
     ("mixed bdm", lambda c: _body(c, block_device_mapping=[{"volume_id": "x"}],
                                   block_device_mapping_v2=[{"source_type": "image"}]),
      400, "badRequest", "different block_device_mapping syntaxes"),

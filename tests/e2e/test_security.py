@@ -27,7 +27,7 @@ def login(cloud: Cloud, user: str, password: str, project: str | None = None) ->
     body = {"auth": {"identity": {"methods": ["password"], "password": {
         "user": {"name": user, "password": password, "domain": {"name": "Default"}}}}}}
     if project:
-        body["auth"]["scope"] = {"project": {"name": project}}  # type: ignore[index]
+        body["auth"]["scope"] = {"project": {"name": project}}
     response = cloud.http().post("/identity/v3/auth/tokens", json=body)
     return response.status_code, response.headers.get("X-Subject-Token", "")
 
