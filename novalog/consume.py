@@ -23,7 +23,14 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 
 from novalog.faults import crash_point
 from novalog.idempotency import Inbox
-from novalog.kafka import EventProducer, Headers, Topics, consumer_config, next_batch
+from novalog.kafka import (
+    DeliveryError,
+    EventProducer,
+    Headers,
+    Topics,
+    consumer_config,
+    next_batch,
+)
 from novalog.settings import Settings
 from schemas import Event, SerializationError, decode
 
@@ -49,6 +56,28 @@ class Record:
 
 
 Handler = Callable[[Event, Record], None]
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Postgres or the broker is away: wait it out (never dead-letter for this)."""
+    import psycopg
+    from psycopg_pool import PoolTimeout
+
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | PoolTimeout):
+        return True
+    if isinstance(exc, KafkaException):
+        code = exc.args[0].code()
+        return code in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
+                        KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT)
+    return isinstance(exc, DeliveryError)
+
+
+def wait_out_outage(what: str, attempt: int, exc: BaseException) -> None:
+    """Sleep with capped exponential back-off, saying why."""
+    delay = min(0.2 * 2 ** attempt, 5.0)
+    log.warning("%s: %s: %s; retrying in %.1fs", what, type(exc).__name__,
+                str(exc).strip().splitlines()[0] if str(exc).strip() else "", delay)
+    time.sleep(delay)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -134,12 +163,26 @@ class ConsumeLoop:
             self._handle(record_of(msg))
             last[(msg.topic() or "", msg.partition() or 0)] = msg.offset() or 0
         if self.on_idle is not None:
-            self.on_idle()  # periodic work (heartbeats, sweeps) in the loop's own thread
+            try:  # periodic work (heartbeats, sweeps) in the loop's own thread
+                self.on_idle()
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                log.warning("%s: periodic work skipped: %s", self.group_id, exc)
         if last:
-            self.producer.flush()
+            self.producer.flush_all(f"{self.group_id} waits for the broker")
             crash_point("consume.after_flush")
             if self.inbox is not None:
-                self.inbox.record(self._handled)
+                outage = 0
+                while True:
+                    try:
+                        self.inbox.record(self._handled)
+                        break
+                    except Exception as exc:
+                        if not is_outage(exc):
+                            raise
+                        wait_out_outage(f"{self.group_id} records its inbox", outage, exc)
+                        outage += 1
                 crash_point("consume.after_inbox")
             self._handled = []
             self.consumer.commit(
@@ -166,14 +209,24 @@ class ConsumeLoop:
             retry=retry_if_exception(self.retry_if),
             reraise=True,
         )
-        try:
-            retrying(self.handler, event, record)
-        except Exception as exc:
-            transient = self.retry_if(exc)
-            why = f"gave up after {attempts} attempts: " if transient else "handler failed: "
-            log.exception("%s %s@%d:%d (%s)", why, record.topic, record.partition,
-                          record.offset, event.event_type)
-            self.dead_letter(record, f"{why}{type(exc).__name__}: {exc}")
+        outage = 0
+        while True:
+            try:
+                retrying(self.handler, event, record)
+                return
+            except Exception as exc:
+                if not is_outage(exc):
+                    self._give_up(event, record, exc, attempts)
+                    return
+                wait_out_outage(f"{self.group_id} waits for its infrastructure", outage, exc)
+                outage += 1
+
+    def _give_up(self, event: Event, record: Record, exc: Exception, attempts: int) -> None:
+        transient = self.retry_if(exc)
+        why = f"gave up after {attempts} attempts: " if transient else "handler failed: "
+        log.error("%s %s@%d:%d (%s)", why, record.topic, record.partition, record.offset,
+                  event.event_type, exc_info=exc)
+        self.dead_letter(record, f"{why}{type(exc).__name__}: {exc}")
 
     def dead_letter(self, record: Record, error: str) -> None:
         dead_letter(self.producer, self.dead_letter_topic, self.group_id, record, error)

@@ -43,8 +43,8 @@ def ensure_schema(settings: Settings) -> None:
             sql.Identifier(settings.db_schema)))
 
 
-def make_pool(settings: Settings, *, max_size: int = 4,
-              projection_schema: str | None = None) -> ConnectionPool:
+def make_pool(settings: Settings, *, max_size: int = 4, projection_schema: str | None = None,
+              timeout: float = 30.0) -> ConnectionPool:
     """A pool opened on creation. Unqualified names find the projection tables first:
     the live views (`S_live`) for readers, or `projection_schema` for a projector
     writing one version; then the role tables of the deployment's schema S."""
@@ -55,4 +55,6 @@ def make_pool(settings: Settings, *, max_size: int = 4,
         max_size=max_size,
         kwargs={"options": f"-c search_path={first},{settings.db_schema},public"},
         open=True,
+        timeout=timeout,
+        check=ConnectionPool.check_connection,  # a connection from before an outage is tested
     )

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any
 
+import psycopg
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from novalog.db import DatabaseUnavailable, check_database, make_pool
 from novalog.kafka import BrokerUnavailable, EventProducer, check_broker
@@ -58,13 +59,14 @@ class AppState:
     @property
     def pool(self) -> ConnectionPool:
         if self._pool is None:
-            self._pool = make_pool(self.settings, max_size=8)
+            self._pool = make_pool(self.settings, max_size=8, timeout=5.0)
         return self._pool
 
     @property
     def producer(self) -> EventProducer:
         if self._producer is None:
-            self._producer = EventProducer(self.settings, linger_ms=1)
+            self._producer = EventProducer(self.settings, linger_ms=1,
+                                           delivery_timeout_ms=300_000)
         return self._producer
 
     def close(self) -> None:
@@ -109,6 +111,13 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(ApiError)
     def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(error_body(exc.status, exc.message), status_code=exc.status)
+
+    @app.exception_handler(psycopg.OperationalError)
+    @app.exception_handler(PoolTimeout)
+    def _database_away(_request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(error_body(503, "The database is unavailable; novalog cannot "
+                                            "answer or accept requests right now. Try again "
+                                            "shortly."), status_code=503)
 
     @app.exception_handler(RequestValidationError)
     def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -170,13 +170,16 @@ def ensure_topics(settings: Settings, names: Iterable[str], timeout: float = 15.
 class EventProducer:
     """Idempotent producer (acks=all); delivery failures surface at flush()."""
 
-    def __init__(self, settings: Settings, *, linger_ms: int = 5) -> None:
+    def __init__(self, settings: Settings, *, linger_ms: int = 5,
+                 delivery_timeout_ms: int = 0) -> None:
+        """`delivery_timeout_ms=0`: a record is never given up (a broker outage only delays
+        it); the API, which must answer, passes a bound and falls back to its outbox."""
         self._config = {
             **client_config(settings),
             "acks": "all",
             "enable.idempotence": True,
             "linger.ms": linger_ms,
-            "message.timeout.ms": 30000,
+            "message.timeout.ms": delivery_timeout_ms,
         }
         self._producer: Producer | None = None
         self._errors: list[str] = []
@@ -206,6 +209,19 @@ class EventProducer:
             except BufferError:
                 self.client.poll(0.1)  # local queue full: let deliveries drain
         self.client.poll(0)
+
+    def flush_all(self, waiting: str) -> None:
+        """Block until every queued record is acknowledged, however long the broker is away."""
+        if self._producer is None:
+            return
+        rounds = 0
+        while self._producer.flush(5.0):
+            rounds += 1
+            log.warning("%s: %d records not acknowledged yet (%ds)", waiting,
+                        len(self._producer), rounds * 5)
+        errors, self._errors = self._errors, []
+        if errors:
+            raise DeliveryError("; ".join(errors[:5]))
 
     def flush(self, timeout: float = 30.0) -> None:
         """Block until every queued record is acknowledged, or raise DeliveryError."""

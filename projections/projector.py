@@ -25,7 +25,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 from psycopg import Connection
 from psycopg_pool import ConnectionPool
 
-from novalog.consume import Record, dead_letter, record_of
+from novalog.consume import Record, dead_letter, is_outage, record_of, wait_out_outage
 from novalog.db import make_pool
 from novalog.domain.instance import TransitionError
 from novalog.faults import crash_point
@@ -93,18 +93,30 @@ class Projector:
                     if self._usable(m)]
         if not messages:
             return 0
+        outage = 0
+        while True:  # the batch is in memory: an outage only delays its transaction
+            try:
+                self._write(messages)
+                break
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                wait_out_outage(f"{self.group_id} waits for Postgres", outage, exc)
+                outage += 1
+        self.events_projected += len(messages)
+        return len(messages)
+
+    def _write(self, messages: list[Message]) -> None:
         with self.pool.connection() as conn, conn.transaction():
             for msg in messages:
                 self._project(conn, record_of(msg))
-            self.producer.flush()  # dead letters are durable before their offsets are
+            self.producer.flush_all("projector waits for the broker")  # dead letters first
             conn.cursor().executemany(
                 "INSERT INTO projector_offsets (topic, partition, next_offset) "
                 "VALUES (%s, %s, %s) ON CONFLICT (topic, partition) DO UPDATE SET "
                 "next_offset = GREATEST(projector_offsets.next_offset, excluded.next_offset)",
                 [(m.topic(), m.partition(), (m.offset() or 0) + 1) for m in messages])
             crash_point("projector.before_commit")
-        self.events_projected += len(messages)
-        return len(messages)
 
     def _usable(self, msg: Message) -> bool:
         err = msg.error()

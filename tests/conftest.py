@@ -24,6 +24,7 @@ from novalog.kafka import Topics, check_broker, ensure_topics
 from novalog.settings import Settings
 from novalog.stack import (
     Child,
+    ProcessSpec,
     broker_spec,
     embedded_database_url,
     prepare_postgres,
@@ -34,11 +35,29 @@ from novalog.stack import (
 )
 
 
+class EmbeddedPostgres:
+    """The session's own Postgres, which an outage test may stop and start again."""
+
+    def __init__(self, spec: ProcessSpec, url: str) -> None:
+        self.spec, self.url = spec, url
+        self.child: Child | None = None
+
+    def start(self) -> None:
+        self.child = spawn(self.spec)
+        wait_until(lambda: _db_ready(self.url), self.child, "Postgres", 60)
+
+    def stop(self) -> None:
+        if self.child is not None:
+            stop_child(self.child)
+            self.child = None
+
+
 @dataclass(frozen=True)
 class Infra:
     bootstrap: str
     database_url: str
     source: str  # which of env / testcontainers / embedded each came from
+    postgres: EmbeddedPostgres | None = None  # when the tests started it themselves
 
 
 def free_port() -> int:
@@ -64,6 +83,7 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
     sources = []
     with contextlib.ExitStack() as stack:
         docker = None if (bootstrap and database_url) else _docker_answers()
+        embedded: EmbeddedPostgres | None = None
         home = tmp_path_factory.mktemp("embedded")
         base = Settings(home=home, broker_port=free_port(), postgres_port=free_port())
         if bootstrap:
@@ -89,16 +109,17 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
             database_url = pg.get_connection_url()
             sources.append("postgres: testcontainers")
         else:
-            pg_child: Child = spawn(prepare_postgres(base, home / "logs"))
-            stack.callback(stop_child, pg_child)
-            url = embedded_database_url(base)
-            wait_until(lambda: _db_ready(url), pg_child, "Postgres", 60)
-            database_url = url
+            embedded = EmbeddedPostgres(prepare_postgres(base, home / "logs"),
+                                        embedded_database_url(base))
+            embedded.start()
+            stack.callback(embedded.stop)
+            database_url = embedded.url
             sources.append("postgres: embedded")
         assert bootstrap and database_url
         check_broker(bootstrap, timeout=15)
         check_database(database_url)
-        yield Infra(bootstrap, database_url, ", ".join(sources))
+        yield Infra(bootstrap, database_url, ", ".join(sources),
+                    embedded if not os.environ.get("DATABASE_URL") and not docker else None)
 
 
 def _db_ready(url: str) -> bool:
