@@ -185,10 +185,14 @@ class ConsumeLoop:
                         outage += 1
                 crash_point("consume.after_inbox")
             self._handled = []
-            self.consumer.commit(
-                offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()],
-                asynchronous=False,
-            )
+            try:
+                self.consumer.commit(
+                    offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()],
+                    asynchronous=False,
+                )
+            except KafkaException as exc:  # e.g. the group moved on during an outage
+                log.warning("%s: commit refused (%s); these records will come again and "
+                            "the inbox will skip them", self.group_id, exc.args[0].str())
         return len(messages)
 
     def _handle(self, record: Record) -> None:

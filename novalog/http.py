@@ -99,6 +99,9 @@ def create_app(settings: Settings) -> FastAPI:
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Any) -> Any:
         """Refuse oversized bodies before parsing them (400, as for any bad request)."""
+        if "%00" in request.url.query or "\x00" in request.url.path:
+            return JSONResponse(error_body(400, "NUL characters are not allowed in a request."),
+                                status_code=400)
         length = request.headers.get("content-length")
         body = await request.body() if length is None else b""
         size = int(length) if length and length.isdigit() else len(body)
@@ -118,6 +121,11 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse(error_body(503, "The database is unavailable; novalog cannot "
                                             "answer or accept requests right now. Try again "
                                             "shortly."), status_code=503)
+
+    @app.exception_handler(psycopg.DataError)
+    def _bad_value(_request: Request, exc: Exception) -> JSONResponse:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid value"
+        return JSONResponse(error_body(400, f"Invalid input: {first}"), status_code=400)
 
     @app.exception_handler(RequestValidationError)
     def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -18,7 +18,7 @@ import logging
 import threading
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from consumers.network.ipam import Pool, PoolExhausted
 from novalog.consume import dead_letter, record_of
@@ -166,8 +166,11 @@ def serve(settings: Settings, stop: threading.Event) -> None:
                 for m in messages:
                     last[m.partition() or 0] = max(last.get(m.partition() or 0, 0),
                                                    (m.offset() or 0) + 1)
-                consumer.commit(offsets=[TopicPartition(topics.network, p, o)
-                                         for p, o in last.items()], asynchronous=False)
+                try:
+                    consumer.commit(offsets=[TopicPartition(topics.network, p, o)
+                                             for p, o in last.items()], asynchronous=False)
+                except KafkaException as exc:  # handled again later: allocation is idempotent
+                    log.warning("network: commit refused: %s", exc.args[0].str())
     finally:
         producer.flush()
         consumer.close()
