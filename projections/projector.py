@@ -80,13 +80,6 @@ class Projector:
                                 ).fetchall()
         return {(t, p): o for t, p, o in rows}
 
-    def run(self, stop: threading.Event) -> None:
-        try:
-            while not stop.is_set():
-                self.poll_once()
-        finally:
-            self.close()
-
     def poll_once(self) -> int:
         messages = [m for m in next_batch(self.consumer, self.batch_size,
                                           self.settings.poll_timeout_ms / 1000)
