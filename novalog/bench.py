@@ -127,3 +127,58 @@ def bench_replay(
     output.write_text(json.dumps(result, indent=1) + "\n")
     console.print(f"replayed {folded:,} events in {seconds:.1f}s: "
                   f"[bold]{result['events_per_second']:,} events/s[/bold] (written to {output})")
+
+
+def scheduler_decisions(hosts: int, decisions: int, seed: int = 7) -> list[float]:
+    """Milliseconds per select_destination over a synthetic view of `hosts` hosts."""
+    import random
+    from datetime import timedelta
+
+    from consumers.scheduler.host_state import Claim, HostState
+    from consumers.scheduler.manager import select_destination
+    from consumers.scheduler.request_spec import RequestSpec
+
+    rng = random.Random(seed)
+    now = datetime.now(UTC)
+    view = [HostState(host=f"cmp{i}", node=f"cmp{i}", zone=rng.choice(["nova", "az2"]),
+                      disabled=rng.random() < 0.02, vcpus=32, memory_mb=131072,
+                      local_gb=2000, reported_vcpus_used=rng.randrange(0, 100),
+                      reported_memory_mb_used=rng.randrange(0, 120000),
+                      reported_local_gb_used=rng.randrange(0, 1800),
+                      last_heartbeat=now - timedelta(seconds=rng.randrange(0, 90)))
+            for i in range(hosts)]
+    spec = RequestSpec(instance_uuid="bench", claim=Claim(2, 4096, 40), now=now)
+    times = []
+    for _ in range(decisions):
+        started = time.perf_counter()
+        select_destination(view, spec, host_subset_size=3, rng=rng)
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+@app.command("scheduler")
+def bench_scheduler(
+    output: Annotated[Path, typer.Option(help="Where to write the JSON result.")] = Path(
+        "bench-results/scheduler.json"),
+) -> None:
+    """Decision time of the filter + weigher pipeline for 10 to 10,000 hosts."""
+    from rich.table import Table
+
+    rows = []
+    for hosts, decisions in ((10, 2000), (100, 1000), (1000, 200), (10000, 40)):
+        times = sorted(scheduler_decisions(hosts, decisions))
+        rows.append({"hosts": hosts, "decisions": decisions,
+                     "p50_ms": round(times[len(times) // 2], 3),
+                     "p99_ms": round(times[min(len(times) - 1, int(len(times) * 0.99))], 3),
+                     "max_ms": round(times[-1], 3)})
+    table = Table(title="scheduler decision time (select_destination)")
+    for col in ("hosts", "decisions", "p50 ms", "p99 ms", "max ms"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(*(str(r[k]) for k in ("hosts", "decisions", "p50_ms", "p99_ms",
+                                            "max_ms")))
+    console.print(table)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({"scenario": "scheduler", "results": rows,
+                                  "machine": machine()}, indent=1) + "\n")
+    console.print(f"written to {output}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 from schemas import Event
@@ -25,6 +26,9 @@ class Claim:
 
 @dataclass(frozen=True)
 class HostState:
+    """Immutable: the view replaces a host's state on every change, so the derived
+    figures (cached properties) are computed at most once per state."""
+
     host: str
     node: str
     zone: str = "nova"
@@ -49,27 +53,27 @@ class HostState:
     def _pending_sum(self, attr: str) -> int:
         return sum(getattr(c, attr) for _, c in self.pending)
 
-    @property
+    @cached_property
     def vcpus_used(self) -> int:
         return self.reported_vcpus_used + self._pending_sum("vcpus")
 
-    @property
+    @cached_property
     def memory_mb_used(self) -> int:
         return self.reported_memory_mb_used + self._pending_sum("memory_mb")
 
-    @property
+    @cached_property
     def local_gb_used(self) -> int:
         return self.reported_local_gb_used + self._pending_sum("disk_gb")
 
-    @property
+    @cached_property
     def free_ram_mb(self) -> float:
         return self.memory_mb * self.ram_allocation_ratio - self.memory_mb_used
 
-    @property
+    @cached_property
     def free_vcpus(self) -> float:
         return self.vcpus * self.cpu_allocation_ratio - self.vcpus_used
 
-    @property
+    @cached_property
     def free_disk_gb(self) -> float:
         return self.local_gb * self.disk_allocation_ratio - self.local_gb_used
 

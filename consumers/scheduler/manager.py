@@ -40,7 +40,8 @@ def run_filters(hosts: list[HostState], spec: RequestSpec, filters: list[BaseHos
     results = []
     for f in filters:
         before = len(hosts)
-        hosts = [h for h in hosts if f.host_passes(h, spec)]
+        if f.applies(spec):
+            hosts = [h for h in hosts if f.host_passes(h, spec)]
         results.append(FilterResult(f.name, before, len(hosts)))
         if not hosts:
             break

@@ -192,3 +192,10 @@ def test_the_view_knows_server_group_hosts() -> None:
 def test_claim_of_counts_ephemeral_and_swap_as_disk() -> None:
     assert claim_of({**FLAVOR, "root_gb": 20, "ephemeral_gb": 5, "swap_mb": 1025}) == \
         Claim(vcpus=1, memory_mb=512, disk_gb=27)
+
+
+def test_the_scheduler_bench_measures_real_decisions() -> None:
+    from novalog.bench import scheduler_decisions
+
+    times = scheduler_decisions(hosts=50, decisions=20)
+    assert len(times) == 20 and all(t > 0 for t in times)

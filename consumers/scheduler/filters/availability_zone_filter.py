@@ -8,5 +8,8 @@ from consumers.scheduler.request_spec import RequestSpec
 
 
 class AvailabilityZoneFilter(BaseHostFilter):
+    def applies(self, spec: RequestSpec) -> bool:
+        return spec.availability_zone is not None
+
     def host_passes(self, host: HostState, spec: RequestSpec) -> bool:
         return spec.availability_zone is None or host.zone == spec.availability_zone

@@ -13,5 +13,10 @@ class BaseHostFilter:
     def name(self) -> str:
         return type(self).__name__
 
+    def applies(self, spec: RequestSpec) -> bool:
+        """False when this request gives the filter nothing to remove (no hint, no zone…);
+        the scheduler then skips it instead of calling host_passes on every host."""
+        return True
+
     def host_passes(self, host: HostState, spec: RequestSpec) -> bool:
         raise NotImplementedError

@@ -13,6 +13,9 @@ from consumers.scheduler.request_spec import RequestSpec
 
 
 class ForcedHostFilter(BaseHostFilter):
+    def applies(self, spec: RequestSpec) -> bool:
+        return bool(spec.forced_host or spec.forced_node)
+
     def host_passes(self, host: HostState, spec: RequestSpec) -> bool:
         if spec.forced_host and host.host != spec.forced_host:
             return False

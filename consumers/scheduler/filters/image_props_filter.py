@@ -8,6 +8,11 @@ from consumers.scheduler.request_spec import RequestSpec
 
 
 class ImagePropertiesFilter(BaseHostFilter):
+    def applies(self, spec: RequestSpec) -> bool:
+        p = spec.image_properties
+        return any(k in p for k in ("hw_architecture", "architecture", "img_hv_type",
+                                    "hypervisor_type"))
+
     def host_passes(self, host: HostState, spec: RequestSpec) -> bool:
         props = spec.image_properties
         arch = props.get("hw_architecture") or props.get("architecture")

@@ -8,5 +8,8 @@ from consumers.scheduler.request_spec import RequestSpec
 
 
 class RetryFilter(BaseHostFilter):
+    def applies(self, spec: RequestSpec) -> bool:
+        return bool(spec.excluded_hosts)
+
     def host_passes(self, host: HostState, spec: RequestSpec) -> bool:
         return host.host not in spec.excluded_hosts
