@@ -32,8 +32,8 @@ from novalog.faults import crash_point
 from novalog.kafka import EventProducer, Topics, consumer_config, next_batch
 from novalog.settings import Settings
 from projections import versions
-from projections.writers import WRITERS
-from schemas import SerializationError, decode, default_registry
+from projections.writers import WRITERS, InstanceBatch
+from schemas import Event, SerializationError, decode, default_registry
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +100,20 @@ class Projector:
         return len(messages)
 
     def _write(self, messages: list[Message]) -> None:
+        decoded: list[tuple[Record, Event]] = []
+        for msg in messages:
+            record = record_of(msg)
+            try:
+                decoded.append((record, decode(record.value or b"")))
+            except SerializationError as exc:
+                self._refuse(record, f"undecodable: {exc}")
         with self.pool.connection() as conn, conn.transaction():
-            for msg in messages:
-                self._project(conn, record_of(msg))
+            instances = InstanceBatch(conn, [e for _, e in decoded
+                                             if family_of(e.event_type) == "instance"])
+            with conn.pipeline():
+                for record, event in decoded:
+                    self._project(conn, instances, record, event)
+                instances.finish()
             self.producer.flush_all("projector waits for the broker")  # dead letters first
             conn.cursor().executemany(
                 "INSERT INTO projector_offsets (topic, partition, next_offset) "
@@ -119,20 +130,21 @@ class Projector:
             log.warning("projector consumer error: %s", err.str())
         return False
 
-    def _project(self, conn: Connection[Any], record: Record) -> None:
-        try:
-            event = decode(record.value or b"")
-        except SerializationError as exc:
-            self._refuse(record, f"undecodable: {exc}")
+    def _project(self, conn: Connection[Any], instances: InstanceBatch, record: Record,
+                 event: Event) -> None:
+        family = family_of(event.event_type)
+        if family == "instance":
+            try:
+                state = instances.fold(event)  # refused before anything of it is written
+            except TransitionError as exc:
+                self._refuse(record, f"refused by the fold: {exc}")
+                return
+            if state is not None:
+                instances.add(event, record.value or b"", state)
             return
-        writer = WRITERS.get(family_of(event.event_type))
-        if writer is None:
-            return  # commands and network facts are not projected
-        try:
-            with conn.transaction():  # a savepoint: a refused event leaves no half-write
-                writer(conn, event, record.value or b"")
-        except TransitionError as exc:
-            self._refuse(record, f"refused by the fold: {exc}")
+        writer = WRITERS.get(family)
+        if writer is not None:  # commands and network facts are not projected
+            writer(conn, event, record.value or b"")
 
     def _refuse(self, record: Record, why: str) -> None:
         self.refused += 1

@@ -43,23 +43,59 @@ def _jsonable(value: Any) -> Any:
 
 
 def project_instance_event(conn: Connection[Any], event: Event, raw: bytes) -> None:
-    """Fold one instance event into `servers`, its history and its instance actions."""
-    inserted = conn.execute(
-        "INSERT INTO instance_events (event_id, instance_uuid, event_type, occurred_at, "
-        "producer, request_id, payload, raw) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
-        "ON CONFLICT (event_id) DO NOTHING RETURNING seq",
-        (event.event_id, event.aggregate_id, event.event_type, event.occurred_at,
-         event.producer, event.correlation_id, Jsonb(_jsonable(event.payload)), raw),
-    ).fetchone()
-    if inserted is None:
-        return  # re-delivered: first wins
-    row = conn.execute("SELECT state FROM servers WHERE uuid = %s FOR UPDATE",
-                       (event.aggregate_id,)).fetchone()
-    state = apply(from_json(row[0]) if row else None, event)  # TransitionError -> dead letter
-    conn.execute("UPDATE instance_events SET vm_state = %s, task_state = %s WHERE event_id = %s",
-                 (state.vm_state, state.task_state, event.event_id))
-    _upsert_server(conn, state)
-    _record_action(conn, state, event)
+    """Fold one instance event (see InstanceBatch, which the projector uses for many)."""
+    batch = InstanceBatch(conn, [event])
+    batch.add(event, raw)
+    batch.finish()
+
+
+class InstanceBatch:
+    """The instance events of one projector batch, written with a handful of round trips.
+
+    Before the batch: which of its event ids are already projected (first wins)
+    and the current state of every server it touches (locked). Then each event
+    is folded in memory, in log order; a refused one raises TransitionError
+    before anything of it is written. Writes need no answer, so the projector
+    sends them in pipeline mode; each server is written once, at the end.
+    """
+
+    def __init__(self, conn: Connection[Any], events: list[Event]) -> None:
+        self.conn = conn
+        ids = [e.event_id for e in events]
+        uuids = sorted({e.aggregate_id for e in events})
+        self.seen = {r[0] for r in conn.execute(
+            "SELECT event_id FROM instance_events WHERE event_id = ANY(%s)", (ids,))}
+        self.states: dict[str, Instance] = {r[0]: from_json(r[1]) for r in conn.execute(
+            "SELECT uuid, state FROM servers WHERE uuid = ANY(%s) ORDER BY uuid FOR UPDATE",
+            (uuids,))}
+        self.touched: list[str] = []
+
+    def fold(self, event: Event) -> Instance | None:
+        """The state after `event`, or None for a duplicate; TransitionError if refused."""
+        if event.event_id in self.seen:
+            return None  # re-delivered: first wins
+        return apply(self.states.get(event.aggregate_id), event)
+
+    def add(self, event: Event, raw: bytes, state: Instance | None = None) -> None:
+        state = state or self.fold(event)
+        if state is None:
+            return
+        self.seen.add(event.event_id)
+        self.states[event.aggregate_id] = state
+        if event.aggregate_id not in self.touched:
+            self.touched.append(event.aggregate_id)
+        self.conn.execute(
+            "INSERT INTO instance_events (event_id, instance_uuid, event_type, occurred_at, "
+            "vm_state, task_state, producer, request_id, payload, raw) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING",
+            (event.event_id, event.aggregate_id, event.event_type, event.occurred_at,
+             state.vm_state, state.task_state, event.producer, event.correlation_id,
+             Jsonb(_jsonable(event.payload)), raw))
+        _record_action(self.conn, state, event)
+
+    def finish(self) -> None:
+        for uuid in self.touched:
+            _upsert_server(self.conn, self.states[uuid])
 
 
 def _upsert_server(conn: Connection[Any], s: Instance) -> None:
