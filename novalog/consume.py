@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
@@ -35,6 +36,7 @@ from novalog.settings import Settings
 from schemas import Event, SerializationError, decode
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DLQ_HEADER = "novalog.dlq."
 
@@ -78,6 +80,20 @@ def wait_out_outage(what: str, attempt: int, exc: BaseException) -> None:
     log.warning("%s: %s: %s; retrying in %.1fs", what, type(exc).__name__,
                 str(exc).strip().splitlines()[0] if str(exc).strip() else "", delay)
     time.sleep(delay)
+
+
+def through_outages(what: str, action: Callable[[], T]) -> T:
+    """Run `action`, waiting out Postgres or broker outages for as long as they last;
+    any other error is raised at once."""
+    outage = 0
+    while True:
+        try:
+            return action()
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            wait_out_outage(what, outage, exc)
+            outage += 1
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -173,16 +189,9 @@ class ConsumeLoop:
             self.producer.flush_all(f"{self.group_id} waits for the broker")
             crash_point("consume.after_flush")
             if self.inbox is not None:
-                outage = 0
-                while True:
-                    try:
-                        self.inbox.record(self._handled)
-                        break
-                    except Exception as exc:
-                        if not is_outage(exc):
-                            raise
-                        wait_out_outage(f"{self.group_id} records its inbox", outage, exc)
-                        outage += 1
+                inbox, handled = self.inbox, self._handled
+                through_outages(f"{self.group_id} records its inbox",
+                                lambda: inbox.record(handled))
                 crash_point("consume.after_inbox")
             self._handled = []
             try:
@@ -213,17 +222,11 @@ class ConsumeLoop:
             retry=retry_if_exception(self.retry_if),
             reraise=True,
         )
-        outage = 0
-        while True:
-            try:
-                retrying(self.handler, event, record)
-                return
-            except Exception as exc:
-                if not is_outage(exc):
-                    self._give_up(event, record, exc, attempts)
-                    return
-                wait_out_outage(f"{self.group_id} waits for its infrastructure", outage, exc)
-                outage += 1
+        try:
+            through_outages(f"{self.group_id} waits for its infrastructure",
+                            lambda: retrying(self.handler, event, record))
+        except Exception as exc:
+            self._give_up(event, record, exc, attempts)
 
     def _give_up(self, event: Event, record: Record, exc: Exception, attempts: int) -> None:
         transient = self.retry_if(exc)

@@ -25,7 +25,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 from psycopg import Connection
 from psycopg_pool import ConnectionPool
 
-from novalog.consume import Record, dead_letter, is_outage, record_of, wait_out_outage
+from novalog.consume import Record, dead_letter, record_of, through_outages
 from novalog.db import make_pool
 from novalog.domain.instance import TransitionError
 from novalog.faults import crash_point
@@ -86,16 +86,8 @@ class Projector:
                     if self._usable(m)]
         if not messages:
             return 0
-        outage = 0
-        while True:  # the batch is in memory: an outage only delays its transaction
-            try:
-                self._write(messages)
-                break
-            except Exception as exc:
-                if not is_outage(exc):
-                    raise
-                wait_out_outage(f"{self.group_id} waits for Postgres", outage, exc)
-                outage += 1
+        # the batch is in memory: an outage only delays its transaction
+        through_outages(f"{self.group_id} waits for Postgres", lambda: self._write(messages))
         self.events_projected += len(messages)
         return len(messages)
 
