@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from types import FrameType
 from typing import Annotated, Any
 
@@ -26,6 +25,7 @@ from novalog.stack import (
     StackError,
     Supervisor,
     component_up,
+    prepare_cloud,
     read_state,
     state_path,
     stop_stack,
@@ -52,34 +52,6 @@ def _settings() -> Settings:
 def _fail(exc: Exception) -> typer.Exit:
     err.print(f"[red]error:[/red] {exc}")
     return typer.Exit(1)
-
-
-def prepare_cloud(hosts: int) -> Callable[[Settings], None]:
-    """Between the reactors and the API: the catalog exists and every host has reported."""
-
-    def prepare(settings: Settings) -> None:
-        from novalog.db import make_pool
-        from producers.catalog import bootstrap_catalog
-
-        pool = make_pool(settings)
-        try:
-            published = bootstrap_catalog(settings, pool)
-            logging.getLogger(__name__).info("catalog: %d entries published", published)
-            deadline = time.monotonic() + 60
-            while True:
-                with pool.connection() as conn:
-                    row = conn.execute("SELECT count(*) FROM compute_nodes WHERE vcpus > 0"
-                                       ).fetchone()
-                if row and row[0] >= hosts:
-                    break
-                if time.monotonic() > deadline:
-                    raise StackError(f"only {row[0] if row else 0} of {hosts} compute hosts "
-                                     "reported within 60s; see the compute logs")
-                time.sleep(0.1)
-        finally:
-            pool.close()
-
-    return prepare
 
 
 @app.command()

@@ -43,10 +43,14 @@ class Inbox:
         self.consumer = consumer
 
     def seen(self, event_id: str) -> bool:
+        return bool(self.seen_among([event_id]))
+
+    def seen_among(self, event_ids: list[str]) -> set[str]:
+        """Which of `event_ids` were handled already (one query)."""
         with self.pool.connection() as conn:
-            row = conn.execute("SELECT 1 FROM inbox WHERE consumer = %s AND event_id = %s",
-                               (self.consumer, event_id)).fetchone()
-        return row is not None
+            rows = conn.execute("SELECT event_id FROM inbox WHERE consumer = %s "
+                                "AND event_id = ANY(%s)", (self.consumer, event_ids)).fetchall()
+        return {r[0] for r in rows}
 
     def record(self, event_ids: Iterable[str]) -> None:
         ids = list(event_ids)

@@ -89,7 +89,7 @@ def consumer_config(settings: Settings, group_id: str) -> dict[str, Any]:
         "auto.offset.reset": "earliest",
         "session.timeout.ms": settings.session_timeout_ms,
         "heartbeat.interval.ms": settings.heartbeat_interval_ms,
-        "fetch.wait.max.ms": 20,  # latency of an idle partition; see README "Delivery"
+        "fetch.wait.max.ms": settings.fetch_wait_ms,  # see README "Latency settings"
     }
 
 
@@ -170,7 +170,7 @@ def ensure_topics(settings: Settings, names: Iterable[str], timeout: float = 15.
 class EventProducer:
     """Idempotent producer (acks=all); delivery failures surface at flush()."""
 
-    def __init__(self, settings: Settings, *, linger_ms: int = 5,
+    def __init__(self, settings: Settings, *, linger_ms: int | None = None,
                  delivery_timeout_ms: int = 0) -> None:
         """`delivery_timeout_ms=0`: a record is never given up (a broker outage only delays
         it); the API, which must answer, passes a bound and falls back to its outbox."""
@@ -178,7 +178,7 @@ class EventProducer:
             **client_config(settings),
             "acks": "all",
             "enable.idempotence": True,
-            "linger.ms": linger_ms,
+            "linger.ms": settings.linger_ms if linger_ms is None else linger_ms,
             "message.timeout.ms": delivery_timeout_ms,
         }
         self._producer: Producer | None = None

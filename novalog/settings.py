@@ -71,6 +71,8 @@ class Settings:
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
     poll_timeout_ms: int = 100
+    fetch_wait_ms: int = 20
+    linger_ms: int = 5
     max_retries: int = 3
     retry_backoff_ms: int = 200
     home: Path = field(default_factory=_default_home)
@@ -100,6 +102,8 @@ class Settings:
             session_timeout_ms=_int(e, "NOVALOG_SESSION_TIMEOUT_MS", 6000, low=1000),
             heartbeat_interval_ms=_int(e, "NOVALOG_HEARTBEAT_INTERVAL_MS", 1000, low=100),
             poll_timeout_ms=_int(e, "NOVALOG_POLL_TIMEOUT_MS", 100, low=1),
+            fetch_wait_ms=_int(e, "NOVALOG_FETCH_WAIT_MS", 20, low=1, high=10_000),
+            linger_ms=_int(e, "NOVALOG_LINGER_MS", 5, low=0, high=10_000),
             max_retries=_int(e, "NOVALOG_MAX_RETRIES", 3, low=0, high=100),
             retry_backoff_ms=_int(e, "NOVALOG_RETRY_BACKOFF_MS", 200, low=0),
             home=Path(e.get("NOVALOG_HOME") or _default_home()),
@@ -138,6 +142,8 @@ class Settings:
             "NOVALOG_SESSION_TIMEOUT_MS": str(self.session_timeout_ms),
             "NOVALOG_HEARTBEAT_INTERVAL_MS": str(self.heartbeat_interval_ms),
             "NOVALOG_POLL_TIMEOUT_MS": str(self.poll_timeout_ms),
+            "NOVALOG_FETCH_WAIT_MS": str(self.fetch_wait_ms),
+            "NOVALOG_LINGER_MS": str(self.linger_ms),
             "NOVALOG_MAX_RETRIES": str(self.max_retries),
             "NOVALOG_RETRY_BACKOFF_MS": str(self.retry_backoff_ms),
             "NOVALOG_HOME": str(self.home),

@@ -458,3 +458,31 @@ def stop_stack(settings: Settings, timeout: float = 60.0) -> bool:
     with contextlib.suppress(FileNotFoundError):
         state_path(settings).unlink()
     return True
+
+
+def prepare_cloud(hosts: int) -> Callable[[Settings], None]:
+    """Between the reactors and the API: the catalog exists and every host has reported."""
+
+    def prepare(settings: Settings) -> None:
+        from novalog.db import make_pool
+        from producers.catalog import bootstrap_catalog
+
+        pool = make_pool(settings)
+        try:
+            published = bootstrap_catalog(settings, pool)
+            logging.getLogger(__name__).info("catalog: %d entries published", published)
+            deadline = time.monotonic() + 60
+            while True:
+                with pool.connection() as conn:
+                    row = conn.execute("SELECT count(*) FROM compute_nodes WHERE vcpus > 0"
+                                       ).fetchone()
+                if row and row[0] >= hosts:
+                    break
+                if time.monotonic() > deadline:
+                    raise StackError(f"only {row[0] if row else 0} of {hosts} compute hosts "
+                                     "reported within 60s; see the compute logs")
+                time.sleep(0.1)
+        finally:
+            pool.close()
+
+    return prepare

@@ -4,7 +4,7 @@ validations see it like anything else):
 - Nova's default flavors m1.tiny ... m1.xlarge;
 - an image `cirros`: a real qcow2 file in novalog's image store, with its md5
   checksum and size, like Glance's;
-- a network `private`, 10.0.0.0/24;
+- a network `private`, 10.0.0.0/24 (NOVALOG_PRIVATE_CIDR);
 - projects `admin` and `demo`; users `admin` (role admin on admin) and `demo`
   (role member on demo), passwords from NOVALOG_ADMIN_PASSWORD /
   NOVALOG_DEMO_PASSWORD (dev defaults: admin / demo), stored as argon2 hashes.
@@ -16,6 +16,7 @@ projection does not have yet is published.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import subprocess
 import time
@@ -28,7 +29,7 @@ from psycopg_pool import ConnectionPool
 from novalog.idempotency import NAMESPACE, derived_id
 from novalog.kafka import EventProducer, Topics
 from novalog.publish import Publisher
-from novalog.settings import Settings
+from novalog.settings import Settings, SettingsError
 
 DEFAULT_FLAVORS = [  # nova-manage's defaults: id, name, vCPUs, RAM MB, root GB
     ("1", "m1.tiny", 1, 512, 1),
@@ -56,6 +57,18 @@ def make_image_file(store: Path, name: str = "cirros", virtual_size: str = "112M
     return path
 
 
+def private_cidr() -> ipaddress.IPv4Network:
+    """NOVALOG_PRIVATE_CIDR (default 10.0.0.0/24); the bench asks for a /16."""
+    raw = os.environ.get("NOVALOG_PRIVATE_CIDR", "10.0.0.0/24")
+    try:
+        cidr = ipaddress.IPv4Network(raw)
+    except ValueError as exc:
+        raise SettingsError(f"NOVALOG_PRIVATE_CIDR={raw!r}: {exc}") from None
+    if cidr.num_addresses < 8:
+        raise SettingsError(f"NOVALOG_PRIVATE_CIDR={raw!r}: too small for a network")
+    return cidr
+
+
 def catalog_events(settings: Settings, hash_password: Any) -> list[tuple[str, str, str,
                                                                          dict[str, Any]]]:
     """(table, key, event type, payload) for everything the bootstrap wants to exist."""
@@ -79,10 +92,11 @@ def catalog_events(settings: Settings, hash_password: Any) -> list[tuple[str, st
         "min_ram": 0, "location": str(image), "visibility": "public",
         "properties": {"hw_architecture": "x86_64"}}))
     network_id = entity_id("network", "private")
+    cidr = private_cidr()
     items.append(("networks", network_id, "NetworkCreated", {
-        "network_id": network_id, "name": "private", "cidr": "10.0.0.0/24",
-        "gateway_ip": "10.0.0.1", "allocation_start": "10.0.0.2",
-        "allocation_end": "10.0.0.254", "project_id": None, "shared": True}))
+        "network_id": network_id, "name": "private", "cidr": str(cidr),
+        "gateway_ip": str(cidr[1]), "allocation_start": str(cidr[2]),
+        "allocation_end": str(cidr[-2]), "project_id": None, "shared": True}))
     for project_id, name in ((admin, "admin"), (demo, "demo")):
         items.append(("projects", project_id, "ProjectCreated",
                       {"project_id": project_id, "name": name, "domain": "Default"}))

@@ -82,10 +82,20 @@ def _accepted_as_row(row: dict[str, Any]) -> dict[str, Any]:
             "updated_at": row["created_at"], "launched_at": None, "fault": None}
 
 
+def _changes_since(value: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(400, f"Invalid input for query parameters changes-since. Value: "
+                            f"{value}. '{value}' is not a 'date-time'") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def list_rows(request: Request, ctx: Context) -> list[dict[str, Any]]:
     params = request.query_params
     all_tenants = ctx.is_admin and params.get("all_tenants", "0").lower() in ("1", "true")
-    where, args = [], []
+    where: list[str] = []
+    args: list[Any] = []
     if not all_tenants:
         where.append("project_id = %s")
         args.append(ctx.project_id)
@@ -98,6 +108,9 @@ def list_rows(request: Request, ctx: Context) -> list[dict[str, Any]]:
     if params.get("reservation_id"):
         where.append("reservation_id = %s")
         args.append(params["reservation_id"])
+    if params.get("changes-since"):  # Nova: servers updated at or after that moment
+        where.append("updated_at >= %s")
+        args.append(_changes_since(params["changes-since"]))
     query = f"SELECT {SERVER_COLUMNS} FROM servers"
     if where:
         query += " WHERE " + " AND ".join(where)

@@ -99,6 +99,15 @@ def _explain_invalid(event_type: str, parsed: Any, record: dict[str, Any],
     return f"{event_type} does not match its schema: {type(exc).__name__}: {exc}"
 
 
+def event_type_of(data: bytes | None, registry: Registry | None = None) -> str | None:
+    """The event type named by the header's fingerprint, without decoding the body (a
+    consumer skips what it does not act on this way); None when it is not an event."""
+    if not data or len(data) < HEADER_LEN:
+        return None
+    writer = (registry or default_registry()).writers.get(bytes(data[:HEADER_LEN]))
+    return writer.event_type if writer is not None else None
+
+
 def decode(data: bytes, registry: Registry | None = None) -> Event:
     """Parse single-object-encoded bytes; SerializationError says what is wrong."""
     reg = registry or default_registry()

@@ -52,6 +52,10 @@ class Conductor:
         self._known_topics: set[str] = set()
         self._last_sweep = 0.0
 
+    WANTS = frozenset({"InstanceBuildRequested", "InstanceScheduled", "InstanceClaimRefused",
+                       "InstanceBuildFailed", "InstanceSpawned", "InstanceErrored",
+                       "InstanceNoValidHost"})
+
     def handle(self, event: Event, _record: Record) -> None:
         kind, uuid, p = event.event_type, event.aggregate_id, event.payload
         if kind == "InstanceBuildRequested":

@@ -28,6 +28,7 @@ def serve(settings: Settings, stop: threading.Event) -> None:
     )
     loop = ConsumeLoop(settings, group_id=GROUP, topics=[topics.instances],
                        handler=conductor.handle, producer=producer, inbox=Inbox(pool, GROUP),
+                       wants=Conductor.WANTS,
                        on_idle=conductor.sweep)
     try:
         loop.run(stop)

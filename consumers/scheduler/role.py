@@ -74,6 +74,9 @@ class Scheduler:
         self.rng = rng or random.Random()
         self.requests: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
+    WANTS = frozenset({"InstanceBuildRequested", "InstanceRescheduled", "InstanceSpawned",
+                       "InstanceErrored", "InstanceNoValidHost"})
+
     def handle(self, event: Event, _record: Record) -> None:
         uuid, p = event.aggregate_id, event.payload
         if event.event_type == "InstanceBuildRequested":
@@ -122,7 +125,8 @@ def serve(settings: Settings, stop: threading.Event) -> None:
                                                              settings.hostname), pool,
                           host_subset_size=env_int(os.environ, "NOVALOG_HOST_SUBSET_SIZE", 1))
     loop = ConsumeLoop(settings, group_id=GROUP, topics=[topics.instances],
-                       handler=scheduler.handle, producer=producer, inbox=Inbox(pool, GROUP))
+                       handler=scheduler.handle, producer=producer, inbox=Inbox(pool, GROUP),
+                       wants=Scheduler.WANTS)
     try:
         loop.run(stop)
     finally:

@@ -152,12 +152,3 @@ def test_a_corrupted_row_fails_verify_naming_the_table_and_row(cloud: Cloud) -> 
     result = cloud.cli("replay", "--verify")
     assert result.returncode == 1
     assert "servers" in result.stderr and server["id"] in result.stderr
-
-
-def test_bench_replay_runs_and_writes_its_figure(cloud: Cloud, tmp_path) -> None:
-    out = tmp_path / "replay.json"
-    result = cloud.cli("bench", "replay", "--events", "200", "--output", str(out))
-    assert result.returncode == 0, result.stdout + result.stderr
-    figure = json.loads(out.read_text())
-    assert figure["events"] == 200 and figure["events_per_second"] > 0
-    assert figure["machine"]["cores"] >= 1 and figure["machine"]["date"]

@@ -1,5 +1,5 @@
-"""`novalog bench`: measurements, never assertions (DESIGN.md §8). Results go to stdout and
-JSON, with the machine and the date.
+"""Benchmarks that need no running cloud's traffic: synthetic boots for `replay`, a
+synthetic host view for `scheduler`.
 
 `replay`: publish synthetic boots (10 instance events each, the real event types
 and payloads) under a topic prefix of their own, then time the projector folding
@@ -8,18 +8,13 @@ them into a fresh schema: events per second of a full replay.
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import time
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import psycopg
-import typer
 from psycopg import sql
 from rich.console import Console
 
@@ -27,12 +22,10 @@ from novalog.db import make_pool
 from novalog.kafka import EventProducer, Topics, ensure_topics
 from novalog.migrations import migrate
 from novalog.settings import Settings
-from novalog.stack import with_running_stack
 from projections import versions
 from projections.projector import Projector
 from schemas import Event
 
-app = typer.Typer(help="Measure novalog; results are printed and written as JSON.")
 console = Console()
 
 FLAVOR = {"flavorid": "1", "name": "m1.tiny", "vcpus": 1, "memory_mb": 512, "root_gb": 1,
@@ -70,22 +63,8 @@ def boot_events(n: int, host: str) -> list[Event]:
     return [Event(kind, uid, payload, req, f"{role}@bench") for kind, role, payload in steps]
 
 
-def machine() -> dict[str, Any]:
-    model = next((line.split(":", 1)[1].strip() for line in
-                  Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    return {"cores": os.cpu_count(), "cpu": model, "python": platform.python_version(),
-            "date": datetime.now(UTC).date().isoformat()}
-
-
-@app.command("replay")
-def bench_replay(
-    events: Annotated[int, typer.Option(min=10, help="How many events to replay.")] = 100_000,
-    output: Annotated[Path, typer.Option(help="Where to write the JSON result.")] = Path(
-        "bench-results/replay.json"),
-) -> None:
+def replay(base: Settings, events: int) -> dict[str, Any]:
     """Events per second of a full replay (publish synthetic boots, then fold them)."""
-    base = with_running_stack(Settings.from_env())
     tag = uuid.uuid4().hex[:8]
     settings = replace(base, topic_prefix=f"bench-{tag}", db_schema=f"bench_{tag}",
                        partitions=4)
@@ -116,17 +95,11 @@ def bench_replay(
         projector.close()
         pool.close()
     folded = projector.events_projected - first
-    result = {"scenario": "replay", "events": events, "seconds": round(seconds, 2),
-              "events_per_second": round(folded / seconds), "machine": machine(),
-              "broker": "embedded Tansu" if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-              else "external", "batch_size": 5000}
     with psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
         for name in versions.owned_schemas(conn, settings.db_schema):
             conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=1) + "\n")
-    console.print(f"replayed {folded:,} events in {seconds:.1f}s: "
-                  f"[bold]{result['events_per_second']:,} events/s[/bold] (written to {output})")
+    return {"scenario": "replay", "events": events, "seconds": round(seconds, 2),
+            "events_per_second": round(folded / seconds), "batch_size": 5000}
 
 
 def scheduler_decisions(hosts: int, decisions: int, seed: int = 7) -> list[float]:
@@ -156,29 +129,13 @@ def scheduler_decisions(hosts: int, decisions: int, seed: int = 7) -> list[float
     return times
 
 
-@app.command("scheduler")
-def bench_scheduler(
-    output: Annotated[Path, typer.Option(help="Where to write the JSON result.")] = Path(
-        "bench-results/scheduler.json"),
-) -> None:
-    """Decision time of the filter + weigher pipeline for 10 to 10,000 hosts."""
-    from rich.table import Table
-
+def scheduler(sizes: tuple[tuple[int, int], ...] = ((10, 2000), (100, 1000), (1000, 200),
+                                                  (10000, 40))) -> list[dict[str, Any]]:
     rows = []
-    for hosts, decisions in ((10, 2000), (100, 1000), (1000, 200), (10000, 40)):
+    for hosts, decisions in sizes:
         times = sorted(scheduler_decisions(hosts, decisions))
         rows.append({"hosts": hosts, "decisions": decisions,
                      "p50_ms": round(times[len(times) // 2], 3),
                      "p99_ms": round(times[min(len(times) - 1, int(len(times) * 0.99))], 3),
                      "max_ms": round(times[-1], 3)})
-    table = Table(title="scheduler decision time (select_destination)")
-    for col in ("hosts", "decisions", "p50 ms", "p99 ms", "max ms"):
-        table.add_column(col, justify="right")
-    for r in rows:
-        table.add_row(*(str(r[k]) for k in ("hosts", "decisions", "p50_ms", "p99_ms",
-                                            "max_ms")))
-    console.print(table)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({"scenario": "scheduler", "results": rows,
-                                  "machine": machine()}, indent=1) + "\n")
-    console.print(f"written to {output}")
+    return rows

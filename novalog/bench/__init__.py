@@ -1,0 +1,259 @@
+"""`novalog bench`: measurements, never assertions (DESIGN.md §8).
+
+Every scenario starts a stack of its own (`harness.BenchStack`), prints a table,
+writes JSON and PNG charts under `--output` (default `bench-results/`), and
+records the machine, the broker and Postgres versions and the date.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import Progress
+
+from novalog.bench import report, synthetic
+from novalog.bench.harness import BenchStack, Profiler, Sampler
+from novalog.bench.load import Load, Outcome
+from novalog.bench.synthetic import boot_events, scheduler_decisions
+from producers.catalog import entity_id
+
+__all__ = ["app", "boot_events", "scheduler_decisions"]
+
+app = typer.Typer(help="Measure novalog against a stack the bench starts itself; results are "
+                       "printed, written as JSON and drawn as PNG charts.")
+console = report.console
+
+Output = Annotated[Path, typer.Option(help="Directory for the JSON and PNG results.")]
+Hosts = Annotated[int, typer.Option(min=1, max=64, help="Simulated compute hosts.")]
+Replicas = Annotated[int, typer.Option(min=1, max=8,
+                                       help="Replicas of scheduler, conductor, projector.")]
+Profile = Annotated[bool, typer.Option(help="Sample every role with py-spy meanwhile.")]
+Concurrency = Annotated[int, typer.Option(min=1, max=256,
+                                          help="Client connections posting at once.")]
+DEFAULT_OUTPUT = Path("bench-results")
+
+
+def unlimited_quota(load: Load) -> None:
+    """The bench measures speed, not quota: admin's limits are lifted (-1) first."""
+    project = entity_id("project", "admin")
+    load.client.request("PUT", f"/compute/v2.1/os-quota-sets/{project}",
+                        json={"quota_set": {"instances": -1, "cores": -1, "ram": -1}})
+
+
+def _roles_of(stack: BenchStack) -> set[str]:
+    return {c.spec.name for c in stack.supervisor.children if c.spec.kind == "role"}
+
+
+def run_load(scenario: str, parameters: dict[str, Any], hosts: int, replicas: int,
+             drive: Callable[[Load, Progress], None], timeout: float, output: Path,
+             poll_s: float = 0.05, sample_s: float = 0.5, warm_up: bool = True,
+             profile: bool = False) -> dict[str, Any]:
+    """Start a stack, boot one server to warm it up, then drive the load while sampling
+    every process; write and print what was measured."""
+    console.print(f"[bold]{scenario}[/bold]: starting a stack with {hosts} hosts ...")
+    with BenchStack(hosts=hosts, replicas=replicas) as stack:
+        load = Load(stack.client(timeout=120), poll_s=poll_s)
+        unlimited_quota(load)
+        result: dict[str, Any] = {"scenario": scenario, "parameters": parameters}
+        if warm_up:  # group joins and first connections: paid once per stack, shown apart
+            boot = load.post("warm-up")
+            load.wait_one(boot)
+            result["first_boot_ms"] = round(boot.latency_ms or -1, 1)
+            load.boots.clear()
+        pids = stack.pids()
+        pids["bench client"] = os.getpid()
+        roles = _roles_of(stack)
+        sampler = Sampler(pids, interval=sample_s, alone=("bench client",))
+        profiler = Profiler({k: v for k, v in pids.items() if k in roles},
+                            output / f"{scenario}-profile")
+        with sampler, Progress(console=console) as bar, \
+                profiler if profile else contextlib.nullcontext():
+            load.start_observer()
+            drive(load, bar)
+            task = bar.add_task("waiting for ACTIVE", total=len(load.boots))
+            load.wait_all(timeout, lambda n: bar.update(task, completed=n))
+            load.stop_observer()
+        outcome = Outcome.of(load)
+        result |= {"summary": outcome.summary(), "machine": report.machine() | stack.versions(),
+                   "hosts": hosts, "replicas": replicas}
+    cpu = sampler.cpu_used()
+    active = max(1, result["summary"]["active"])
+    roles_cpu = sum(v for k, v in cpu.items() if k in roles)
+    infra_cpu = sum(v for k, v in cpu.items() if k in ("broker", "postgres"))
+    result["cpu_seconds"] = cpu
+    result["cpu_ms_per_boot"] = {"roles": round(roles_cpu * 1000 / active, 2),
+                                 "roles_and_infrastructure": round(
+                                     (roles_cpu + infra_cpu) * 1000 / active, 2)}
+    result["peak_rss_mb"] = sampler.peak_rss()
+    result["timeline"] = outcome.timeline
+    result["load_started_at"] = round(outcome.first_post - sampler.started, 3)
+    samples = [{"at": s.at, "rss_mb": {k: round(v, 1) for k, v in s.rss_mb.items()}}
+               for s in sampler.samples]
+    result["memory_samples"] = samples
+    if profile:
+        result["profile"] = profiler.summary()
+        _print_profile(result["profile"], result["cpu_seconds"])
+    return _finish(result, outcome.latencies(), samples, output)
+
+
+def _print_profile(summary: dict[str, list[tuple[str, float]]],
+                   cpu: dict[str, float]) -> None:
+    from rich.table import Table
+
+    table = Table(title="where each role's CPU went (py-spy samples, own frame -> leaf)")
+    for col in ("role", "CPU s", "share", "frame"):
+        table.add_column(col)
+    for role, rows in sorted(summary.items(), key=lambda kv: -cpu.get(kv[0], 0)):
+        for i, (frame, share) in enumerate(rows[:5]):
+            table.add_row(role if i == 0 else "", str(cpu.get(role, "")) if i == 0 else "",
+                          f"{share}%", frame)
+    console.print(table)
+
+
+def _finish(result: dict[str, Any], latencies: list[float], samples: list[dict[str, Any]],
+            output: Path) -> dict[str, Any]:
+    prefix = output / result["scenario"]
+    charts = report.load_charts(result, latencies, samples, prefix)
+    result["charts"] = [str(c) for c in charts]
+    report.write_json(result, prefix.with_suffix(".json"))
+    console.print(report.load_table(result))
+    console.print(f"written: {prefix.with_suffix('.json')}, " + ", ".join(map(str, charts)))
+    return result
+
+
+@app.command()
+def serial(count: Annotated[int, typer.Option(min=1, help="Boots, one at a time.")] = 100,
+           hosts: Hosts = 4, output: Output = DEFAULT_OUTPUT) -> None:
+    """POST -> ACTIVE latency of one boot at a time (the next POST after ACTIVE)."""
+
+    def drive(load: Load, bar: Progress) -> None:
+        task = bar.add_task("serial boots", total=count)
+        for i in range(count):
+            load.wait_one(load.post(f"serial-{i}"))
+            bar.advance(task)
+
+    run_load("serial", {"count": count, "hosts": hosts}, hosts, 1, drive, 60, output)
+
+
+@app.command()
+def burst(count: Annotated[int, typer.Option(min=1, help="Boots posted at once.")] = 1000,
+          hosts: Hosts = 10, replicas: Replicas = 1, concurrency: Concurrency = 16,
+          output: Output = DEFAULT_OUTPUT, profile: Profile = False) -> None:
+    """POST `count` boots as fast as possible: boots/s, latency, time to the last ACTIVE."""
+
+    def drive(load: Load, bar: Progress) -> None:
+        task = bar.add_task("posting", total=count)
+        load.burst(count, concurrency, lambda n: bar.update(task, completed=n))
+        bar.update(task, completed=count)
+
+    run_load("burst", {"count": count, "hosts": hosts, "concurrency": concurrency}, hosts,
+             replicas, drive, max(120.0, count / 5), output, profile=profile)
+
+
+@app.command()
+def rate(boots_per_second: Annotated[float, typer.Option("--rate", min=0.1,
+                                                        help="Offered load.")] = 50,
+         duration: Annotated[float, typer.Option(min=1, help="Seconds of load.")] = 30,
+         hosts: Hosts = 10, replicas: Replicas = 1, concurrency: Concurrency = 32,
+         output: Output = DEFAULT_OUTPUT) -> None:
+    """A fixed offered load for a duration: latency, and whether novalog keeps up."""
+
+    def drive(load: Load, bar: Progress) -> None:
+        task = bar.add_task(f"{boots_per_second:g} boots/s", total=duration)
+        started = time.perf_counter()
+        load.at_rate(boots_per_second, duration, concurrency)
+        bar.update(task, completed=time.perf_counter() - started)
+
+    result = run_load("rate", {"rate": boots_per_second, "duration": duration,
+                               "hosts": hosts}, hosts, replicas, drive, 120, output)
+    s = result["summary"]
+    # Keeping up: everything offered went ACTIVE, the last within 2 s of the last POST.
+    result["keeps_up"] = (s["active"] == int(boots_per_second * duration)
+                          and (s["seconds_to_last_active"] or 1e9) <= duration + 2)
+    report.write_json(result, output / "rate.json")
+    console.print(f"keeps up with {boots_per_second:g} boots/s: {result['keeps_up']}")
+
+
+@app.command()
+def soak(count: Annotated[int, typer.Option(min=1, help="Boots in all.")] = 10_000,
+         boots_per_second: Annotated[float, typer.Option("--rate", min=0.1,
+                                                         help="Offered load.")] = 20,
+         hosts: Hosts = 10, concurrency: Concurrency = 16,
+         output: Output = DEFAULT_OUTPUT) -> None:
+    """Many boots at a steady rate, memory of every process sampled throughout: does any
+    role grow? (Boots only: novalog has no delete yet, see the README.)"""
+    duration = count / boots_per_second
+
+    def drive(load: Load, bar: Progress) -> None:
+        task = bar.add_task(f"{count} boots at {boots_per_second:g}/s", total=None)
+        load.at_rate(boots_per_second, duration, concurrency)
+        bar.update(task, completed=1)
+
+    result = run_load("soak", {"count": count, "rate": boots_per_second, "hosts": hosts},
+                      hosts, 1, drive, 600, output,
+                      sample_s=min(2.0, max(0.2, duration / 50)))
+    result["memory_growth_mb_per_1000_boots"] = growth(result)
+    report.write_json(result, output / "soak.json")
+    console.print("RSS growth after warm-up, MB per 1,000 boots: "
+                  f"{result['memory_growth_mb_per_1000_boots']}")
+
+
+def growth(result: dict[str, Any]) -> dict[str, float]:
+    """Least-squares slope of each process's RSS against boots done, over the samples
+    after the first fifth (warm-up), in MB per 1,000 boots."""
+    done = [t for t, _ in result["timeline"]]
+    samples = result["memory_samples"]
+    samples = samples[len(samples) // 5:]
+    out: dict[str, float] = {}
+    if len(samples) < 3 or not done:
+        return out
+    import bisect
+
+    xs = [bisect.bisect_right(done, s["at"] - result.get("load_started_at", 0.0))
+          for s in samples]
+    mean_x = sum(xs) / len(xs)
+    var = sum((x - mean_x) ** 2 for x in xs) or 1.0
+    for name in samples[0]["rss_mb"]:
+        ys = [s["rss_mb"][name] for s in samples]
+        mean_y = sum(ys) / len(ys)
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / var
+        out[name] = round(slope * 1000, 2)
+    return out
+
+
+@app.command()
+def replay(events: Annotated[int, typer.Option(min=10, help="Events to replay.")] = 100_000,
+           output: Output = DEFAULT_OUTPUT) -> None:
+    """Events per second of a full projection rebuild (synthetic boots, real projector)."""
+    with BenchStack(hosts=1) as stack:
+        result = synthetic.replay(stack.settings, events)
+        result["machine"] = report.machine() | stack.versions()
+    report.write_json(result, output / "replay.json")
+    console.print(f"replayed {events:,} events in {result['seconds']}s: "
+                  f"[bold]{result['events_per_second']:,} events/s[/bold] "
+                  f"(written to {output / 'replay.json'})")
+
+
+@app.command()
+def scheduler(output: Output = DEFAULT_OUTPUT) -> None:
+    """Decision time of the filter + weigher pipeline for 10 to 10,000 hosts."""
+    from rich.table import Table
+
+    rows = synthetic.scheduler()
+    table = Table(title="scheduler decision time (select_destination)")
+    for col in ("hosts", "decisions", "p50 ms", "p99 ms", "max ms"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(*(str(r[k]) for k in ("hosts", "decisions", "p50_ms", "p99_ms",
+                                            "max_ms")))
+    console.print(table)
+    result = {"scenario": "scheduler", "results": rows, "machine": report.machine()}
+    chart = report.scheduler_chart(result, output / "scheduler.png")
+    report.write_json(result, output / "scheduler.json")
+    console.print(f"written: {output / 'scheduler.json'}, {chart}")

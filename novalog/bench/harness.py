@@ -1,0 +1,253 @@
+"""A stack of the bench's own, and a sampler of what every process of it costs.
+
+The bench never measures a stack someone else is using: it starts one in a
+temporary home on free ports (embedded broker and Postgres, or the configured
+ones under a topic prefix and schema of its own), sized so that capacity and
+quota are never what a scenario measures, and stops it afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import psutil
+import psycopg
+from psycopg import sql
+
+from novalog.client import NovalogClient
+from novalog.roles import plan
+from novalog.settings import Settings
+from novalog.stack import Supervisor, prepare_cloud, tansu_binary
+
+# Per simulated host: room for any scenario's live servers (quota and capacity are
+# not what the bench measures; NoValidHost would end a boot early and look fast).
+HOST_ENV = {"NOVALOG_COMPUTE_VCPUS": "256", "NOVALOG_COMPUTE_MEMORY_MB": "1048576",
+            "NOVALOG_COMPUTE_DISK_GB": "1000000", "NOVALOG_PRIVATE_CIDR": "10.0.0.0/16"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Sample:
+    at: float  # seconds since the sampler started
+    rss_mb: dict[str, float]
+    cpu_s: dict[str, float]
+
+
+def _tree_usage(proc: psutil.Process, children: bool) -> tuple[float, float]:
+    """(CPU seconds, RSS MB) of a process and, with `children`, its live children
+    (Postgres backends, qemu-img runs); reaped children are in children_* times."""
+    cpu, rss = 0.0, 0.0
+    for p in [proc, *(proc.children(recursive=True) if children else [])]:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            cpu += t.user + t.system + t.children_user + t.children_system
+            rss += p.memory_info().rss / 1e6
+    return cpu, rss
+
+
+class Sampler:
+    """CPU time and memory of each named process, every `interval` seconds, in a thread."""
+
+    def __init__(self, pids: dict[str, int], interval: float = 0.5,
+                 alone: tuple[str, ...] = ()) -> None:
+        """`alone`: processes measured without their children (the bench client, whose
+        children are the stack itself)."""
+        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self.alone = alone
+        self.interval = interval
+        self.samples: list[Sample] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
+        self.started = time.perf_counter()
+
+    def sample(self) -> Sample:
+        rss, cpu = {}, {}
+        for name, proc in self.procs.items():
+            cpu[name], rss[name] = _tree_usage(proc, name not in self.alone)
+        s = Sample(round(time.perf_counter() - self.started, 3), rss, cpu)
+        self.samples.append(s)
+        return s
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> Sampler:
+        self.started = time.perf_counter()
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def cpu_used(self) -> dict[str, float]:
+        """CPU seconds per process between the first and the last sample."""
+        first, last = self.samples[0].cpu_s, self.samples[-1].cpu_s
+        return {name: round(last[name] - first[name], 3) for name in first}
+
+    def peak_rss(self) -> dict[str, float]:
+        return {name: round(max(s.rss_mb[name] for s in self.samples), 1)
+                for name in self.procs}
+
+
+@dataclass
+class BenchStack:
+    """`novalog up` in-process, for one scenario."""
+
+    hosts: int = 10
+    replicas: int = 1
+    base: Settings = field(default_factory=Settings.from_env)
+    settings: Settings = field(init=False)
+    supervisor: Supervisor = field(init=False)
+    _home: Path = field(init=False)
+    _watch: threading.Thread | None = field(init=False, default=None)
+    _stop: threading.Event = field(init=False, default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self._home = Path(tempfile.mkdtemp(prefix="novalog-bench-"))
+        self.settings = replace(
+            self.base, home=self._home, topic_prefix=f"bench-{tag}", db_schema=f"bench_{tag}",
+            broker_port=free_port(), postgres_port=free_port(), api_port=free_port(),
+            api_host="127.0.0.1")
+
+    def __enter__(self) -> BenchStack:
+        os.environ.update(HOST_ENV)  # inherited by the compute agents and the bootstrap
+        self.supervisor = Supervisor(self.settings, plan(self.settings, self.hosts,
+                                                         self.replicas),
+                                     prepare_cloud(self.hosts))
+        self.supervisor.start()
+        self.settings = self.supervisor.settings  # now with the broker and database
+        self._watch = threading.Thread(target=self._watch_loop, name="supervisor",
+                                       daemon=True)
+        self._watch.start()
+        return self
+
+    def _watch_loop(self) -> None:
+        while not self._stop.wait(0.2):
+            self.supervisor.watch_once()
+
+    def __exit__(self, _t: type[BaseException] | None, _e: BaseException | None,
+                 _tb: TracebackType | None) -> None:
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.join()
+        self.supervisor.shutdown()
+        if self.base.database_url:  # a configured database keeps nothing of the bench
+            with psycopg.connect(self.base.database_url, autocommit=True) as conn:
+                for schema in conn.execute(
+                        "SELECT nspname FROM pg_namespace WHERE nspname = %s "
+                        "OR nspname LIKE %s", (self.settings.db_schema,
+                                               self.settings.db_schema + r"\_%")).fetchall():
+                    conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(
+                        sql.Identifier(schema[0])))
+        shutil.rmtree(self._home, ignore_errors=True)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.settings.api_host}:{self.settings.api_port}"
+
+    def client(self, **kwargs: Any) -> NovalogClient:
+        return NovalogClient(self.api_url, "admin", os.environ.get(
+            "NOVALOG_ADMIN_PASSWORD", "admin"), "admin", **kwargs)
+
+    def pids(self) -> dict[str, int]:
+        return {c.spec.name: c.proc.pid for c in self.supervisor.children}
+
+    def versions(self) -> dict[str, str]:
+        """What the broker and the database say they are."""
+        with psycopg.connect(self.settings.require_database_url()) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+        postgres = f"PostgreSQL {row[0] if row else '?'}"
+        if self.base.kafka_bootstrap_servers:
+            broker = f"external ({self.base.kafka_bootstrap_servers})"
+        else:
+            out = subprocess.run([tansu_binary(), "--version"], capture_output=True,
+                                 text=True, check=False)
+            broker = f"embedded {out.stdout.strip() or 'tansu'}"
+        return {"broker": broker, "postgres": postgres}
+
+
+class Profiler:
+    """py-spy sampling every role while a scenario runs (collapsed stacks, one file per
+    role), then a summary of where each role's CPU went."""
+
+    def __init__(self, pids: dict[str, int], directory: Path, rate: int = 200) -> None:
+        self.pids, self.directory, self.rate = pids, directory, rate
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def __enter__(self) -> Profiler:
+        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for name, pid in self.pids.items():
+            self.procs[name] = subprocess.Popen(
+                [spy, "record", "-p", str(pid), "-f", "raw", "-r", str(self.rate),
+                 "--nonblocking", "-o", str(self.directory / f"{name}.txt")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for proc in self.procs.values():
+            proc.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        for proc in self.procs.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def summary(self, top: int = 8) -> dict[str, list[tuple[str, float]]]:
+        """Per role: the functions (own frames, by file:function) holding the most
+        samples, as a share of that role's samples."""
+        out: dict[str, list[tuple[str, float]]] = {}
+        for name in self.pids:
+            path = self.directory / f"{name}.txt"
+            if not path.exists():
+                continue
+            counts: dict[str, int] = {}
+            total = 0
+            for line in path.read_text().splitlines():
+                stack, _, n = line.rpartition(" ")
+                if not n.isdigit():
+                    continue
+                total += int(n)
+                leaf = _leaf(stack)
+                counts[leaf] = counts.get(leaf, 0) + int(n)
+            ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+            out[name] = [(k, round(100 * v / max(total, 1), 1)) for k, v in ranked]
+        return out
+
+
+def _leaf(stack: str) -> str:
+    """The innermost frame worth naming: novalog's own, else the library it called."""
+    frames = stack.split(";")
+    own = [f for f in frames if any(f"({d}/" in f for d in (
+        "novalog", "consumers", "producers", "projections", "schemas"))]
+    leaf = frames[-1]
+    name = leaf.split(" (")[0]
+    where = leaf.split(" (")[-1].split(":")[0].rstrip(")") if " (" in leaf else "?"
+    lib = where.split("/")[0]
+    caller = own[-1].split(" (")[0] if own else "-"
+    return f"{caller} -> {lib}:{name}"

@@ -1,0 +1,226 @@
+"""Load scenarios: boots posted through the API, ACTIVE observed through the API.
+
+Latency is the client's view (DESIGN.md §8): from just before the POST to the
+first moment a GET of the projection shows ACTIVE. An observer thread polls
+`GET /servers/detail?changes-since=` (Nova's own filter) every `poll_s` (50 ms),
+so a figure carries up to one poll interval of observation delay; the serial
+scenario polls the one server it waits for every 10 ms instead. Polling faster
+costs the API more CPU than it saves in precision on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from novalog.client import ApiFailure, NovalogClient
+
+FINAL = ("ACTIVE", "ERROR")
+
+
+@dataclass
+class Boot:
+    posted_at: float  # perf_counter just before the POST
+    server_id: str | None = None
+    accepted_at: float | None = None  # the 202
+    done_at: float | None = None
+    status: str | None = None
+    error: str | None = None  # the refusal, or the fault of an ERROR
+
+    @property
+    def latency_ms(self) -> float | None:
+        if self.done_at is None:
+            return None
+        return (self.done_at - self.posted_at) * 1000
+
+
+def server_body(name: str, flavor: str, image: str) -> dict[str, Any]:
+    return {"server": {"name": name, "flavorRef": flavor, "imageRef": image,
+                       "networks": "auto"}}
+
+
+class Load:
+    """Posts boots and watches them finish, against one API."""
+
+    def __init__(self, client: NovalogClient, flavor: str = "m1.tiny",
+                 image: str = "cirros", poll_s: float = 0.05,
+                 serial_poll_s: float = 0.01) -> None:
+        self.client = client
+        self.flavor = client.find("flavor", flavor)["id"]
+        self.image = client.find("image", image)["id"]
+        self.poll_s = poll_s
+        self.serial_poll_s = serial_poll_s
+        self.boots: dict[str, Boot] = {}
+        self.failed: list[Boot] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._observer: threading.Thread | None = None
+
+    # -- posting ---------------------------------------------------------------------
+    def post(self, name: str) -> Boot:
+        boot = Boot(time.perf_counter())
+        try:
+            body = self.client.request("POST", "/compute/v2.1/servers",
+                                       json=server_body(name, self.flavor, self.image))
+        except (ApiFailure, OSError) as exc:
+            boot.error = str(exc)
+            with self._lock:
+                self.failed.append(boot)
+            return boot
+        boot.accepted_at = time.perf_counter()
+        boot.server_id = body["server"]["id"]
+        with self._lock:
+            self.boots[boot.server_id] = boot
+        return boot
+
+    def wait_one(self, boot: Boot, timeout: float = 60.0) -> None:
+        """Serial mode: poll the one server until it is ACTIVE or ERROR."""
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline and boot.server_id:
+            try:
+                server = self.client.get(f"/compute/v2.1/servers/{boot.server_id}")["server"]
+            except ApiFailure:
+                server = {"status": None}
+            if server["status"] in FINAL:
+                boot.done_at, boot.status = time.perf_counter(), server["status"]
+                return
+            time.sleep(self.serial_poll_s)
+
+    # -- observing -------------------------------------------------------------------
+    def start_observer(self) -> None:
+        self._observer = threading.Thread(target=self._observe, name="observer", daemon=True)
+        self._observer.start()
+
+    def _observe(self) -> None:
+        cursor: datetime | None = None
+        last_sweep = time.perf_counter()
+        while not self._stop.is_set():
+            margin = 1.0
+            if time.perf_counter() - last_sweep > 2.0:  # rows committed later than the
+                margin, last_sweep = 30.0, time.perf_counter()  # cursor's margin
+            since = cursor - timedelta(seconds=margin) if cursor else None
+            params = {"changes-since": since.isoformat()} if since else {}
+            try:
+                servers = self.client.get("/compute/v2.1/servers/detail", **params)["servers"]
+            except (ApiFailure, OSError):
+                time.sleep(self.poll_s)
+                continue
+            now = time.perf_counter()
+            newest = cursor
+            with self._lock:
+                for s in servers:
+                    boot = self.boots.get(s["id"])
+                    if boot is not None and boot.done_at is None and s["status"] in FINAL:
+                        boot.done_at, boot.status = now, s["status"]
+                        if s.get("fault"):
+                            boot.error = s["fault"].get("message")
+                    updated = datetime.fromisoformat(s["updated"].replace("Z", "+00:00"))
+                    if newest is None or updated > newest:
+                        newest = updated
+            if newest is not None:
+                cursor = newest
+            time.sleep(self.poll_s)
+
+    def stop_observer(self) -> None:
+        self._stop.set()
+        if self._observer is not None:
+            self._observer.join()
+
+    def pending(self) -> int:
+        with self._lock:
+            return sum(1 for b in self.boots.values() if b.done_at is None)
+
+    def wait_all(self, timeout: float, progress: Callable[[int], None] | None = None) -> None:
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            left = self.pending()
+            if progress:
+                progress(len(self.boots) - left)
+            if left == 0:
+                return
+            time.sleep(0.05)
+
+    # -- scenarios -------------------------------------------------------------------
+    def burst(self, count: int, concurrency: int,
+              progress: Callable[[int], None] | None = None) -> None:
+        """Post `count` boots as fast as `concurrency` client connections allow."""
+        with ThreadPoolExecutor(concurrency) as pool:
+            for i in range(count):
+                pool.submit(self.post, f"burst-{i}")
+                if progress and i % 50 == 0:
+                    progress(len(self.boots))
+
+    def at_rate(self, rate: float, duration: float, concurrency: int) -> None:
+        """Post at a fixed offered rate, whatever the answers' speed (open loop)."""
+        started = time.perf_counter()
+        total = int(rate * duration)
+        with ThreadPoolExecutor(concurrency) as pool:
+            for i in range(total):
+                delay = started + i / rate - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                pool.submit(self.post, f"rate-{i}")
+
+
+@dataclass
+class Outcome:
+    """What a load scenario measured, ready for the report."""
+
+    boots: list[Boot]
+    failed: list[Boot]
+    first_post: float
+    last_done: float | None
+    timeline: list[tuple[float, int]] = field(default_factory=list)  # (s, ACTIVE so far)
+
+    @classmethod
+    def of(cls, load: Load) -> Outcome:
+        boots = list(load.boots.values())
+        posts = [b.posted_at for b in boots + load.failed]
+        done = [b.done_at for b in boots if b.done_at is not None]
+        first = min(posts) if posts else 0.0
+        ends = sorted(d - first for d in done)
+        timeline = [(round(t, 3), i + 1) for i, t in enumerate(ends)]
+        return cls(boots, load.failed, first, max(done) if done else None, timeline)
+
+    def latencies(self) -> list[float]:
+        return sorted(b.latency_ms for b in self.boots
+                      if b.latency_ms is not None and b.status == "ACTIVE")
+
+    def summary(self) -> dict[str, Any]:
+        lat = self.latencies()
+        active = len(lat)
+        span = (self.last_done - self.first_post) if self.last_done else None
+        posts = sorted(b.accepted_at - b.posted_at for b in self.boots if b.accepted_at)
+        return {
+            "posted": len(self.boots) + len(self.failed), "accepted": len(self.boots),
+            "refused": len(self.failed), "active": active,
+            "error": sum(1 for b in self.boots if b.status == "ERROR"),
+            "unfinished": sum(1 for b in self.boots if b.done_at is None),
+            "latency_ms": percentiles(lat),
+            "post_ms": percentiles([p * 1000 for p in posts]),
+            "seconds_to_last_active": round(span, 3) if span else None,
+            "boots_per_second": round(active / span, 1) if span else None,
+            "first_refusal": self.failed[0].error if self.failed else None,
+            "faults": sorted({b.error or "?" for b in self.boots if b.status == "ERROR"}),
+        }
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    ordered = sorted(values)
+
+    def pick(q: float) -> float | None:
+        if not ordered:
+            return None
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+    return {"p50": pick(0.50), "p95": pick(0.95), "p99": pick(0.99),
+            "max": round(ordered[-1], 1) if ordered else None, "n": len(ordered)}
+
+
+
+

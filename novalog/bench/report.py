@@ -1,0 +1,147 @@
+"""The bench's outputs: a table on the terminal, JSON, and PNG charts (matplotlib, Agg:
+no display needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def machine() -> dict[str, Any]:
+    model = next((line.split(":", 1)[1].strip() for line in
+                  Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    mem_kb = next((int(line.split()[1]) for line in
+                   Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal")), 0)
+    return {"cores": os.cpu_count(), "cpu": model, "memory_gib": round(mem_kb / 2**20, 1),
+            "python": platform.python_version(), "kernel": platform.release(),
+            "date": datetime.now(UTC).date().isoformat()}
+
+
+def write_json(result: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def load_table(result: dict[str, Any]) -> Table:
+    s = result["summary"]
+    table = Table(title=f"{result['scenario']}: {result['parameters']}")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    lat, post = s["latency_ms"], s["post_ms"]
+    rows = [
+        ("boots ACTIVE / accepted / refused", f"{s['active']} / {s['accepted']} / {s['refused']}"),
+        ("ERROR / unfinished", f"{s['error']} / {s['unfinished']}"),
+        ("POST -> ACTIVE p50 / p95 / p99 / max ms",
+         f"{lat['p50']} / {lat['p95']} / {lat['p99']} / {lat['max']}"),
+        ("POST answer p50 / p99 ms", f"{post['p50']} / {post['p99']}"),
+        ("boots/s (ACTIVE / first POST to last ACTIVE)", str(s["boots_per_second"])),
+        ("seconds to last ACTIVE", str(s["seconds_to_last_active"])),
+        ("CPU ms per boot, roles", str(result["cpu_ms_per_boot"]["roles"])),
+        ("CPU ms per boot, roles + broker + Postgres",
+         str(result["cpu_ms_per_boot"]["roles_and_infrastructure"])),
+    ]
+    if "keeps_up" in result:
+        rows.append(("keeps up with the offered rate", str(result["keeps_up"])))
+    if "first_boot_ms" in result:
+        rows.append(("warm-up boot (not counted) ms", str(result["first_boot_ms"])))
+    for name, mb in sorted(result["peak_rss_mb"].items()):
+        rows.append((f"peak RSS {name} MB", str(mb)))
+    for label, value in rows:
+        table.add_row(label, value)
+    return table
+
+
+def load_charts(result: dict[str, Any], latencies: list[float],
+                samples: list[dict[str, Any]], prefix: Path) -> list[Path]:
+    """Latency distribution, throughput over time and memory over time."""
+    plt = _pyplot()
+    out = []
+    title = f"novalog bench {result['scenario']} ({result['machine']['date']}, " \
+            f"{result['machine']['cores']} cores)"
+    if latencies:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        ax.hist(latencies, bins=min(60, max(10, len(latencies) // 10)), color="#4878a8")
+        ax.set_xlabel("POST -> ACTIVE (ms)")
+        ax.set_ylabel("boots")
+        cdf = ax.twinx()
+        cdf.plot(latencies, [(i + 1) / len(latencies) for i in range(len(latencies))],
+                 color="#c44e52")
+        cdf.set_ylabel("fraction of boots (CDF)")
+        cdf.set_ylim(0, 1.01)
+        ax.set_title(f"{title}\nlatency distribution")
+        out.append(_save(fig, prefix.with_name(prefix.name + "-latency.png")))
+    timeline = result.get("timeline", [])
+    if timeline:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        seconds = [t for t, _ in timeline]
+        buckets: dict[int, int] = {}
+        for t in seconds:
+            buckets[int(t)] = buckets.get(int(t), 0) + 1
+        xs = list(range(0, int(seconds[-1]) + 1))
+        ax.bar(xs, [buckets.get(x, 0) for x in xs], width=0.9, align="edge",
+               color="#55a868", label="ACTIVE per second")
+        ax.set_xlabel("seconds since the first POST")
+        ax.set_ylabel("boots reaching ACTIVE per second")
+        total = ax.twinx()
+        total.plot(seconds, [n for _, n in timeline], color="#4878a8", label="ACTIVE so far")
+        total.set_ylabel("ACTIVE so far")
+        ax.set_title(f"{title}\nthroughput over time")
+        out.append(_save(fig, prefix.with_name(prefix.name + "-throughput.png")))
+    if samples:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for name in samples[0]["rss_mb"]:
+            ax.plot([s["at"] for s in samples], [s["rss_mb"][name] for s in samples],
+                    label=name, linewidth=1)
+        ax.set_xlabel("seconds")
+        ax.set_ylabel("RSS (MB)")
+        ax.legend(fontsize=6, ncol=3)
+        ax.set_title(f"{title}\nmemory over time")
+        out.append(_save(fig, prefix.with_name(prefix.name + "-memory.png")))
+    return out
+
+
+def scheduler_chart(result: dict[str, Any], path: Path) -> Path:
+    plt = _pyplot()
+    rows = result["results"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    hosts = [r["hosts"] for r in rows]
+    for key, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
+        ax.plot(hosts, [r[key] for r in rows], marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("hosts")
+    ax.set_ylabel("select_destination (ms)")
+    ax.legend()
+    ax.set_title(f"scheduler decision time vs host count ({result['machine']['date']})")
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    fig.clf()
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
