@@ -13,6 +13,8 @@ from consumers.scheduler.host_state import HostState
 from consumers.scheduler.request_spec import RequestSpec
 from consumers.scheduler.weighers import BaseWeigher, default_weighers, weigh_hosts
 
+WEIGHED_HOSTS_KEPT = 10  # the best hosts a Selection lists (InstanceScheduled carries them)
+
 
 @dataclass(frozen=True)
 class FilterResult:
@@ -25,7 +27,7 @@ class FilterResult:
 class Selection:
     host: str
     node: str
-    weighed_hosts: list[str]
+    weighed_hosts: list[str]  # the best WEIGHED_HOSTS_KEPT (or host_subset_size), best first
     filters: list[FilterResult]
 
 
@@ -54,14 +56,15 @@ def select_destination(hosts: list[HostState], spec: RequestSpec, *,
                        host_subset_size: int = 1,
                        rng: random.Random | None = None) -> Selection | NoValidHost:
     """One host for `spec`, or why none fits (which filter removed how many hosts)."""
-    candidates, results = run_filters(sorted(hosts, key=lambda h: h.host), spec,
+    candidates, results = run_filters(hosts, spec,
                                       DEFAULT_FILTERS if filters is None else filters)
     if not candidates:
         removed = [f"{r.filter} removed {r.hosts_in - r.hosts_out} of {r.hosts_in}"
                    for r in results if r.hosts_in != r.hosts_out]
         detail = "; ".join(removed) if removed else f"{len(hosts)} hosts known"
         return NoValidHost(f"There are not enough hosts available. ({detail})", results)
-    ranked = weigh_hosts(candidates, spec, default_weighers() if weighers is None else weighers)
+    ranked = weigh_hosts(candidates, spec, default_weighers() if weighers is None else weighers,
+                         top=max(WEIGHED_HOSTS_KEPT, host_subset_size))
     best = ranked[: max(1, host_subset_size)]
     chosen = (rng or random).choice(best)[0]
     return Selection(chosen.host, chosen.node, [h.host for h, _ in ranked], results)

@@ -79,6 +79,7 @@ def run_load(scenario: str, parameters: dict[str, Any], hosts: int, replicas: in
             task = bar.add_task("waiting for ACTIVE", total=len(load.boots))
             load.wait_all(timeout, lambda n: bar.update(task, completed=n))
             load.stop_observer()
+        load.fetch_faults()
         outcome = Outcome.of(load)
         result |= {"summary": outcome.summary(), "machine": report.machine() | stack.versions(),
                    "hosts": hosts, "replicas": replicas}
@@ -231,7 +232,7 @@ def growth(result: dict[str, Any]) -> dict[str, float]:
 def replay(events: Annotated[int, typer.Option(min=10, help="Events to replay.")] = 100_000,
            output: Output = DEFAULT_OUTPUT) -> None:
     """Events per second of a full projection rebuild (synthetic boots, real projector)."""
-    with BenchStack(hosts=1) as stack:
+    with BenchStack(hosts=0, roles=False) as stack:
         result = synthetic.replay(stack.settings, events)
         result["machine"] = report.machine() | stack.versions()
     report.write_json(result, output / "replay.json")

@@ -53,16 +53,32 @@ class Sample:
     cpu_s: dict[str, float]
 
 
-def _tree_usage(proc: psutil.Process, children: bool) -> tuple[float, float]:
-    """(CPU seconds, RSS MB) of a process and, with `children`, its live children
-    (Postgres backends, qemu-img runs); reaped children are in children_* times."""
+def _usage(procs: list[psutil.Process]) -> tuple[float, float]:
+    """(CPU seconds, RSS MB) summed; reaped children are in the children_* times."""
     cpu, rss = 0.0, 0.0
-    for p in [proc, *(proc.children(recursive=True) if children else [])]:
+    for p in procs:
         with contextlib.suppress(psutil.Error):
             t = p.cpu_times()
             cpu += t.user + t.system + t.children_user + t.children_system
             rss += p.memory_info().rss / 1e6
     return cpu, rss
+
+
+def _descendants(roots: list[int]) -> dict[int, list[psutil.Process]]:
+    """Each root's live descendants (Postgres backends, qemu-img runs), from one pass over
+    the process table: psutil's children() would scan it once per process."""
+    by_parent: dict[int, list[psutil.Process]] = {}
+    for proc in psutil.process_iter(["ppid"]):
+        by_parent.setdefault(proc.info["ppid"], []).append(proc)
+    out = {}
+    for root in roots:
+        found, todo = [], [root]
+        while todo:
+            for child in by_parent.get(todo.pop(), []):
+                found.append(child)
+                todo.append(child.pid)
+        out[root] = found
+    return out
 
 
 class Sampler:
@@ -82,8 +98,9 @@ class Sampler:
 
     def sample(self) -> Sample:
         rss, cpu = {}, {}
+        family = _descendants([p.pid for n, p in self.procs.items() if n not in self.alone])
         for name, proc in self.procs.items():
-            cpu[name], rss[name] = _tree_usage(proc, name not in self.alone)
+            cpu[name], rss[name] = _usage([proc, *family.get(proc.pid, [])])
         s = Sample(round(time.perf_counter() - self.started, 3), rss, cpu)
         self.samples.append(s)
         return s
@@ -119,6 +136,7 @@ class BenchStack:
 
     hosts: int = 10
     replicas: int = 1
+    roles: bool = True  # False: only the broker and Postgres (the replay bench)
     base: Settings = field(default_factory=Settings.from_env)
     settings: Settings = field(init=False)
     supervisor: Supervisor = field(init=False)
@@ -136,9 +154,9 @@ class BenchStack:
 
     def __enter__(self) -> BenchStack:
         os.environ.update(HOST_ENV)  # inherited by the compute agents and the bootstrap
-        self.supervisor = Supervisor(self.settings, plan(self.settings, self.hosts,
-                                                         self.replicas),
-                                     prepare_cloud(self.hosts))
+        roles = plan(self.settings, self.hosts, self.replicas) if self.roles else []
+        self.supervisor = Supervisor(self.settings, roles,
+                                     prepare_cloud(self.hosts) if self.roles else None)
         self.supervisor.start()
         self.settings = self.supervisor.settings  # now with the broker and database
         self._watch = threading.Thread(target=self._watch_loop, name="supervisor",

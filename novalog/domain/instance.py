@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
 
@@ -141,12 +141,13 @@ def _errored(state: Instance, code: int, message: str, details: str | None = Non
 
 
 _TIMES = ("created_at", "updated_at", "launched_at")
+_FIELDS = fields(Instance)
 
 
 def to_json(state: Instance) -> dict[str, Any]:
     """A JSON-able dict (the projector stores it, and reads it back with from_json)."""
-    d = asdict(state)
-    for key in _TIMES:
+    d = {f.name: getattr(state, f.name) for f in _FIELDS}  # not asdict: no deep copy,
+    for key in _TIMES:  # the JSON round trip below makes new objects anyway
         d[key] = d[key].isoformat() if d[key] else None
     if d["fault"] and d["fault"].get("created"):
         d["fault"] = {**d["fault"], "created": d["fault"]["created"].isoformat()}

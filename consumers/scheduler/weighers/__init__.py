@@ -3,6 +3,8 @@ multiplied by the weigher's multiplier, and the products are summed (nova.weight
 
 from __future__ import annotations
 
+import heapq
+
 from consumers.scheduler.host_state import HostState
 from consumers.scheduler.request_spec import RequestSpec
 from consumers.scheduler.weighers.base import BaseWeigher
@@ -25,16 +27,25 @@ def normalize(values: list[float]) -> list[float]:
     return [(v - low) / (high - low) for v in values]
 
 
-def weigh_hosts(hosts: list[HostState], spec: RequestSpec,
-                weighers: list[BaseWeigher]) -> list[tuple[HostState, float]]:
-    """Hosts with their total weight, best first (ties keep the input order)."""
+def weigh_hosts(hosts: list[HostState], spec: RequestSpec, weighers: list[BaseWeigher],
+                top: int | None = None) -> list[tuple[HostState, float]]:
+    """Hosts with their total weight, best first, ties by host name; with `top`, only
+    the best `top` (a partial selection: no full sort of a large cloud per decision)."""
     totals = [0.0] * len(hosts)
     for weigher in weighers:
+        if weigher.multiplier == 0:
+            continue
         raw = [weigher.weigh(h, spec) for h in hosts]
         for i, w in enumerate(normalize(raw)):
             totals[i] += weigher.multiplier * w
-    ranked = sorted(zip(hosts, totals, strict=True), key=lambda hw: -hw[1])
-    return ranked
+    pairs = zip(hosts, totals, strict=True)
+    if top is not None and top < len(hosts):
+        return heapq.nsmallest(top, pairs, key=_rank)
+    return sorted(pairs, key=_rank)
+
+
+def _rank(pair: tuple[HostState, float]) -> tuple[float, str]:
+    return -pair[1], pair[0].host
 
 
 __all__ = ["BaseWeigher", "default_weighers", "normalize", "weigh_hosts"]
