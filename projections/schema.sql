@@ -36,6 +36,8 @@ CREATE TABLE IF NOT EXISTS servers (
 );
 CREATE INDEX IF NOT EXISTS servers_by_project ON servers (project_id, created_at);
 CREATE INDEX IF NOT EXISTS servers_building ON servers (updated_at) WHERE vm_state = 'building';
+-- GET /servers?changes-since= (Nova's filter; the bench's observer polls it)
+CREATE INDEX IF NOT EXISTS servers_changes ON servers (project_id, updated_at);
 
 CREATE TABLE IF NOT EXISTS instance_events (
     event_id      text PRIMARY KEY,  -- first wins: a re-delivered event is ignored

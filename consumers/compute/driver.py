@@ -96,6 +96,10 @@ class LibvirtDriver:
             dom.destroy()
         dom.undefine()
 
+    def running_count(self) -> int:
+        """Active domains, counted by libvirt (no listing: reported twice per boot)."""
+        return int(self.conn.numOfDomains())
+
     def instance_uuids(self) -> list[str]:
         return sorted(d.UUIDString() for d in self.conn.listAllDomains())
 

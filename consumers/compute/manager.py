@@ -107,7 +107,7 @@ class ComputeManager:
             "host": self.host, "node": self.host, "vcpus": t.vcpus, "memory_mb": t.memory_mb,
             "local_gb": t.local_gb, "vcpus_used": u.vcpus_used,
             "memory_mb_used": u.memory_mb_used, "local_gb_used": u.local_gb_used,
-            "running_vms": len(self.driver.instance_uuids()),
+            "running_vms": self.driver.running_count(),
             "cpu_allocation_ratio": t.cpu_allocation_ratio,
             "ram_allocation_ratio": t.ram_allocation_ratio,
             "disk_allocation_ratio": t.disk_allocation_ratio,

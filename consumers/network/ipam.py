@@ -59,6 +59,10 @@ class Pool:
     allocation_start: str
     allocation_end: str
     ports: dict[str, Port] = field(default_factory=dict)  # ip -> port
+    # indexes kept with `ports`, so an allocation does not scan every port of the pool
+    _by_instance: dict[str, dict[str, None]] = field(default_factory=dict, repr=False)
+    _macs: set[str] = field(default_factory=set, repr=False)
+    _lowest_free: int = field(default=0, repr=False)  # no free address below this one
 
     @classmethod
     def from_network(cls, net: dict[str, Any]) -> Pool:
@@ -73,8 +77,8 @@ class Pool:
 
     def ports_of(self, instance_uuid: str, attempt: int = 0) -> list[Port]:
         """The instance's ports; with `attempt`, only those bound for that attempt."""
-        return [p for p in self.ports.values() if p.instance_uuid == instance_uuid
-                and (not attempt or p.attempt == attempt)]
+        held = (self.ports[ip] for ip in self._by_instance.get(instance_uuid, {}))
+        return [p for p in held if not attempt or p.attempt == attempt]
 
     def allocate(self, instance_uuid: str, fixed_ip: str | None = None, *, attempt: int = 0,
                  host: str = "") -> Port:
@@ -90,16 +94,17 @@ class Pool:
             if str(ip) in self.ports:
                 raise PoolExhausted(f"fixed IP {fixed_ip} is already in use on {self.name}")
             return replace(self._port(instance_uuid, str(ip)), attempt=attempt, host=host)
-        first = int(ipaddress.ip_address(self.allocation_start))
+        first = max(int(ipaddress.ip_address(self.allocation_start)), self._lowest_free)
         last = int(ipaddress.ip_address(self.allocation_end))
         for n in range(first, last + 1):
-            candidate = str(ipaddress.ip_address(n))
+            candidate = str(ipaddress.IPv4Address(n))
             if candidate not in self.ports and candidate != self.gateway_ip:
+                self._lowest_free = n
                 return replace(self._port(instance_uuid, candidate), attempt=attempt, host=host)
         raise PoolExhausted(f"no free IP address on network {self.name} ({self.cidr})")
 
     def _port(self, instance_uuid: str, ip: str) -> Port:
-        taken = {p.mac_address for p in self.ports.values()}
+        taken = self._macs
         return Port(
             port_id=str(uuid.uuid5(PORT_NAMESPACE, f"{self.network_id}/{ip}/{instance_uuid}")),
             network_id=self.network_id, network_name=self.name, ip_address=ip,
@@ -108,13 +113,27 @@ class Pool:
 
     def apply_allocated(self, p: dict[str, Any]) -> None:
         """An IpAllocated fact; applying it twice changes nothing."""
-        self.ports[p["ip_address"]] = Port(p["port_id"], p["network_id"], self.name,
-                                           p["ip_address"], p["mac_address"],
-                                           p["instance_uuid"], p.get("attempt", 0),
-                                           p.get("host", ""))
+        port = Port(p["port_id"], p["network_id"], self.name, p["ip_address"],
+                    p["mac_address"], p["instance_uuid"], p.get("attempt", 0), p.get("host", ""))
+        old = self.ports.get(port.ip_address)
+        if old is not None:
+            self._unindex(old)
+        self.ports[port.ip_address] = port  # an existing key keeps its place, as before
+        self._by_instance.setdefault(port.instance_uuid, {})[port.ip_address] = None
+        self._macs.add(port.mac_address)
 
     def apply_released(self, p: dict[str, Any]) -> None:
         """An IpReleased fact; only frees the address if that port still holds it."""
         held = self.ports.get(p["ip_address"])
         if held is not None and held.port_id == p["port_id"]:
-            del self.ports[p["ip_address"]]
+            self._unindex(self.ports.pop(p["ip_address"]))
+            self._lowest_free = min(self._lowest_free, int(ipaddress.ip_address(
+                p["ip_address"])))
+
+    def _unindex(self, port: Port) -> None:
+        ips = self._by_instance.get(port.instance_uuid)
+        if ips is not None:
+            ips.pop(port.ip_address, None)
+            if not ips:
+                del self._by_instance[port.instance_uuid]
+        self._macs.discard(port.mac_address)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -98,8 +99,8 @@ class Load:
 
     def _observe(self) -> None:
         """Cheap on both sides: the short list (ids only), filtered by status and by a
-        changes-since window; a sweep of every ACTIVE / ERROR server now and then catches
-        rows the projector committed later than the window's margin."""
+        changes-since window; every 5 s a sweep a minute back catches rows the projector
+        committed later than the window's 1 s margin."""
         since: datetime | None = None
         polls, last_sweep = 0, time.perf_counter()
         while not self._stop.is_set():
@@ -110,8 +111,9 @@ class Load:
             statuses = FINAL if sweep or polls % 10 == 0 else ("ACTIVE",)
             for status in statuses:
                 params = {"status": status}
-                if since is not None and not sweep:
-                    params["changes-since"] = since.isoformat()
+                if since is not None:  # a sweep looks a minute back, not at every server
+                    window = since - timedelta(seconds=60) if sweep else since
+                    params["changes-since"] = window.isoformat()
                 try:
                     servers = self.client.get("/compute/v2.1/servers", **params)["servers"]
                 except (ApiFailure, OSError):
@@ -162,7 +164,7 @@ class Load:
     def burst(self, count: int, concurrency: int,
               progress: Callable[[int], None] | None = None) -> None:
         """Post `count` boots as fast as `concurrency` client connections allow."""
-        with ThreadPoolExecutor(concurrency) as pool:
+        with posting(concurrency) as pool:
             for i in range(count):
                 pool.submit(self.post, f"burst-{i}")
                 if progress and i % 50 == 0:
@@ -172,12 +174,25 @@ class Load:
         """Post at a fixed offered rate, whatever the answers' speed (open loop)."""
         started = time.perf_counter()
         total = int(rate * duration)
-        with ThreadPoolExecutor(concurrency) as pool:
+        with posting(concurrency) as pool:
             for i in range(total):
                 delay = started + i / rate - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
                 pool.submit(self.post, f"rate-{i}")
+
+
+@contextmanager
+def posting(concurrency: int) -> Iterator[ThreadPoolExecutor]:
+    """A pool of posting threads that waits for its POSTs, unless interrupted (Ctrl-C):
+    then the POSTs not sent yet are dropped, so the stack can stop at once."""
+    pool = ThreadPoolExecutor(concurrency)
+    try:
+        yield pool
+        pool.shutdown(wait=True)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
 
 
 @dataclass
