@@ -103,3 +103,31 @@ def test_a_late_release_of_a_failed_attempt_never_frees_the_port_a_later_attempt
                           "host": "cmp2"})
     assert pool.ports_of("i-a", attempt=1) == []  # the late ReleasePorts(attempt=1) finds none
     assert [p.ip_address for p in pool.ports_of("i-a", attempt=2)] == [first.ip_address]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 7)), max_size=40))
+def test_the_indexes_agree_with_a_scan_of_every_port(steps: list[tuple[bool, int]]) -> None:
+    """Allocations and releases in any order: each answer is what scanning every port
+    (the pool before it kept indexes) would give."""
+    pool = Pool.from_network({**NET, "allocation_end": "10.0.0.9"})
+    facts: dict[str, dict[str, str]] = {}
+    for allocate, n in steps:
+        instance = f"i-{n}"
+        if allocate:
+            try:
+                port = pool.allocate(instance)
+            except PoolExhausted:
+                assert len(pool.ports) == 8
+                continue
+            held = [p for p in pool.ports.values() if p.instance_uuid == instance]
+            free = [f"10.0.0.{i}" for i in range(2, 10) if f"10.0.0.{i}" not in pool.ports]
+            assert port.ip_address == (held[0].ip_address if held else free[0])
+            assert port.mac_address not in {p.mac_address for p in pool.ports.values()
+                                            if p.instance_uuid != instance}
+            facts[instance] = {**port.as_payload(), "instance_uuid": instance}
+            pool.apply_allocated(facts[instance])
+        elif instance in facts:
+            pool.apply_released(facts.pop(instance))
+        assert {i: [p.ip_address for p in pool.ports_of(i)] for i in facts} == {
+            i: [f["ip_address"]] for i, f in facts.items()}

@@ -199,3 +199,16 @@ def test_the_scheduler_bench_measures_real_decisions() -> None:
 
     times = scheduler_decisions(hosts=50, decisions=20)
     assert len(times) == 20 and all(t > 0 for t in times)
+
+
+def test_ranking_breaks_ties_by_name_and_keeps_only_the_best() -> None:
+    hosts = [host(f"cmp{i}") for i in (3, 1, 2, 0)]  # all equal, in no order
+    ranked = weigh_hosts(hosts, spec(), default_weighers())
+    assert [h.host for h, _ in ranked] == ["cmp0", "cmp1", "cmp2", "cmp3"]
+    best = weigh_hosts([*hosts, host("big", memory_mb=65536)], spec(), default_weighers(),
+                       top=2)
+    assert [h.host for h, _ in best] == ["big", "cmp0"]
+    many = [host(f"h{i:03}", reported_memory_mb_used=i) for i in range(50)]
+    result = select_destination(list(reversed(many)), spec())
+    assert isinstance(result, Selection)
+    assert result.host == "h000" and result.weighed_hosts == [f"h{i:03}" for i in range(10)]

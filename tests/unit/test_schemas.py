@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas import Event, SerializationError, decode, encode
+from schemas.codec import event_type_of
 from schemas.compat import backward_problems
 from schemas.registry import (
     LOCK_FILE,
@@ -249,3 +250,11 @@ def test_occurred_at_keeps_what_the_wire_carries_and_must_be_aware() -> None:
     with pytest.raises(SerializationError, match="timezone-aware"):
         Event("HostRemoved", "h", {"host": "h"}, "req-1", "t@h",
               occurred_at=datetime(2026, 1, 2))
+
+
+def test_the_event_type_is_read_from_the_header_alone() -> None:
+    data = encode(Event("HostRemoved", "cmp1", {"host": "cmp1"}, "req-1", "test@h"))
+    assert event_type_of(data) == "HostRemoved"
+    assert event_type_of(data[:10] + b"\xff" * 3) == "HostRemoved"  # body never read
+    assert event_type_of(b"\xc3\x01" + b"\x00" * 8) is None  # unknown fingerprint
+    assert event_type_of(b"not avro") is None and event_type_of(None) is None
