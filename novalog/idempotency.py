@@ -42,9 +42,6 @@ class Inbox:
         self.pool = pool
         self.consumer = consumer
 
-    def seen(self, event_id: str) -> bool:
-        return bool(self.seen_among([event_id]))
-
     def seen_among(self, event_ids: list[str]) -> set[str]:
         """Which of `event_ids` were handled already (one query)."""
         with self.pool.connection() as conn:

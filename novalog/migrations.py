@@ -51,9 +51,14 @@ def migrate(settings: Settings, schema: str | None = None) -> None:
             conn.execute("SELECT pg_advisory_unlock(hashtext('novalog-migrate'))")
 
 
-def reset(settings: Settings) -> None:
-    """Drop S and its derived schemas: the embedded broker starts empty, so must its folds."""
+def drop_schemas(settings: Settings) -> None:
+    """Drop S and every schema derived from it (versions, live views, replays)."""
     with psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
         for name in versions.owned_schemas(conn, settings.db_schema):
             conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+
+
+def reset(settings: Settings) -> None:
+    """Start from empty schemas: the embedded broker starts empty, so must its folds."""
+    drop_schemas(settings)
     migrate(settings)

@@ -26,9 +26,9 @@ from typing import Any
 
 import psutil
 import psycopg
-from psycopg import sql
 
 from novalog.client import NovalogClient
+from novalog.migrations import drop_schemas
 from novalog.roles import plan
 from novalog.settings import Settings
 from novalog.stack import Supervisor, prepare_cloud, tansu_binary
@@ -175,13 +175,7 @@ class BenchStack:
             self._watch.join()
         self.supervisor.shutdown()
         if self.base.database_url:  # a configured database keeps nothing of the bench
-            with psycopg.connect(self.base.database_url, autocommit=True) as conn:
-                for schema in conn.execute(
-                        "SELECT nspname FROM pg_namespace WHERE nspname = %s "
-                        "OR nspname LIKE %s", (self.settings.db_schema,
-                                               self.settings.db_schema + r"\_%")).fetchall():
-                    conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(
-                        sql.Identifier(schema[0])))
+            drop_schemas(self.settings)
         shutil.rmtree(self._home, ignore_errors=True)
 
     @property

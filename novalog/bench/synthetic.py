@@ -14,13 +14,11 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
-from psycopg import sql
 from rich.console import Console
 
 from novalog.db import make_pool
 from novalog.kafka import EventProducer, Topics, ensure_topics
-from novalog.migrations import migrate
+from novalog.migrations import drop_schemas, migrate
 from novalog.settings import Settings
 from projections import versions
 from projections.projector import Projector
@@ -95,9 +93,7 @@ def replay(base: Settings, events: int) -> dict[str, Any]:
         projector.close()
         pool.close()
     folded = projector.events_projected - first
-    with psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
-        for name in versions.owned_schemas(conn, settings.db_schema):
-            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+    drop_schemas(settings)
     return {"scenario": "replay", "events": events, "seconds": round(seconds, 2),
             "events_per_second": round(folded / seconds), "batch_size": 5000}
 

@@ -72,6 +72,24 @@ def test_one_boot_reaches_active_with_a_domain_and_an_overlay(cloud: Cloud) -> N
     assert Path(info["backing-filename"]) == base and base.is_file()
 
 
+def test_changes_since_lists_recent_servers_and_refuses_a_bad_moment(cloud: Cloud) -> None:
+    client = cloud.client()
+    server = client.find("server", "vm1")
+    since = server["updated"]
+    ids = [s["id"] for s in client.get("/compute/v2.1/servers", **{"changes-since": since,
+                                                                   "status": "ACTIVE"})[
+        "servers"]]
+    assert server["id"] in ids
+    later = client.get("/compute/v2.1/servers", **{"changes-since": "2999-01-01T00:00:00Z"})
+    assert later["servers"] == []
+    before = client.get("/compute/v2.1/servers/detail")["servers"]
+    response = cloud.http().get("/compute/v2.1/servers", params={"changes-since": "yesterday"},
+                                headers={"X-Auth-Token": client.token()})
+    assert response.status_code == 400
+    assert "changes-since" in response.json()["badRequest"]["message"]
+    assert client.get("/compute/v2.1/servers/detail")["servers"] == before
+
+
 def test_forty_boots_spread_with_unique_ips_and_usage_matching_flavors_and_libvirt(
         cloud: Cloud) -> None:
     admin = cloud.client()

@@ -33,6 +33,8 @@ def test_overrides_round_trip_through_a_child_environment() -> None:
     ({"NOVALOG_API_PORT": "70000"}, "NOVALOG_API_PORT=70000 is outside"),
     ({"NOVALOG_TOPIC_PREFIX": "a b"}, "NOVALOG_TOPIC_PREFIX='a b'"),
     ({"NOVALOG_DB_SCHEMA": "Robert'); DROP"}, "NOVALOG_DB_SCHEMA="),
+    ({"NOVALOG_FETCH_WAIT_MS": "0"}, "NOVALOG_FETCH_WAIT_MS=0 is outside 1..10000"),
+    ({"NOVALOG_LINGER_MS": "soon"}, "NOVALOG_LINGER_MS='soon' is not an integer"),
 ])
 def test_bad_values_are_refused_with_the_variable_named(env: dict[str, str],
                                                         message: str) -> None:
@@ -67,3 +69,19 @@ def test_token_keys_rotate_without_invalidating_unexpired_tokens() -> None:
     assert TokenService([new]).validate(fresh).user_id == "u"
     with pytest.raises(ValueError):
         TokenService([new]).validate(token)  # once the old key is dropped, so are its tokens
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ("10.0.0.0/33", "NOVALOG_PRIVATE_CIDR='10.0.0.0/33'"),
+    ("10.0.0.1/24", "has host bits set"),
+    ("10.0.0.0/30", "too small"),
+])
+def test_a_bad_private_cidr_is_refused(raw: str, message: str,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from producers.catalog import private_cidr
+
+    monkeypatch.setenv("NOVALOG_PRIVATE_CIDR", raw)
+    with pytest.raises(SettingsError, match=message):
+        private_cidr()
+    monkeypatch.setenv("NOVALOG_PRIVATE_CIDR", "10.8.0.0/16")
+    assert str(private_cidr()) == "10.8.0.0/16"
