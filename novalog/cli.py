@@ -19,17 +19,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from novalog.process import StackError, tcp_answers
 from novalog.roles import ROLES, configure_logging, plan, run_role
 from novalog.settings import Settings, SettingsError
 from novalog.stack import (
-    StackError,
     Supervisor,
     component_up,
     prepare_cloud,
     read_state,
+    reset_embedded,
     state_path,
     stop_stack,
-    tcp_answers,
     with_running_stack,
 )
 
@@ -143,7 +143,7 @@ def status_rows(settings: Settings) -> list[dict[str, Any]] | None:
         if kind not in kinds and address:
             host, port = _host_port(address)
             rows.append({"name": kind, "kind": f"{kind} (external)", "pid": None,
-                         "address": address, "restarts": 0,
+                         "address": address, "restarts": 0, "version": "",
                          "state": "up" if tcp_answers(host, port) else "down"})
     for component in state["components"]:
         rows.append({**component, "state": "up" if component_up(component) else "down"})
@@ -171,13 +171,32 @@ def _print_status(settings: Settings) -> bool:
         table.add_column(col)
     for r in rows:
         colour = "green" if r["state"] == "up" else "red"
-        table.add_row(r["name"], r["kind"], f"[{colour}]{r['state']}[/{colour}]", r["address"],
+        kind = r.get("version") or r["kind"]
+        table.add_row(r["name"], kind, f"[{colour}]{r['state']}[/{colour}]", r["address"],
                       str(r["pid"] or "-"), str(r["restarts"]))
     console.print(table)
     if not (read_state(settings) or {}).get("ready"):
         console.print("[yellow]still starting[/yellow]")
         return False
     return all(r["state"] == "up" for r in rows)
+
+
+@app.command()
+def reset(yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+          ) -> None:
+    """Wipe the embedded broker's log and Postgres's data under NOVALOG_HOME, on purpose:
+    every server, event and offset is gone. Refused while the stack runs."""
+    settings = _settings()
+    if not yes:
+        typer.confirm(f"Delete every event and server kept under {settings.home}?", abort=True)
+    try:
+        removed = reset_embedded(settings)
+    except StackError as exc:
+        raise _fail(exc) from None
+    if removed:
+        console.print("removed " + ", ".join(str(p) for p in removed))
+    else:
+        console.print(f"nothing to remove under {settings.home}")
 
 
 @app.command()

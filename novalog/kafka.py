@@ -105,20 +105,40 @@ def next_batch(consumer: Consumer, max_messages: int, timeout: float) -> list[Me
     return [first, *consumer.consume(max_messages - 1, 0)] if max_messages > 1 else [first]
 
 
+def end_offsets(consumer: Consumer, topic: str, partitions: Iterable[int],
+                timeout: float = 10.0) -> dict[int, int]:
+    """The high watermark of each partition, asked of the broker (never cached)."""
+    return {p: int(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout,
+                                                  cached=False)[1])
+            for p in partitions}
+
+
+def reached(consumer: Consumer, ends: dict[tuple[str, int], int]) -> bool:
+    """True when the consumer's position is at or past every end offset. Positions move past
+    transaction markers too, which a last-record offset would never reach."""
+    todo = [TopicPartition(t, p) for (t, p), end in ends.items() if end > 0]
+    if not todo:
+        return True
+    return all(tp.offset >= ends[(tp.topic, tp.partition)]
+               for tp in consumer.position(todo))
+
+
 def scan_topic(settings: Settings, topic: str, idle_polls: int = 5) -> list[Message]:
     """Every record of `topic` from offset 0 to its end (assign(), no group, no commit).
 
-    "The end" is `idle_polls` empty polls in a row: watermark offsets cannot be
-    trusted on the embedded broker.
+    On Apache Kafka "the end" is the high watermarks read when the scan starts. Tansu's
+    watermarks cannot be trusted, so there it is `idle_polls` empty polls in a row.
     """
     consumer = Consumer({**client_config(settings), "group.id": group_name(settings, "scan"),
                          "enable.auto.commit": False, "fetch.wait.max.ms": 20})
     try:
         parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {(topic, p): end for p, end in end_offsets(consumer, topic, parts).items()} \
+            if settings.trusts_watermarks else None
         consumer.assign([TopicPartition(topic, p, 0) for p in parts])
         records: list[Message] = []
         empty = 0
-        while empty < idle_polls:
+        while (not reached(consumer, ends)) if ends is not None else empty < idle_polls:
             batch = consumer.consume(2000, 0.1)
             empty = 0 if batch else empty + 1
             records.extend(m for m in batch if m.error() is None)
@@ -137,6 +157,23 @@ def check_broker(bootstrap: str, timeout: float = 5.0) -> None:
             f"Kafka broker at {bootstrap} does not answer ({exc.args[0].str()}). Start it, fix "
             "KAFKA_BOOTSTRAP_SERVERS, or unset it to use the embedded broker (`novalog up`)."
         ) from None
+
+
+def wait_for_brokers(bootstrap: str, count: int, timeout: float = 60.0) -> None:
+    """Until the cluster's metadata lists `count` brokers: a listener that accepts is not yet
+    a broker that has registered with its controller."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log.connection.close": False})
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if len(admin.list_topics(timeout=5).brokers) >= count:
+                return
+        except KafkaException:
+            pass
+        if time.monotonic() > deadline:
+            raise BrokerUnavailable(f"Kafka at {bootstrap} did not list {count} brokers within "
+                                    f"{timeout:.0f}s; see the broker's log")
+        time.sleep(0.1)
 
 
 def ensure_topics(settings: Settings, names: Iterable[str], timeout: float = 15.0) -> None:

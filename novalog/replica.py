@@ -3,8 +3,8 @@
 Roles whose decisions need everything (the scheduler needs every host, not just
 its partitions) read the topics with assign() from offset 0, outside any
 consumer group, and fold each event into a view. The view is guarded by
-`lock`. "Caught up" means a poll came back empty, because broker watermark
-offsets cannot be trusted on the embedded broker.
+`lock`. "Caught up" means the position reached the high watermarks read at the
+start; on Tansu, whose watermarks cannot be trusted, a poll that came back empty.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, TopicPartition
 
-from novalog.kafka import client_config, group_name, next_batch
+from novalog.kafka import client_config, end_offsets, group_name, next_batch, reached
 from novalog.settings import Settings
 from schemas import Event, SerializationError, decode
 
@@ -56,12 +56,18 @@ class LogReplica:
                              "enable.auto.commit": False, "fetch.wait.max.ms": 20})
         try:
             metadata = consumer.list_topics(timeout=15)
+            ends = {(t, p): end for t in self.topics
+                    for p, end in end_offsets(consumer, t, metadata.topics[t].partitions).items()
+                    } if self.settings.trusts_watermarks else None
             consumer.assign([TopicPartition(t, p, 0) for t in self.topics
                              for p in metadata.topics[t].partitions])
             while not self._stop.is_set():
                 messages = next_batch(consumer, 1000, 0.05)
-                if not messages:
+                if ends is not None and not self._idle.is_set() and reached(consumer, ends):
                     self._idle.set()
+                if not messages:
+                    if ends is None:
+                        self._idle.set()
                     continue
                 with self.lock:
                     for msg in messages:

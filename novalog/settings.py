@@ -14,6 +14,15 @@ class SettingsError(ValueError):
     """An environment variable holds a value novalog cannot use."""
 
 
+def _default_cache() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "novalog"
+
+
+BROKERS = ("kafka", "tansu")
+MAVEN_CENTRAL = "https://repo.maven.apache.org/maven2"
+
+
 def _default_home() -> Path:
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(state) / "novalog"
@@ -77,6 +86,11 @@ class Settings:
     retry_backoff_ms: int = 200
     home: Path = field(default_factory=_default_home)
     broker_port: int = 19092
+    controller_port: int = 19093
+    broker: str | None = None  # kafka | tansu; None: Kafka when Java is there (embedded)
+    broker_heap_mb: int = 512
+    cache_dir: Path = field(default_factory=_default_cache)
+    maven_repository: str = MAVEN_CENTRAL
     postgres_port: int = 15432
     api_host: str = "127.0.0.1"
     api_port: int = 8774
@@ -92,6 +106,9 @@ class Settings:
         schema = e.get("NOVALOG_DB_SCHEMA", "novalog")
         if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
             raise SettingsError(f"NOVALOG_DB_SCHEMA={schema!r}: use a lower-case SQL identifier")
+        broker = e.get("NOVALOG_BROKER") or None
+        if broker is not None and broker not in BROKERS:
+            raise SettingsError(f"NOVALOG_BROKER={broker!r}: use kafka or tansu")
         return cls(
             kafka_bootstrap_servers=e.get("KAFKA_BOOTSTRAP_SERVERS") or None,
             database_url=e.get("DATABASE_URL") or None,
@@ -108,6 +125,11 @@ class Settings:
             retry_backoff_ms=_int(e, "NOVALOG_RETRY_BACKOFF_MS", 200, low=0),
             home=Path(e.get("NOVALOG_HOME") or _default_home()),
             broker_port=_int(e, "NOVALOG_BROKER_PORT", 19092, high=65535),
+            controller_port=_int(e, "NOVALOG_CONTROLLER_PORT", 19093, high=65535),
+            broker=broker,
+            broker_heap_mb=_int(e, "NOVALOG_BROKER_HEAP_MB", 512, low=128, high=65536),
+            cache_dir=Path(e.get("NOVALOG_CACHE_DIR") or _default_cache()),
+            maven_repository=e.get("NOVALOG_MAVEN_REPOSITORY") or MAVEN_CENTRAL,
             postgres_port=_int(e, "NOVALOG_POSTGRES_PORT", 15432, high=65535),
             api_host=e.get("NOVALOG_API_HOST", "127.0.0.1"),
             api_port=_int(e, "NOVALOG_API_PORT", 8774, high=65535),
@@ -117,6 +139,11 @@ class Settings:
     def with_infrastructure(self, bootstrap: str, database_url: str) -> Settings:
         """The settings a role gets once the broker and database are known."""
         return replace(self, kafka_bootstrap_servers=bootstrap, database_url=database_url)
+
+    @property
+    def trusts_watermarks(self) -> bool:
+        """Apache Kafka's (and any real broker's) watermarks are right; Tansu's are not."""
+        return self.broker != "tansu"
 
     def require_bootstrap(self) -> str:
         """The broker address, or a clear error when neither env nor `novalog up` gave one."""
@@ -150,7 +177,10 @@ class Settings:
             "NOVALOG_API_HOST": self.api_host,
             "NOVALOG_API_PORT": str(self.api_port),
             "NOVALOG_HOST": self.hostname,
+            "NOVALOG_CACHE_DIR": str(self.cache_dir),
         }
+        if self.broker:
+            env["NOVALOG_BROKER"] = self.broker
         if self.kafka_bootstrap_servers:
             env["KAFKA_BOOTSTRAP_SERVERS"] = self.kafka_bootstrap_servers
         if self.database_url:

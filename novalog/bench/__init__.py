@@ -37,6 +37,18 @@ Profile = Annotated[bool, typer.Option(help="Sample every role with py-spy meanw
 Concurrency = Annotated[int, typer.Option(min=1, max=256,
                                           help="Client connections posting at once.")]
 DEFAULT_OUTPUT = Path("bench-results")
+BROKER_KINDS = ("kafka", "tansu")
+
+
+@app.callback()
+def choose(broker: Annotated[str | None, typer.Option(
+        help="Embedded broker of the bench's stacks: kafka (default) or tansu.")] = None,
+           ) -> None:
+    """Every scenario's stack starts the broker NOVALOG_BROKER names (Apache Kafka)."""
+    if broker is not None:
+        if broker not in BROKER_KINDS:
+            raise typer.BadParameter(f"{broker!r}: use kafka or tansu", param_hint="--broker")
+        os.environ["NOVALOG_BROKER"] = broker
 
 
 def unlimited_quota(load: Load) -> None:
@@ -82,7 +94,9 @@ def run_load(scenario: str, parameters: dict[str, Any], hosts: int, replicas: in
         load.fetch_faults()
         outcome = Outcome.of(load)
         result |= {"summary": outcome.summary(), "machine": report.machine() | stack.versions(),
-                   "hosts": hosts, "replicas": replicas}
+                   "hosts": hosts, "replicas": replicas,
+                   "ready_seconds": {k: round(v, 2)
+                                     for k, v in stack.supervisor.ready_seconds.items()}}
     cpu = sampler.cpu_used()
     active = max(1, result["summary"]["active"])
     roles_cpu = sum(v for k, v in cpu.items() if k in roles)
@@ -128,18 +142,31 @@ def _finish(result: dict[str, Any], latencies: list[float], samples: list[dict[s
     return result
 
 
-@app.command()
-def serial(count: Annotated[int, typer.Option(min=1, help="Boots, one at a time.")] = 100,
-           hosts: Hosts = 4, output: Output = DEFAULT_OUTPUT) -> None:
-    """POST -> ACTIVE latency of one boot at a time (the next POST after ACTIVE)."""
-
+def serial_drive(count: int) -> Callable[[Load, Progress], None]:
     def drive(load: Load, bar: Progress) -> None:
         task = bar.add_task("serial boots", total=count)
         for i in range(count):
             load.wait_one(load.post(f"serial-{i}"))
             bar.advance(task)
 
-    run_load("serial", {"count": count, "hosts": hosts}, hosts, 1, drive, 60, output)
+    return drive
+
+
+def burst_drive(count: int, concurrency: int) -> Callable[[Load, Progress], None]:
+    def drive(load: Load, bar: Progress) -> None:
+        task = bar.add_task("posting", total=count)
+        load.burst(count, concurrency, lambda n: bar.update(task, completed=n))
+        bar.update(task, completed=count)
+
+    return drive
+
+
+@app.command()
+def serial(count: Annotated[int, typer.Option(min=1, help="Boots, one at a time.")] = 100,
+           hosts: Hosts = 4, output: Output = DEFAULT_OUTPUT) -> None:
+    """POST -> ACTIVE latency of one boot at a time (the next POST after ACTIVE)."""
+    run_load("serial", {"count": count, "hosts": hosts}, hosts, 1, serial_drive(count), 60,
+             output)
 
 
 @app.command()
@@ -147,14 +174,9 @@ def burst(count: Annotated[int, typer.Option(min=1, help="Boots posted at once."
           hosts: Hosts = 10, replicas: Replicas = 1, concurrency: Concurrency = 16,
           output: Output = DEFAULT_OUTPUT, profile: Profile = False) -> None:
     """POST `count` boots as fast as possible: boots/s, latency, time to the last ACTIVE."""
-
-    def drive(load: Load, bar: Progress) -> None:
-        task = bar.add_task("posting", total=count)
-        load.burst(count, concurrency, lambda n: bar.update(task, completed=n))
-        bar.update(task, completed=count)
-
     run_load("burst", {"count": count, "hosts": hosts, "concurrency": concurrency}, hosts,
-             replicas, drive, max(120.0, count / 5), output, profile=profile)
+             replicas, burst_drive(count, concurrency), max(120.0, count / 5), output,
+             profile=profile)
 
 
 @app.command()
@@ -228,10 +250,7 @@ def growth(result: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-@app.command()
-def replay(events: Annotated[int, typer.Option(min=10, help="Events to replay.")] = 100_000,
-           output: Output = DEFAULT_OUTPUT) -> None:
-    """Events per second of a full projection rebuild (synthetic boots, real projector)."""
+def run_replay(events: int, output: Path) -> dict[str, Any]:
     with BenchStack(hosts=0, roles=False) as stack:
         result = synthetic.replay(stack.settings, events)
         result["machine"] = report.machine() | stack.versions()
@@ -239,6 +258,40 @@ def replay(events: Annotated[int, typer.Option(min=10, help="Events to replay.")
     console.print(f"replayed {events:,} events in {result['seconds']}s: "
                   f"[bold]{result['events_per_second']:,} events/s[/bold] "
                   f"(written to {output / 'replay.json'})")
+    return result
+
+
+@app.command()
+def replay(events: Annotated[int, typer.Option(min=10, help="Events to replay.")] = 100_000,
+           output: Output = DEFAULT_OUTPUT) -> None:
+    """Events per second of a full projection rebuild (synthetic boots, real projector)."""
+    run_replay(events, output)
+
+
+@app.command()
+def brokers(serial_count: Annotated[int, typer.Option(min=1)] = 100,
+            burst_count: Annotated[int, typer.Option(min=1)] = 500,
+            replay_events: Annotated[int, typer.Option(min=10)] = 50_000,
+            hosts: Hosts = 10, concurrency: Concurrency = 16,
+            output: Output = DEFAULT_OUTPUT) -> None:
+    """The same serial, burst and replay scenarios on Apache Kafka and on Tansu, one after
+    the other in one run, side by side (brokers.json, and each scenario's own files)."""
+    figures: dict[str, dict[str, Any]] = {}
+    for kind in BROKER_KINDS:
+        os.environ["NOVALOG_BROKER"] = kind
+        out = output / f"broker-{kind}"
+        ser = run_load("serial", {"count": serial_count, "hosts": hosts}, hosts, 1,
+                       serial_drive(serial_count), 60, out)
+        bur = run_load("burst", {"count": burst_count, "hosts": hosts,
+                                 "concurrency": concurrency}, hosts, 1,
+                       burst_drive(burst_count, concurrency), max(120.0, burst_count / 5), out)
+        rep = run_replay(replay_events, out)
+        figures[kind] = report.broker_figures(ser, bur, rep)
+    result = {"scenario": "brokers", "figures": figures, "machine": report.machine(),
+              "parameters": {"serial": serial_count, "burst": burst_count,
+                             "replay_events": replay_events, "hosts": hosts}}
+    report.write_json(result, output / "brokers.json")
+    console.print(report.brokers_table(result))
 
 
 @app.command()

@@ -31,7 +31,7 @@ from novalog.client import NovalogClient
 from novalog.migrations import drop_schemas
 from novalog.roles import plan
 from novalog.settings import Settings
-from novalog.stack import Supervisor, prepare_cloud, tansu_binary
+from novalog.stack import Supervisor, prepare_cloud
 
 # Per simulated host: room for any scenario's live servers (quota and capacity are
 # not what the bench measures; NoValidHost would end a boot early and look fast).
@@ -149,7 +149,8 @@ class BenchStack:
         self._home = Path(tempfile.mkdtemp(prefix="novalog-bench-"))
         self.settings = replace(
             self.base, home=self._home, topic_prefix=f"bench-{tag}", db_schema=f"bench_{tag}",
-            broker_port=free_port(), postgres_port=free_port(), api_port=free_port(),
+            broker_port=free_port(), controller_port=free_port(), postgres_port=free_port(),
+            api_port=free_port(),
             api_host="127.0.0.1")
 
     def __enter__(self) -> BenchStack:
@@ -197,9 +198,9 @@ class BenchStack:
         if self.base.kafka_bootstrap_servers:
             broker = f"external ({self.base.kafka_bootstrap_servers})"
         else:
-            out = subprocess.run([tansu_binary(), "--version"], capture_output=True,
-                                 text=True, check=False)
-            broker = f"embedded {out.stdout.strip() or 'tansu'}"
+            versions = [c.spec.version for c in self.supervisor.children
+                        if c.spec.kind == "broker"]
+            broker = f"embedded {versions[0] if versions else '?'}"
         return {"broker": broker, "postgres": postgres}
 
 

@@ -71,6 +71,51 @@ def load_table(result: dict[str, Any]) -> Table:
     return table
 
 
+def broker_figures(serial: dict[str, Any], burst: dict[str, Any],
+                   replay: dict[str, Any]) -> dict[str, Any]:
+    """The figures that tell two brokers apart, from one serial, burst and replay run."""
+    def rss(result: dict[str, Any]) -> float:
+        return float(result["peak_rss_mb"].get("broker", 0.0))
+
+    return {
+        "broker": burst["machine"]["broker"],
+        "serial_p50_ms": serial["summary"]["latency_ms"]["p50"],
+        "serial_p99_ms": serial["summary"]["latency_ms"]["p99"],
+        "burst_boots_per_second": burst["summary"]["boots_per_second"],
+        "burst_p99_ms": burst["summary"]["latency_ms"]["p99"],
+        "cpu_ms_per_boot_roles": burst["cpu_ms_per_boot"]["roles"],
+        "cpu_ms_per_boot_all": burst["cpu_ms_per_boot"]["roles_and_infrastructure"],
+        "broker_cpu_ms_per_boot": round(burst["cpu_seconds"].get("broker", 0.0) * 1000
+                                        / max(1, burst["summary"]["active"]), 2),
+        "replay_events_per_second": replay["events_per_second"],
+        "broker_peak_rss_mb": max(rss(serial), rss(burst)),
+        "broker_start_s": serial.get("ready_seconds", {}).get("broker"),
+    }
+
+
+BROKER_ROWS = [
+    ("broker", "broker"), ("serial POST -> ACTIVE p50 ms", "serial_p50_ms"),
+    ("serial POST -> ACTIVE p99 ms", "serial_p99_ms"),
+    ("burst boots/s", "burst_boots_per_second"), ("burst p99 ms", "burst_p99_ms"),
+    ("CPU ms per boot, roles", "cpu_ms_per_boot_roles"),
+    ("CPU ms per boot, roles + broker + Postgres", "cpu_ms_per_boot_all"),
+    ("CPU ms per boot, broker alone", "broker_cpu_ms_per_boot"),
+    ("replay events/s", "replay_events_per_second"),
+    ("broker peak RSS MB", "broker_peak_rss_mb"), ("broker start to ready s", "broker_start_s"),
+]
+
+
+def brokers_table(result: dict[str, Any]) -> Table:
+    figures = result["figures"]
+    table = Table(title=f"brokers side by side: {result['parameters']}")
+    table.add_column("figure")
+    for kind in figures:
+        table.add_column(kind, justify="right")
+    for label, key in BROKER_ROWS:
+        table.add_row(label, *(str(figures[k].get(key)) for k in figures))
+    return table
+
+
 def load_charts(result: dict[str, Any], latencies: list[float],
                 samples: list[dict[str, Any]], prefix: Path) -> list[Path]:
     """Latency distribution, throughput over time and memory over time."""

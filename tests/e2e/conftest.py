@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 from cryptography.fernet import Fernet
 
 from novalog.client import NovalogClient
@@ -105,6 +107,8 @@ def running_cloud(infra: Infra, home: Path, *, hosts: int = 4, replicas: int = 1
                NOVALOG_HOME=str(home), NOVALOG_API_PORT=str(port), NOVALOG_PARTITIONS="2",
                NOVALOG_TOKEN_KEYS=key, NOVALOG_API_URL=f"http://127.0.0.1:{port}",
                PYTHONUNBUFFERED="1", **(extra_env or {}))
+    if infra.broker:
+        env["NOVALOG_BROKER"] = infra.broker
     env["OS_PASSWORD"] = env.get("NOVALOG_ADMIN_PASSWORD", "admin")  # the CLI logs in as admin
     log = open(home.parent / f"up-{tag}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "novalog", "up", "--hosts", str(hosts),
@@ -129,3 +133,41 @@ def running_cloud(infra: Infra, home: Path, *, hosts: int = 4, replicas: int = 1
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def assert_one_of_everything(cloud: Cloud, servers: list[dict[str, Any]]) -> None:
+    """Every server ACTIVE with one address, one claim, one domain and one InstanceSpawned;
+    usage equal to the flavors; the projection equal to a replay of the log."""
+    admin = cloud.client()
+    ips = [a["addr"] for s in servers for a in s["addresses"]["private"]]
+    assert len(ips) == len(servers) and len(set(ips)) == len(ips)  # one address per server
+    with psycopg.connect(cloud.settings.require_database_url()) as conn:
+        claims = conn.execute(f'SELECT instance_uuid, host, stage FROM '
+                              f'"{cloud.settings.db_schema}".compute_claims').fetchall()
+    assert sorted(c[0] for c in claims) == sorted(s["id"] for s in servers)  # one claim each
+    assert {c[2] for c in claims} == {"active"}
+    flavors = {f["id"]: f for f in admin.get("/compute/v2.1/flavors/detail")["flavors"]}
+    deadline = time.monotonic() + 90
+    while True:
+        nodes = {h["service"]["host"]: h for h in
+                 admin.get("/compute/v2.1/os-hypervisors/detail")["hypervisors"]}
+        wrong = []
+        for host, node in nodes.items():
+            mine = [s for s in servers if s["OS-EXT-SRV-ATTR:host"] == host]
+            domains = list((cloud.home / "compute" / host / "instances").glob("*/libvirt.xml"))
+            want = (sum(flavors[s["flavor"]["id"]]["ram"] for s in mine), len(mine))
+            if (node["memory_mb_used"], node["running_vms"]) != want or len(domains) != len(mine):
+                wrong.append((host, node["memory_mb_used"], node["running_vms"], want,
+                              len(domains)))
+        if not wrong:
+            break
+        assert time.monotonic() < deadline, wrong
+        time.sleep(1)
+    result = cloud.cli("replay", "--verify")
+    assert result.returncode == 0, result.stdout + result.stderr
+    events = cloud.topic_events(f"{cloud.settings.topic_prefix}.instances")
+    spawned = Counter(e.aggregate_id for e in events if e.event_type == "InstanceSpawned")
+    ids = Counter((e.aggregate_id, e.event_type, e.event_id) for e in events
+                  if e.event_type == "InstanceSpawned")
+    assert set(spawned) == {s["id"] for s in servers}
+    assert len(ids) == len(servers)  # re-emitted spawns carry one id: de-duplicated

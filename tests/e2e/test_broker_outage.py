@@ -1,22 +1,25 @@
 """The broker unreachable for 30 s mid-run: roles reconnect, every accepted boot ends.
 
-The embedded broker keeps its data in memory and loses it when stopped, so the
-outage is of connectivity: a broker of the test's own is advertised behind a TCP
-proxy, and the proxy refuses and drops every connection for 30 seconds.
+The outage is of connectivity, as a network partition would be: an Apache Kafka
+node of the test's own is advertised behind a TCP proxy, and the proxy refuses
+and drops every connection for 30 seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
-import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from novalog.stack import tansu_binary, tcp_answers
+from novalog.embedded import kafka_node
+from novalog.kafka import wait_for_brokers
+from novalog.process import spawn, stop_child
+from novalog.settings import Settings
 from tests.conftest import Infra, free_port
 from tests.e2e.conftest import running_cloud
 
@@ -75,16 +78,15 @@ class Proxy:
 def test_thirty_seconds_without_the_broker_lose_no_accepted_boot(infra: Infra,
                                                                  tmp_path: Path) -> None:
     real, advertised = free_port(), free_port()
-    broker = subprocess.Popen(
-        [tansu_binary(), "broker", "--listener-url", f"tcp://127.0.0.1:{real}",
-         "--advertised-listener-url", f"tcp://127.0.0.1:{advertised}",
-         "--storage-engine", "memory://tansu/"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    [node] = kafka_node.cluster_nodes(tmp_path / "kafka", [(real, free_port())])
+    node = dataclasses.replace(node, advertised_port=advertised)
+    [spec] = kafka_node.prepare_cluster(Settings.from_env(), [node], tmp_path / "logs",
+                                        tmp_path / "kafka" / "cluster.id")
+    broker = spawn(spec)
     proxy = Proxy(advertised, real)
     try:
-        while not tcp_answers("127.0.0.1", real):
-            time.sleep(0.05)
         proxy.open()
+        wait_for_brokers(f"127.0.0.1:{advertised}", 1)
         behind_proxy = Infra(f"127.0.0.1:{advertised}", infra.database_url, "proxied")
         with running_cloud(behind_proxy, tmp_path / "home", hosts=2) as cloud:
             cloud.raise_quotas()
@@ -116,5 +118,4 @@ def test_thirty_seconds_without_the_broker_lose_no_accepted_boot(infra: Infra,
             status = json.loads(cloud.cli("status", "--json").stdout)
             assert all(c["state"] == "up" for c in status["components"])
     finally:
-        broker.terminate()
-        broker.wait(10)
+        stop_child(broker)

@@ -17,12 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 
 from novalog.faults import CRASH_POINTS
 from tests.conftest import Infra
-from tests.e2e.conftest import Cloud, running_cloud
+from tests.e2e.conftest import Cloud, assert_one_of_everything, running_cloud
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -111,36 +110,4 @@ def test_after_all_crashes_there_is_one_of_everything(cloud: Cloud) -> None:
     servers = admin.get("/compute/v2.1/servers/detail", all_tenants="1")["servers"]
     assert len(servers) == BATCH * len(SCENARIOS)
     assert Counter(s["status"] for s in servers) == {"ACTIVE": len(servers)}
-    ips = [a["addr"] for s in servers for a in s["addresses"]["private"]]
-    assert len(ips) == len(servers) and len(set(ips)) == len(ips)  # one address per server
-    with psycopg.connect(cloud.settings.require_database_url()) as conn:
-        claims = conn.execute(f'SELECT instance_uuid, host, stage FROM '
-                              f'"{cloud.settings.db_schema}".compute_claims').fetchall()
-    assert sorted(c[0] for c in claims) == sorted(s["id"] for s in servers)  # one claim each
-    assert {c[2] for c in claims} == {"active"}
-    flavors = {f["id"]: f for f in admin.get("/compute/v2.1/flavors/detail")["flavors"]}
-    deadline = time.monotonic() + 90
-    while True:
-        nodes = {h["service"]["host"]: h for h in
-                 admin.get("/compute/v2.1/os-hypervisors/detail")["hypervisors"]}
-        wrong = []
-        for host, node in nodes.items():
-            mine = [s for s in servers if s["OS-EXT-SRV-ATTR:host"] == host]
-            domains = list((cloud.home / "compute" / host / "instances").glob("*/libvirt.xml"))
-            want = (sum(flavors[s["flavor"]["id"]]["ram"] for s in mine), len(mine))
-            if (node["memory_mb_used"], node["running_vms"]) != want or len(domains) != len(mine):
-                wrong.append((host, node["memory_mb_used"], node["running_vms"], want,
-                              len(domains)))
-        if not wrong:
-            break
-        assert time.monotonic() < deadline, wrong
-        time.sleep(1)
-    result = cloud.cli("replay", "--verify")
-    assert result.returncode == 0, result.stdout + result.stderr
-    events = cloud.topic_events(f"{cloud.settings.topic_prefix}.instances")
-    spawned = Counter(e.aggregate_id for e in events if e.event_type == "InstanceSpawned")
-    ids = Counter((e.aggregate_id, e.event_type, e.event_id) for e in events
-                  if e.event_type == "InstanceSpawned")
-    assert set(spawned) == {s["id"] for s in servers}
-    assert len(ids) == len(servers)  # re-emitted spawns carry one id: de-duplicated
-
+    assert_one_of_everything(cloud, servers)

@@ -197,11 +197,12 @@ def test_external_infrastructure_that_does_not_answer_is_a_clear_error(
     _no_process_uses(novalog_env["NOVALOG_HOME"])
 
 
-def test_a_missing_broker_binary_is_a_clear_error(novalog_env, tmp_path) -> None:
-    env = {**novalog_env, "CALF_TANSU_BIN": str(tmp_path / "no-such-tansu")}
+def test_a_missing_tansu_binary_is_a_clear_error(novalog_env, tmp_path) -> None:
+    env = {**novalog_env, "CALF_TANSU_BIN": str(tmp_path / "no-such-tansu"),
+           "NOVALOG_BROKER": "tansu"}
     result = cli(env, "up")
     assert result.returncode == 1
-    assert "embedded Kafka broker not found" in result.stderr
+    assert "the Tansu broker binary was not found" in result.stderr
     assert "KAFKA_BOOTSTRAP_SERVERS" in result.stderr.replace("\n", " ")
 
 
@@ -211,3 +212,6 @@ def test_bad_settings_are_a_clear_error(novalog_env) -> None:
     assert "NOVALOG_PARTITIONS='many' is not an integer" in result.stderr
     unknown = cli(novalog_env, "run", "nonsense")
     assert unknown.returncode == 1 and "unknown role 'nonsense'" in unknown.stderr
+    broker = cli({**novalog_env, "NOVALOG_BROKER": "rabbitmq"}, "up")
+    assert broker.returncode == 2
+    assert "NOVALOG_BROKER='rabbitmq': use kafka or tansu" in broker.stderr
