@@ -2,8 +2,9 @@
 #   make run    set up everything, start the whole stack in the background and boot a
 #               server to ACTIVE in front of you (`.venv/bin/novalog down` stops the stack)
 #   make test   set up everything, run the whole test suite (CI runs exactly this)
-# Both install what is missing first: Debian packages via apt-get, then a virtualenv
-# in .venv with the project and its test extras.
+# Both install what is missing first: Debian packages via apt-get (a Java runtime and
+# Maven too, for the embedded Apache Kafka, when `java` / `mvn` are not there), then a
+# virtualenv in .venv with the project and its test extras.
 
 VENV        ?= .venv
 PYTHON      ?= python3
@@ -19,6 +20,8 @@ $(STAMP): pyproject.toml
 	@missing=""; for p in $(DEB_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
+	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && \

@@ -71,7 +71,12 @@ def is_outage(exc: BaseException) -> bool:
     if isinstance(exc, KafkaException):
         code = exc.args[0].code()
         return code in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
-                        KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT)
+                        KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT,
+                        # a broker of a cluster is away: leaders and coordinators move
+                        KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
+                        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                        KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_LEADER_FOR_PARTITION,
+                        KafkaError.REQUEST_TIMED_OUT)
     return isinstance(exc, DeliveryError)
 
 

@@ -59,6 +59,6 @@ def drop_schemas(settings: Settings) -> None:
 
 
 def reset(settings: Settings) -> None:
-    """Start from empty schemas: the embedded broker starts empty, so must its folds."""
+    """Start from empty schemas: Tansu starts empty on every start, so must the folds of its log."""
     drop_schemas(settings)
     migrate(settings)

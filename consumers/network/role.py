@@ -1,9 +1,10 @@
 """The `network` role: one process owning the address pools of every network.
 
 Start-up has two phases, so an address is never handed out twice:
-1. catch up: read the network topic from offset 0 to its end (a poll that
-   comes back empty three times), applying every IpAllocated / IpReleased fact
-   (and learning each network from the commands that name it);
+1. catch up: read the network topic from offset 0 to its end (the high
+   watermarks taken first; on Tansu, whose watermarks are wrong, three empty
+   polls), applying every IpAllocated / IpReleased fact (and learning each
+   network from the commands that name it);
 2. serve: seek every partition to the group's committed offset and handle the
    commands from there. A command handled before a crash but not committed is
    handled again: allocation is deterministic and per instance, so it yields
@@ -21,9 +22,9 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from consumers.network.ipam import Pool, PoolExhausted
-from novalog.consume import dead_letter, record_of
+from novalog.consume import dead_letter, record_of, through_outages
 from novalog.faults import crash_point
-from novalog.kafka import EventProducer, Topics, consumer_config, next_batch
+from novalog.kafka import EventProducer, Topics, consumer_config, end_offsets, next_batch, reached
 from novalog.publish import Publisher
 from novalog.settings import Settings
 from schemas import Event, SerializationError, decode
@@ -122,9 +123,14 @@ def serve(settings: Settings, stop: threading.Event) -> None:
         partitions = sorted(consumer.list_topics(topics.network, timeout=15)
                             .topics[topics.network].partitions)
         # phase 1: every fact from the beginning
+        ends = through_outages("network: end offsets", lambda: {
+            (topics.network, p): e for p, e in end_offsets(consumer, topics.network,
+                                                           partitions).items()}) \
+            if settings.trusts_watermarks else None
         consumer.assign([TopicPartition(topics.network, p, 0) for p in partitions])
         empty = 0
-        while empty < 3 and not stop.is_set():
+        while not stop.is_set() and (not reached(consumer, ends) if ends is not None
+                                     else empty < 3):
             messages = consumer.consume(1000, 0.2)
             empty = 0 if messages else empty + 1
             for msg in messages:
@@ -134,8 +140,8 @@ def serve(settings: Settings, stop: threading.Event) -> None:
         log.info("network: pools rebuilt (%d networks, %d facts)", len(service.pools),
                  len(service.applied))
         # phase 2: commands from the committed offsets
-        committed = consumer.committed([TopicPartition(topics.network, p) for p in partitions],
-                                       timeout=15)
+        committed = through_outages("network: committed offsets", lambda: consumer.committed(
+            [TopicPartition(topics.network, p) for p in partitions], timeout=15))
         consumer.assign([TopicPartition(topics.network, tp.partition,
                                         tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
                          for tp in committed])
@@ -159,7 +165,7 @@ def serve(settings: Settings, stop: threading.Event) -> None:
                     dead_letter(producer, topics.dead_letters, GROUP, record_of(msg),
                                 f"handler failed: {type(exc).__name__}: {exc}")
             if messages:
-                producer.flush()
+                producer.flush_all("network")
                 if allocated:
                     crash_point("network.after_allocation")
                 last: dict[int, int] = {}
@@ -172,5 +178,5 @@ def serve(settings: Settings, stop: threading.Event) -> None:
                 except KafkaException as exc:  # handled again later: allocation is idempotent
                     log.warning("network: commit refused: %s", exc.args[0].str())
     finally:
-        producer.flush()
+        producer.flush_all("network")
         consumer.close()

@@ -264,8 +264,12 @@ class KafkaNode:
 
 
 def new_cluster_id() -> str:
-    """16 random bytes, URL-safe base64 without padding, as `kafka-storage random-uuid`."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """16 random bytes, URL-safe base64 without padding, as `kafka-storage random-uuid`,
+    which also never starts one with "-" (it would read as an option)."""
+    while True:
+        found = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not found.startswith("-"):
+            return found
 
 
 def _formatted_cluster(node: KafkaNode) -> str | None:
@@ -304,7 +308,7 @@ def format_storage(java: Path, jars: Path, node: KafkaNode, config: Path, cluste
         return
     result = subprocess.run(
         [str(java), "-cp", f"{jars}/*", f"-Dlog4j2.configurationFile={node.data_dir}/log4j2.xml",
-         "kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(config),
+         "kafka.tools.StorageTool", "format", f"--cluster-id={cluster}", "-c", str(config),
          "--ignore-formatted"],
         capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
