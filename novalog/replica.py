@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, TopicPartition
 
+from novalog.consume import through_outages
 from novalog.kafka import client_config, end_offsets, group_name, next_batch, reached
 from novalog.settings import Settings
 from schemas import Event, SerializationError, decode
@@ -56,9 +57,10 @@ class LogReplica:
                              "enable.auto.commit": False, "fetch.wait.max.ms": 20})
         try:
             metadata = consumer.list_topics(timeout=15)
-            ends = {(t, p): end for t in self.topics
-                    for p, end in end_offsets(consumer, t, metadata.topics[t].partitions).items()
-                    } if self.settings.trusts_watermarks else None
+            ends = through_outages(f"replica {self.name}: end offsets", lambda: {
+                (t, p): end for t in self.topics
+                for p, end in end_offsets(consumer, t, metadata.topics[t].partitions).items()
+            }) if self.settings.trusts_watermarks else None
             consumer.assign([TopicPartition(t, p, 0) for t in self.topics
                              for p in metadata.topics[t].partitions])
             while not self._stop.is_set():

@@ -272,7 +272,7 @@ def replay(events: Annotated[int, typer.Option(min=10, help="Events to replay.")
 def brokers(serial_count: Annotated[int, typer.Option(min=1)] = 100,
             burst_count: Annotated[int, typer.Option(min=1)] = 500,
             replay_events: Annotated[int, typer.Option(min=10)] = 50_000,
-            hosts: Hosts = 10, concurrency: Concurrency = 16,
+            serial_hosts: Hosts = 4, hosts: Hosts = 10, concurrency: Concurrency = 16,
             output: Output = DEFAULT_OUTPUT) -> None:
     """The same serial, burst and replay scenarios on Apache Kafka and on Tansu, one after
     the other in one run, side by side (brokers.json, and each scenario's own files)."""
@@ -280,8 +280,8 @@ def brokers(serial_count: Annotated[int, typer.Option(min=1)] = 100,
     for kind in BROKER_KINDS:
         os.environ["NOVALOG_BROKER"] = kind
         out = output / f"broker-{kind}"
-        ser = run_load("serial", {"count": serial_count, "hosts": hosts}, hosts, 1,
-                       serial_drive(serial_count), 60, out)
+        ser = run_load("serial", {"count": serial_count, "hosts": serial_hosts}, serial_hosts,
+                       1, serial_drive(serial_count), 60, out)
         bur = run_load("burst", {"count": burst_count, "hosts": hosts,
                                  "concurrency": concurrency}, hosts, 1,
                        burst_drive(burst_count, concurrency), max(120.0, burst_count / 5), out)
@@ -289,7 +289,8 @@ def brokers(serial_count: Annotated[int, typer.Option(min=1)] = 100,
         figures[kind] = report.broker_figures(ser, bur, rep)
     result = {"scenario": "brokers", "figures": figures, "machine": report.machine(),
               "parameters": {"serial": serial_count, "burst": burst_count,
-                             "replay_events": replay_events, "hosts": hosts}}
+                             "replay_events": replay_events, "serial_hosts": serial_hosts,
+                             "hosts": hosts}}
     report.write_json(result, output / "brokers.json")
     console.print(report.brokers_table(result))
 

@@ -89,10 +89,18 @@ def java_major(java: Path) -> int:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise StackError(f"{java} does not run ({exc}): fix JAVA_HOME / PATH, "
                          f"{NO_KAFKA_HINT}.") from None
-    match = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
-    if match is None:
+    major = parse_java_major(out.stderr + out.stdout)
+    if major is None:
         raise StackError(f"{java} -version printed no version: fix JAVA_HOME / PATH, "
                          f"{NO_KAFKA_HINT}.")
+    return major
+
+
+def parse_java_major(text: str) -> int | None:
+    """The major version in `java -version`'s output ("1.8.0" is 8)."""
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', text)
+    if match is None:
+        return None
     major = int(match.group(1))
     return int(match.group(2) or 0) if major == 1 else major
 
@@ -155,7 +163,7 @@ def ensure_jars(settings: Settings) -> Path:
     return target
 
 
-def _maven_error(output: str) -> str:
+def maven_error(output: str) -> str:
     """The first telling line of a failed Maven run."""
     lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in output.splitlines()]
     errors = [line.removeprefix("[ERROR]").strip() for line in lines
@@ -195,7 +203,7 @@ def fetch_jars(settings: Settings, target: Path) -> None:
             raise StackError(
                 f"could not fetch Apache Kafka {KAFKA_VERSION} from "
                 f"{settings.maven_repository} with Maven "
-                f"({_maven_error(result.stdout + result.stderr)}): check the network or the "
+                f"({maven_error(result.stdout + result.stderr)}): check the network or the "
                 f"proxy (~/.m2/settings.xml), set NOVALOG_MAVEN_REPOSITORY to a mirror, "
                 f"{NO_KAFKA_HINT}.")
         jars = sorted(p.name for p in lib.glob("*.jar"))
