@@ -3,8 +3,10 @@
 The projected `instance_events` keep every instance event exactly as on the
 log (`raw`). A past state is the fold (novalog.domain.instance) of a server's
 events with occurred_at <= the moment, in log order. Broker timestamps and
-offset-by-time look-ups are never used: they are wrong on the embedded broker,
-and occurred_at is the business time.
+offsets_for_times are never used, on Apache Kafka either: occurred_at is the
+business time (DESIGN.md §3), a broker timestamp is when a record was appended
+(a re-delivered or outbox-relayed event is appended late), and on Tansu both
+are wrong besides.
 """
 
 from __future__ import annotations
