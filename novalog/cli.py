@@ -194,7 +194,7 @@ def reset(yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] 
     except StackError as exc:
         raise _fail(exc) from None
     if removed:
-        console.print("removed " + ", ".join(str(p) for p in removed))
+        console.print("removed " + ", ".join(removed))
     else:
         console.print(f"nothing to remove under {settings.home}")
 

@@ -123,24 +123,32 @@ def reached(consumer: Consumer, ends: dict[tuple[str, int], int]) -> bool:
                for tp in consumer.position(todo))
 
 
-def scan_topic(settings: Settings, topic: str, idle_polls: int = 5) -> list[Message]:
+def scan_topic(settings: Settings, topic: str, idle_polls: int = 5,
+               stall_s: float = 30.0) -> list[Message]:
     """Every record of `topic` from offset 0 to its end (assign(), no group, no commit).
 
     On Apache Kafka "the end" is the high watermarks read when the scan starts. Tansu's
-    watermarks cannot be trusted, so there it is `idle_polls` empty polls in a row.
+    watermarks cannot be trusted, so there it is `idle_polls` empty polls in a row. A scan
+    that reads nothing for `stall_s` while short of its end raises BrokerUnavailable.
     """
     consumer = Consumer({**client_config(settings), "group.id": group_name(settings, "scan"),
-                         "enable.auto.commit": False, "fetch.wait.max.ms": 20})
+                         "enable.auto.commit": False, "fetch.wait.max.ms": 20,
+                         "auto.offset.reset": "earliest"})
     try:
         parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         ends = {(topic, p): end for p, end in end_offsets(consumer, topic, parts).items()} \
             if settings.trusts_watermarks else None
         consumer.assign([TopicPartition(topic, p, 0) for p in parts])
         records: list[Message] = []
-        empty = 0
+        empty, last_read = 0, time.monotonic()
         while (not reached(consumer, ends)) if ends is not None else empty < idle_polls:
             batch = consumer.consume(2000, 0.1)
             empty = 0 if batch else empty + 1
+            if batch:
+                last_read = time.monotonic()
+            elif time.monotonic() - last_read > stall_s:
+                raise BrokerUnavailable(f"reading {topic} stalled for {stall_s:.0f}s short of "
+                                        "its end: is the broker up?")
             records.extend(m for m in batch if m.error() is None)
         return sorted(records, key=lambda m: (m.partition() or 0, m.offset() or 0))
     finally:
@@ -157,6 +165,16 @@ def check_broker(bootstrap: str, timeout: float = 5.0) -> None:
             f"Kafka broker at {bootstrap} does not answer ({exc.args[0].str()}). Start it, fix "
             "KAFKA_BOOTSTRAP_SERVERS, or unset it to use the embedded broker (`novalog up`)."
         ) from None
+
+
+def cluster_id(bootstrap: str, timeout: float = 10.0) -> str | None:
+    """The Kafka cluster id the broker reports (None when it reports none)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log.connection.close": False})
+    try:
+        found = admin.describe_cluster(request_timeout=timeout).result(timeout)
+    except KafkaException:
+        return None
+    return str(found.cluster_id) if found.cluster_id else None
 
 
 def wait_for_brokers(bootstrap: str, count: int, timeout: float = 60.0) -> None:

@@ -22,6 +22,40 @@ ROOT = Path(__file__).resolve().parent.parent
 ROLE_DDL = [ROOT / "consumers" / "compute" / "schema.sql", ROOT / "producers" / "schema.sql"]
 
 
+# Which log the deployment's tables fold: offsets and projections mean nothing on another.
+LOG_BINDING_DDL = """
+CREATE TABLE IF NOT EXISTS log_binding (
+    one         boolean PRIMARY KEY DEFAULT true CHECK (one),
+    broker      text NOT NULL,
+    cluster_id  text NOT NULL,
+    bound_at    timestamptz NOT NULL DEFAULT now()
+)"""
+
+
+def log_binding(settings: Settings) -> tuple[str, str] | None:
+    """(broker, cluster id) of the log S folds, or None for a new deployment."""
+    with psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
+        exists = conn.execute("SELECT to_regclass(%s)",
+                              (f'"{settings.db_schema}".log_binding',)).fetchone()
+        if not exists or exists[0] is None:
+            return None
+        row = conn.execute(sql.SQL("SELECT broker, cluster_id FROM {}.log_binding").format(
+            sql.Identifier(settings.db_schema))).fetchone()
+    return (str(row[0]), str(row[1])) if row else None
+
+
+def bind_log(settings: Settings, broker: str, cluster_id: str) -> tuple[str, str]:
+    """Record the log S folds when none is; return the one recorded (first wins)."""
+    with psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
+        table = sql.SQL("{}.log_binding").format(sql.Identifier(settings.db_schema))
+        conn.execute(sql.SQL("INSERT INTO {} (broker, cluster_id) VALUES (%s, %s) "
+                             "ON CONFLICT DO NOTHING").format(table), (broker, cluster_id))
+        row = conn.execute(sql.SQL("SELECT broker, cluster_id FROM {}").format(table)
+                           ).fetchone()
+    assert row is not None
+    return str(row[0]), str(row[1])
+
+
 def migrate(settings: Settings, schema: str | None = None) -> None:
     """Role tables in S; the code's projection version in S_p<N>, made live if none is.
 
@@ -37,6 +71,7 @@ def migrate(settings: Settings, schema: str | None = None) -> None:
                 conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(
                     sql.Identifier(base)))
                 conn.execute(INBOX_DDL)
+                conn.execute(LOG_BINDING_DDL)
                 conn.execute(versions.POINTER_DDL)
                 for path in ROLE_DDL:
                     conn.execute(path.read_text())

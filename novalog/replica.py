@@ -54,7 +54,8 @@ class LogReplica:
         consumer = Consumer({**client_config(self.settings),
                              "group.id": group_name(self.settings, f"replica-{self.name}"),
                              # never joined, never committed: assign() only
-                             "enable.auto.commit": False, "fetch.wait.max.ms": 20})
+                             "enable.auto.commit": False, "fetch.wait.max.ms": 20,
+                             "auto.offset.reset": "earliest"})
         try:
             metadata = consumer.list_topics(timeout=15)
             ends = through_outages(f"replica {self.name}: end offsets", lambda: {
@@ -65,10 +66,8 @@ class LogReplica:
                              for p in metadata.topics[t].partitions])
             while not self._stop.is_set():
                 messages = next_batch(consumer, 1000, 0.05)
-                if ends is not None and not self._idle.is_set() and reached(consumer, ends):
-                    self._idle.set()
                 if not messages:
-                    if ends is None:
+                    if ends is None or reached(consumer, ends):
                         self._idle.set()
                     continue
                 with self.lock:
@@ -87,6 +86,10 @@ class LogReplica:
                             log.exception("replica %s could not apply %s %s", self.name,
                                           event.event_type, event.event_id)
                         self.events_read += 1
+                # the position moved when the batch was handed over: caught up only once
+                # the batch is folded in
+                if ends is not None and not self._idle.is_set() and reached(consumer, ends):
+                    self._idle.set()
         except Exception:
             log.exception("replica %s stopped", self.name)
             raise

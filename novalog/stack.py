@@ -26,12 +26,20 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import psycopg
 
 from novalog import embedded
 from novalog.db import DatabaseUnavailable, check_database, redact
 from novalog.embedded.postgres import embedded_database_url, prepare_postgres
-from novalog.kafka import BrokerUnavailable, Topics, check_broker, ensure_topics, wait_for_brokers
-from novalog.migrations import migrate, reset
+from novalog.kafka import (
+    BrokerUnavailable,
+    Topics,
+    check_broker,
+    cluster_id,
+    ensure_topics,
+    wait_for_brokers,
+)
+from novalog.migrations import bind_log, drop_schemas, log_binding, migrate, reset
 from novalog.process import (
     Child,
     ProcessSpec,
@@ -117,10 +125,11 @@ class Supervisor:
         self.settings.home.mkdir(parents=True, exist_ok=True)
         self.broker_kind = embedded.choose_broker(self.settings)
         self.preflight()
+        self.write_state()  # "still starting": a first fetch of the jars can take minutes
         broker = None
-        if self.broker_kind != embedded.EXTERNAL:  # jars and storage before any process
-            broker = embedded.prepare_broker(self.settings, self.broker_kind, self.logs)
         try:
+            if self.broker_kind != embedded.EXTERNAL:  # jars and storage before any process
+                broker = embedded.prepare_broker(self.settings, self.broker_kind, self.logs)
             self._start_infrastructure(broker)
             for phase in (0, 1):
                 if phase == 1 and self.between_phases is not None:
@@ -165,11 +174,31 @@ class Supervisor:
         kind = self.broker_kind if self.broker_kind != embedded.EXTERNAL else s.broker
         self.settings = replace(s.with_infrastructure(bootstrap, database_url), broker=kind)
         ensure_topics(self.settings, Topics(s.topic_prefix).core())
-        if self.broker_kind == embedded.TANSU:
-            reset(self.settings)  # Tansu starts empty: so must the folds of its log
-        else:
-            migrate(self.settings)
+        self._check_log_binding(bootstrap)
         self.write_state()
+
+    def _check_log_binding(self, bootstrap: str) -> None:
+        """The tables of schema S fold one log: refuse to run them on another (a wiped or
+        switched broker), which would skip or re-apply events by stale offsets."""
+        bound = log_binding(self.settings)
+        if self.broker_kind == embedded.TANSU:
+            if bound is not None and bound[0] != embedded.TANSU:
+                raise StackError(f"schema {self.settings.db_schema} holds the folds of the "
+                                 f"{bound[0]} log {bound[1]}; starting on Tansu would wipe "
+                                 "them: use NOVALOG_BROKER=kafka, or `novalog reset` first.")
+            reset(self.settings)  # Tansu starts empty: so must the folds of its log
+            bind_log(self.settings, embedded.TANSU, "tansu")
+            return
+        migrate(self.settings)
+        here = (self.broker_kind, cluster_id(bootstrap) or bootstrap)
+        bound = bind_log(self.settings, *here)
+        if bound[1] != here[1]:
+            raise StackError(
+                f"schema {self.settings.db_schema} holds the folds of Kafka cluster {bound[1]}, "
+                f"but the broker at {bootstrap} is cluster {here[1]}: offsets and projections "
+                "would not match its log. `novalog reset` wipes the embedded data (and the "
+                "schema); with a database of your own, drop the schema or choose another "
+                "NOVALOG_DB_SCHEMA.")
 
     def _start_role(self, instance: RoleInstance) -> None:
         child = self._spawn(role_spec(self.settings, instance, self.logs))
@@ -276,7 +305,11 @@ def with_running_stack(settings: Settings) -> Settings:
     database = settings.database_url or state.get("database_url")
     if not bootstrap or not database:
         return settings
-    return settings.with_infrastructure(bootstrap, database)
+    found = settings.with_infrastructure(bootstrap, database)
+    kind = state.get("broker")
+    if settings.broker is None and kind in ("kafka", "tansu"):  # Tansu's watermarks are wrong
+        found = replace(found, broker=kind)
+    return found
 
 
 def component_up(component: dict[str, Any]) -> bool:
@@ -343,15 +376,25 @@ def prepare_cloud(hosts: int) -> Callable[[Settings], None]:
     return prepare
 
 
-def reset_embedded(settings: Settings) -> list[Path]:
-    """Wipe the embedded broker's and Postgres's data on purpose; refused while running."""
+def reset_embedded(settings: Settings) -> list[str]:
+    """Wipe the embedded broker's and Postgres's data on purpose (and, with DATABASE_URL,
+    the deployment's schemas there); refused while running."""
     state = read_state(settings)
     if state and psutil.pid_exists(state["supervisor_pid"]):
         raise StackError(f"novalog is running (supervisor pid {state['supervisor_pid']}): "
                          "`novalog down` first.")
-    removed = []
+    removed: list[str] = []
     for path in embedded.embedded_paths(settings):
         if path.exists():
             shutil.rmtree(path)
-            removed.append(path)
+            removed.append(str(path))
+    if settings.database_url:  # a database of one's own keeps the folds of the wiped log
+        try:
+            drop_schemas(settings)
+        except psycopg.Error as exc:
+            raise StackError(f"the embedded data is wiped, but schema {settings.db_schema} "
+                             f"could not be dropped in {redact(settings.database_url)}: "
+                             f"{str(exc).strip().splitlines()[0]}") from None
+        removed.append(f"schema {settings.db_schema} (and its projections) in "
+                       f"{redact(settings.database_url)}")
     return removed

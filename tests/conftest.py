@@ -26,6 +26,10 @@ from novalog.kafka import Topics, check_broker, ensure_topics, wait_for_brokers
 from novalog.process import Child, ProcessSpec, spawn, stop_child, tcp_answers, wait_until
 from novalog.settings import Settings
 
+needs_java = pytest.mark.skipif(
+    embedded.kafka_node.find_java() is None,
+    reason="starts Apache Kafka nodes of its own: needs Java >= 17")
+
 
 class EmbeddedPostgres:
     """The session's own Postgres, which an outage test may stop and start again."""

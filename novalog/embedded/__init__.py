@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from novalog.embedded import kafka_node, tansu
-from novalog.process import ProcessSpec
+from novalog.process import ProcessSpec, StackError
 from novalog.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,10 @@ def choose_broker(settings: Settings) -> str:
     if settings.broker is not None:
         return settings.broker
     if kafka_node.find_java() is None:
+        if (settings.home / "kafka").exists():
+            raise StackError(f"{settings.home / 'kafka'} holds an Apache Kafka log, but no Java "
+                             "was found (JAVA_HOME, PATH) to run it: install "
+                             "openjdk-17-jre-headless, or `novalog reset` and use Tansu.")
         log.warning("no Java found (JAVA_HOME, PATH): using the Tansu broker, which keeps "
                     "nothing when stopped; install openjdk-17-jre-headless for Apache Kafka")
         return TANSU

@@ -136,7 +136,10 @@ def cache_problem(directory: Path) -> str | None:
     manifest = directory / MANIFEST
     if not manifest.is_file():
         return f"{MANIFEST} is missing"
-    entries = [line.split("  ", 1) for line in manifest.read_text().splitlines() if line]
+    entries = [line.split("  ", 1) for line in manifest.read_text(errors="replace").splitlines()
+               if line]
+    if any(len(entry) != 2 for entry in entries):
+        return f"{MANIFEST} is malformed"
     names = {name for _, name in entries}
     if MAIN_JAR not in names:
         return f"{MAIN_JAR} is not in {MANIFEST}"
@@ -158,7 +161,7 @@ def ensure_jars(settings: Settings) -> Path:
             return target
         log.warning("the Kafka jar cache %s is corrupt (%s): fetching it again", target,
                     problem)
-        shutil.rmtree(target)
+        shutil.rmtree(target, ignore_errors=True)
     fetch_jars(settings, target)
     return target
 
@@ -291,22 +294,33 @@ def _formatted_cluster(node: KafkaNode) -> str | None:
     return None
 
 
+CLUSTER_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{21}")
+
+
 def cluster_id(id_file: Path, nodes: Iterable[KafkaNode]) -> str:
     """The cluster id kept in `id_file`; a new one on first use. A data dir formatted for
     another cluster is refused: Kafka would refuse it too, less clearly."""
+    nodes = list(nodes)
+    formatted = {node.data_dir: found for node in nodes
+                 if (found := _formatted_cluster(node)) is not None}
     if id_file.is_file():
         wanted = id_file.read_text().strip()
+        if not CLUSTER_ID.fullmatch(wanted):
+            raise StackError(f"{id_file} does not hold a Kafka cluster id ({wanted[:40]!r}): "
+                             "`novalog reset` wipes the embedded data, or put the id back.")
     else:
-        found = {c for c in map(_formatted_cluster, nodes) if c}
-        wanted = found.pop() if len(found) == 1 else new_cluster_id()
+        ids = set(formatted.values())
+        wanted = ids.pop() if len(ids) == 1 else new_cluster_id()
+    for data_dir, found_id in formatted.items():
+        if found_id != wanted:
+            raise StackError(f"{data_dir / 'data'} holds Kafka cluster {found_id}, not this "
+                             f"home's cluster {wanted} ({id_file}): `novalog reset` wipes the "
+                             "embedded data, or choose another NOVALOG_HOME.")
+    if not id_file.is_file():  # kept only once it is known to fit the data
         id_file.parent.mkdir(parents=True, exist_ok=True)
-        id_file.write_text(wanted + "\n")
-    for node in nodes:
-        found_id = _formatted_cluster(node)
-        if found_id is not None and found_id != wanted:
-            raise StackError(f"{node.data_dir / 'data'} holds Kafka cluster {found_id}, not "
-                             f"this home's cluster {wanted} ({id_file}): `novalog reset` wipes "
-                             "the embedded data, or choose another NOVALOG_HOME.")
+        tmp = id_file.with_name(f".{id_file.name}.{os.getpid()}")
+        tmp.write_text(wanted + "\n")
+        tmp.replace(id_file)
     return wanted
 
 

@@ -27,7 +27,11 @@ def tansu_binary() -> str:
 
 
 def tansu_version(binary: str) -> str:
-    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True,
+                             check=False, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "tansu"
     return out.stdout.strip() or "tansu"
 
 

@@ -15,8 +15,9 @@ from confluent_kafka import ConsumerGroupTopicPartitions
 from confluent_kafka.admin import AdminClient
 
 from novalog.client import NovalogClient
+from tests.conftest import needs_java
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, needs_java]
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -35,6 +36,23 @@ def group_offsets(bootstrap: str) -> dict[str, dict[tuple[str, int], int]]:
         out[group] = {(tp.topic, tp.partition): tp.offset
                       for tp in future.result(30).topic_partitions if tp.offset >= 0}
     return out
+
+
+def settled_offsets(bootstrap: str, timeout: float = 60) -> dict[str, dict[tuple[str, int], int]]:
+    """The groups' offsets on the instances topic once two readings a second apart agree
+    (every role has committed what it consumed); heartbeats move the others on."""
+    deadline = time.monotonic() + timeout
+    last = group_offsets(bootstrap)
+    while True:
+        time.sleep(1)
+        now = group_offsets(bootstrap)
+        if {g: {k: v for k, v in o.items() if k[0].endswith(".instances")}
+                for g, o in now.items()} == \
+                {g: {k: v for k, v in o.items() if k[0].endswith(".instances")}
+                 for g, o in last.items()}:
+            return now
+        assert time.monotonic() < deadline, "consumer offsets never settled"
+        last = now
 
 
 def snapshot(client: NovalogClient) -> dict[str, Any]:
@@ -62,8 +80,7 @@ def test_down_and_up_keep_every_server_event_and_offset(novalog_env: dict[str, s
                          "--wait")
             assert booted.returncode == 0, booted.stdout + booted.stderr
         before = snapshot(NovalogClient(api, "admin", "admin", "admin"))
-        time.sleep(2)  # every role has committed what it consumed
-        offsets_before = group_offsets(bootstrap)
+        offsets_before = settled_offsets(bootstrap)
         assert offsets_before, "no consumer group committed anything"
         down = cli(env, "down")
         assert down.returncode == 0, down.stdout + down.stderr
@@ -73,8 +90,7 @@ def test_down_and_up_keep_every_server_event_and_offset(novalog_env: dict[str, s
         assert after == before
         assert len(after["servers"]) == 2
         assert all(s["status"] == "ACTIVE" for s in after["servers"])
-        time.sleep(2)
-        offsets_after = group_offsets(bootstrap)
+        offsets_after = settled_offsets(bootstrap)
         for group, offsets in offsets_before.items():
             now = offsets_after.get(group, {})
             for (topic, partition), offset in offsets.items():

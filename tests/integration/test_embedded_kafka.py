@@ -9,20 +9,23 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
 from novalog import embedded
 from novalog.embedded import kafka_node
+from novalog.migrations import bind_log, log_binding, migrate
 from novalog.process import StackError
 from novalog.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import Infra, free_port, needs_java
 from tests.integration.test_stack import _no_process_uses, cli
 
 pytestmark = [pytest.mark.integration]
 
 
+@needs_java
 def test_jars_are_cached_whole_and_a_corrupt_cache_is_fetched_again(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     settings = Settings(cache_dir=tmp_path / "cache")
@@ -41,9 +44,12 @@ def test_jars_are_cached_whole_and_a_corrupt_cache_is_fetched_again(
     assert kafka_node.cache_problem(jars) is None
 
 
+@needs_java
 def test_maven_central_out_of_reach_is_one_clear_line_and_leaves_no_half_cache(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MAVEN_OPTS", f"-Dmaven.repo.local={tmp_path / 'empty-m2'}")
+    # an empty local repository, and no ~/.m2/settings.xml whose mirror would hide the URL
+    monkeypatch.setenv("MAVEN_OPTS", f"-Duser.home={tmp_path} "
+                                     f"-Dmaven.repo.local={tmp_path / 'empty-m2'}")
     repo = f"http://127.0.0.1:{free_port()}/maven2"
     settings = Settings(cache_dir=tmp_path / "cache", maven_repository=repo)
     with pytest.raises(StackError) as caught:
@@ -52,7 +58,7 @@ def test_maven_central_out_of_reach_is_one_clear_line_and_leaves_no_half_cache(
     assert f"could not fetch Apache Kafka {kafka_node.KAFKA_VERSION} from {repo}" in message
     assert "NOVALOG_MAVEN_REPOSITORY" in message and "NOVALOG_BROKER=tansu" in message
     assert "\n" not in message
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert list((tmp_path / "cache").iterdir()) == []  # no half cache, no scratch
 
 
 def test_without_java_the_default_falls_back_to_tansu_in_one_line(
@@ -109,6 +115,7 @@ def test_a_java_older_than_17(novalog_env: dict[str, str], tmp_path: Path) -> No
     _up_refused(env, "is Java 11; Apache Kafka", "needs Java >= 17", "set JAVA_HOME")
 
 
+@needs_java
 def test_no_maven_and_no_cached_jars(novalog_env: dict[str, str], tmp_path: Path) -> None:
     env = {k: v for k, v in novalog_env.items() if k != "JAVA_HOME"}
     env.update(PATH=_bin_with(tmp_path, "java"), NOVALOG_CACHE_DIR=str(tmp_path / "cache"))
@@ -116,6 +123,7 @@ def test_no_maven_and_no_cached_jars(novalog_env: dict[str, str], tmp_path: Path
     assert not (tmp_path / "cache" / f"kafka-{kafka_node.KAFKA_VERSION}").exists()
 
 
+@needs_java
 def test_a_taken_controller_port(novalog_env: dict[str, str]) -> None:
     import socket
 
@@ -126,6 +134,7 @@ def test_a_taken_controller_port(novalog_env: dict[str, str]) -> None:
                     "is taken", "NOVALOG_CONTROLLER_PORT")
 
 
+@needs_java
 def test_a_data_dir_of_another_cluster(novalog_env: dict[str, str]) -> None:
     settings = Settings.from_env(novalog_env)
     embedded.prepare_broker(settings, embedded.KAFKA, settings.home / "logs")  # formats it
@@ -135,6 +144,7 @@ def test_a_data_dir_of_another_cluster(novalog_env: dict[str, str]) -> None:
                 "`novalog reset` wipes the embedded data")
 
 
+@needs_java
 def test_reset_wipes_the_embedded_data_and_is_refused_while_running(
         novalog_env: dict[str, str]) -> None:
     settings = Settings.from_env(novalog_env)
@@ -152,3 +162,45 @@ def test_reset_wipes_the_embedded_data_and_is_refused_while_running(
     asked = subprocess.run([sys.executable, "-m", "novalog", "reset"], env=novalog_env,
                            input="n\n", capture_output=True, text=True, timeout=60)
     assert asked.returncode == 1  # declined: nothing done
+
+
+def test_no_java_with_a_kafka_log_in_the_home_is_an_error_not_tansu(
+        novalog_env: dict[str, str], tmp_path: Path) -> None:
+    (Path(novalog_env["NOVALOG_HOME"]) / "kafka" / "data").mkdir(parents=True)
+    env = {k: v for k, v in novalog_env.items() if k != "JAVA_HOME"}
+    env["PATH"] = str(tmp_path)
+    _up_refused(env, "holds an Apache Kafka log, but no Java was found",
+                "`novalog reset` and use Tansu")
+
+
+def _bound_schema(infra: Infra, broker: str, cluster: str) -> dict[str, str]:
+    """Environment of a deployment whose schema (in the session's Postgres) already folds
+    the log of `broker` / `cluster`."""
+    schema = f"bound_{uuid.uuid4().hex[:8]}"
+    settings = Settings(database_url=infra.database_url, db_schema=schema)
+    migrate(settings)
+    assert bind_log(settings, broker, cluster) == (broker, cluster)
+    return {"DATABASE_URL": infra.database_url, "NOVALOG_DB_SCHEMA": schema}
+
+
+@needs_java
+def test_a_schema_that_folds_another_clusters_log_is_refused(
+        novalog_env: dict[str, str], infra: Infra) -> None:
+    other = kafka_node.new_cluster_id()
+    env = {**novalog_env, **_bound_schema(infra, "kafka", other)}
+    _up_refused(env, f"holds the folds of Kafka cluster {other}", "`novalog reset`",
+                "NOVALOG_DB_SCHEMA")
+    reset = cli(env, "reset", "--yes")  # the remedy: the schema goes with the embedded data
+    assert reset.returncode == 0, reset.stderr
+    assert f"schema {env['NOVALOG_DB_SCHEMA']}" in " ".join(reset.stdout.split())
+    assert log_binding(Settings(database_url=infra.database_url,
+                                db_schema=env["NOVALOG_DB_SCHEMA"])) is None
+
+
+def test_tansu_is_refused_on_a_schema_that_folds_a_kafka_log(
+        novalog_env: dict[str, str], infra: Infra) -> None:
+    env = {**novalog_env, "NOVALOG_BROKER": "tansu",
+           **_bound_schema(infra, "kafka", kafka_node.new_cluster_id())}
+    _up_refused(env, "starting on Tansu would wipe them", "NOVALOG_BROKER=kafka")
+    settings = Settings(database_url=infra.database_url, db_schema=env["NOVALOG_DB_SCHEMA"])
+    assert log_binding(settings) is not None  # nothing was wiped

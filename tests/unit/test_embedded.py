@@ -63,7 +63,7 @@ def test_the_broker_setting_is_kafka_or_tansu() -> None:
     assert Settings.from_env({}).broker is None
     assert Settings.from_env({"NOVALOG_BROKER": "tansu"}).trusts_watermarks is False
     assert Settings.from_env({"NOVALOG_BROKER": "kafka"}).trusts_watermarks is True
-    assert Settings.from_env({}).trusts_watermarks is True  # external brokers too
+    assert Settings.from_env({}).trusts_watermarks is True  # an external broker is a Kafka
     with pytest.raises(SettingsError, match="NOVALOG_BROKER='redpanda': use kafka or tansu"):
         Settings.from_env({"NOVALOG_BROKER": "redpanda"})
     env = Settings(broker="tansu").as_env()
@@ -88,3 +88,19 @@ def test_a_cluster_id_file_is_kept_and_another_clusters_data_refused(tmp_path: P
         kafka_node.cluster_id(id_file, [node])
     id_file.unlink()  # a home that lost its id file adopts what its data says
     assert kafka_node.cluster_id(id_file, [node]) == "AAAAAAAAAAAAAAAAAAAAAA"
+
+
+def test_cli_verbs_learn_the_broker_kind_of_the_running_stack(tmp_path: Path) -> None:
+    """`novalog up` may have fallen back to Tansu by itself: the verbs must know, or they
+    would trust Tansu's watermarks."""
+    import json
+
+    from novalog.stack import with_running_stack
+
+    (tmp_path / "stack.json").write_text(json.dumps({
+        "supervisor_pid": 1, "kafka_bootstrap_servers": "127.0.0.1:1",
+        "database_url": "postgresql://x@127.0.0.1:2/db", "broker": "tansu"}))
+    found = with_running_stack(Settings(home=tmp_path))
+    assert (found.kafka_bootstrap_servers, found.broker) == ("127.0.0.1:1", "tansu")
+    assert found.trusts_watermarks is False
+    assert with_running_stack(Settings(home=tmp_path, broker="kafka")).broker == "kafka"
