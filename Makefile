@@ -1,7 +1,8 @@
 # The two commands of the README:
 #   make run    set up everything, start the whole stack in the background and boot a
 #               server to ACTIVE in front of you (`.venv/bin/novalog down` stops the stack)
-#   make test   set up everything, run the whole test suite (CI runs exactly this)
+#   make test   set up everything, then ruff, mypy, the import contracts (lint-imports) and
+#               the whole test suite (CI runs exactly this)
 # Both install what is missing first: Debian packages via apt-get (a Java runtime and
 # Maven too, for the embedded Apache Kafka, when `java` / `mvn` are not there), then a
 # virtualenv in .venv with the project and its test extras.
@@ -40,11 +41,13 @@ run: setup
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest
 
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -21,16 +21,14 @@ from rich.table import Table
 
 from novalog.process import StackError, tcp_answers
 from novalog.roles import ROLES, configure_logging, plan, run_role
+from novalog.running import read_state, state_path, with_running_stack
 from novalog.settings import Settings, SettingsError
 from novalog.stack import (
     Supervisor,
     component_up,
     prepare_cloud,
-    read_state,
     reset_embedded,
-    state_path,
     stop_stack,
-    with_running_stack,
 )
 
 app = typer.Typer(help="novalog: OpenStack Nova's boot flow on an event log.",

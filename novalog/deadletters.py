@@ -16,6 +16,7 @@ from rich.table import Table
 
 from novalog.consume import DLQ_HEADER
 from novalog.kafka import Topics, scan_topic
+from novalog.running import with_running_stack
 from novalog.settings import Settings
 
 
@@ -54,7 +55,6 @@ def dead_letters_command(
     """Records the consumers could not process: source, consumer, reason."""
     import json
 
-    from novalog.stack import with_running_stack
 
     letters = read_dead_letters(with_running_stack(Settings.from_env()))
     console = Console()

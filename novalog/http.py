@@ -1,14 +1,14 @@
 """The HTTP app factory (nova-api + a minimal keystone) and the `api` role that serves it.
 
 Endpoints that publish live in `producers/`, query endpoints in
-`projections/api.py`; this module assembles them with what they share:
-settings, a database pool, a producer, Nova-shaped errors, health.
+`projections/api.py`; what they share (errors, app state, authentication) is in
+`novalog/web.py`. This module, part of the composition layer, assembles them and
+adds the middleware, the error handlers and health.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any
 
@@ -17,78 +17,26 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 
-from novalog.db import DatabaseUnavailable, check_database, make_pool
-from novalog.kafka import BrokerUnavailable, EventProducer, check_broker
+from novalog.db import DatabaseUnavailable, check_database
+from novalog.kafka import BrokerUnavailable, check_broker
 from novalog.settings import Settings
-
-FAULT_NAMES = {400: "badRequest", 403: "forbidden", 404: "itemNotFound",
-               409: "conflictingRequest", 413: "overLimit", 429: "overLimit",
-               503: "serviceUnavailable"}
-MAX_BODY_BYTES = 1 << 20  # 1 MiB: far above any valid request (user data is <= 64 KiB)
-
-
-class ApiError(Exception):
-    """An error answered the way Nova does: {"badRequest": {"code": 400, "message": ...}}."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def error_body(status: int, message: str) -> dict[str, Any]:
-    if status == 401:  # keystonemiddleware's shape
-        return {"error": {"code": 401, "title": "Unauthorized", "message": message}}
-    return {FAULT_NAMES.get(status, "computeFault"): {"code": status, "message": message}}
+from novalog.web import MAX_BODY_BYTES, ApiError, AppState, error_body
+from producers.identity import router as identity_router
+from producers.outbox import relay
+from producers.quotas import router as quotas_router
+from producers.servers import router as servers_router
+from projections.api import history_router
+from projections.api import router as query_router
 
 
 def _location(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc if p != "body")
 
 
-@dataclass
-class AppState:
-    """What the request handlers share; created lazily on first use."""
-
-    settings: Settings
-    _pool: ConnectionPool | None = None
-    _producer: EventProducer | None = None
-
-    @property
-    def pool(self) -> ConnectionPool:
-        if self._pool is None:
-            self._pool = make_pool(self.settings, max_size=8, timeout=5.0)
-        return self._pool
-
-    @property
-    def producer(self) -> EventProducer:
-        if self._producer is None:
-            self._producer = EventProducer(self.settings, linger_ms=1,
-                                           delivery_timeout_ms=300_000)
-        return self._producer
-
-    def close(self) -> None:
-        if self._producer is not None:
-            self._producer.flush()
-        if self._pool is not None:
-            self._pool.close()
-
-
-def state_of(request: Request) -> AppState:
-    state: AppState = request.app.state.novalog
-    return state
-
-
 def create_app(settings: Settings) -> FastAPI:
     """A new app bound to `settings`; no client is created until a request needs it."""
-    from producers.identity import router as identity_router
-    from producers.quotas import router as quotas_router
-    from producers.servers import router as servers_router
-    from projections.api import history_router
-    from projections.api import router as query_router
-
     app = FastAPI(
         title="novalog",
         version=version("novalog"),
@@ -178,8 +126,6 @@ def serve(settings: Settings, stop: threading.Event) -> None:
         server.should_exit = True
 
     threading.Thread(target=exit_when_stopped, daemon=True).start()
-    from producers.outbox import relay
-
     state: AppState = app.state.novalog
     threading.Thread(target=relay, args=(state.pool, state.producer, stop), daemon=True,
                      name="outbox-relay").start()

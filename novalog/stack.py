@@ -52,15 +52,12 @@ from novalog.process import (
     wait_until,
 )
 from novalog.roles import RoleInstance
+from novalog.running import read_state, state_path
 from novalog.settings import Settings
 
 log = logging.getLogger(__name__)
 
 RESTART_BACKOFF_MAX_S = 30.0
-
-
-def state_path(settings: Settings) -> Path:
-    return settings.home / "stack.json"
 
 
 def role_spec(settings: Settings, instance: RoleInstance, logs: Path) -> ProcessSpec:
@@ -287,29 +284,6 @@ class ComponentState:
     log: str
     restarts: int = 0
     version: str = ""
-
-
-def read_state(settings: Settings) -> dict[str, Any] | None:
-    try:
-        data: dict[str, Any] = json.loads(state_path(settings).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return data
-
-
-def with_running_stack(settings: Settings) -> Settings:
-    """Fill in the broker and database of the stack `novalog up` runs, when the
-    environment does not name them (so CLI verbs work in a plain shell)."""
-    state = read_state(settings) or {}
-    bootstrap = settings.kafka_bootstrap_servers or state.get("kafka_bootstrap_servers")
-    database = settings.database_url or state.get("database_url")
-    if not bootstrap or not database:
-        return settings
-    found = settings.with_infrastructure(bootstrap, database)
-    kind = state.get("broker")
-    if settings.broker is None and kind in ("kafka", "tansu"):  # Tansu's watermarks are wrong
-        found = replace(found, broker=kind)
-    return found
 
 
 def component_up(component: dict[str, Any]) -> bool:

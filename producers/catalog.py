@@ -30,6 +30,7 @@ from novalog.idempotency import NAMESPACE, derived_id
 from novalog.kafka import EventProducer, Topics
 from novalog.publish import Publisher
 from novalog.settings import Settings, SettingsError
+from novalog.tokens import hash_password
 
 DEFAULT_FLAVORS = [  # nova-manage's defaults: id, name, vCPUs, RAM MB, root GB
     ("1", "m1.tiny", 1, 512, 1),
@@ -132,7 +133,6 @@ def _existing(pool: ConnectionPool) -> set[tuple[str, str]]:
 def bootstrap_catalog(settings: Settings, pool: ConnectionPool, *,
                       wait_s: float = 60.0) -> int:
     """Publish what is missing and wait until the projection shows it; returns the count."""
-    from producers.identity import hash_password
 
     have = _existing(pool)
     wanted = [i for i in catalog_events(settings, hash_password) if (i[0], i[1]) not in have]

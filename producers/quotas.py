@@ -8,10 +8,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from novalog.http import ApiError, state_of
 from novalog.kafka import DeliveryError, Topics
 from novalog.publish import Publisher
-from producers.identity import Auth
+from novalog.web import ApiError, Auth, state_of
 from producers.servers import quota_limits
 
 router = APIRouter(prefix="/compute/v2.1", tags=["compute"])

@@ -27,12 +27,12 @@ from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field
 
 from novalog.faults import crash_point
-from novalog.http import ApiError, state_of
 from novalog.kafka import DeliveryError, Topics
 from novalog.publish import Publisher
+from novalog.tokens import Context
+from novalog.web import ApiError, Auth, server_link, state_of
 from producers import outbox
 from producers.catalog import DEFAULT_QUOTAS
-from producers.identity import Auth, Context
 
 router = APIRouter(prefix="/compute/v2.1", tags=["compute"])
 log = logging.getLogger(__name__)
@@ -303,12 +303,6 @@ def allowed_count(conn: Connection[Any], ctx: Context, flavor: dict[str, Any],
                     if limits[r] >= 0 and used[r] + per[r] * min_count > limits[r])
     raise ApiError(403, f"Quota exceeded for {resource}: Requested {per[resource] * min_count},"
                         f" but already used {used[resource]} of {limits[resource]} {resource}")
-
-
-def server_link(request: Request, server_id: str) -> list[dict[str, str]]:
-    base = str(request.base_url).rstrip("/")
-    return [{"rel": "self", "href": f"{base}/compute/v2.1/servers/{server_id}"},
-            {"rel": "bookmark", "href": f"{base}/compute/servers/{server_id}"}]
 
 
 @router.post("/servers", status_code=202, summary="Create one or more servers",

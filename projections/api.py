@@ -17,10 +17,9 @@ from fastapi import APIRouter, Request
 from psycopg.rows import dict_row
 
 from novalog.domain import states
-from novalog.http import ApiError, state_of
 from novalog.timeparse import parse_moment
-from producers.identity import Auth, Context
-from producers.servers import server_link
+from novalog.tokens import Context
+from novalog.web import ApiError, Auth, server_link, state_of
 from projections.history import as_row, cloud_as_of, server_as_of
 
 router = APIRouter(prefix="/compute/v2.1", tags=["compute"])

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from novalog.client import ApiFailure, NovalogClient
+from novalog.running import with_running_stack
 from novalog.settings import Settings, SettingsError
 
 console = Console()
@@ -121,7 +122,6 @@ def replay_command(
         TimeRemainingColumn,
     )
 
-    from novalog.stack import with_running_stack
     from projections.replay import replay
 
     settings = Settings.from_env()

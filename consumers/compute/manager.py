@@ -19,10 +19,10 @@ from uuid import uuid4
 from consumers.compute.driver import LibvirtDriver, domain_name, domain_xml
 from consumers.compute.image_cache import ImageCache
 from consumers.compute.resource_tracker import BuildRecord, ResourceTracker
-from consumers.scheduler.host_state import claim_of
 from novalog import faults
 from novalog.consume import Record
 from novalog.domain import states
+from novalog.domain.claims import claim_of
 from novalog.faults import crash_point
 from novalog.kafka import Topics
 from novalog.publish import Publisher

@@ -13,7 +13,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from consumers.scheduler.host_state import Claim
+from novalog.domain.claims import Claim
 
 
 @dataclass(frozen=True)

@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from consumers.scheduler.role import remember, request_payload
 from novalog.consume import Record, TransientError
 from novalog.domain import states
 from novalog.idempotency import derived_id
 from novalog.kafka import Topics
 from novalog.publish import Publisher
+from novalog.read_model import BuildRequests
 from schemas import Event
 
 log = logging.getLogger(__name__)
@@ -38,7 +37,8 @@ def max_retries_message(uuid: str) -> str:
 
 class Conductor:
     def __init__(self, topics: Topics, publisher: Publisher, pool: ConnectionPool, *,
-                 ensure_topic: Any, max_attempts: int = 3, build_timeout_s: float = 300.0,
+                 requests: BuildRequests, ensure_topic: Any, max_attempts: int = 3,
+                 build_timeout_s: float = 300.0,
                  sweep_interval_s: float = 10.0) -> None:
         self.topics = topics
         self.pub = publisher
@@ -47,7 +47,7 @@ class Conductor:
         self.max_attempts = max_attempts
         self.build_timeout = timedelta(seconds=build_timeout_s)
         self.sweep_interval_s = sweep_interval_s
-        self.requests: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.requests = requests
         self.tried: dict[str, list[str]] = {}
         self._known_topics: set[str] = set()
         self._last_sweep = 0.0
@@ -59,7 +59,7 @@ class Conductor:
     def handle(self, event: Event, _record: Record) -> None:
         kind, uuid, p = event.event_type, event.aggregate_id, event.payload
         if kind == "InstanceBuildRequested":
-            remember(self.requests, uuid, p)
+            self.requests.remember(uuid, p)
         elif kind == "InstanceScheduled":
             self.tried.setdefault(uuid, [])
             if p["host"] not in self.tried[uuid]:
@@ -71,13 +71,13 @@ class Conductor:
             self.retry_or_fail(event, f"build failed on {p['host']} at {p['stage']}: "
                                       f"{p['reason']}", p["retryable"])
         elif kind in ("InstanceSpawned", "InstanceErrored", "InstanceNoValidHost"):
-            self.requests.pop(uuid, None)
+            self.requests.forget(uuid)
             self.tried.pop(uuid, None)
 
     # -- dispatch --------------------------------------------------------------------------
     def dispatch(self, event: Event) -> None:
         uuid, p = event.aggregate_id, event.payload
-        request = request_payload(self.pool, self.requests, uuid)
+        request = self.requests.get(uuid)
         image = self._image(request["image"]["id"]) if request["image"] else None
         networks = [self._network(n["network_id"], n.get("fixed_ip"))
                     for n in request["networks"]]

@@ -11,6 +11,7 @@ from novalog.db import make_pool
 from novalog.idempotency import Inbox
 from novalog.kafka import EventProducer, Topics, ensure_topics
 from novalog.publish import Publisher
+from novalog.read_model import BuildRequests
 from novalog.settings import Settings, env_float, env_int
 
 GROUP = "conductor"
@@ -22,6 +23,7 @@ def serve(settings: Settings, stop: threading.Event) -> None:
     producer = EventProducer(settings)
     conductor = Conductor(
         topics, Publisher(producer, "conductor", settings.hostname), pool,
+        requests=BuildRequests(pool, settings.db_schema),
         ensure_topic=lambda topic: ensure_topics(settings, [topic]),
         max_attempts=env_int(os.environ, "NOVALOG_MAX_ATTEMPTS", 3),
         build_timeout_s=env_float(os.environ, "NOVALOG_BUILD_TIMEOUT_S", 300.0, low=1.0),

@@ -12,16 +12,10 @@ from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any
 
+from novalog.domain.claims import Claim, claim_of
 from schemas import Event
 
 SERVICE_DOWN_TIME = timedelta(seconds=60)  # Nova's service_down_time
-
-
-@dataclass(frozen=True)
-class Claim:
-    vcpus: int
-    memory_mb: int
-    disk_gb: int
 
 
 @dataclass(frozen=True)
@@ -90,13 +84,6 @@ class HostState:
     def forget(self, instance: str) -> HostState:
         return replace(self, pending=tuple(p for p in self.pending if p[0] != instance),
                        instances=self.instances - {instance})
-
-
-def claim_of(flavor: dict[str, Any]) -> Claim:
-    """What a flavor takes from a host: swap counts as disk, rounded up to whole GB."""
-    swap_gb = -(-int(flavor.get("swap_mb", 0)) // 1024)
-    return Claim(vcpus=flavor["vcpus"], memory_mb=flavor["memory_mb"],
-                 disk_gb=flavor["root_gb"] + flavor.get("ephemeral_gb", 0) + swap_gb)
 
 
 @dataclass

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from consumers.scheduler.host_state import Claim, HostView, claim_of
+from consumers.scheduler.host_state import HostView
+from novalog.domain.claims import Claim, claim_of
 
 
 @dataclass(frozen=True)

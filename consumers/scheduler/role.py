@@ -12,20 +12,21 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from consumers.scheduler.host_state import HostView, claim_of
+from consumers.scheduler.host_state import HostView
 from consumers.scheduler.manager import Selection, select_destination
 from consumers.scheduler.request_spec import build_spec
-from novalog.consume import ConsumeLoop, Record, TransientError
+from novalog.consume import ConsumeLoop, Record
 from novalog.db import make_pool
+from novalog.domain.claims import claim_of
 from novalog.idempotency import Inbox
 from novalog.kafka import EventProducer, Topics
 from novalog.publish import Publisher
+from novalog.read_model import BuildRequests
 from novalog.replica import LogReplica
 from novalog.settings import Settings, env_int
 from schemas import Event
@@ -33,32 +34,6 @@ from schemas import Event
 log = logging.getLogger(__name__)
 
 GROUP = "scheduler"
-
-
-def request_payload(pool: ConnectionPool, cache: OrderedDict[str, dict[str, Any]],
-                    instance: str) -> dict[str, Any]:
-    """The instance's InstanceBuildRequested payload: remembered, or from the projection.
-
-    Both the scheduler and the conductor see the request before any later
-    event of the same instance (one key, one partition); the projection only
-    matters after a restart in the middle of a build.
-    """
-    if instance in cache:
-        return cache[instance]
-    with pool.connection() as conn:
-        row = conn.execute("SELECT payload FROM instance_events WHERE instance_uuid = %s AND "
-                           "event_type = 'InstanceBuildRequested'", (instance,)).fetchone()
-    if row is None:
-        raise TransientError(f"the build request of {instance} is not projected yet")
-    payload: dict[str, Any] = row[0]
-    return payload
-
-
-def remember(cache: OrderedDict[str, dict[str, Any]], instance: str,
-             payload: dict[str, Any], limit: int = 100_000) -> None:
-    cache[instance] = payload
-    if len(cache) > limit:
-        cache.popitem(last=False)
 
 
 class Scheduler:
@@ -72,7 +47,7 @@ class Scheduler:
         self.pool = pool
         self.host_subset_size = host_subset_size
         self.rng = rng or random.Random()
-        self.requests: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.requests = BuildRequests(pool, settings.db_schema)
 
     WANTS = frozenset({"InstanceBuildRequested", "InstanceRescheduled", "InstanceSpawned",
                        "InstanceErrored", "InstanceNoValidHost"})
@@ -80,14 +55,14 @@ class Scheduler:
     def handle(self, event: Event, _record: Record) -> None:
         uuid, p = event.aggregate_id, event.payload
         if event.event_type == "InstanceBuildRequested":
-            remember(self.requests, uuid, p)
+            self.requests.remember(uuid, p)
             self.decide(event, p, attempt=1, excluded=frozenset())
         elif event.event_type == "InstanceRescheduled":
-            request = request_payload(self.pool, self.requests, uuid)
+            request = self.requests.get(uuid)
             self.decide(event, request, attempt=p["attempt"],
                         excluded=frozenset(p["excluded_hosts"]))
         elif event.event_type in ("InstanceSpawned", "InstanceErrored", "InstanceNoValidHost"):
-            self.requests.pop(uuid, None)
+            self.requests.forget(uuid)
 
     def decide(self, cause: Event, request: dict[str, Any], *, attempt: int,
                excluded: frozenset[str]) -> None:

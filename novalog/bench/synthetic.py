@@ -103,9 +103,10 @@ def scheduler_decisions(hosts: int, decisions: int, seed: int = 7) -> list[float
     import random
     from datetime import timedelta
 
-    from consumers.scheduler.host_state import Claim, HostState
+    from consumers.scheduler.host_state import HostState
     from consumers.scheduler.manager import select_destination
     from consumers.scheduler.request_spec import RequestSpec
+    from novalog.domain.claims import Claim
 
     rng = random.Random(seed)
     now = datetime.now(UTC)

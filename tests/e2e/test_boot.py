@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 
-from producers.identity import TokenService
+from novalog.tokens import TokenService
 from tests.conftest import Infra
 from tests.e2e.conftest import Cloud, running_cloud
 

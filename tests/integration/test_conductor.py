@@ -16,6 +16,7 @@ from novalog.db import make_pool
 from novalog.domain.instance import apply
 from novalog.kafka import Topics
 from novalog.migrations import migrate
+from novalog.read_model import BuildRequests
 from novalog.settings import Settings
 from projections.versions import PROJECTION_VERSION, version_schema
 from projections.writers import project_instance_event
@@ -56,6 +57,7 @@ def writer_pool(settings: Settings, readers: ConnectionPool) -> ConnectionPool:
 def conductor(settings: Settings, pool: ConnectionPool, rec: Recorder,
               **kw: Any) -> Conductor:
     return Conductor(Topics(settings.topic_prefix), rec, pool,  # type: ignore[arg-type]
+                     requests=BuildRequests(pool, settings.db_schema),
                      ensure_topic=lambda _t: None, **kw)
 
 

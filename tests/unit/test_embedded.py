@@ -95,7 +95,7 @@ def test_cli_verbs_learn_the_broker_kind_of_the_running_stack(tmp_path: Path) ->
     would trust Tansu's watermarks."""
     import json
 
-    from novalog.stack import with_running_stack
+    from novalog.running import with_running_stack
 
     (tmp_path / "stack.json").write_text(json.dumps({
         "supervisor_pid": 1, "kafka_bootstrap_servers": "127.0.0.1:1",

@@ -24,11 +24,12 @@ from consumers.scheduler.filters.forced_host_filter import ForcedHostFilter
 from consumers.scheduler.filters.image_props_filter import ImagePropertiesFilter
 from consumers.scheduler.filters.resource_filters import CoreFilter, DiskFilter, RamFilter
 from consumers.scheduler.filters.retry_filter import RetryFilter
-from consumers.scheduler.host_state import Claim, HostState, HostView, claim_of
+from consumers.scheduler.host_state import HostState, HostView
 from consumers.scheduler.manager import NoValidHost, Selection, select_destination
 from consumers.scheduler.request_spec import RequestSpec
 from consumers.scheduler.weighers import default_weighers, normalize, weigh_hosts
 from consumers.scheduler.weighers.build_failure import BuildFailureWeigher
+from novalog.domain.claims import Claim, claim_of
 from schemas import Event
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)

@@ -59,7 +59,7 @@ def test_topic_names_follow_the_design() -> None:
 def test_token_keys_rotate_without_invalidating_unexpired_tokens() -> None:
     from cryptography.fernet import Fernet
 
-    from producers.identity import TokenService
+    from novalog.tokens import TokenService
 
     old, new = Fernet.generate_key(), Fernet.generate_key()
     token, ctx = TokenService([old]).issue("u", "p", ["member"])

@@ -1,0 +1,111 @@
+"""HTTP plumbing every router shares: Nova-shaped errors, the app's state, who is calling.
+
+Routers (producers/, projections/api.py) import this module and nothing of each
+other; the app factory (novalog/http.py) assembles them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import Depends, Header, Request
+from psycopg_pool import ConnectionPool
+
+from novalog.db import make_pool
+from novalog.kafka import EventProducer
+from novalog.settings import Settings
+from novalog.tokens import Context, TokenService, load_keys
+
+AUTH_REQUIRED = "The request you have made requires authentication."
+FAULT_NAMES = {400: "badRequest", 403: "forbidden", 404: "itemNotFound",
+               409: "conflictingRequest", 413: "overLimit", 429: "overLimit",
+               503: "serviceUnavailable"}
+MAX_BODY_BYTES = 1 << 20  # 1 MiB: far above any valid request (user data is <= 64 KiB)
+
+
+class ApiError(Exception):
+    """An error answered the way Nova does: {"badRequest": {"code": 400, "message": ...}}."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    if status == 401:  # keystonemiddleware's shape
+        return {"error": {"code": 401, "title": "Unauthorized", "message": message}}
+    return {FAULT_NAMES.get(status, "computeFault"): {"code": status, "message": message}}
+
+
+@dataclass
+class AppState:
+    """What the request handlers share; created lazily on first use."""
+
+    settings: Settings
+    _pool: ConnectionPool | None = None
+    _producer: EventProducer | None = None
+
+    @property
+    def pool(self) -> ConnectionPool:
+        if self._pool is None:
+            self._pool = make_pool(self.settings, max_size=8, timeout=5.0)
+        return self._pool
+
+    @property
+    def producer(self) -> EventProducer:
+        if self._producer is None:
+            self._producer = EventProducer(self.settings, linger_ms=1,
+                                           delivery_timeout_ms=300_000)
+        return self._producer
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush()
+        if self._pool is not None:
+            self._pool.close()
+
+
+def state_of(request: Request) -> AppState:
+    state: AppState = request.app.state.novalog
+    return state
+
+
+def token_service(request: Request) -> TokenService:
+    app_state = request.app.state
+    service: TokenService | None = getattr(app_state, "tokens", None)
+    if service is None:
+        settings = state_of(request).settings
+        ttl = int(os.environ.get("NOVALOG_TOKEN_TTL_S", "3600"))
+        service = TokenService(load_keys(settings), timedelta(seconds=ttl))
+        app_state.tokens = service
+    return service
+
+
+def authenticate(request: Request,
+                 x_auth_token: Annotated[str | None, Header()] = None) -> Context:
+    """FastAPI dependency: 401 unless X-Auth-Token is a valid, unexpired, unrevoked token."""
+    if not x_auth_token:
+        raise ApiError(401, AUTH_REQUIRED)
+    try:
+        ctx = token_service(request).validate(x_auth_token)
+    except ValueError:
+        raise ApiError(401, AUTH_REQUIRED) from None
+    with state_of(request).pool.connection() as conn:
+        revoked = conn.execute("SELECT 1 FROM revoked_tokens WHERE token_id = %s",
+                               (ctx.token_id,)).fetchone()
+    if revoked:
+        raise ApiError(401, AUTH_REQUIRED)
+    return ctx
+
+
+Auth = Annotated[Context, Depends(authenticate)]
+
+
+def server_link(request: Request, server_id: str) -> list[dict[str, str]]:
+    base = str(request.base_url).rstrip("/")
+    return [{"rel": "self", "href": f"{base}/compute/v2.1/servers/{server_id}"},
+            {"rel": "bookmark", "href": f"{base}/compute/servers/{server_id}"}]
