@@ -141,9 +141,11 @@ class ConsumeLoop:
         inbox: Inbox | None = None,
         on_idle: Callable[[], None] | None = None,
         wants: frozenset[str] | None = None,
+        after_flush: Callable[[], None] | None = None,
     ) -> None:
         """`wants`: the event types the handler acts on; others on its topics are passed
-        over from the header alone (no decode, no inbox, no flush), offsets committed."""
+        over from the header alone (no decode, no inbox, no flush), offsets committed.
+        `after_flush`: runs once a batch's output is acknowledged, before its commit."""
         self.settings = settings
         self.group_id = group_id
         self.topics = topics
@@ -154,6 +156,7 @@ class ConsumeLoop:
         self.inbox = inbox
         self.on_idle = on_idle
         self.wants = wants
+        self.after_flush = after_flush
         self._handled: list[str] = []
         self._retrying = Retrying(
             stop=stop_after_attempt(settings.max_retries + 1),
@@ -221,6 +224,8 @@ class ConsumeLoop:
         elif last:
             self.producer.flush_all(f"{self.group_id} waits for the broker")
             crash_point("consume.after_flush")
+            if self.after_flush is not None:
+                self.after_flush()
             if self.inbox is not None:
                 inbox, handled = self.inbox, self._handled
                 through_outages(f"{self.group_id} records its inbox",

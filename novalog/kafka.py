@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,23 +123,25 @@ def reached(consumer: Consumer, ends: dict[tuple[str, int], int]) -> bool:
                for tp in consumer.position(todo))
 
 
-def scan_topic(settings: Settings, topic: str, idle_polls: int = 5,
-               stall_s: float = 30.0) -> list[Message]:
-    """Every record of `topic` from offset 0 to its end (assign(), no group, no commit).
+def read_to_end(settings: Settings, topics: list[str], idle_polls: int = 5,
+                stall_s: float = 30.0) -> Iterator[Message]:
+    """Every record of `topics` from offset 0 to their end, partition by partition in
+    log order (assign(), no group, no commit). The one "caught up" rule of novalog.
 
-    On Apache Kafka "the end" is the high watermarks read when the scan starts. Tansu's
-    watermarks cannot be trusted, so there it is `idle_polls` empty polls in a row. A scan
-    that reads nothing for `stall_s` while short of its end raises BrokerUnavailable.
+    On Apache Kafka "the end" is the high watermarks read when the read starts. Tansu's
+    watermarks cannot be trusted, so there it is `idle_polls` empty polls in a row. A read
+    that gets nothing for `stall_s` while short of its end raises BrokerUnavailable.
     """
     consumer = Consumer({**client_config(settings), "group.id": group_name(settings, "scan"),
                          "enable.auto.commit": False, "fetch.wait.max.ms": 20,
                          "auto.offset.reset": "earliest"})
     try:
-        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {(topic, p): end for p, end in end_offsets(consumer, topic, parts).items()} \
+        metadata = consumer.list_topics(timeout=10)
+        parts = [(t, p) for t in topics for p in metadata.topics[t].partitions]
+        ends = {(t, p): end for t in topics for p, end in end_offsets(
+            consumer, t, metadata.topics[t].partitions).items()} \
             if settings.trusts_watermarks else None
-        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-        records: list[Message] = []
+        consumer.assign([TopicPartition(t, p, 0) for t, p in parts])
         empty, last_read = 0, time.monotonic()
         while (not reached(consumer, ends)) if ends is not None else empty < idle_polls:
             batch = consumer.consume(2000, 0.1)
@@ -147,12 +149,17 @@ def scan_topic(settings: Settings, topic: str, idle_polls: int = 5,
             if batch:
                 last_read = time.monotonic()
             elif time.monotonic() - last_read > stall_s:
-                raise BrokerUnavailable(f"reading {topic} stalled for {stall_s:.0f}s short of "
-                                        "its end: is the broker up?")
-            records.extend(m for m in batch if m.error() is None)
-        return sorted(records, key=lambda m: (m.partition() or 0, m.offset() or 0))
+                raise BrokerUnavailable(f"reading {', '.join(topics)} stalled for "
+                                        f"{stall_s:.0f}s short of the end: is the broker up?")
+            yield from (m for m in batch if m.error() is None)
     finally:
         consumer.close()
+
+
+def scan_topic(settings: Settings, topic: str, idle_polls: int = 5) -> list[Message]:
+    """Every record of `topic` from offset 0 to its end, sorted by partition and offset."""
+    return sorted(read_to_end(settings, [topic], idle_polls),
+                  key=lambda m: (m.partition() or 0, m.offset() or 0))
 
 
 def check_broker(bootstrap: str, timeout: float = 5.0) -> None:

@@ -23,6 +23,10 @@ from schemas import Event, SerializationError, decode
 log = logging.getLogger(__name__)
 
 
+class ReplicaDied(RuntimeError):
+    """The replica's thread ended while the role still runs."""
+
+
 class LogReplica:
     def __init__(self, settings: Settings, topics: list[str], apply: Callable[[Event], None],
                  name: str) -> None:
@@ -35,6 +39,7 @@ class LogReplica:
         self._idle = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.failure: BaseException | None = None
 
     def start(self) -> LogReplica:
         self._thread = threading.Thread(target=self._run, name=f"replica-{self.name}",
@@ -44,6 +49,13 @@ class LogReplica:
 
     def wait_caught_up(self, timeout: float = 30.0) -> bool:
         return self._idle.wait(timeout)
+
+    def check(self) -> None:
+        """Raise when the reading thread has died: a frozen view must stop the role (and the
+        supervisor restart it), never go on deciding on stale data."""
+        if self._thread is not None and not self._thread.is_alive() and \
+                not self._stop.is_set():
+            raise ReplicaDied(f"replica {self.name} stopped reading: {self.failure!r}")
 
     def stop(self) -> None:
         self._stop.set()
@@ -90,7 +102,8 @@ class LogReplica:
                 # the batch is folded in
                 if ends is not None and not self._idle.is_set() and reached(consumer, ends):
                     self._idle.set()
-        except Exception:
+        except Exception as exc:
+            self.failure = exc
             log.exception("replica %s stopped", self.name)
             raise
         finally:

@@ -5,26 +5,26 @@ Start-up has two phases, so an address is never handed out twice:
    watermarks taken first; on Tansu, whose watermarks are wrong, three empty
    polls), applying every IpAllocated / IpReleased fact (and learning each
    network from the commands that name it);
-2. serve: seek every partition to the group's committed offset and handle the
-   commands from there. A command handled before a crash but not committed is
-   handled again: allocation is deterministic and per instance, so it yields
-   the same port and the same (derived) event ids.
+2. serve: the one consume loop (novalog/consume.py) takes the commands from the
+   group's committed offsets, with its retry, outage and dead-letter policy. A
+   command handled before a crash but not committed is handled again:
+   allocation is deterministic and per instance, so it yields the same port and
+   the same (derived) event ids.
 Each fact is applied once, by event id, so our own facts coming back, or
 facts read in phase 1 and again in phase 2, change nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
-
 from consumers.network.ipam import Pool, PoolExhausted
-from novalog.consume import dead_letter, record_of, through_outages
+from novalog.consume import ConsumeLoop, Record, through_outages
 from novalog.faults import crash_point
-from novalog.kafka import EventProducer, Topics, consumer_config, end_offsets, next_batch, reached
+from novalog.kafka import EventProducer, Topics, read_to_end
 from novalog.publish import Publisher
 from novalog.settings import Settings
 from schemas import Event, SerializationError, decode
@@ -107,76 +107,35 @@ class NetworkService:
             "ports": [port.as_payload()]}, cause=event)
 
 
-def _decode(msg: Message) -> Event | None:
-    try:
-        return decode(msg.value() or b"")
-    except SerializationError:
-        return None
-
-
 def serve(settings: Settings, stop: threading.Event) -> None:
     topics = Topics(settings.topic_prefix)
     producer = EventProducer(settings)
     service = NetworkService(topics, Publisher(producer, "network", settings.hostname))
-    consumer = Consumer(consumer_config(settings, GROUP))
+    # phase 1: every fact from the beginning, to the end of the log
+    for msg in through_outages("network catches up",
+                               lambda: list(read_to_end(settings, [topics.network]))):
+        with contextlib.suppress(SerializationError):  # dead-lettered by the loop below
+            service.learn(decode(msg.value() or b""))
+    log.info("network: pools rebuilt (%d networks, %d facts)", len(service.pools),
+             len(service.applied))
+    # phase 2: commands from the group's committed offsets, by the one consume loop
+    allocated: list[bool] = []
+
+    def handle(event: Event, _record: Record) -> None:
+        service.learn(event)
+        if event.event_type in COMMANDS:
+            service.handle(event)
+            if event.event_type == "AllocatePorts":
+                allocated.append(True)
+
+    def after_flush() -> None:
+        if allocated:
+            allocated.clear()
+            crash_point("network.after_allocation")
+
+    loop = ConsumeLoop(settings, group_id=GROUP, topics=[topics.network], handler=handle,
+                       producer=producer, after_flush=after_flush)
     try:
-        partitions = sorted(consumer.list_topics(topics.network, timeout=15)
-                            .topics[topics.network].partitions)
-        # phase 1: every fact from the beginning
-        ends = through_outages("network: end offsets", lambda: {
-            (topics.network, p): e for p, e in end_offsets(consumer, topics.network,
-                                                           partitions).items()}) \
-            if settings.trusts_watermarks else None
-        consumer.assign([TopicPartition(topics.network, p, 0) for p in partitions])
-        empty = 0
-        while not stop.is_set() and (not reached(consumer, ends) if ends is not None
-                                     else empty < 3):
-            messages = consumer.consume(1000, 0.2)
-            empty = 0 if messages else empty + 1
-            for msg in messages:
-                event = _decode(msg) if msg.error() is None else None
-                if event is not None:
-                    service.learn(event)
-        log.info("network: pools rebuilt (%d networks, %d facts)", len(service.pools),
-                 len(service.applied))
-        # phase 2: commands from the committed offsets
-        committed = through_outages("network: committed offsets", lambda: consumer.committed(
-            [TopicPartition(topics.network, p) for p in partitions], timeout=15))
-        consumer.assign([TopicPartition(topics.network, tp.partition,
-                                        tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
-                         for tp in committed])
-        while not stop.is_set():
-            messages = [m for m in next_batch(consumer, 500, settings.poll_timeout_ms / 1000)
-                        if m.error() is None]
-            allocated = False
-            for msg in messages:
-                event = _decode(msg)
-                if event is None:
-                    dead_letter(producer, topics.dead_letters, GROUP, record_of(msg),
-                                "undecodable")
-                    continue
-                try:
-                    service.learn(event)
-                    if event.event_type in COMMANDS:
-                        service.handle(event)
-                        allocated |= event.event_type == "AllocatePorts"
-                except Exception as exc:  # one bad command must not stop every network
-                    log.exception("network could not handle %s", event.event_id)
-                    dead_letter(producer, topics.dead_letters, GROUP, record_of(msg),
-                                f"handler failed: {type(exc).__name__}: {exc}")
-            if messages:
-                producer.flush_all("network")
-                if allocated:
-                    crash_point("network.after_allocation")
-                last: dict[int, int] = {}
-                for m in messages:
-                    last[m.partition() or 0] = max(last.get(m.partition() or 0, 0),
-                                                   (m.offset() or 0) + 1)
-                try:
-                    consumer.commit(offsets=[TopicPartition(topics.network, p, o)
-                                             for p, o in last.items()], asynchronous=False)
-                except KafkaException as exc:  # handled again later: allocation is idempotent
-                    log.warning("network: commit refused: %s", exc.args[0].str())
+        loop.run(stop)
     finally:
         producer.flush_all("network")
-        consumer.close()

@@ -93,7 +93,9 @@ def serve(settings: Settings, stop: threading.Event) -> None:
     view = HostView()
     replica = LogReplica(settings, [topics.hosts, topics.instances, topics.catalog], view.apply,
                          "scheduler").start()
-    replica.wait_caught_up(60)
+    if not replica.wait_caught_up(60):
+        replica.check()
+        raise TimeoutError("the scheduler's host view did not catch up with the log in 60s")
     pool = make_pool(settings)
     producer = EventProducer(settings)
     scheduler = Scheduler(settings, view, replica, Publisher(producer, "scheduler",
@@ -101,7 +103,7 @@ def serve(settings: Settings, stop: threading.Event) -> None:
                           host_subset_size=env_int(os.environ, "NOVALOG_HOST_SUBSET_SIZE", 1))
     loop = ConsumeLoop(settings, group_id=GROUP, topics=[topics.instances],
                        handler=scheduler.handle, producer=producer, inbox=Inbox(pool, GROUP),
-                       wants=Scheduler.WANTS)
+                       wants=Scheduler.WANTS, on_idle=replica.check)
     try:
         loop.run(stop)
     finally:

@@ -222,3 +222,37 @@ def test_a_consumer_killed_mid_stream_resumes_without_loss(settings: Settings,
     handled = _lines(out)
     # at-least-once: only records of batches not yet committed at the kill come again
     assert len(handled) - len(sent) <= 5 * settings.partitions
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_read_to_end_stops_at_the_end_and_a_dead_replica_is_noticed(settings: Settings) -> None:
+    from novalog.kafka import read_to_end
+    from novalog.replica import LogReplica, ReplicaDied
+
+    topics = Topics(settings.topic_prefix)
+    producer = EventProducer(settings)
+    sent = [heartbeat(f"cmp{i}", i) for i in range(25)]
+    for event in sent:
+        producer.publish(topics.hosts, event)
+    producer.flush()
+    read = [m.value() or b"" for m in read_to_end(settings, [topics.hosts])]
+    assert sorted(read) == sorted(encode(e) for e in sent)  # all of them, and it ended
+    seen: list[str] = []
+    replica = LogReplica(settings, [topics.hosts], lambda e: seen.append(e.event_id),
+                         "test").start()
+    try:
+        assert replica.wait_caught_up(30)
+        with replica.lock:
+            assert sorted(seen) == sorted(e.event_id for e in sent)
+        replica.check()  # alive: nothing raised
+    finally:
+        replica.stop()
+    replica.check()  # stopped on purpose: not a failure
+    broken = LogReplica(settings, [f"{settings.topic_prefix}.no-such-topic"],
+                        lambda _e: None, "broken").start()
+    deadline = time.monotonic() + 30
+    while broken._thread is not None and broken._thread.is_alive():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with pytest.raises(ReplicaDied, match="replica broken stopped reading"):
+        broken.check()
