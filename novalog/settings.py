@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -63,6 +64,51 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int = 1,
 
 
 @dataclass(frozen=True)
+class ComputeSettings:
+    """One compute agent's host (NOVALOG_COMPUTE_*), and Nova's allocation ratios."""
+
+    host: str | None = None  # set by `novalog up` for each agent
+    vcpus: int = 8
+    memory_mb: int = 16384
+    disk_gb: int = 200
+    libvirt_uri: str | None = None  # None: the test driver with a host of these figures
+    cpu_allocation_ratio: float = 4.0
+    ram_allocation_ratio: float = 1.0
+    disk_allocation_ratio: float = 1.0
+    report_interval_s: float = 10.0
+
+    @classmethod
+    def from_env(cls, e: Mapping[str, str]) -> ComputeSettings:
+        return cls(
+            host=e.get("NOVALOG_COMPUTE_HOST") or None,
+            vcpus=env_int(e, "NOVALOG_COMPUTE_VCPUS", 8),
+            memory_mb=env_int(e, "NOVALOG_COMPUTE_MEMORY_MB", 16384, low=128),
+            disk_gb=env_int(e, "NOVALOG_COMPUTE_DISK_GB", 200),
+            libvirt_uri=e.get("NOVALOG_LIBVIRT_URI") or None,
+            cpu_allocation_ratio=env_float(e, "NOVALOG_CPU_ALLOCATION_RATIO", 4.0),
+            ram_allocation_ratio=env_float(e, "NOVALOG_RAM_ALLOCATION_RATIO", 1.0),
+            disk_allocation_ratio=env_float(e, "NOVALOG_DISK_ALLOCATION_RATIO", 1.0),
+            report_interval_s=env_float(e, "NOVALOG_REPORT_INTERVAL_S", 10.0, low=0.1),
+        )
+
+    def require_host(self) -> str:
+        if not self.host:
+            raise SettingsError("NOVALOG_COMPUTE_HOST is not set: which host is this agent?")
+        return self.host
+
+
+def private_cidr(raw: str) -> str:
+    """A network for the bootstrap `private` network, or SettingsError saying why not."""
+    try:
+        cidr = ipaddress.IPv4Network(raw)
+    except ValueError as exc:
+        raise SettingsError(f"NOVALOG_PRIVATE_CIDR={raw!r}: {exc}") from None
+    if cidr.num_addresses < 8:
+        raise SettingsError(f"NOVALOG_PRIVATE_CIDR={raw!r}: too small for a network")
+    return str(cidr)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything a role needs to find the broker, the database and its peers.
 
@@ -95,6 +141,15 @@ class Settings:
     api_host: str = "127.0.0.1"
     api_port: int = 8774
     hostname: str = field(default_factory=socket.gethostname)
+    token_keys: tuple[str, ...] = field(default=(), repr=False)  # () : a key file in home
+    token_ttl_s: int = 3600
+    admin_password: str = field(default="admin", repr=False)
+    demo_password: str = field(default="demo", repr=False)
+    private_cidr: str = "10.0.0.0/24"
+    max_attempts: int = 3  # Nova's scheduler.max_attempts
+    build_timeout_s: float = 300.0
+    host_subset_size: int = 1
+    compute: ComputeSettings = field(default_factory=ComputeSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -134,6 +189,16 @@ class Settings:
             api_host=e.get("NOVALOG_API_HOST", "127.0.0.1"),
             api_port=_int(e, "NOVALOG_API_PORT", 8774, high=65535),
             hostname=e.get("NOVALOG_HOST") or socket.gethostname(),
+            token_keys=tuple(k.strip() for k in e.get("NOVALOG_TOKEN_KEYS", "").split(",")
+                             if k.strip()),
+            token_ttl_s=_int(e, "NOVALOG_TOKEN_TTL_S", 3600, low=1),
+            admin_password=e.get("NOVALOG_ADMIN_PASSWORD") or "admin",
+            demo_password=e.get("NOVALOG_DEMO_PASSWORD") or "demo",
+            private_cidr=private_cidr(e.get("NOVALOG_PRIVATE_CIDR") or "10.0.0.0/24"),
+            max_attempts=_int(e, "NOVALOG_MAX_ATTEMPTS", 3, high=100),
+            build_timeout_s=env_float(e, "NOVALOG_BUILD_TIMEOUT_S", 300.0, low=1.0),
+            host_subset_size=_int(e, "NOVALOG_HOST_SUBSET_SIZE", 1, high=1000),
+            compute=ComputeSettings.from_env(e),
         )
 
     def with_infrastructure(self, bootstrap: str, database_url: str) -> Settings:

@@ -40,9 +40,8 @@ def verify_password(stored_hash: str, password: str) -> bool:
 
 def load_keys(settings: Settings) -> list[bytes]:
     """Token keys: NOVALOG_TOKEN_KEYS, or a key file of the deployment made on first use."""
-    configured = os.environ.get("NOVALOG_TOKEN_KEYS")
-    if configured:
-        return [k.strip().encode() for k in configured.split(",") if k.strip()]
+    if settings.token_keys:
+        return [k.encode() for k in settings.token_keys]
     path = settings.home / "fernet-keys"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,6 @@ other; the app factory (novalog/http.py) assembles them.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any
@@ -79,8 +78,7 @@ def token_service(request: Request) -> TokenService:
     service: TokenService | None = getattr(app_state, "tokens", None)
     if service is None:
         settings = state_of(request).settings
-        ttl = int(os.environ.get("NOVALOG_TOKEN_TTL_S", "3600"))
-        service = TokenService(load_keys(settings), timedelta(seconds=ttl))
+        service = TokenService(load_keys(settings), timedelta(seconds=settings.token_ttl_s))
         app_state.tokens = service
     return service
 

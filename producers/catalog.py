@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import os
 import subprocess
 import time
 import uuid
@@ -29,7 +28,7 @@ from psycopg_pool import ConnectionPool
 from novalog.idempotency import NAMESPACE, derived_id
 from novalog.kafka import EventProducer, Topics
 from novalog.publish import Publisher
-from novalog.settings import Settings, SettingsError
+from novalog.settings import Settings
 from novalog.tokens import hash_password
 
 DEFAULT_FLAVORS = [  # nova-manage's defaults: id, name, vCPUs, RAM MB, root GB
@@ -58,25 +57,12 @@ def make_image_file(store: Path, name: str = "cirros", virtual_size: str = "112M
     return path
 
 
-def private_cidr() -> ipaddress.IPv4Network:
-    """NOVALOG_PRIVATE_CIDR (default 10.0.0.0/24); the bench asks for a /16."""
-    raw = os.environ.get("NOVALOG_PRIVATE_CIDR", "10.0.0.0/24")
-    try:
-        cidr = ipaddress.IPv4Network(raw)
-    except ValueError as exc:
-        raise SettingsError(f"NOVALOG_PRIVATE_CIDR={raw!r}: {exc}") from None
-    if cidr.num_addresses < 8:
-        raise SettingsError(f"NOVALOG_PRIVATE_CIDR={raw!r}: too small for a network")
-    return cidr
-
-
 def catalog_events(settings: Settings, hash_password: Any) -> list[tuple[str, str, str,
                                                                          dict[str, Any]]]:
     """(table, key, event type, payload) for everything the bootstrap wants to exist."""
     image = make_image_file(settings.home / "images")
     data = image.read_bytes()
-    admin_pw = os.environ.get("NOVALOG_ADMIN_PASSWORD", "admin")
-    demo_pw = os.environ.get("NOVALOG_DEMO_PASSWORD", "demo")
+    admin_pw, demo_pw = settings.admin_password, settings.demo_password
     admin, demo = entity_id("project", "admin"), entity_id("project", "demo")
     admin_user, demo_user = entity_id("user", "admin"), entity_id("user", "demo")
     items: list[tuple[str, str, str, dict[str, Any]]] = []
@@ -93,7 +79,7 @@ def catalog_events(settings: Settings, hash_password: Any) -> list[tuple[str, st
         "min_ram": 0, "location": str(image), "visibility": "public",
         "properties": {"hw_architecture": "x86_64"}}))
     network_id = entity_id("network", "private")
-    cidr = private_cidr()
+    cidr = ipaddress.IPv4Network(settings.private_cidr)
     items.append(("networks", network_id, "NetworkCreated", {
         "network_id": network_id, "name": "private", "cidr": str(cidr),
         "gateway_ip": str(cidr[1]), "allocation_start": str(cidr[2]),

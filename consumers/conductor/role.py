@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 
 from consumers.conductor.manager import Conductor
@@ -12,7 +11,7 @@ from novalog.idempotency import Inbox
 from novalog.kafka import EventProducer, Topics, ensure_topics
 from novalog.publish import Publisher
 from novalog.read_model import BuildRequests
-from novalog.settings import Settings, env_float, env_int
+from novalog.settings import Settings
 
 GROUP = "conductor"
 
@@ -25,8 +24,7 @@ def serve(settings: Settings, stop: threading.Event) -> None:
         topics, Publisher(producer, "conductor", settings.hostname), pool,
         requests=BuildRequests(pool, settings.db_schema),
         ensure_topic=lambda topic: ensure_topics(settings, [topic]),
-        max_attempts=env_int(os.environ, "NOVALOG_MAX_ATTEMPTS", 3),
-        build_timeout_s=env_float(os.environ, "NOVALOG_BUILD_TIMEOUT_S", 300.0, low=1.0),
+        max_attempts=settings.max_attempts, build_timeout_s=settings.build_timeout_s,
     )
     loop = ConsumeLoop(settings, group_id=GROUP, topics=[topics.instances],
                        handler=conductor.handle, producer=producer, inbox=Inbox(pool, GROUP),

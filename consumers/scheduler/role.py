@@ -28,7 +28,7 @@ from novalog.kafka import EventProducer, Topics
 from novalog.publish import Publisher
 from novalog.read_model import BuildRequests
 from novalog.replica import LogReplica
-from novalog.settings import Settings, env_int
+from novalog.settings import Settings
 from schemas import Event
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,6 @@ class Scheduler:
 
 
 def serve(settings: Settings, stop: threading.Event) -> None:
-    import os
 
     topics = Topics(settings.topic_prefix)
     view = HostView()
@@ -100,7 +99,7 @@ def serve(settings: Settings, stop: threading.Event) -> None:
     producer = EventProducer(settings)
     scheduler = Scheduler(settings, view, replica, Publisher(producer, "scheduler",
                                                              settings.hostname), pool,
-                          host_subset_size=env_int(os.environ, "NOVALOG_HOST_SUBSET_SIZE", 1))
+                          host_subset_size=settings.host_subset_size)
     loop = ConsumeLoop(settings, group_id=GROUP, topics=[topics.instances],
                        handler=scheduler.handle, producer=producer, inbox=Inbox(pool, GROUP),
                        wants=Scheduler.WANTS, on_idle=replica.check)

@@ -150,7 +150,7 @@ class BenchStack:
         self.settings = replace(
             self.base, home=self._home, topic_prefix=f"bench-{tag}", db_schema=f"bench_{tag}",
             broker_port=free_port(), controller_port=free_port(), postgres_port=free_port(),
-            api_port=free_port(),
+            api_port=free_port(), private_cidr=HOST_ENV["NOVALOG_PRIVATE_CIDR"],
             api_host="127.0.0.1")
 
     def __enter__(self) -> BenchStack:

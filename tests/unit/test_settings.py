@@ -76,12 +76,28 @@ def test_token_keys_rotate_without_invalidating_unexpired_tokens() -> None:
     ("10.0.0.1/24", "has host bits set"),
     ("10.0.0.0/30", "too small"),
 ])
-def test_a_bad_private_cidr_is_refused(raw: str, message: str,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from producers.catalog import private_cidr
-
-    monkeypatch.setenv("NOVALOG_PRIVATE_CIDR", raw)
+def test_a_bad_private_cidr_is_refused(raw: str, message: str) -> None:
     with pytest.raises(SettingsError, match=message):
-        private_cidr()
-    monkeypatch.setenv("NOVALOG_PRIVATE_CIDR", "10.8.0.0/16")
-    assert str(private_cidr()) == "10.8.0.0/16"
+        Settings.from_env({"NOVALOG_PRIVATE_CIDR": raw})
+    assert Settings.from_env({"NOVALOG_PRIVATE_CIDR": "10.8.0.0/16"}).private_cidr == \
+        "10.8.0.0/16"
+
+
+def test_every_role_setting_comes_from_settings() -> None:
+    s = Settings.from_env({
+        "NOVALOG_TOKEN_KEYS": " k1 ,k2,", "NOVALOG_TOKEN_TTL_S": "60",
+        "NOVALOG_ADMIN_PASSWORD": "s3cret", "NOVALOG_MAX_ATTEMPTS": "5",
+        "NOVALOG_BUILD_TIMEOUT_S": "30", "NOVALOG_HOST_SUBSET_SIZE": "2",
+        "NOVALOG_COMPUTE_HOST": "cmp7", "NOVALOG_COMPUTE_VCPUS": "16",
+        "NOVALOG_CPU_ALLOCATION_RATIO": "2.5", "NOVALOG_REPORT_INTERVAL_S": "1"})
+    assert s.token_keys == ("k1", "k2") and s.token_ttl_s == 60
+    assert (s.max_attempts, s.build_timeout_s, s.host_subset_size) == (5, 30.0, 2)
+    assert (s.compute.require_host(), s.compute.vcpus, s.compute.cpu_allocation_ratio,
+            s.compute.report_interval_s) == ("cmp7", 16, 2.5, 1.0)
+    assert "s3cret" not in repr(s) and "k1" not in repr(s)  # secrets never in a log line
+    with pytest.raises(SettingsError, match="NOVALOG_COMPUTE_HOST is not set"):
+        Settings.from_env({}).compute.require_host()
+    with pytest.raises(SettingsError, match="NOVALOG_MAX_ATTEMPTS=0 is outside"):
+        Settings.from_env({"NOVALOG_MAX_ATTEMPTS": "0"})
+    with pytest.raises(SettingsError, match="NOVALOG_COMPUTE_MEMORY_MB=64 is outside"):
+        Settings.from_env({"NOVALOG_COMPUTE_MEMORY_MB": "64"})
