@@ -7,6 +7,7 @@ one place; nothing relies on the connection's search_path to find it.
 from __future__ import annotations
 
 from collections import OrderedDict
+from datetime import datetime
 from typing import Any
 
 from psycopg import sql
@@ -20,6 +21,49 @@ def live_schema(base: str) -> str:
     return f"{base}_live"
 
 
+class LiveProjection:
+    """The queries reactors make of the live projection (S_live), each naming its table."""
+
+    def __init__(self, pool: ConnectionPool, base_schema: str) -> None:
+        self.pool = pool
+        self.schema = sql.Identifier(live_schema(base_schema))
+
+    def _rows(self, query: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        with self.pool.connection() as conn:
+            return conn.execute(sql.SQL(query).format(live=self.schema), args).fetchall()
+
+    def build_request(self, instance: str) -> dict[str, Any] | None:
+        rows = self._rows("SELECT payload FROM {live}.instance_events WHERE instance_uuid = %s "
+                          "AND event_type = 'InstanceBuildRequested'", (instance,))
+        return dict(rows[0][0]) if rows else None
+
+    def image(self, image_id: str) -> dict[str, Any] | None:
+        rows = self._rows("SELECT image_id, name, disk_format, checksum, size, location, "
+                          "properties FROM {live}.images WHERE image_id = %s", (image_id,))
+        return dict(zip(["id", "name", "disk_format", "checksum", "size", "location",
+                         "properties"], rows[0], strict=True)) if rows else None
+
+    def network(self, network_id: str) -> dict[str, Any] | None:
+        rows = self._rows("SELECT network_id, name, cidr, gateway_ip, allocation_start, "
+                          "allocation_end FROM {live}.networks WHERE network_id = %s",
+                          (network_id,))
+        return dict(zip(["network_id", "name", "cidr", "gateway_ip", "allocation_start",
+                         "allocation_end"], rows[0], strict=True)) if rows else None
+
+    def tried_hosts(self, instance: str) -> list[str]:
+        rows = self._rows("SELECT state->'tried_hosts' FROM {live}.servers WHERE uuid = %s",
+                          (instance,))
+        return list(rows[0][0]) if rows and rows[0][0] else []
+
+    def stuck_builds(self, vm_state: str, before: datetime,
+                     limit: int = 100) -> list[tuple[str, int, str, str]]:
+        """(uuid, attempt, task_state, request_id) of builds not updated since `before`."""
+        rows = self._rows("SELECT uuid, attempt, task_state, request_id FROM {live}.servers "
+                          "WHERE vm_state = %s AND updated_at < %s LIMIT %s",
+                          (vm_state, before, limit))
+        return [(str(u), int(a), str(t), str(r)) for u, a, t, r in rows]
+
+
 class BuildRequests:
     """Each instance's InstanceBuildRequested payload: remembered as it passes on the log,
     or read from the live projection after a restart in the middle of a build.
@@ -29,14 +73,10 @@ class BuildRequests:
     restart, and its lag is then a TransientError (retried), never a wrong answer.
     """
 
-    def __init__(self, pool: ConnectionPool, base_schema: str, limit: int = 100_000) -> None:
-        self.pool = pool
+    def __init__(self, projection: LiveProjection, limit: int = 100_000) -> None:
+        self.projection = projection
         self.limit = limit
         self._cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._query = sql.SQL(
-            "SELECT payload FROM {}.instance_events WHERE instance_uuid = %s "
-            "AND event_type = 'InstanceBuildRequested'").format(
-                sql.Identifier(live_schema(base_schema)))
 
     def remember(self, instance: str, payload: dict[str, Any]) -> None:
         self._cache[instance] = payload
@@ -52,9 +92,7 @@ class BuildRequests:
     def get(self, instance: str) -> dict[str, Any]:
         if instance in self._cache:
             return self._cache[instance]
-        with self.pool.connection() as conn:
-            row = conn.execute(self._query, (instance,)).fetchone()
-        if row is None:
+        payload = self.projection.build_request(instance)
+        if payload is None:
             raise TransientError(f"the build request of {instance} is not projected yet")
-        payload: dict[str, Any] = row[0]
         return payload

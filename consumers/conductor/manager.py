@@ -17,14 +17,12 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from psycopg_pool import ConnectionPool
-
 from novalog.consume import Record, TransientError
 from novalog.domain import states
 from novalog.idempotency import derived_id
 from novalog.kafka import Topics
 from novalog.publish import Publisher
-from novalog.read_model import BuildRequests
+from novalog.read_model import BuildRequests, LiveProjection
 from schemas import Event
 
 log = logging.getLogger(__name__)
@@ -36,18 +34,18 @@ def max_retries_message(uuid: str) -> str:
 
 
 class Conductor:
-    def __init__(self, topics: Topics, publisher: Publisher, pool: ConnectionPool, *,
-                 requests: BuildRequests, ensure_topic: Any, max_attempts: int = 3,
+    def __init__(self, topics: Topics, publisher: Publisher, projection: LiveProjection, *,
+                 ensure_topic: Any, max_attempts: int = 3,
                  build_timeout_s: float = 300.0,
                  sweep_interval_s: float = 10.0) -> None:
         self.topics = topics
         self.pub = publisher
-        self.pool = pool
+        self.projection = projection
         self.ensure_topic = ensure_topic
         self.max_attempts = max_attempts
         self.build_timeout = timedelta(seconds=build_timeout_s)
         self.sweep_interval_s = sweep_interval_s
-        self.requests = requests
+        self.requests = BuildRequests(projection)
         self.tried: dict[str, list[str]] = {}
         self._known_topics: set[str] = set()
         self._last_sweep = 0.0
@@ -97,33 +95,22 @@ class Conductor:
             "host": p["host"], "node": p["node"], "attempt": p["attempt"]}, cause=event)
 
     def _image(self, image_id: str) -> dict[str, Any]:
-        with self.pool.connection() as conn:
-            row = conn.execute(
-                "SELECT image_id, name, disk_format, checksum, size, location, properties "
-                "FROM images WHERE image_id = %s", (image_id,)).fetchone()
-        if row is None:
+        image = self.projection.image(image_id)
+        if image is None:
             raise TransientError(f"image {image_id} is not in the catalog projection yet")
-        return dict(zip(["id", "name", "disk_format", "checksum", "size", "location",
-                         "properties"], row, strict=True))
+        return image
 
     def _network(self, network_id: str, fixed_ip: str | None) -> dict[str, Any]:
-        with self.pool.connection() as conn:
-            row = conn.execute(
-                "SELECT network_id, name, cidr, gateway_ip, allocation_start, allocation_end "
-                "FROM networks WHERE network_id = %s", (network_id,)).fetchone()
-        if row is None:
+        network = self.projection.network(network_id)
+        if network is None:
             raise TransientError(f"network {network_id} is not in the catalog projection yet")
-        return {**dict(zip(["network_id", "name", "cidr", "gateway_ip", "allocation_start",
-                            "allocation_end"], row, strict=True)), "fixed_ip": fixed_ip}
+        return {**network, "fixed_ip": fixed_ip}
 
     # -- failures --------------------------------------------------------------------------
     def _tried_hosts(self, uuid: str) -> list[str]:
         if uuid in self.tried:
             return self.tried[uuid]
-        with self.pool.connection() as conn:
-            row = conn.execute("SELECT state->'tried_hosts' FROM servers WHERE uuid = %s",
-                               (uuid,)).fetchone()
-        return list(row[0]) if row and row[0] else []
+        return self.projection.tried_hosts(uuid)
 
     def retry_or_fail(self, event: Event, reason: str, retryable: bool) -> None:
         uuid, attempt = event.aggregate_id, event.payload["attempt"]
@@ -145,11 +132,7 @@ class Conductor:
             return
         self._last_sweep = now
         cutoff = datetime.now(UTC) - self.build_timeout
-        with self.pool.connection() as conn:
-            stuck = conn.execute(
-                "SELECT uuid, attempt, task_state, request_id FROM servers "
-                "WHERE vm_state = %s AND updated_at < %s LIMIT 100",
-                (states.BUILDING, cutoff)).fetchall()
+        stuck = self.projection.stuck_builds(states.BUILDING, cutoff)
         for uuid, attempt, task_state, request_id in stuck:
             seconds = int(self.build_timeout.total_seconds())
             log.warning("build of %s stuck in %s for over %ss", uuid, task_state, seconds)

@@ -10,7 +10,7 @@ from novalog.db import make_pool
 from novalog.idempotency import Inbox
 from novalog.kafka import EventProducer, Topics, ensure_topics
 from novalog.publish import Publisher
-from novalog.read_model import BuildRequests
+from novalog.read_model import LiveProjection
 from novalog.settings import Settings
 
 GROUP = "conductor"
@@ -21,8 +21,8 @@ def serve(settings: Settings, stop: threading.Event) -> None:
     pool = make_pool(settings)
     producer = EventProducer(settings)
     conductor = Conductor(
-        topics, Publisher(producer, "conductor", settings.hostname), pool,
-        requests=BuildRequests(pool, settings.db_schema),
+        topics, Publisher(producer, "conductor", settings.hostname),
+        LiveProjection(pool, settings.db_schema),
         ensure_topic=lambda topic: ensure_topics(settings, [topic]),
         max_attempts=settings.max_attempts, build_timeout_s=settings.build_timeout_s,
     )

@@ -26,7 +26,7 @@ from novalog.domain.claims import claim_of
 from novalog.idempotency import Inbox
 from novalog.kafka import EventProducer, Topics
 from novalog.publish import Publisher
-from novalog.read_model import BuildRequests
+from novalog.read_model import BuildRequests, LiveProjection
 from novalog.replica import LogReplica
 from novalog.settings import Settings
 from schemas import Event
@@ -47,7 +47,7 @@ class Scheduler:
         self.pool = pool
         self.host_subset_size = host_subset_size
         self.rng = rng or random.Random()
-        self.requests = BuildRequests(pool, settings.db_schema)
+        self.requests = BuildRequests(LiveProjection(pool, settings.db_schema))
 
     WANTS = frozenset({"InstanceBuildRequested", "InstanceRescheduled", "InstanceSpawned",
                        "InstanceErrored", "InstanceNoValidHost"})

@@ -16,7 +16,7 @@ from novalog.db import make_pool
 from novalog.domain.instance import apply
 from novalog.kafka import Topics
 from novalog.migrations import migrate
-from novalog.read_model import BuildRequests
+from novalog.read_model import LiveProjection
 from novalog.settings import Settings
 from projections.versions import PROJECTION_VERSION, version_schema
 from projections.writers import project_instance_event
@@ -56,8 +56,8 @@ def writer_pool(settings: Settings, readers: ConnectionPool) -> ConnectionPool:
 
 def conductor(settings: Settings, pool: ConnectionPool, rec: Recorder,
               **kw: Any) -> Conductor:
-    return Conductor(Topics(settings.topic_prefix), rec, pool,  # type: ignore[arg-type]
-                     requests=BuildRequests(pool, settings.db_schema),
+    projection = LiveProjection(pool, pool.schema)  # type: ignore[attr-defined]
+    return Conductor(Topics(settings.topic_prefix), rec, projection,  # type: ignore[arg-type]
                      ensure_topic=lambda _t: None, **kw)
 
 
