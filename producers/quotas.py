@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from novalog.kafka import DeliveryError, Topics
 from novalog.publish import Publisher
 from novalog.web import ApiError, Auth, state_of
-from producers.servers import quota_limits
+from producers.admission import quota_limits
 
 router = APIRouter(prefix="/compute/v2.1", tags=["compute"])
 INT32 = 2**31 - 1  # QuotaSet.limit is an Avro int

@@ -18,12 +18,10 @@ import logging
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request, Response
 from psycopg import Connection
-from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field
 
 from novalog.faults import crash_point
@@ -32,7 +30,7 @@ from novalog.publish import Publisher
 from novalog.tokens import Context
 from novalog.web import ApiError, Auth, server_link, state_of
 from producers import outbox
-from producers.catalog import DEFAULT_QUOTAS
+from producers.admission import admit
 
 router = APIRouter(prefix="/compute/v2.1", tags=["compute"])
 log = logging.getLogger(__name__)
@@ -105,6 +103,15 @@ class CreateServerBody(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     server: ServerCreate
     scheduler_hints: SchedulerHints | None = Field(default=None, alias="os:scheduler_hints")
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """A validated request: the InstanceBuildRequested payload all its instances share."""
+
+    name: str
+    flavor: dict[str, Any]
+    payload: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -275,36 +282,6 @@ def hints_of(conn: Connection[Any], hints: SchedulerHints | None,
     return out
 
 
-def quota_limits(conn: Connection[Any], project_id: str) -> dict[str, int]:
-    limits = dict(DEFAULT_QUOTAS)
-    for resource, limit in conn.execute(
-            "SELECT resource, hard_limit FROM quotas WHERE project_id = %s",
-            (project_id,)).fetchall():
-        limits[resource] = limit
-    return limits
-
-
-def allowed_count(conn: Connection[Any], ctx: Context, flavor: dict[str, Any],
-                  min_count: int, max_count: int) -> int:
-    """As many instances as quota allows, from max_count down to min_count, or 403."""
-    limits = quota_limits(conn, ctx.project_id)
-    if all(limit < 0 for limit in limits.values()):  # unlimited: nothing to count
-        return max_count
-    row = _one(conn, "SELECT count(*), COALESCE(SUM(vcpus), 0), COALESCE(SUM(memory_mb), 0) "
-                     "FROM accepted_instances WHERE project_id = %s", ctx.project_id)
-    assert row is not None
-    used = {"instances": int(row[0]), "cores": int(row[1]), "ram": int(row[2])}
-    per = {"instances": 1, "cores": flavor["vcpus"], "ram": flavor["memory_mb"]}
-    room = [(limits[r] - used[r]) // per[r] for r in per if limits[r] >= 0 and per[r] > 0]
-    count = int(min([max_count, *room]))
-    if count >= min_count:
-        return count
-    resource = next(r for r in per
-                    if limits[r] >= 0 and used[r] + per[r] * min_count > limits[r])
-    raise ApiError(403, f"Quota exceeded for {resource}: Requested {per[resource] * min_count},"
-                        f" but already used {used[resource]} of {limits[resource]} {resource}")
-
-
 @router.post("/servers", status_code=202, summary="Create one or more servers",
              responses={400: {"description": "invalid request"},
                         401: {"description": "no valid token"},
@@ -314,6 +291,31 @@ def create_server(body: CreateServerBody, ctx: Auth, request: Request,
                   response: Response) -> dict[str, Any]:
     s = body.server
     app = state_of(request)
+    counts, image_id = validate(s)
+    request_id = f"req-{uuid.uuid4()}"
+    response.headers["X-Openstack-Request-Id"] = request_id
+    with app.pool.connection() as conn, conn.transaction():
+        plan = plan_build(conn, s, body.scheduler_hints, ctx, image_id)
+        admitted = admit(conn, Publisher(app.producer, "api", app.settings.hostname),
+                         Topics(app.settings.topic_prefix), ctx, plan, counts, request_id)
+    crash_point("api.after_commit")
+    try:
+        outbox.publish(app.pool, app.producer, admitted.event_ids)
+    except DeliveryError as exc:  # accepted all the same: the outbox relay publishes it
+        log.warning("request %s accepted, publishing deferred to the relay: %s", request_id,
+                    exc)
+    if s.return_reservation_id:
+        return {"reservation_id": admitted.reservation_id}
+    first = admitted.server_ids[0]
+    return {"server": {"id": first, "links": server_link(request, first),
+                       "OS-DCF:diskConfig": s.disk_config or "MANUAL",
+                       "security_groups": [{"name": g.name} for g in s.security_groups or []]
+                       or [{"name": "default"}],
+                       "adminPass": s.adminPass or secrets.token_urlsafe(9)}}
+
+
+def validate(s: ServerCreate) -> tuple[tuple[int, int], str]:
+    """The checks that need nothing but the request: (min, max) count and the image id."""
     check_name(s.name)
     max_count = s.max_count or s.min_count
     if s.min_count > max_count:
@@ -324,61 +326,31 @@ def create_server(body: CreateServerBody, ctx: Auth, request: Request,
         raise ApiError(403, f"Quota exceeded for metadata_items: Requested "
                             f"{len(s.metadata)}, but already used 0 of {MAX_METADATA_ITEMS} "
                             "metadata_items")
-    request_id = f"req-{uuid.uuid4()}"
-    response.headers["X-Openstack-Request-Id"] = request_id
-    with app.pool.connection() as conn, conn.transaction():
-        flavor = flavor_record(conn, s.flavorRef)
-        image = image_record(conn, image_id)
-        check_flavor_fits_image(flavor, image)
-        networks = requested_networks(conn, s)
-        if s.key_name is not None and _one(
-                conn, "SELECT 1 FROM keypairs WHERE user_id = %s AND name = %s",
-                ctx.user_id, s.key_name) is None:
-            raise ApiError(400, "Invalid key_name provided.")
-        target = parse_target(conn, s.availability_zone, ctx)
-        hints = hints_of(conn, body.scheduler_hints, ctx)
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (ctx.project_id,))
-        count = allowed_count(conn, ctx, flavor, s.min_count, max_count)
-        reservation_id = f"r-{secrets.token_hex(4)}"
-        topics = Topics(app.settings.topic_prefix)
-        pub = Publisher(app.producer, "api", app.settings.hostname)
-        ids = [str(uuid.uuid4()) for _ in range(count)]
-        event_ids: list[str] = []
-        now = datetime.now(UTC)
-        bdm = [b.model_dump(include={"source_type", "destination_type", "uuid",
-                                     "volume_size", "guest_format", "delete_on_termination"})
-               | {"boot_index": int(b.boot_index) if b.boot_index not in (None, "") else None}
-               for b in s.block_device_mapping_v2 or []]
-        for index, server_id in enumerate(ids):
-            name = s.name if count == 1 else f"{s.name}-{index + 1}"
-            conn.execute(
-                "INSERT INTO accepted_instances VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-                "%s)", (server_id, ctx.project_id, ctx.user_id, name, reservation_id,
-                        flavor["vcpus"], flavor["memory_mb"], Jsonb(flavor), image["id"],
-                        request_id, now))
-            event = pub.build("InstanceBuildRequested", server_id, {
-                "name": name, "project_id": ctx.project_id, "user_id": ctx.user_id,
-                "reservation_id": reservation_id, "launch_index": index, "flavor": flavor,
-                "image": {k: image[k] for k in ("id", "name", "min_disk", "min_ram",
-                                                "properties")},
-                "networks": networks, "block_device_mapping": bdm, "key_name": s.key_name,
-                "metadata": s.metadata, "user_data": s.user_data,
-                "availability_zone": target.zone, "forced_host": target.host,
-                "forced_node": target.node, "scheduler_hints": hints,
-                "is_admin": ctx.is_admin}, correlation_id=request_id)
-            outbox.add(conn, topics.instances, event)
-            event_ids.append(event.event_id)
-    crash_point("api.after_commit")
-    try:
-        outbox.publish(app.pool, app.producer, event_ids)
-    except DeliveryError as exc:  # accepted all the same: the outbox relay publishes it
-        log.warning("request %s accepted, publishing deferred to the relay: %s", request_id,
-                    exc)
-    if s.return_reservation_id:
-        return {"reservation_id": reservation_id}
-    return {"server": {"id": ids[0], "links": server_link(request, ids[0]),
-                       "OS-DCF:diskConfig": s.disk_config or "MANUAL",
-                       "security_groups": [{"name": g.name} for g in s.security_groups or []]
-                       or [{"name": "default"}],
-                       "adminPass": s.adminPass or secrets.token_urlsafe(9)}}
+    return (s.min_count, max_count), image_id
+
+
+def plan_build(conn: Connection[Any], s: ServerCreate, hints: SchedulerHints | None,
+               ctx: Context, image_id: str) -> BuildPlan:
+    """Everything the request names, looked up and checked: what each instance will be."""
+    flavor = flavor_record(conn, s.flavorRef)
+    image = image_record(conn, image_id)
+    check_flavor_fits_image(flavor, image)
+    networks = requested_networks(conn, s)
+    if s.key_name is not None and _one(
+            conn, "SELECT 1 FROM keypairs WHERE user_id = %s AND name = %s",
+            ctx.user_id, s.key_name) is None:
+        raise ApiError(400, "Invalid key_name provided.")
+    target = parse_target(conn, s.availability_zone, ctx)
+    bdm = [b.model_dump(include={"source_type", "destination_type", "uuid",
+                                 "volume_size", "guest_format", "delete_on_termination"})
+           | {"boot_index": int(b.boot_index) if b.boot_index not in (None, "") else None}
+           for b in s.block_device_mapping_v2 or []]
+    return BuildPlan(name=s.name, flavor=flavor, payload={
+        "flavor": flavor,
+        "image": {k: image[k] for k in ("id", "name", "min_disk", "min_ram", "properties")},
+        "networks": networks, "block_device_mapping": bdm, "key_name": s.key_name,
+        "metadata": s.metadata, "user_data": s.user_data,
+        "availability_zone": target.zone, "forced_host": target.host,
+        "forced_node": target.node, "scheduler_hints": hints_of(conn, hints, ctx),
+        "is_admin": ctx.is_admin})
 

@@ -1,0 +1,92 @@
+"""Admission of a validated build: quota and the outbox, in the request's transaction.
+
+Quota usage is counted in `accepted_instances` under a per-project advisory lock,
+and each instance's InstanceBuildRequested goes into the outbox in that same
+transaction, so a request is either wholly accepted (and later published) or not
+at all.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from psycopg import Connection
+from psycopg.types.json import Jsonb
+
+from novalog.kafka import Topics
+from novalog.publish import Publisher
+from novalog.tokens import Context
+from novalog.web import ApiError
+from producers import outbox
+from producers.catalog import DEFAULT_QUOTAS
+
+if TYPE_CHECKING:
+    from producers.servers import BuildPlan
+
+
+@dataclass(frozen=True)
+class Admission:
+    reservation_id: str
+    server_ids: list[str]
+    event_ids: list[str]
+
+
+def admit(conn: Connection[Any], pub: Publisher, topics: Topics, ctx: Context,
+          plan: BuildPlan, counts: tuple[int, int], request_id: str) -> Admission:
+    """As many instances as quota allows (403 below min_count), recorded and queued."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (ctx.project_id,))
+    count = allowed_count(conn, ctx, plan.flavor, *counts)
+    reservation_id = f"r-{secrets.token_hex(4)}"
+    ids = [str(uuid.uuid4()) for _ in range(count)]
+    event_ids: list[str] = []
+    now = datetime.now(UTC)
+    flavor = plan.flavor
+    for index, server_id in enumerate(ids):
+        name = plan.name if count == 1 else f"{plan.name}-{index + 1}"
+        conn.execute(
+            "INSERT INTO accepted_instances VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+            "%s)", (server_id, ctx.project_id, ctx.user_id, name, reservation_id,
+                    flavor["vcpus"], flavor["memory_mb"], Jsonb(flavor),
+                    plan.payload["image"]["id"], request_id, now))
+        event = pub.build("InstanceBuildRequested", server_id, {
+            "name": name, "project_id": ctx.project_id, "user_id": ctx.user_id,
+            "reservation_id": reservation_id, "launch_index": index, **plan.payload},
+            correlation_id=request_id)
+        outbox.add(conn, topics.instances, event)
+        event_ids.append(event.event_id)
+    return Admission(reservation_id, ids, event_ids)
+
+
+def quota_limits(conn: Connection[Any], project_id: str) -> dict[str, int]:
+    limits = dict(DEFAULT_QUOTAS)
+    for resource, limit in conn.execute(
+            "SELECT resource, hard_limit FROM quotas WHERE project_id = %s",
+            (project_id,)).fetchall():
+        limits[resource] = limit
+    return limits
+
+
+def allowed_count(conn: Connection[Any], ctx: Context, flavor: dict[str, Any],
+                  min_count: int, max_count: int) -> int:
+    """As many instances as quota allows, from max_count down to min_count, or 403."""
+    limits = quota_limits(conn, ctx.project_id)
+    if all(limit < 0 for limit in limits.values()):  # unlimited: nothing to count
+        return max_count
+    row = conn.execute("SELECT count(*), COALESCE(SUM(vcpus), 0), COALESCE(SUM(memory_mb), 0) "
+                       "FROM accepted_instances WHERE project_id = %s",
+                       (ctx.project_id,)).fetchone()
+    assert row is not None
+    used = {"instances": int(row[0]), "cores": int(row[1]), "ram": int(row[2])}
+    per = {"instances": 1, "cores": flavor["vcpus"], "ram": flavor["memory_mb"]}
+    room = [(limits[r] - used[r]) // per[r] for r in per if limits[r] >= 0 and per[r] > 0]
+    count = int(min([max_count, *room]))
+    if count >= min_count:
+        return count
+    resource = next(r for r in per
+                    if limits[r] >= 0 and used[r] + per[r] * min_count > limits[r])
+    raise ApiError(403, f"Quota exceeded for {resource}: Requested {per[resource] * min_count},"
+                        f" but already used {used[resource]} of {limits[resource]} {resource}")
