@@ -285,6 +285,10 @@ class EventProducer:
         if errors:
             raise DeliveryError("; ".join(errors[:5]))
 
+    def pending(self) -> int:
+        """Records queued and not acknowledged yet."""
+        return 0 if self._producer is None else len(self._producer)
+
     def flush(self, timeout: float = 30.0) -> None:
         """Block until every queued record is acknowledged, or raise DeliveryError."""
         if self._producer is None:

@@ -36,6 +36,7 @@ from projections.writers import WRITERS, InstanceBatch
 from schemas import Event, SerializationError, decode, default_registry
 
 log = logging.getLogger(__name__)
+DEAD_LETTER_FLUSH_S = 5.0
 
 
 def family_of(event_type: str) -> str:
@@ -106,7 +107,11 @@ class Projector:
                 for record, event in decoded:
                     self._project(conn, instances, record, event)
                 instances.finish()
-            self.producer.flush_all("projector waits for the broker")  # dead letters first
+            # dead letters are acknowledged before the offsets are stored, but never waited
+            # for with the rows locked: an unacknowledged flush rolls the batch back, and
+            # the outage policy writes it again later (a dead letter may then be repeated)
+            if self.producer.pending():
+                self.producer.flush(DEAD_LETTER_FLUSH_S)
             conn.cursor().executemany(
                 "INSERT INTO projector_offsets (topic, partition, next_offset) "
                 "VALUES (%s, %s, %s) ON CONFLICT (topic, partition) DO UPDATE SET "
