@@ -19,7 +19,6 @@ from uuid import uuid4
 from consumers.compute.driver import LibvirtDriver, domain_name, domain_xml
 from consumers.compute.image_cache import ImageCache
 from consumers.compute.resource_tracker import BuildRecord, ResourceTracker
-from novalog import faults
 from novalog.consume import Record
 from novalog.domain import states
 from novalog.domain.claims import claim_of
@@ -136,13 +135,9 @@ class ComputeManager:
         uuid, attempt = p["instance_uuid"], p["attempt"]
         base = {"host": self.host, "attempt": attempt}
         need = claim_of(p["flavor"])
-        if faults.active("refuse_claim", self.host):
-            result_ok, reason, duplicate = False, f"claim refused on {self.host} (test fault)", \
-                False
-        else:
-            result = self.tracker.claim(uuid, attempt, need, p)
-            result_ok, reason, duplicate = result.accepted, result.reason, result.duplicate
-            crash_point("compute.after_claim")
+        result = self.tracker.claim(uuid, attempt, need, p)
+        result_ok, reason, duplicate = result.accepted, result.reason, result.duplicate
+        crash_point("compute.after_claim")
         if not result_ok:
             self._instance_event("InstanceClaimRefused", uuid,
                                  {**base, "node": p["node"], "reason": reason}, event)
@@ -207,8 +202,6 @@ class ComputeManager:
             self.tracker.set_stage(uuid, "spawning")
             self._instance_event("InstanceSpawningStarted", uuid, base, cause)
             try:
-                if faults.active("fail_spawn", self.host):
-                    raise RuntimeError(f"spawn failed on {self.host} (test fault)")
                 directory = self.cache.instance_dir(uuid)
                 xml = domain_xml(uuid, cmd["name"], cmd["flavor"], disks, ports,
                                  directory / "console.log")

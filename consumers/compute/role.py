@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from consumers.compute.driver import LibvirtDriver, host_definition
+from consumers.compute.driver import host_definition
+from consumers.compute.fault_injection import driver_for, tracker_for
 from consumers.compute.image_cache import ImageCache
 from consumers.compute.manager import ComputeIdentity, ComputeManager
 from consumers.compute.resource_tracker import HostTotals, ResourceTracker
@@ -33,7 +34,7 @@ def serve(settings: Settings, stop: threading.Event) -> None:
     topics = Topics(settings.topic_prefix)
     ensure_topics(settings, [topics.compute(host)])
     state_dir = settings.home / "compute" / host
-    driver = LibvirtDriver(libvirt_uri(config, state_dir))
+    driver = driver_for(host, libvirt_uri(config, state_dir))
     vcpus, memory_mb = driver.host_resources()
     totals = HostTotals(vcpus, memory_mb, config.disk_gb, config.cpu_allocation_ratio,
                         config.ram_allocation_ratio, config.disk_allocation_ratio)
@@ -41,7 +42,7 @@ def serve(settings: Settings, stop: threading.Event) -> None:
     producer = EventProducer(settings)
     manager = ComputeManager(
         ComputeIdentity(host, report_interval_s=config.report_interval_s),
-        ResourceTracker(pool, host, totals), driver,
+        tracker_for(host, ResourceTracker(pool, host, totals)), driver,
         ImageCache(state_dir / "instances"), Publisher(producer, "compute", host), topics)
     group = f"compute-{host}"
     loop = ConsumeLoop(settings, group_id=group, topics=[topics.compute(host)],
