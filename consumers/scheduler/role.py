@@ -15,8 +15,6 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
-from psycopg_pool import ConnectionPool
-
 from consumers.scheduler.host_state import HostView
 from consumers.scheduler.manager import Selection, select_destination
 from consumers.scheduler.request_spec import build_spec
@@ -38,16 +36,15 @@ GROUP = "scheduler"
 
 class Scheduler:
     def __init__(self, settings: Settings, view: HostView, replica: LogReplica,
-                 publisher: Publisher, pool: ConnectionPool, *, host_subset_size: int = 1,
+                 publisher: Publisher, projection: LiveProjection, *, host_subset_size: int = 1,
                  rng: random.Random | None = None) -> None:
         self.topics = Topics(settings.topic_prefix)
         self.view = view
         self.replica = replica
         self.pub = publisher
-        self.pool = pool
         self.host_subset_size = host_subset_size
         self.rng = rng or random.Random()
-        self.requests = BuildRequests(LiveProjection(pool, settings.db_schema))
+        self.requests = BuildRequests(projection)
 
     WANTS = frozenset({"InstanceBuildRequested", "InstanceRescheduled", "InstanceSpawned",
                        "InstanceErrored", "InstanceNoValidHost"})
@@ -98,7 +95,8 @@ def serve(settings: Settings, stop: threading.Event) -> None:
     pool = make_pool(settings)
     producer = EventProducer(settings)
     scheduler = Scheduler(settings, view, replica, Publisher(producer, "scheduler",
-                                                             settings.hostname), pool,
+                                                             settings.hostname),
+                          LiveProjection(pool, settings.db_schema),
                           host_subset_size=settings.host_subset_size)
     loop = ConsumeLoop(settings, group_id=GROUP, topics=[topics.instances],
                        handler=scheduler.handle, producer=producer, inbox=Inbox(pool, GROUP),
