@@ -1,4 +1,5 @@
-"""`python -m schemas lock|list`: pin new schema versions, list fingerprints."""
+"""`python -m schemas lock|list|typed`: pin new schema versions, list fingerprints,
+regenerate the typed payloads (schemas/payloads.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,12 @@ def main(argv: list[str]) -> int:
         for name, s in sorted(compose_current().items()):
             print(f"{s.fingerprint_hex}  {s.family:<9} {name}")
         return 0
-    print("usage: python -m schemas lock|list", file=sys.stderr)
+    if argv[:1] == ["typed"]:
+        from schemas.typed import PAYLOADS_FILE, write
+
+        print(f"{PAYLOADS_FILE}: " + ("written" if write() else "up to date"))
+        return 0
+    print("usage: python -m schemas lock|list|typed", file=sys.stderr)
     return 2
 
 

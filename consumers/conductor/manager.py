@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from novalog.consume import Record, TransientError
 from novalog.domain import states
@@ -23,7 +24,8 @@ from novalog.idempotency import derived_id
 from novalog.kafka import Topics
 from novalog.publish import Publisher
 from novalog.read_model import BuildRequests, LiveProjection
-from schemas import Event
+from schemas import Event, payloads
+from schemas.typed import payload_of
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,8 @@ def max_retries_message(uuid: str) -> str:
 
 
 class Conductor:
+    WANTS: ClassVar[frozenset[str]]  # = the keys of HANDLERS, below
+
     def __init__(self, topics: Topics, publisher: Publisher, projection: LiveProjection, *,
                  ensure_topic: Any, max_attempts: int = 3,
                  build_timeout_s: float = 300.0,
@@ -50,31 +54,37 @@ class Conductor:
         self._known_topics: set[str] = set()
         self._last_sweep = 0.0
 
-    WANTS = frozenset({"InstanceBuildRequested", "InstanceScheduled", "InstanceClaimRefused",
-                       "InstanceBuildFailed", "InstanceSpawned", "InstanceErrored",
-                       "InstanceNoValidHost"})
-
     def handle(self, event: Event, _record: Record) -> None:
-        kind, uuid, p = event.event_type, event.aggregate_id, event.payload
-        if kind == "InstanceBuildRequested":
-            self.requests.remember(uuid, p)
-        elif kind == "InstanceScheduled":
-            self.tried.setdefault(uuid, [])
-            if p["host"] not in self.tried[uuid]:
-                self.tried[uuid].append(p["host"])
-            self.dispatch(event)
-        elif kind == "InstanceClaimRefused":
-            self.retry_or_fail(event, f"claim refused on {p['host']}: {p['reason']}", True)
-        elif kind == "InstanceBuildFailed":
-            self.retry_or_fail(event, f"build failed on {p['host']} at {p['stage']}: "
-                                      f"{p['reason']}", p["retryable"])
-        elif kind in ("InstanceSpawned", "InstanceErrored", "InstanceNoValidHost"):
-            self.requests.forget(uuid)
-            self.tried.pop(uuid, None)
+        handler = HANDLERS.get(event.event_type)
+        if handler is not None:  # a record with no type header reaches here undecided
+            handler(self, event)
+
+    def _requested(self, event: Event) -> None:
+        self.requests.remember(event.aggregate_id, event.payload)
+
+    def _scheduled(self, event: Event) -> None:
+        host = payload_of(event, payloads.InstanceScheduled)["host"]
+        tried = self.tried.setdefault(event.aggregate_id, [])
+        if host not in tried:
+            tried.append(host)
+        self.dispatch(event)
+
+    def _claim_refused(self, event: Event) -> None:
+        p = payload_of(event, payloads.InstanceClaimRefused)
+        self.retry_or_fail(event, f"claim refused on {p['host']}: {p['reason']}", True)
+
+    def _build_failed(self, event: Event) -> None:
+        p = payload_of(event, payloads.InstanceBuildFailed)
+        self.retry_or_fail(event, f"build failed on {p['host']} at {p['stage']}: "
+                                  f"{p['reason']}", p["retryable"])
+
+    def _ended(self, event: Event) -> None:
+        self.requests.forget(event.aggregate_id)
+        self.tried.pop(event.aggregate_id, None)
 
     # -- dispatch --------------------------------------------------------------------------
     def dispatch(self, event: Event) -> None:
-        uuid, p = event.aggregate_id, event.payload
+        uuid, p = event.aggregate_id, payload_of(event, payloads.InstanceScheduled)
         request = self.requests.get(uuid)
         image = self._image(request["image"]["id"]) if request["image"] else None
         networks = [self._network(n["network_id"], n.get("fixed_ip"))
@@ -141,3 +151,17 @@ class Conductor:
                 "message": f"Build of instance {uuid} timed out after {seconds} seconds",
                 "details": f"no progress while in task_state {task_state}"},
                 correlation_id=request_id, event_id=derived_id(uuid, "timeout", attempt))
+
+
+# What the conductor acts on, by event type: its consume loop's subscription (WANTS)
+# and its header-level skipping are derived from this table.
+HANDLERS: dict[str, Callable[[Conductor, Event], None]] = {
+    "InstanceBuildRequested": Conductor._requested,
+    "InstanceScheduled": Conductor._scheduled,
+    "InstanceClaimRefused": Conductor._claim_refused,
+    "InstanceBuildFailed": Conductor._build_failed,
+    "InstanceSpawned": Conductor._ended,
+    "InstanceErrored": Conductor._ended,
+    "InstanceNoValidHost": Conductor._ended,
+}
+Conductor.WANTS = frozenset(HANDLERS)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import random
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from consumers.scheduler.host_state import HostView
 from consumers.scheduler.manager import Selection, select_destination
@@ -27,7 +28,8 @@ from novalog.publish import Publisher
 from novalog.read_model import BuildRequests, LiveProjection
 from novalog.replica import LogReplica
 from novalog.settings import Settings
-from schemas import Event
+from schemas import Event, payloads
+from schemas.typed import payload_of
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,8 @@ GROUP = "scheduler"
 
 
 class Scheduler:
+    WANTS: ClassVar[frozenset[str]]  # = the keys of HANDLERS, below
+
     def __init__(self, settings: Settings, view: HostView, replica: LogReplica,
                  publisher: Publisher, projection: LiveProjection, *, host_subset_size: int = 1,
                  rng: random.Random | None = None) -> None:
@@ -46,20 +50,22 @@ class Scheduler:
         self.rng = rng or random.Random()
         self.requests = BuildRequests(projection)
 
-    WANTS = frozenset({"InstanceBuildRequested", "InstanceRescheduled", "InstanceSpawned",
-                       "InstanceErrored", "InstanceNoValidHost"})
-
     def handle(self, event: Event, _record: Record) -> None:
-        uuid, p = event.aggregate_id, event.payload
-        if event.event_type == "InstanceBuildRequested":
-            self.requests.remember(uuid, p)
-            self.decide(event, p, attempt=1, excluded=frozenset())
-        elif event.event_type == "InstanceRescheduled":
-            request = self.requests.get(uuid)
-            self.decide(event, request, attempt=p["attempt"],
-                        excluded=frozenset(p["excluded_hosts"]))
-        elif event.event_type in ("InstanceSpawned", "InstanceErrored", "InstanceNoValidHost"):
-            self.requests.forget(uuid)
+        handler = HANDLERS.get(event.event_type)
+        if handler is not None:  # a record with no type header reaches here undecided
+            handler(self, event)
+
+    def _requested(self, event: Event) -> None:
+        self.requests.remember(event.aggregate_id, event.payload)
+        self.decide(event, event.payload, attempt=1, excluded=frozenset())
+
+    def _rescheduled(self, event: Event) -> None:
+        p = payload_of(event, payloads.InstanceRescheduled)
+        self.decide(event, self.requests.get(event.aggregate_id), attempt=p["attempt"],
+                    excluded=frozenset(p["excluded_hosts"]))
+
+    def _ended(self, event: Event) -> None:
+        self.requests.forget(event.aggregate_id)
 
     def decide(self, cause: Event, request: dict[str, Any], *, attempt: int,
                excluded: frozenset[str]) -> None:
@@ -81,6 +87,18 @@ class Scheduler:
                 "attempt": attempt, "reason": result.reason,
                 "filters": [{"filter": r.filter, "hosts_in": r.hosts_in,
                              "hosts_out": r.hosts_out} for r in result.filters]}, cause=cause)
+
+
+# What the scheduler acts on, by event type: its consume loop's subscription (WANTS)
+# and its header-level skipping are derived from this table.
+HANDLERS: dict[str, Callable[[Scheduler, Event], None]] = {
+    "InstanceBuildRequested": Scheduler._requested,
+    "InstanceRescheduled": Scheduler._rescheduled,
+    "InstanceSpawned": Scheduler._ended,
+    "InstanceErrored": Scheduler._ended,
+    "InstanceNoValidHost": Scheduler._ended,
+}
+Scheduler.WANTS = frozenset(HANDLERS)
 
 
 def serve(settings: Settings, stop: threading.Event) -> None:

@@ -258,3 +258,27 @@ def test_the_event_type_is_read_from_the_header_alone() -> None:
     assert event_type_of(data[:10] + b"\xff" * 3) == "HostRemoved"  # body never read
     assert event_type_of(b"\xc3\x01" + b"\x00" * 8) is None  # unknown fingerprint
     assert event_type_of(b"not avro") is None and event_type_of(None) is None
+
+
+def test_typed_payloads_are_generated_from_the_current_schemas() -> None:
+    """`python -m schemas typed` after every .avsc change: payloads.py must match."""
+    from schemas import payloads
+    from schemas.registry import compose_current
+    from schemas.typed import PAYLOADS_FILE, generate
+
+    assert PAYLOADS_FILE.read_text() == generate(), "run `python -m schemas typed`"
+    for name, s in compose_current().items():
+        typed = getattr(payloads, name)
+        record = next(f["type"] for f in s.schema["fields"] if f["name"] == "payload")
+        assert list(typed.__annotations__) == [f["name"] for f in record["fields"]], name
+
+
+def test_payload_of_checks_the_event_type() -> None:
+    from schemas import payloads
+    from schemas.typed import payload_of
+
+    event = Event("InstanceRescheduled", "i-1", {"attempt": 2, "excluded_hosts": [],
+                                                "reason": "r"}, "req-1", "t@x")
+    assert payload_of(event, payloads.InstanceRescheduled)["attempt"] == 2
+    with pytest.raises(TypeError, match="a InstanceRescheduled is not a InstanceScheduled"):
+        payload_of(event, payloads.InstanceScheduled)

@@ -1,0 +1,429 @@
+"""Generated from schemas/*.avsc by `python -m schemas typed`: do not edit."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TypedDict
+
+
+class FlavorCreated(TypedDict):
+    flavorid: str
+    name: str
+    vcpus: int
+    memory_mb: int
+    root_gb: int
+    ephemeral_gb: int
+    swap_mb: int
+    is_public: bool
+    extra_specs: dict[str, str]
+
+
+# An image in novalog's image store, as Glance describes it.
+class ImageRegistered(TypedDict):
+    image_id: str
+    name: str
+    status: str
+    disk_format: str
+    container_format: str
+    size: int
+    checksum: str
+    min_disk: int
+    min_ram: int
+    location: str
+    visibility: str
+    properties: dict[str, str]
+
+
+class NetworkCreated(TypedDict):
+    network_id: str
+    name: str
+    cidr: str
+    gateway_ip: str
+    allocation_start: str
+    allocation_end: str
+    project_id: str | None
+    shared: bool
+
+
+class ProjectCreated(TypedDict):
+    project_id: str
+    name: str
+    domain: str
+
+
+# Only a password hash (never the password) travels on the log.
+class UserCreated(TypedDict):
+    user_id: str
+    name: str
+    password_hash: str
+    default_project_id: str | None
+    domain: str
+
+
+class RoleAssigned(TypedDict):
+    user_id: str
+    project_id: str
+    role: str
+
+
+# A per-project limit: instances, cores or ram (MB); -1 is unlimited.
+class QuotaSet(TypedDict):
+    project_id: str
+    resource: str
+    limit: int
+
+
+# An SSH key pair a user can name in key_name.
+class KeypairCreated(TypedDict):
+    name: str
+    user_id: str
+    public_key: str
+    fingerprint: str
+    type: str
+
+
+# A server group whose policy the affinity filters enforce (scheduler hint 'group').
+class ServerGroupCreated(TypedDict):
+    group_id: str
+    name: str
+    policy: str
+    project_id: str
+
+
+# What compute needs to fetch the image into its base-image cache.
+class ImageToBoot(TypedDict):
+    id: str
+    name: str
+    disk_format: str
+    checksum: str
+    size: int
+    location: str
+    properties: dict[str, str]
+
+
+# A network as the conductor found it in the catalog, so compute and the network role need
+# no look-up.
+class NetworkToAttach(TypedDict):
+    network_id: str
+    name: str
+    cidr: str
+    gateway_ip: str
+    allocation_start: str
+    allocation_end: str
+    fixed_ip: str | None
+
+
+# Command from the conductor to one compute agent (its per-host topic), like Nova's RPC
+# cast.
+class BuildAndRunInstance(TypedDict):
+    instance_uuid: str
+    host: str
+    node: str
+    attempt: int
+    name: str
+    project_id: str
+    flavor: Flavor
+    image: ImageToBoot | None
+    networks: list[NetworkToAttach]
+    block_device_mapping: list[BlockDeviceMapping]
+    key_name: str | None
+    user_data: str | None
+    metadata: dict[str, str]
+
+
+# A nova-compute service came up on a host.
+class ComputeServiceStarted(TypedDict):
+    host: str
+    binary: str
+    zone: str
+    hypervisor_type: str
+    hypervisor_hostname: str
+    host_ip: str
+    version: str
+
+
+# The resource tracker's view of its node: totals, usage and allocation ratios.
+class ComputeResourcesReported(TypedDict):
+    host: str
+    node: str
+    vcpus: int
+    memory_mb: int
+    local_gb: int
+    vcpus_used: int
+    memory_mb_used: int
+    local_gb_used: int
+    running_vms: int
+    cpu_allocation_ratio: float
+    ram_allocation_ratio: float
+    disk_allocation_ratio: float
+    cpu_arch: str
+    hypervisor_type: str
+    instance_uuids: list[str]
+
+
+# A service is alive; up / down is decided by the age of the last one.
+class ServiceHeartbeat(TypedDict):
+    host: str
+    binary: str
+
+
+# An admin disabled a service; the scheduler skips its host.
+class ServiceDisabled(TypedDict):
+    host: str
+    binary: str
+    reason: str | None
+
+
+class ServiceEnabled(TypedDict):
+    host: str
+    binary: str
+
+
+# An admin removed a host (its services and node) from the cloud.
+class HostRemoved(TypedDict):
+    host: str
+
+
+# Snapshot of the flavor at request time, as Nova embeds it in the instance.
+class Flavor(TypedDict):
+    flavorid: str
+    name: str
+    vcpus: int
+    memory_mb: int
+    root_gb: int
+    ephemeral_gb: int
+    swap_mb: int
+    extra_specs: dict[str, str]
+
+
+class Image(TypedDict):
+    id: str
+    name: str
+    min_disk: int
+    min_ram: int
+    properties: dict[str, str]
+
+
+class RequestedNetwork(TypedDict):
+    network_id: str | None
+    fixed_ip: str | None
+    port_id: str | None
+
+
+class BlockDeviceMapping(TypedDict):
+    source_type: str
+    destination_type: str
+    uuid: str | None
+    boot_index: int | None
+    volume_size: int | None
+    guest_format: str | None
+    delete_on_termination: bool
+
+
+# nova-api accepted POST /servers: vm_state building, task_state scheduling.
+class InstanceBuildRequested(TypedDict):
+    name: str
+    project_id: str
+    user_id: str
+    reservation_id: str
+    launch_index: int
+    flavor: Flavor
+    image: Image | None
+    networks: list[RequestedNetwork]
+    block_device_mapping: list[BlockDeviceMapping]
+    key_name: str | None
+    metadata: dict[str, str]
+    user_data: str | None
+    availability_zone: str | None
+    forced_host: str | None
+    forced_node: str | None
+    scheduler_hints: dict[str, list[str]]
+    is_admin: bool
+
+
+# The scheduler chose a host.
+class InstanceScheduled(TypedDict):
+    host: str
+    node: str
+    attempt: int
+    weighed_hosts: list[str]
+
+
+class FilterResult(TypedDict):
+    filter: str
+    hosts_in: int
+    hosts_out: int
+
+
+# No host passed every filter; vm_state becomes error.
+class InstanceNoValidHost(TypedDict):
+    attempt: int
+    reason: str
+    filters: list[FilterResult]
+
+
+# The conductor sent BuildAndRunInstance to the host's compute topic.
+class InstanceBuildDispatched(TypedDict):
+    host: str
+    node: str
+    attempt: int
+
+
+# The resource tracker of the host reserved the flavor's resources.
+class InstanceClaimAccepted(TypedDict):
+    host: str
+    node: str
+    attempt: int
+    vcpus: int
+    memory_mb: int
+    disk_gb: int
+
+
+# The host no longer fits the request; the conductor reschedules.
+class InstanceClaimRefused(TypedDict):
+    host: str
+    node: str
+    attempt: int
+    reason: str
+
+
+# task_state networking.
+class InstanceNetworkingStarted(TypedDict):
+    host: str
+    attempt: int
+
+
+class Port(TypedDict):
+    port_id: str
+    network_id: str
+    network_name: str
+    ip_address: str
+    mac_address: str
+
+
+# Ports (IP + MAC) bound to the instance.
+class InstanceNetworkAllocated(TypedDict):
+    host: str
+    attempt: int
+    ports: list[Port]
+
+
+# task_state block_device_mapping.
+class InstanceBlockDeviceMappingStarted(TypedDict):
+    host: str
+    attempt: int
+
+
+class Disk(TypedDict):
+    device: str
+    path: str
+    format: str
+    size_gb: int
+    backing_file: str | None
+
+
+# Disks prepared: a qcow2 overlay on the cached base image, plus ephemeral / swap.
+class InstanceBlockDevicesMapped(TypedDict):
+    host: str
+    attempt: int
+    disks: list[Disk]
+
+
+# task_state spawning.
+class InstanceSpawningStarted(TypedDict):
+    host: str
+    attempt: int
+
+
+# Domain defined and running: vm_state active, task_state None, power_state running.
+class InstanceSpawned(TypedDict):
+    host: str
+    node: str
+    attempt: int
+    domain_name: str
+    power_state: int
+    launched_at: datetime
+
+
+# A build step failed on a host; what it took has been released.
+class InstanceBuildFailed(TypedDict):
+    host: str
+    attempt: int
+    stage: str
+    reason: str
+    retryable: bool
+
+
+# The conductor asks the scheduler again, excluding the hosts already tried.
+class InstanceRescheduled(TypedDict):
+    attempt: int
+    excluded_hosts: list[str]
+    reason: str
+
+
+# vm_state error, task_state None, with Nova's fault.
+class InstanceErrored(TypedDict):
+    code: int
+    message: str
+    details: str | None
+
+
+# Command to the network role, keyed by network id: one port on that network for an
+# instance.
+class AllocatePorts(TypedDict):
+    instance_uuid: str
+    host: str
+    attempt: int
+    network: NetworkToAttach
+
+
+# Command to the network role, keyed by network id: free the instance's ports on it (build
+# failure or delete).
+class ReleasePorts(TypedDict):
+    instance_uuid: str
+    network_id: str
+    reason: str
+    attempt: int
+
+
+# Fact keyed by network id: this address and MAC now belong to this port.
+class IpAllocated(TypedDict):
+    network_id: str
+    instance_uuid: str
+    port_id: str
+    ip_address: str
+    mac_address: str
+    host: str
+    attempt: int
+
+
+# Fact keyed by network id: the address is free again.
+class IpReleased(TypedDict):
+    network_id: str
+    instance_uuid: str
+    port_id: str
+    ip_address: str
+
+
+# Fact keyed by network id: no address could be given (pool exhausted, unknown network).
+class IpAllocationFailed(TypedDict):
+    network_id: str
+    instance_uuid: str
+    reason: str
+
+
+# Reply to the compute agent's topic: the instance's ports are ready (Nova's network-vif-
+# plugged).
+class PortsAllocated(TypedDict):
+    instance_uuid: str
+    host: str
+    attempt: int
+    ports: list[Port]
+
+
+# Reply to the compute agent's topic: no port could be made; nothing stays allocated.
+class PortsAllocationFailed(TypedDict):
+    instance_uuid: str
+    host: str
+    attempt: int
+    reason: str
