@@ -43,12 +43,17 @@ def ensure_schema(settings: Settings) -> None:
             sql.Identifier(settings.db_schema)))
 
 
+def live_schema(base: str) -> str:
+    """The schema of the live projection views (S_live, see projections/versions.py)."""
+    return f"{base}_live"
+
+
 def make_pool(settings: Settings, *, max_size: int = 4, projection_schema: str | None = None,
               timeout: float = 30.0) -> ConnectionPool:
     """A pool opened on creation. Unqualified names find the projection tables first:
     the live views (`S_live`) for readers, or `projection_schema` for a projector
     writing one version; then the role tables of the deployment's schema S."""
-    first = projection_schema or f"{settings.db_schema}_live"
+    first = projection_schema or live_schema(settings.db_schema)
     return ConnectionPool(
         settings.require_database_url(),
         min_size=1,

@@ -105,12 +105,24 @@ def next_batch(consumer: Consumer, max_messages: int, timeout: float) -> list[Me
     return [first, *consumer.consume(max_messages - 1, 0)] if max_messages > 1 else [first]
 
 
-def end_offsets(consumer: Consumer, topic: str, partitions: Iterable[int],
-                timeout: float = 10.0) -> dict[int, int]:
-    """The high watermark of each partition, asked of the broker (never cached)."""
-    return {p: int(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout,
-                                                  cached=False)[1])
-            for p in partitions}
+def open_reader(settings: Settings, name: str, topics: list[str],
+                ) -> tuple[Consumer, dict[tuple[str, int], int] | None]:
+    """A consumer assigned every partition of `topics` from offset 0 (no group, no commit),
+    and the high watermarks where the log ends now: None on Tansu, whose are wrong."""
+    consumer = Consumer({**client_config(settings), "group.id": group_name(settings, name),
+                         "enable.auto.commit": False, "fetch.wait.max.ms": 20,
+                         "auto.offset.reset": "earliest"})
+    try:
+        metadata = consumer.list_topics(timeout=15)
+        parts = [TopicPartition(t, p) for t in topics for p in metadata.topics[t].partitions]
+        ends = {(tp.topic, tp.partition): int(consumer.get_watermark_offsets(
+            tp, timeout=10, cached=False)[1]) for tp in parts} \
+            if settings.trusts_watermarks else None
+        consumer.assign([TopicPartition(tp.topic, tp.partition, 0) for tp in parts])
+    except BaseException:
+        consumer.close()
+        raise
+    return consumer, ends
 
 
 def reached(consumer: Consumer, ends: dict[tuple[str, int], int]) -> bool:
@@ -132,16 +144,8 @@ def read_to_end(settings: Settings, topics: list[str], idle_polls: int = 5,
     watermarks cannot be trusted, so there it is `idle_polls` empty polls in a row. A read
     that gets nothing for `stall_s` while short of its end raises BrokerUnavailable.
     """
-    consumer = Consumer({**client_config(settings), "group.id": group_name(settings, "scan"),
-                         "enable.auto.commit": False, "fetch.wait.max.ms": 20,
-                         "auto.offset.reset": "earliest"})
+    consumer, ends = open_reader(settings, "scan", topics)
     try:
-        metadata = consumer.list_topics(timeout=10)
-        parts = [(t, p) for t in topics for p in metadata.topics[t].partitions]
-        ends = {(t, p): end for t in topics for p, end in end_offsets(
-            consumer, t, metadata.topics[t].partitions).items()} \
-            if settings.trusts_watermarks else None
-        consumer.assign([TopicPartition(t, p, 0) for t, p in parts])
         empty, last_read = 0, time.monotonic()
         while (not reached(consumer, ends)) if ends is not None else empty < idle_polls:
             batch = consumer.consume(2000, 0.1)

@@ -14,11 +14,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from novalog.consume import TransientError
-
-
-def live_schema(base: str) -> str:
-    """The schema of the live projection views (S_live, see projections/versions.py)."""
-    return f"{base}_live"
+from novalog.db import live_schema
 
 
 class LiveProjection:

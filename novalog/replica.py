@@ -13,10 +13,10 @@ import logging
 import threading
 from collections.abc import Callable
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer
 
 from novalog.consume import through_outages
-from novalog.kafka import client_config, end_offsets, group_name, next_batch, reached
+from novalog.kafka import next_batch, open_reader, reached
 from novalog.settings import Settings
 from schemas import Event, SerializationError, decode
 
@@ -63,19 +63,12 @@ class LogReplica:
             self._thread.join(10)
 
     def _run(self) -> None:
-        consumer = Consumer({**client_config(self.settings),
-                             "group.id": group_name(self.settings, f"replica-{self.name}"),
-                             # never joined, never committed: assign() only
-                             "enable.auto.commit": False, "fetch.wait.max.ms": 20,
-                             "auto.offset.reset": "earliest"})
+        consumer: Consumer | None = None
         try:
-            metadata = consumer.list_topics(timeout=15)
-            ends = through_outages(f"replica {self.name}: end offsets", lambda: {
-                (t, p): end for t in self.topics
-                for p, end in end_offsets(consumer, t, metadata.topics[t].partitions).items()
-            }) if self.settings.trusts_watermarks else None
-            consumer.assign([TopicPartition(t, p, 0) for t in self.topics
-                             for p in metadata.topics[t].partitions])
+            consumer, ends = through_outages(f"replica {self.name}: opening the log",
+                                             lambda: open_reader(self.settings,
+                                                                 f"replica-{self.name}",
+                                                                 self.topics))
             while not self._stop.is_set():
                 messages = next_batch(consumer, 1000, 0.05)
                 if not messages:
@@ -107,4 +100,5 @@ class LogReplica:
             log.exception("replica %s stopped", self.name)
             raise
         finally:
-            consumer.close()
+            if consumer is not None:
+                consumer.close()

@@ -19,6 +19,8 @@ from typing import Any
 
 from psycopg import Connection, sql
 
+from novalog.db import live_schema
+
 SCHEMA_FILE = Path(__file__).resolve().parent / "schema.sql"
 PROJECTION_VERSION = 1  # bump when schema.sql or a writer changes what is projected
 VIEW_TABLES = [
@@ -45,10 +47,6 @@ def code_version() -> int:
 
 def version_schema(base: str, version: int) -> str:
     return f"{base}_p{version}"
-
-
-def live_schema(base: str) -> str:
-    return f"{base}_live"
 
 
 def create_projection_tables(conn: Connection[Any], schema: str) -> None:

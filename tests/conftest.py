@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -55,6 +57,13 @@ class Infra:
     source: str  # which of env / testcontainers / embedded each came from
     postgres: EmbeddedPostgres | None = None  # when the tests started it themselves
     broker: str | None = None  # "tansu" when the session runs on Tansu (NOVALOG_BROKER)
+
+
+def cli(env: dict[str, str], *args: str, timeout: float = 300,
+        ) -> subprocess.CompletedProcess[str]:
+    """`novalog ARGS` as a user runs it, in a process of its own."""
+    return subprocess.run([sys.executable, "-m", "novalog", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def free_port() -> int:

@@ -5,8 +5,6 @@ without re-doing any of it."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -15,14 +13,10 @@ from confluent_kafka import ConsumerGroupTopicPartitions
 from confluent_kafka.admin import AdminClient
 
 from novalog.client import NovalogClient
-from tests.conftest import needs_java
+from tests.conftest import cli, needs_java
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, needs_java]
 
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "novalog", *args], env=env,
-                          capture_output=True, text=True, timeout=300)
 
 
 def group_offsets(bootstrap: str) -> dict[str, dict[tuple[str, int], int]]:

@@ -4,17 +4,13 @@ its projection equals a replay of the log (the suite proves the rest on Apache K
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
+from tests.conftest import cli
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "novalog", *args], env=env,
-                          capture_output=True, text=True, timeout=300)
 
 
 def test_a_stack_on_tansu_boots_and_replays(novalog_env: dict[str, str]) -> None:

@@ -19,8 +19,8 @@ from novalog.embedded import kafka_node
 from novalog.migrations import bind_log, log_binding, migrate
 from novalog.process import StackError
 from novalog.settings import Settings
-from tests.conftest import Infra, free_port, needs_java
-from tests.integration.test_stack import _no_process_uses, cli
+from tests.conftest import Infra, cli, free_port, needs_java
+from tests.integration.test_stack import _no_process_uses
 
 pytestmark = [pytest.mark.integration]
 

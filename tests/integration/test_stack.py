@@ -16,16 +16,11 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import cli, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 NOVALOG = [sys.executable, "-m", "novalog"]
-
-
-def cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*NOVALOG, *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def status(env: dict[str, str]) -> tuple[int, dict[str, Any]]:
