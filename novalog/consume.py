@@ -1,12 +1,24 @@
-"""The consume loop every reacting role runs.
+"""The one consume runner every consumer of novalog uses.
 
-At-least-once with durable effects first: for each batch the loop decodes and
-handles every record, flushes the producer (follow-up events and dead letters
-are acknowledged by the broker), and only then commits the batch's offsets.
-A crash anywhere before the commit re-delivers the batch, so handlers must be
-idempotent (DESIGN.md §4). A record that cannot be decoded, or whose handler
-keeps failing, is copied verbatim to the dead-letter topic and the loop moves
-on: one bad record never stalls a partition.
+A `Runner` reads batches (as member of a consumer group, or every partition from
+offset 0 for a replica), passes over the event types its handler does not want
+from the header alone, decodes the rest (an undecodable record is dead-lettered,
+or skipped by a read-only replica), and hands the batch to its handler inside
+its `Checkpoint`, which owns "make the effects durable, then record how far":
+
+- `CommitOffsets` (reactors: scheduler, conductor, compute, network): handle
+  each new event (the inbox skips those already handled), flush the producer
+  (follow-up events and dead letters acknowledged), record the inbox, and only
+  then commit the offsets to Kafka. A crash before the commit re-delivers the
+  batch, so handlers must be idempotent (DESIGN.md §4).
+- `TrackOffsets` (projections): the batch's rows and the next offset of every
+  partition in one Postgres transaction; partitions start where that table says.
+- `Unchecked` (replicas): fold under a lock, record nothing; a restart reads again.
+
+`ConsumeLoop` is the runner of a reactor: per event, retries for transient
+errors, waits out outages, and dead-letters an event whose handler keeps failing,
+so one bad record never stalls a partition. `RunnerThread` runs a runner beside a
+role's main loop and reports its death, so a role never decides on a frozen view.
 """
 
 from __future__ import annotations
@@ -15,22 +27,33 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+from psycopg import Connection
+from psycopg_pool import ConnectionPool
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from novalog.faults import crash_point
 from novalog.idempotency import Inbox
 from novalog.kafka import (
     DeliveryError,
+    EndOfLog,
     EventProducer,
     Headers,
     Topics,
     consumer_config,
     next_batch,
+    open_reader,
 )
 from novalog.settings import Settings
 from schemas import Event, SerializationError, decode
@@ -125,8 +148,336 @@ def record_of(msg: Message) -> Record:
     )
 
 
-class ConsumeLoop:
-    """Consume `topics` as member of `group_id`, hand each event to `handler`."""
+C = TypeVar("C")
+C_contra = TypeVar("C_contra", contravariant=True)
+Offsets = dict[tuple[str, int], int]
+
+
+@dataclass
+class Batch:
+    """One poll's worth: the events to handle, in log order, and how far each partition was
+    read (records passed over or refused included)."""
+
+    events: list[tuple[Record, Event]] = field(default_factory=list)
+    last: Offsets = field(default_factory=dict)
+    refused: int = 0
+
+
+BatchHandler = Callable[[Batch, C], None]
+
+
+class Checkpoint(Protocol[C]):
+    """Where a runner starts and how it makes a batch's effects durable before moving on."""
+
+    seeks: bool  # partitions start from starting_offsets(), not from the group's commits
+
+    def starting_offsets(self) -> Offsets | None:
+        """Offsets to seek to when partitions are assigned; None: the group's committed ones."""
+        ...
+
+    def process(self, runner: Runner[C], batch: Batch, handle: BatchHandler[C]) -> None:
+        ...
+
+
+class Runner(Generic[C]):
+    """Read `topics`, decode, and hand each batch to `handle` inside `checkpoint`."""
+
+    def __init__(self, settings: Settings, *, name: str, topics: list[str],
+                 handle: BatchHandler[C], checkpoint: Checkpoint[C],
+                 producer: EventProducer | None = None, group: bool = True,
+                 wants: frozenset[str] | None = None, batch_size: int = 500,
+                 poll_timeout_s: float | None = None, dead_letters: bool = True,
+                 on_idle: Callable[[], None] | None = None) -> None:
+        """`group=False`: read every partition from offset 0, outside any group (a replica);
+        `caught_up` then says when the end of the log, as it was at the start, is folded in.
+        `wants`: the event types `handle` acts on; others are passed over from the header.
+        `dead_letters=False`: undecodable records are only counted and logged (replicas,
+        replays: the live consumers dead-letter them once)."""
+        self.settings = settings
+        self.name = name
+        self.topics = topics
+        self.handle = handle
+        self.checkpoint = checkpoint
+        self.producer = producer
+        self.group = group
+        self.wants = wants
+        self.batch_size = batch_size
+        self.poll_timeout_s = (settings.poll_timeout_ms / 1000 if poll_timeout_s is None
+                               else poll_timeout_s)
+        self.send_dead_letters = dead_letters and producer is not None
+        self.on_idle = on_idle
+        self.dead_letter_topic = Topics(settings.topic_prefix).dead_letters
+        self.refused = 0
+        self.events_read = 0
+        self._consumer: Consumer | None = None
+        self._end: EndOfLog | None = None
+
+    @property
+    def group_id(self) -> str:
+        return self.name
+
+    @property
+    def consumer(self) -> Consumer:
+        if self._consumer is None:
+            if self.group:
+                consumer = Consumer(consumer_config(self.settings, self.name))
+                if self.checkpoint.seeks:
+                    consumer.subscribe(self.topics, on_assign=self._on_assign)
+                else:
+                    consumer.subscribe(self.topics)
+                self._consumer = consumer
+            else:
+                consumer, ends = through_outages(
+                    f"{self.name}: opening the log",
+                    lambda: open_reader(self.settings, self.name, self.topics))
+                self._end = EndOfLog(consumer, ends, ", ".join(self.topics), idle_polls=1,
+                                     stall_s=float("inf"))
+                self._consumer = consumer
+        return self._consumer
+
+    @property
+    def caught_up(self) -> bool:
+        """A from-offset-0 reader has folded in everything the log held when it opened."""
+        return self._end is not None and self._end.reached
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        stored = through_outages(f"{self.name} reads its offsets",
+                                 self.checkpoint.starting_offsets) or {}
+        for tp in partitions:
+            tp.offset = stored.get((tp.topic, tp.partition), OFFSET_BEGINNING)
+        consumer.assign(partitions)
+        log.info("%s assigned %s", self.name,
+                 [(tp.topic, tp.partition, tp.offset) for tp in partitions])
+
+    def run(self, stop: threading.Event) -> None:
+        """Poll until `stop` is set, then leave the group."""
+        try:
+            while not stop.is_set():
+                self.poll_once()
+        finally:
+            self.close()
+
+    def poll_once(self) -> int:
+        """Read one batch, handle it inside the checkpoint; returns how many records it held."""
+        messages = next_batch(self.consumer, self.batch_size, self.poll_timeout_s)
+        batch = self._batch(messages)
+        if batch.last:
+            self.checkpoint.process(self, batch, self.handle)
+            self.events_read += len(batch.events)
+        if self._end is not None:
+            self._end.after_poll(len(messages))
+        if self.on_idle is not None:
+            try:  # periodic work (heartbeats, sweeps) in the runner's own thread
+                self.on_idle()
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                log.warning("%s: periodic work skipped: %s", self.name, exc)
+        return len(messages)
+
+    def _batch(self, messages: list[Message]) -> Batch:
+        batch = Batch()
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise KafkaException(err)
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("%s: consumer error: %s", self.name, err.str())
+                continue
+            batch.last[(msg.topic() or "", msg.partition() or 0)] = msg.offset() or 0
+            if self.wants is not None:
+                kind = event_type_of(msg.value())
+                if kind is not None and kind not in self.wants:
+                    continue
+            record = record_of(msg)
+            try:
+                batch.events.append((record, decode(record.value or b"")))
+            except SerializationError as exc:
+                batch.refused += 1
+                self.refuse(record, f"undecodable: {exc}")
+        return batch
+
+    def refuse(self, record: Record, why: str) -> None:
+        """A record this consumer can never handle: to the dead-letter topic, or logged."""
+        self.refused += 1
+        if self.send_dead_letters and self.producer is not None:
+            dead_letter(self.producer, self.dead_letter_topic, self.name, record, why)
+        else:
+            log.warning("%s skips %s[%d]@%d: %s", self.name, record.topic, record.partition,
+                        record.offset, why)
+
+    def close(self) -> None:
+        """Leave the group at once so a replica takes over without waiting for a timeout."""
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
+class CommitOffsets:
+    """A reactor's checkpoint: effects flushed, inbox recorded, then the Kafka commit."""
+
+    seeks = False
+
+    def __init__(self, inbox: Inbox | None = None,
+                 after_flush: Callable[[], None] | None = None) -> None:
+        self.inbox = inbox
+        self.after_flush = after_flush
+
+    def starting_offsets(self) -> Offsets | None:
+        return None
+
+    def process(self, runner: Runner[None], batch: Batch, handle: BatchHandler[None]) -> None:
+        consumer = runner.consumer
+        if not batch.events and not batch.refused:  # only records passed over
+            _commit(runner.name, consumer, batch.last, asynchronous=True)
+            return
+        fresh = self._fresh(runner.name, batch)
+        handle(fresh, None)
+        assert runner.producer is not None, "a reactor publishes"
+        runner.producer.flush_all(f"{runner.name} waits for the broker")
+        crash_point("consume.after_flush")
+        if self.after_flush is not None:
+            self.after_flush()
+        if self.inbox is not None and fresh.events:
+            inbox, ids = self.inbox, [e.event_id for _, e in fresh.events]
+            through_outages(f"{runner.name} records its inbox", lambda: inbox.record(ids))
+            crash_point("consume.after_inbox")
+        _commit(runner.name, consumer, batch.last, asynchronous=False)
+
+    def _fresh(self, name: str, batch: Batch) -> Batch:
+        """The batch without events already handled (one inbox query per batch, not per
+        record: a busy loop's largest saving) or repeated within it."""
+        inbox = self.inbox
+        if inbox is None:
+            return batch
+        ids = [e.event_id for _, e in batch.events]
+        seen = through_outages(f"{name} reads its inbox", lambda: inbox.seen_among(ids)) \
+            if ids else set()
+        fresh = Batch(last=batch.last, refused=batch.refused)
+        for record, event in batch.events:
+            if event.event_id in seen:
+                log.info("skipping %s %s: already handled", event.event_type, event.event_id)
+                continue
+            seen.add(event.event_id)
+            fresh.events.append((record, event))
+        return fresh
+
+
+def _commit(name: str, consumer: Consumer, last: Offsets, asynchronous: bool) -> None:
+    offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+    try:
+        if asynchronous:
+            consumer.commit(offsets=offsets, asynchronous=True)
+        else:
+            consumer.commit(offsets=offsets, asynchronous=False)
+    except KafkaException as exc:  # e.g. the group moved on during an outage
+        log.warning("%s: commit refused (%s); these records will come again and the inbox "
+                    "will skip them", name, exc.args[0].str())
+
+
+DEAD_LETTER_FLUSH_S = 5.0
+
+
+class TrackOffsets:
+    """A projection's checkpoint: the batch's rows and the next offsets in one transaction
+    (`projector_offsets` of the pool's schema); assigned partitions start from there."""
+
+    seeks = True
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+
+    def starting_offsets(self) -> Offsets:
+        with self.pool.connection() as conn:
+            rows = conn.execute("SELECT topic, partition, next_offset FROM projector_offsets"
+                                ).fetchall()
+        return {(t, p): o for t, p, o in rows}
+
+    def process(self, runner: Runner[Connection[Any]], batch: Batch,
+                handle: BatchHandler[Connection[Any]]) -> None:
+        # the batch is in memory: an outage only delays its transaction
+        through_outages(f"{runner.name} waits for Postgres",
+                        lambda: self._write(runner, batch, handle))
+
+    def _write(self, runner: Runner[Connection[Any]], batch: Batch,
+               handle: BatchHandler[Connection[Any]]) -> None:
+        with self.pool.connection() as conn, conn.transaction():
+            handle(batch, conn)
+            # dead letters are acknowledged before the offsets are stored, but never waited
+            # for with the rows locked: an unacknowledged flush rolls the batch back, and
+            # the outage policy writes it again later (a dead letter may then be repeated)
+            if runner.producer is not None and runner.producer.pending():
+                runner.producer.flush(DEAD_LETTER_FLUSH_S)
+            conn.cursor().executemany(
+                "INSERT INTO projector_offsets (topic, partition, next_offset) "
+                "VALUES (%s, %s, %s) ON CONFLICT (topic, partition) DO UPDATE SET "
+                "next_offset = GREATEST(projector_offsets.next_offset, excluded.next_offset)",
+                [(t, p, o + 1) for (t, p), o in batch.last.items()])
+            crash_point("projector.before_commit")
+
+
+class Unchecked:
+    """A replica's checkpoint: fold under `lock`, record nothing (a restart reads again)."""
+
+    seeks = False
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def starting_offsets(self) -> Offsets | None:
+        return None
+
+    def process(self, runner: Runner[None], batch: Batch, handle: BatchHandler[None]) -> None:
+        with self.lock:
+            handle(batch, None)
+
+
+class RunnerDied(RuntimeError):
+    """A runner's thread ended while its role still runs."""
+
+
+class RunnerThread:
+    """A runner in a background thread, whose death the role's main loop notices."""
+
+    def __init__(self, runner: Runner[Any]) -> None:
+        self.runner = runner
+        self.failure: BaseException | None = None
+        self._stop = threading.Event()
+        self._started = False
+        self._thread = threading.Thread(target=self._run, name=f"runner-{runner.name}",
+                                        daemon=True)
+
+    def start(self) -> RunnerThread:
+        self._started = True
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            self.runner.run(self._stop)
+        except Exception as exc:
+            self.failure = exc
+            log.exception("runner %s stopped", self.runner.name)
+            raise
+
+    def alive(self) -> bool:
+        """Not started yet, reading, or stopped on purpose."""
+        return not self._started or self._thread.is_alive() or self._stop.is_set()
+
+    def check(self) -> None:
+        """Raise when the thread died: a frozen view must stop the role (and the supervisor
+        restart it), never go on deciding on stale data."""
+        if not self.alive():
+            raise RunnerDied(f"{self.runner.name} stopped reading: {self.failure!r}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+class ConsumeLoop(Runner[None]):
+    """A reactor's runner: `handler` per new event, with retries, outages and dead letters."""
 
     def __init__(
         self,
@@ -143,144 +494,34 @@ class ConsumeLoop:
         wants: frozenset[str] | None = None,
         after_flush: Callable[[], None] | None = None,
     ) -> None:
-        """`wants`: the event types the handler acts on; others on its topics are passed
-        over from the header alone (no decode, no inbox, no flush), offsets committed.
-        `after_flush`: runs once a batch's output is acknowledged, before its commit."""
-        self.settings = settings
-        self.group_id = group_id
-        self.topics = topics
+        """`after_flush`: runs once a batch's output is acknowledged, before its commit."""
+        super().__init__(settings, name=group_id, topics=topics, handle=self._each,
+                         checkpoint=CommitOffsets(inbox, after_flush), producer=producer,
+                         wants=wants, batch_size=batch_size, on_idle=on_idle)
         self.handler = handler
-        self.producer = producer
         self.retry_if = retry_if
-        self.batch_size = batch_size
-        self.inbox = inbox
-        self.on_idle = on_idle
-        self.wants = wants
-        self.after_flush = after_flush
-        self._handled: list[str] = []
         self._retrying = Retrying(
             stop=stop_after_attempt(settings.max_retries + 1),
             wait=wait_exponential(multiplier=settings.retry_backoff_ms / 1000, max=10),
             retry=retry_if_exception(retry_if),
             reraise=True,
         )
-        self.dead_letter_topic = Topics(settings.topic_prefix).dead_letters
-        self._consumer: Consumer | None = None
 
-    @property
-    def consumer(self) -> Consumer:
-        if self._consumer is None:
-            self._consumer = Consumer(consumer_config(self.settings, self.group_id))
-            self._consumer.subscribe(self.topics)
-        return self._consumer
+    def _each(self, batch: Batch, _context: None) -> None:
+        for record, event in batch.events:
+            self._one(record, event)
 
-    def run(self, stop: threading.Event) -> None:
-        """Poll until `stop` is set; commit what was handled, then leave the group."""
+    def _one(self, record: Record, event: Event) -> None:
         try:
-            while not stop.is_set():
-                self.poll_once()
-        finally:
-            self.close()
-
-    def poll_once(self) -> int:
-        """Handle one batch and commit it; returns how many records it held."""
-        messages = next_batch(self.consumer, self.batch_size,
-                              self.settings.poll_timeout_ms / 1000)
-        last: dict[tuple[str, int], int] = {}
-        batch: list[tuple[Record, Event | None, str]] = []
-        for msg in messages:
-            err = msg.error()
-            if err is not None:
-                if err.fatal():
-                    raise KafkaException(err)
-                if err.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consumer error on %s: %s", self.topics, err.str())
-                continue
-            last[(msg.topic() or "", msg.partition() or 0)] = msg.offset() or 0
-            if self.wants is not None:
-                kind = event_type_of(msg.value())
-                if kind is not None and kind not in self.wants:
-                    continue
-            record = record_of(msg)
-            try:
-                batch.append((record, decode(record.value or b""), ""))
-            except SerializationError as exc:
-                batch.append((record, None, f"undecodable: {exc}"))
-        already = self._already_handled([e.event_id for _, e, _ in batch if e is not None])
-        for record, event, problem in batch:
-            if event is None:
-                self.dead_letter(record, problem)
-            else:
-                self._handle(record, event, already)
-        if self.on_idle is not None:
-            try:  # periodic work (heartbeats, sweeps) in the loop's own thread
-                self.on_idle()
-            except Exception as exc:
-                if not is_outage(exc):
-                    raise
-                log.warning("%s: periodic work skipped: %s", self.group_id, exc)
-        if last and not batch:  # only records passed over: nothing to make durable first
-            self._commit(last, asynchronous=True)
-        elif last:
-            self.producer.flush_all(f"{self.group_id} waits for the broker")
-            crash_point("consume.after_flush")
-            if self.after_flush is not None:
-                self.after_flush()
-            if self.inbox is not None:
-                inbox, handled = self.inbox, self._handled
-                through_outages(f"{self.group_id} records its inbox",
-                                lambda: inbox.record(handled))
-                crash_point("consume.after_inbox")
-            self._handled = []
-            self._commit(last, asynchronous=False)
-        return len(messages)
-
-    def _commit(self, last: dict[tuple[str, int], int], asynchronous: bool) -> None:
-        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
-        try:
-            if asynchronous:
-                self.consumer.commit(offsets=offsets, asynchronous=True)
-            else:
-                self.consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as exc:  # e.g. the group moved on during an outage
-            log.warning("%s: commit refused (%s); these records will come again and "
-                        "the inbox will skip them", self.group_id, exc.args[0].str())
-
-    def _already_handled(self, event_ids: list[str]) -> set[str]:
-        """One inbox query per batch, not per record: a busy loop's largest saving."""
-        inbox = self.inbox
-        if inbox is None or not event_ids:
-            return set()
-        return through_outages(f"{self.group_id} reads its inbox",
-                               lambda: inbox.seen_among(event_ids))
-
-    def _handle(self, record: Record, event: Event, already: set[str]) -> None:
-        if self.inbox is not None:
-            if event.event_id in already or event.event_id in self._handled:
-                log.info("skipping %s %s: already handled", event.event_type, event.event_id)
-                return
-            self._handled.append(event.event_id)
-        try:
-            through_outages(f"{self.group_id} waits for its infrastructure",
+            through_outages(f"{self.name} waits for its infrastructure",
                             lambda: self._retrying(self.handler, event, record))
         except Exception as exc:
-            self._give_up(event, record, exc, self.settings.max_retries + 1)
-
-    def _give_up(self, event: Event, record: Record, exc: Exception, attempts: int) -> None:
-        transient = self.retry_if(exc)
-        why = f"gave up after {attempts} attempts: " if transient else "handler failed: "
-        log.error("%s %s@%d:%d (%s)", why, record.topic, record.partition, record.offset,
-                  event.event_type, exc_info=exc)
-        self.dead_letter(record, f"{why}{type(exc).__name__}: {exc}")
-
-    def dead_letter(self, record: Record, error: str) -> None:
-        dead_letter(self.producer, self.dead_letter_topic, self.group_id, record, error)
-
-    def close(self) -> None:
-        """Leave the group at once so a replica takes over without waiting for a timeout."""
-        if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None
+            attempts = self.settings.max_retries + 1
+            why = f"gave up after {attempts} attempts: " if self.retry_if(exc) else \
+                "handler failed: "
+            log.error("%s %s@%d:%d (%s)", why, record.topic, record.partition,
+                      record.offset, event.event_type, exc_info=exc)
+            self.refuse(record, f"{why}{type(exc).__name__}: {exc}")
 
 
 def dead_letter(producer: EventProducer, topic: str, consumer: str, record: Record,

@@ -135,27 +135,57 @@ def reached(consumer: Consumer, ends: dict[tuple[str, int], int]) -> bool:
                for tp in consumer.position(todo))
 
 
+class EndOfLog:
+    """The one "caught up" rule of novalog, for a reader assigned from offset 0.
+
+    On Apache Kafka the end is the high watermarks read when the reader opened (a position
+    at or past each). Tansu's watermarks cannot be trusted, so there it is `idle_polls`
+    empty polls in a row. A reader that gets nothing for `stall_s` while short of its end
+    raises BrokerUnavailable rather than wait for ever.
+    """
+
+    def __init__(self, consumer: Consumer, ends: dict[tuple[str, int], int] | None,
+                 what: str, *, idle_polls: int = 5, stall_s: float = 30.0) -> None:
+        self.consumer = consumer
+        self.ends = ends
+        self.what = what
+        self.idle_polls = idle_polls
+        self.stall_s = stall_s
+        self._empty = 0
+        self._last_read = time.monotonic()
+        self.reached = ends is not None and reached(consumer, ends)  # an empty log
+
+    def after_poll(self, got: int) -> bool:
+        """Call after each poll whose records are handled; True once the end is reached."""
+        if self.reached:
+            return True
+        now = time.monotonic()
+        if got:
+            self._empty, self._last_read = 0, now
+        else:
+            self._empty += 1
+        if self.ends is not None:
+            self.reached = reached(self.consumer, self.ends)
+        else:
+            self.reached = self._empty >= self.idle_polls
+        if not self.reached and not got and now - self._last_read > self.stall_s:
+            raise BrokerUnavailable(f"reading {self.what} stalled for {self.stall_s:.0f}s "
+                                    "short of the end: is the broker up?")
+        return self.reached
+
+
 def read_to_end(settings: Settings, topics: list[str], idle_polls: int = 5,
                 stall_s: float = 30.0) -> Iterator[Message]:
-    """Every record of `topics` from offset 0 to their end, partition by partition in
-    log order (assign(), no group, no commit). The one "caught up" rule of novalog.
-
-    On Apache Kafka "the end" is the high watermarks read when the read starts. Tansu's
-    watermarks cannot be trusted, so there it is `idle_polls` empty polls in a row. A read
-    that gets nothing for `stall_s` while short of its end raises BrokerUnavailable.
-    """
+    """Every record of `topics` from offset 0 to their end (EndOfLog), partition by
+    partition in log order: raw records, for scans that must see undecodable ones too."""
     consumer, ends = open_reader(settings, "scan", topics)
     try:
-        empty, last_read = 0, time.monotonic()
-        while (not reached(consumer, ends)) if ends is not None else empty < idle_polls:
+        end = EndOfLog(consumer, ends, ", ".join(topics), idle_polls=idle_polls,
+                       stall_s=stall_s)
+        while not end.reached:
             batch = consumer.consume(2000, 0.1)
-            empty = 0 if batch else empty + 1
-            if batch:
-                last_read = time.monotonic()
-            elif time.monotonic() - last_read > stall_s:
-                raise BrokerUnavailable(f"reading {', '.join(topics)} stalled for "
-                                        f"{stall_s:.0f}s short of the end: is the broker up?")
             yield from (m for m in batch if m.error() is None)
+            end.after_poll(len(batch))
     finally:
         consumer.close()
 

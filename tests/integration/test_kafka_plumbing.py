@@ -251,8 +251,8 @@ def test_read_to_end_stops_at_the_end_and_a_dead_replica_is_noticed(settings: Se
     broken = LogReplica(settings, [f"{settings.topic_prefix}.no-such-topic"],
                         lambda _e: None, "broken").start()
     deadline = time.monotonic() + 30
-    while broken._thread is not None and broken._thread.is_alive():
+    while broken.thread.alive():
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    with pytest.raises(ReplicaDied, match="replica broken stopped reading"):
+    with pytest.raises(ReplicaDied, match="replica-broken stopped reading"):
         broken.check()
