@@ -8,11 +8,12 @@ NOVALOG_API_URL, by default the local API of `novalog up`.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal, overload
 
 import httpx
 
 from novalog.settings import Settings
+from novalog.views import FlavorView, ImageView, NetworkView, ServerView
 
 
 class ApiFailure(Exception):
@@ -69,14 +70,23 @@ class NovalogClient:
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=params)
 
-    def find(self, kind: str, ref: str) -> dict[str, Any]:
+    @overload
+    def find(self, kind: Literal["flavor"], ref: str) -> FlavorView: ...
+    @overload
+    def find(self, kind: Literal["image"], ref: str) -> ImageView: ...
+    @overload
+    def find(self, kind: Literal["network"], ref: str) -> NetworkView: ...
+    @overload
+    def find(self, kind: Literal["server"], ref: str) -> ServerView: ...
+
+    def find(self, kind: str, ref: str) -> FlavorView | ImageView | NetworkView | ServerView:
         """A flavor, image, network or server by id or exact name (one match, else an error)."""
         paths = {"flavor": ("/compute/v2.1/flavors/detail", "flavors"),
                  "image": ("/image/v2/images", "images"),
                  "network": ("/networking/v2.0/networks", "networks"),
                  "server": ("/compute/v2.1/servers/detail", "servers")}
         path, key = paths[kind]
-        items = self.get(path)[key]
+        items: list[FlavorView | ImageView | NetworkView | ServerView] = self.get(path)[key]
         matches = [i for i in items if ref in (i["id"], i["name"])]
         if not matches:
             raise ApiFailure(404, f"No {kind} with a name or ID of '{ref}' exists.")

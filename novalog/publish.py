@@ -7,8 +7,8 @@ re-handling an input re-emits identical events (see novalog.idempotency).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
 
 from novalog.idempotency import derived_id
 from novalog.kafka import EventProducer
@@ -20,8 +20,9 @@ class Publisher:
         self.producer = producer
         self.name = f"{role}@{host}"
 
-    def emit(self, topic: str, event_type: str, aggregate_id: str, payload: dict[str, Any], *,
-             cause: Event | None = None, correlation_id: str | None = None,
+    def emit(self, topic: str, event_type: str, aggregate_id: str,
+             payload: Mapping[str, object], *, cause: Event | None = None,
+             correlation_id: str | None = None,
              what: tuple[object, ...] = (), event_id: str | None = None) -> Event:
         """Build, queue and return the event (the caller's loop flushes before committing)."""
         event = self.build(event_type, aggregate_id, payload, cause=cause,
@@ -29,7 +30,7 @@ class Publisher:
         self.producer.publish(topic, event)
         return event
 
-    def build(self, event_type: str, aggregate_id: str, payload: dict[str, Any], *,
+    def build(self, event_type: str, aggregate_id: str, payload: Mapping[str, object], *,
               cause: Event | None = None, correlation_id: str | None = None,
               what: tuple[object, ...] = (), event_id: str | None = None) -> Event:
         """The event with its envelope filled in, not yet sent (for an outbox)."""

@@ -15,6 +15,7 @@ from psycopg_pool import ConnectionPool
 
 from novalog.consume import TransientError
 from novalog.db import live_schema
+from schemas import payloads
 
 
 class LiveProjection:
@@ -28,23 +29,35 @@ class LiveProjection:
         with self.pool.connection() as conn:
             return conn.execute(sql.SQL(query).format(live=self.schema), args).fetchall()
 
-    def build_request(self, instance: str) -> dict[str, Any] | None:
+    def build_request(self, instance: str) -> payloads.InstanceBuildRequested | None:
         rows = self._rows("SELECT payload FROM {live}.instance_events WHERE instance_uuid = %s "
                           "AND event_type = 'InstanceBuildRequested'", (instance,))
-        return dict(rows[0][0]) if rows else None
+        if not rows:
+            return None
+        request: payloads.InstanceBuildRequested = rows[0][0]  # the payload, as projected
+        return request
 
-    def image(self, image_id: str) -> dict[str, Any] | None:
+    def image(self, image_id: str) -> payloads.ImageToBoot | None:
         rows = self._rows("SELECT image_id, name, disk_format, checksum, size, location, "
                           "properties FROM {live}.images WHERE image_id = %s", (image_id,))
-        return dict(zip(["id", "name", "disk_format", "checksum", "size", "location",
-                         "properties"], rows[0], strict=True)) if rows else None
+        if not rows:
+            return None
+        image_id, name, disk_format, checksum, size, location, properties = rows[0]
+        return {"id": image_id, "name": name, "disk_format": disk_format, "checksum": checksum,
+                "size": size, "location": location, "properties": properties}
 
-    def network(self, network_id: str) -> dict[str, Any] | None:
+    def network(self, network_id: str | None,
+                fixed_ip: str | None) -> payloads.NetworkToAttach | None:
+        """The network as compute and the network role need it, with the address asked."""
         rows = self._rows("SELECT network_id, name, cidr, gateway_ip, allocation_start, "
                           "allocation_end FROM {live}.networks WHERE network_id = %s",
                           (network_id,))
-        return dict(zip(["network_id", "name", "cidr", "gateway_ip", "allocation_start",
-                         "allocation_end"], rows[0], strict=True)) if rows else None
+        if not rows:
+            return None
+        network_id, name, cidr, gateway_ip, allocation_start, allocation_end = rows[0]
+        return {"network_id": network_id, "name": name, "cidr": cidr, "gateway_ip": gateway_ip,
+                "allocation_start": allocation_start, "allocation_end": allocation_end,
+                "fixed_ip": fixed_ip}
 
     def tried_hosts(self, instance: str) -> list[str]:
         rows = self._rows("SELECT state->'tried_hosts' FROM {live}.servers WHERE uuid = %s",
@@ -72,9 +85,9 @@ class BuildRequests:
     def __init__(self, projection: LiveProjection, limit: int = 100_000) -> None:
         self.projection = projection
         self.limit = limit
-        self._cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._cache: OrderedDict[str, payloads.InstanceBuildRequested] = OrderedDict()
 
-    def remember(self, instance: str, payload: dict[str, Any]) -> None:
+    def remember(self, instance: str, payload: payloads.InstanceBuildRequested) -> None:
         self._cache[instance] = payload
         if len(self._cache) > self.limit:
             self._cache.popitem(last=False)
@@ -85,7 +98,7 @@ class BuildRequests:
     def __contains__(self, instance: str) -> bool:
         return instance in self._cache
 
-    def get(self, instance: str) -> dict[str, Any]:
+    def get(self, instance: str) -> payloads.InstanceBuildRequested:
         if instance in self._cache:
             return self._cache[instance]
         payload = self.projection.build_request(instance)

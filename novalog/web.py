@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated, NotRequired, TypedDict
 
 from fastapi import Depends, Header, Request
 from psycopg_pool import ConnectionPool
@@ -17,6 +17,7 @@ from novalog.db import make_pool
 from novalog.kafka import EventProducer
 from novalog.settings import Settings
 from novalog.tokens import Context, TokenService, load_keys
+from novalog.views import Link
 
 AUTH_REQUIRED = "The request you have made requires authentication."
 FAULT_NAMES = {400: "badRequest", 403: "forbidden", 404: "itemNotFound",
@@ -34,7 +35,14 @@ class ApiError(Exception):
         self.message = message
 
 
-def error_body(status: int, message: str) -> dict[str, Any]:
+class ErrorDetail(TypedDict):
+    code: int
+    title: NotRequired[str]
+    message: str
+
+
+def error_body(status: int, message: str) -> dict[str, ErrorDetail]:
+    """{fault name: {code, message}}, the name depending on the status."""
     if status == 401:  # keystonemiddleware's shape
         return {"error": {"code": 401, "title": "Unauthorized", "message": message}}
     return {FAULT_NAMES.get(status, "computeFault"): {"code": status, "message": message}}
@@ -103,7 +111,7 @@ def authenticate(request: Request,
 Auth = Annotated[Context, Depends(authenticate)]
 
 
-def server_link(request: Request, server_id: str) -> list[dict[str, str]]:
+def server_link(request: Request, server_id: str) -> list[Link]:
     base = str(request.base_url).rstrip("/")
     return [{"rel": "self", "href": f"{base}/compute/v2.1/servers/{server_id}"},
             {"rel": "bookmark", "href": f"{base}/compute/servers/{server_id}"}]

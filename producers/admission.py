@@ -8,7 +8,6 @@ at all.
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from novalog.tokens import Context
 from novalog.web import ApiError
 from producers import outbox
 from producers.catalog import DEFAULT_QUOTAS
+from schemas import payloads
 
 if TYPE_CHECKING:
     from producers.servers import BuildPlan
@@ -39,23 +39,22 @@ def admit(conn: Connection[Any], pub: Publisher, topics: Topics, ctx: Context,
           plan: BuildPlan, counts: tuple[int, int], request_id: str) -> Admission:
     """As many instances as quota allows (403 below min_count), recorded and queued."""
     conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (ctx.project_id,))
-    count = allowed_count(conn, ctx, plan.flavor, *counts)
-    reservation_id = f"r-{secrets.token_hex(4)}"
+    first = plan.request
+    flavor, image, reservation_id = first["flavor"], first["image"], first["reservation_id"]
+    count = allowed_count(conn, ctx, flavor, *counts)
     ids = [str(uuid.uuid4()) for _ in range(count)]
     event_ids: list[str] = []
     now = datetime.now(UTC)
-    flavor = plan.flavor
     for index, server_id in enumerate(ids):
-        name = plan.name if count == 1 else f"{plan.name}-{index + 1}"
+        name = first["name"] if count == 1 else f"{first['name']}-{index + 1}"
         conn.execute(
             "INSERT INTO accepted_instances VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
             "%s)", (server_id, ctx.project_id, ctx.user_id, name, reservation_id,
                     flavor["vcpus"], flavor["memory_mb"], Jsonb(flavor),
-                    plan.payload["image"]["id"], request_id, now))
-        event = pub.build("InstanceBuildRequested", server_id, {
-            "name": name, "project_id": ctx.project_id, "user_id": ctx.user_id,
-            "reservation_id": reservation_id, "launch_index": index, **plan.payload},
-            correlation_id=request_id)
+                    image["id"] if image else None, request_id, now))
+        request: payloads.InstanceBuildRequested = {**first, "name": name, "launch_index": index}
+        event = pub.build("InstanceBuildRequested", server_id, request,
+                          correlation_id=request_id)
         outbox.add(conn, topics.instances, event)
         event_ids.append(event.event_id)
     return Admission(reservation_id, ids, event_ids)
@@ -70,7 +69,7 @@ def quota_limits(conn: Connection[Any], project_id: str) -> dict[str, int]:
     return limits
 
 
-def allowed_count(conn: Connection[Any], ctx: Context, flavor: dict[str, Any],
+def allowed_count(conn: Connection[Any], ctx: Context, flavor: payloads.Flavor,
                   min_count: int, max_count: int) -> int:
     """As many instances as quota allows, from max_count down to min_count, or 403."""
     limits = quota_limits(conn, ctx.project_id)

@@ -20,8 +20,8 @@ import ipaddress
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from psycopg_pool import ConnectionPool
 
@@ -30,6 +30,10 @@ from novalog.kafka import EventProducer, Topics
 from novalog.publish import Publisher
 from novalog.settings import Settings
 from novalog.tokens import hash_password
+from schemas import payloads
+
+CatalogPayload = (payloads.FlavorCreated | payloads.ImageRegistered | payloads.NetworkCreated
+                  | payloads.ProjectCreated | payloads.UserCreated | payloads.RoleAssigned)
 
 DEFAULT_FLAVORS = [  # nova-manage's defaults: id, name, vCPUs, RAM MB, root GB
     ("1", "m1.tiny", 1, 512, 1),
@@ -57,45 +61,46 @@ def make_image_file(store: Path, name: str = "cirros", virtual_size: str = "112M
     return path
 
 
-def catalog_events(settings: Settings, hash_password: Any) -> list[tuple[str, str, str,
-                                                                         dict[str, Any]]]:
+def catalog_events(settings: Settings, hash_password: Callable[[str], str],
+                   ) -> list[tuple[str, str, str, CatalogPayload]]:
     """(table, key, event type, payload) for everything the bootstrap wants to exist."""
     image = make_image_file(settings.home / "images")
     data = image.read_bytes()
     admin_pw, demo_pw = settings.admin_password, settings.demo_password
     admin, demo = entity_id("project", "admin"), entity_id("project", "demo")
     admin_user, demo_user = entity_id("user", "admin"), entity_id("user", "demo")
-    items: list[tuple[str, str, str, dict[str, Any]]] = []
+    items: list[tuple[str, str, str, CatalogPayload]] = []
     for flavorid, name, vcpus, ram, disk in DEFAULT_FLAVORS:
-        items.append(("flavors", flavorid, "FlavorCreated", {
-            "flavorid": flavorid, "name": name, "vcpus": vcpus, "memory_mb": ram,
-            "root_gb": disk, "ephemeral_gb": 0, "swap_mb": 0, "is_public": True,
-            "extra_specs": {}}))
+        items.append(("flavors", flavorid, "FlavorCreated", payloads.FlavorCreated(
+            flavorid=flavorid, name=name, vcpus=vcpus, memory_mb=ram,
+            root_gb=disk, ephemeral_gb=0, swap_mb=0, is_public=True,
+            extra_specs={})))
     image_id = entity_id("image", "cirros")
-    items.append(("images", image_id, "ImageRegistered", {
-        "image_id": image_id, "name": "cirros", "status": "active", "disk_format": "qcow2",
-        "container_format": "bare", "size": len(data),
-        "checksum": hashlib.md5(data, usedforsecurity=False).hexdigest(), "min_disk": 0,
-        "min_ram": 0, "location": str(image), "visibility": "public",
-        "properties": {"hw_architecture": "x86_64"}}))
+    items.append(("images", image_id, "ImageRegistered", payloads.ImageRegistered(
+        image_id=image_id, name="cirros", status="active", disk_format="qcow2",
+        container_format="bare", size=len(data),
+        checksum=hashlib.md5(data, usedforsecurity=False).hexdigest(), min_disk=0,
+        min_ram=0, location=str(image), visibility="public",
+        properties={"hw_architecture": "x86_64"})))
     network_id = entity_id("network", "private")
     cidr = ipaddress.IPv4Network(settings.private_cidr)
-    items.append(("networks", network_id, "NetworkCreated", {
-        "network_id": network_id, "name": "private", "cidr": str(cidr),
-        "gateway_ip": str(cidr[1]), "allocation_start": str(cidr[2]),
-        "allocation_end": str(cidr[-2]), "project_id": None, "shared": True}))
+    items.append(("networks", network_id, "NetworkCreated", payloads.NetworkCreated(
+        network_id=network_id, name="private", cidr=str(cidr),
+        gateway_ip=str(cidr[1]), allocation_start=str(cidr[2]),
+        allocation_end=str(cidr[-2]), project_id=None, shared=True)))
     for project_id, name in ((admin, "admin"), (demo, "demo")):
         items.append(("projects", project_id, "ProjectCreated",
-                      {"project_id": project_id, "name": name, "domain": "Default"}))
+                      payloads.ProjectCreated(project_id=project_id, name=name,
+                                              domain="Default")))
     for user_id, name, pw, project in ((admin_user, "admin", admin_pw, admin),
                                        (demo_user, "demo", demo_pw, demo)):
-        items.append(("users", user_id, "UserCreated", {
-            "user_id": user_id, "name": name, "password_hash": hash_password(pw),
-            "default_project_id": project, "domain": "Default"}))
+        items.append(("users", user_id, "UserCreated", payloads.UserCreated(
+            user_id=user_id, name=name, password_hash=hash_password(pw),
+            default_project_id=project, domain="Default")))
     items.append(("role_assignments", f"{admin_user}/{admin}/admin", "RoleAssigned",
-                  {"user_id": admin_user, "project_id": admin, "role": "admin"}))
+                  payloads.RoleAssigned(user_id=admin_user, project_id=admin, role="admin")))
     items.append(("role_assignments", f"{demo_user}/{demo}/member", "RoleAssigned",
-                  {"user_id": demo_user, "project_id": demo, "role": "member"}))
+                  payloads.RoleAssigned(user_id=demo_user, project_id=demo, role="member")))
     return items
 
 

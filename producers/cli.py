@@ -8,7 +8,7 @@ if any server ends in ERROR (printing its fault).
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -16,28 +16,32 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from novalog.client import ApiFailure, NovalogClient
 from novalog.settings import Settings
+from novalog.views import ServerRefs, ServerView
+from producers.servers import ReservationCreated, ServerCreated
 
 console = Console()
 err = Console(stderr=True)
 
 
-def _server_ids(client: NovalogClient, created: dict[str, Any], count: int) -> list[str]:
+def _server_ids(client: NovalogClient, created: ServerCreated | ReservationCreated,
+                count: int) -> list[str]:
     if "server" in created:
         return [created["server"]["id"]]
     reservation = created["reservation_id"]
     deadline = time.monotonic() + 15
     while True:  # a multi-create answers with its reservation id only, as in Nova
-        servers = client.get("/compute/v2.1/servers", reservation_id=reservation)["servers"]
+        listed: ServerRefs = client.get("/compute/v2.1/servers", reservation_id=reservation)
+        servers = listed["servers"]
         if len(servers) >= count or time.monotonic() > deadline:
             return [s["id"] for s in servers]
         time.sleep(0.1)
 
 
 def follow(client: NovalogClient, ids: list[str], names: dict[str, str],
-           timeout: float) -> dict[str, dict[str, Any]]:
+           timeout: float) -> dict[str, ServerView]:
     """Print each server's transitions until every one is ACTIVE or ERROR."""
     seen = dict.fromkeys(ids, 0)
-    final: dict[str, dict[str, Any]] = {}
+    final: dict[str, ServerView] = {}
     deadline = time.monotonic() + timeout
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
@@ -80,11 +84,12 @@ def boot(
         f = client.find("flavor", flavor)
         i = client.find("image", image)
         nets = [{"uuid": client.find("network", n)["id"]} for n in network or []]
-        body: dict[str, Any] = {"server": {
+        body = {"server": {
             "name": name, "flavorRef": f["id"], "imageRef": i["id"], "min_count": count,
             "max_count": count, "networks": nets or "auto",
             **({"return_reservation_id": True} if count > 1 else {})}}
-        created = client.request("POST", "/compute/v2.1/servers", json=body)
+        created: ServerCreated | ReservationCreated = client.request(
+            "POST", "/compute/v2.1/servers", json=body)
         ids = _server_ids(client, created, count)
         names = {s: (name if count == 1 else f"{name}-{n + 1}") for n, s in enumerate(ids)}
         if not wait:

@@ -11,11 +11,75 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypedDict  # pydantic validates the response bodies
 
 from novalog.tokens import verify_password
+from novalog.views import Link
 from novalog.web import AUTH_REQUIRED, ApiError, Auth, state_of, token_service
 
 router = APIRouter(prefix="/identity", tags=["identity"])
+
+
+class KeystoneVersion(TypedDict):
+    id: str
+    status: str
+    links: list[Link]
+
+
+class VersionValues(TypedDict):
+    values: list[KeystoneVersion]
+
+
+class Versions(TypedDict):
+    versions: VersionValues
+
+
+class OneVersion(TypedDict):
+    version: KeystoneVersion
+
+
+class Domain(TypedDict):
+    id: str
+    name: str
+
+
+class DomainOwned(TypedDict):
+    """A user or a project, with its domain."""
+
+    id: str
+    name: str
+    domain: Domain
+
+
+class Role(TypedDict):
+    id: str
+    name: str
+
+
+class Endpoint(TypedDict):
+    interface: str
+    region: str
+    url: str
+
+
+class CatalogEntry(TypedDict):
+    type: str
+    name: str
+    endpoints: list[Endpoint]
+
+
+class Token(TypedDict):
+    methods: list[str]
+    issued_at: str
+    expires_at: str
+    user: DomainOwned
+    project: DomainOwned
+    roles: list[Role]
+    catalog: list[CatalogEntry]
+
+
+class IssuedToken(TypedDict):
+    token: Token
 
 
 def _self_link(request: Request, path: str) -> str:
@@ -23,14 +87,14 @@ def _self_link(request: Request, path: str) -> str:
 
 
 @router.get("", summary="Keystone version discovery")
-def versions(request: Request) -> dict[str, Any]:
+def versions(request: Request) -> Versions:
     link = _self_link(request, "/identity/v3/")
     return {"versions": {"values": [{"id": "v3.14", "status": "stable",
                                      "links": [{"rel": "self", "href": link}]}]}}
 
 
 @router.get("/v3", summary="Keystone v3")
-def version_v3(request: Request) -> dict[str, Any]:
+def version_v3(request: Request) -> OneVersion:
     link = _self_link(request, "/identity/v3/")
     return {"version": {"id": "v3.14", "status": "stable",
                         "links": [{"rel": "self", "href": link}]}}
@@ -99,7 +163,7 @@ def _check_lockout(conn: Any, username: str) -> None:
 @router.post("/v3/auth/tokens", status_code=201, summary="Password authentication",
              responses={401: {"description": "wrong user, password or project"},
                         429: {"description": "too many failed attempts: locked out"}})
-def issue_token(body: AuthRequest, request: Request, response: Response) -> dict[str, Any]:
+def issue_token(body: AuthRequest, request: Request, response: Response) -> IssuedToken:
     if "password" not in body.auth.identity.methods:
         raise ApiError(400, "Only the password method is supported")
     creds = body.auth.identity.password.user

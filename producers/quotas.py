@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Mapping
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypedDict  # pydantic validates the response bodies
 
 from novalog.kafka import DeliveryError, Topics
 from novalog.publish import Publisher
 from novalog.web import ApiError, Auth, state_of
 from producers.admission import quota_limits
+from schemas import payloads
 
 router = APIRouter(prefix="/compute/v2.1", tags=["compute"])
 INT32 = 2**31 - 1  # QuotaSet.limit is an Avro int
@@ -29,8 +31,12 @@ class QuotaSetBody(BaseModel):
     quota_set: QuotaValues
 
 
+class QuotaSetView(TypedDict):
+    quota_set: Mapping[str, int | str]  # limit by resource (and the project's "id")
+
+
 @router.get("/os-quota-sets/{project_id}", summary="A project's quota limits")
-def show_quotas(project_id: str, request: Request, ctx: Auth) -> dict[str, Any]:
+def show_quotas(project_id: str, request: Request, ctx: Auth) -> QuotaSetView:
     if project_id != ctx.project_id and not ctx.is_admin:
         raise ApiError(403, "Policy doesn't allow os_compute_api:os-quota-sets:show to be "
                             "performed.")
@@ -40,7 +46,7 @@ def show_quotas(project_id: str, request: Request, ctx: Auth) -> dict[str, Any]:
 
 @router.put("/os-quota-sets/{project_id}", summary="Change a project's quota limits (admin)")
 def update_quotas(project_id: str, body: QuotaSetBody, request: Request,
-                  ctx: Auth) -> dict[str, Any]:
+                  ctx: Auth) -> QuotaSetView:
     if not ctx.is_admin:
         raise ApiError(403, "Policy doesn't allow os_compute_api:os-quota-sets:update to be "
                             "performed.")
@@ -50,7 +56,7 @@ def update_quotas(project_id: str, body: QuotaSetBody, request: Request,
     request_id = f"req-{time.time_ns()}"
     for resource, limit in changes.items():
         pub.emit(Topics(app.settings.topic_prefix).catalog, "QuotaSet", project_id,
-                 {"project_id": project_id, "resource": resource, "limit": limit},
+                 payloads.QuotaSet(project_id=project_id, resource=resource, limit=limit),
                  correlation_id=request_id)
     try:
         app.producer.flush(10)

@@ -18,19 +18,22 @@ import logging
 import secrets
 import uuid
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, final
 
 from fastapi import APIRouter, Request, Response
 from psycopg import Connection
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypedDict  # pydantic validates the response bodies
 
 from novalog.faults import crash_point
 from novalog.kafka import DeliveryError, Topics
 from novalog.publish import Publisher
 from novalog.tokens import Context
+from novalog.views import Link, NameRef
 from novalog.web import ApiError, Auth, server_link, state_of
 from producers import outbox
 from producers.admission import admit
+from schemas import payloads
 
 router = APIRouter(prefix="/compute/v2.1", tags=["compute"])
 log = logging.getLogger(__name__)
@@ -107,11 +110,38 @@ class CreateServerBody(BaseModel):
 
 @dataclass(frozen=True)
 class BuildPlan:
-    """A validated request: the InstanceBuildRequested payload all its instances share."""
+    """A validated request, as the InstanceBuildRequested of its first instance: the
+    others differ only in their name and launch index (producers/admission.py)."""
 
+    request: payloads.InstanceBuildRequested
+
+
+class CatalogImage(TypedDict):
+    """What the checks need of an image of the catalog."""
+
+    id: str
     name: str
-    flavor: dict[str, Any]
-    payload: dict[str, Any]
+    min_disk: int
+    min_ram: int
+    size: int
+    properties: dict[str, str]
+
+
+CreatedServer = TypedDict("CreatedServer", {
+    "id": str, "links": list[Link], "OS-DCF:diskConfig": str, "security_groups": list[NameRef],
+    "adminPass": str})
+
+
+@final  # so that `"server" in answer` tells the two answers apart
+class ServerCreated(TypedDict):
+    server: CreatedServer
+
+
+@final
+class ReservationCreated(TypedDict):
+    """The answer to a multi-create that asked for return_reservation_id."""
+
+    reservation_id: str
 
 
 @dataclass(frozen=True)
@@ -163,7 +193,7 @@ def boot_image_id(s: ServerCreate) -> str:
     raise ApiError(400, "Missing imageRef attribute")
 
 
-def image_record(conn: Connection[Any], image_id: str) -> dict[str, Any]:
+def image_record(conn: Connection[Any], image_id: str) -> CatalogImage:
     row = _one(conn, "SELECT image_id, name, status, min_disk, min_ram, size, properties "
                      "FROM images WHERE image_id = %s", image_id)
     if row is None:
@@ -174,17 +204,19 @@ def image_record(conn: Connection[Any], image_id: str) -> dict[str, Any]:
             "size": row[5], "properties": row[6]}
 
 
-def flavor_record(conn: Connection[Any], ref: str | int) -> dict[str, Any]:
+def flavor_record(conn: Connection[Any], ref: str | int) -> payloads.Flavor:
     flavorid = str(ref).rstrip("/").rsplit("/", 1)[-1]  # a flavor URL is accepted too
     row = _one(conn, "SELECT flavorid, name, vcpus, memory_mb, root_gb, ephemeral_gb, swap_mb, "
                      "extra_specs FROM flavors WHERE flavorid = %s", flavorid)
     if row is None:
         raise ApiError(400, "Invalid flavorRef provided.")
-    return dict(zip(["flavorid", "name", "vcpus", "memory_mb", "root_gb", "ephemeral_gb",
-                     "swap_mb", "extra_specs"], row, strict=True))
+    flavorid, name, vcpus, memory_mb, root_gb, ephemeral_gb, swap_mb, extra_specs = row
+    return payloads.Flavor(flavorid=flavorid, name=name, vcpus=vcpus, memory_mb=memory_mb,
+                           root_gb=root_gb, ephemeral_gb=ephemeral_gb, swap_mb=swap_mb,
+                           extra_specs=extra_specs)
 
 
-def check_flavor_fits_image(flavor: dict[str, Any], image: dict[str, Any]) -> None:
+def check_flavor_fits_image(flavor: payloads.Flavor, image: CatalogImage) -> None:
     if image["min_ram"] > flavor["memory_mb"]:
         raise ApiError(400, "Flavor's memory is too small for requested image.")
     if flavor["root_gb"] and (image["min_disk"] > flavor["root_gb"]
@@ -192,7 +224,8 @@ def check_flavor_fits_image(flavor: dict[str, Any], image: dict[str, Any]) -> No
         raise ApiError(400, "Flavor's disk is too small for requested image.")
 
 
-def requested_networks(conn: Connection[Any], s: ServerCreate) -> list[dict[str, Any]]:
+def requested_networks(conn: Connection[Any],
+                       s: ServerCreate) -> list[payloads.RequestedNetwork]:
     if s.networks == "none":
         return []
     if s.networks in (None, "auto") or s.networks == []:
@@ -201,7 +234,7 @@ def requested_networks(conn: Connection[Any], s: ServerCreate) -> list[dict[str,
             raise ApiError(400, f"Network {DEFAULT_NETWORK} could not be found.")
         return [{"network_id": row[0], "fixed_ip": None, "port_id": None}]
     assert isinstance(s.networks, list)
-    out: list[dict[str, Any]] = []
+    out: list[payloads.RequestedNetwork] = []
     for net in s.networks:
         if net.port:
             raise ApiError(400, f"Port {net.port} could not be found.")
@@ -288,7 +321,7 @@ def hints_of(conn: Connection[Any], hints: SchedulerHints | None,
                         403: {"description": "quota exceeded or admin only"},
                         503: {"description": "the broker did not acknowledge the request"}})
 def create_server(body: CreateServerBody, ctx: Auth, request: Request,
-                  response: Response) -> dict[str, Any]:
+                  response: Response) -> ServerCreated | ReservationCreated:
     s = body.server
     app = state_of(request)
     counts, image_id = validate(s)
@@ -341,16 +374,20 @@ def plan_build(conn: Connection[Any], s: ServerCreate, hints: SchedulerHints | N
             ctx.user_id, s.key_name) is None:
         raise ApiError(400, "Invalid key_name provided.")
     target = parse_target(conn, s.availability_zone, ctx)
-    bdm = [b.model_dump(include={"source_type", "destination_type", "uuid",
-                                 "volume_size", "guest_format", "delete_on_termination"})
-           | {"boot_index": int(b.boot_index) if b.boot_index not in (None, "") else None}
-           for b in s.block_device_mapping_v2 or []]
-    return BuildPlan(name=s.name, flavor=flavor, payload={
-        "flavor": flavor,
-        "image": {k: image[k] for k in ("id", "name", "min_disk", "min_ram", "properties")},
-        "networks": networks, "block_device_mapping": bdm, "key_name": s.key_name,
-        "metadata": s.metadata, "user_data": s.user_data,
-        "availability_zone": target.zone, "forced_host": target.host,
-        "forced_node": target.node, "scheduler_hints": hints_of(conn, hints, ctx),
-        "is_admin": ctx.is_admin})
+    bdm = [payloads.BlockDeviceMapping(
+        source_type=b.source_type, destination_type=b.destination_type, uuid=b.uuid,
+        volume_size=b.volume_size, guest_format=b.guest_format,
+        delete_on_termination=b.delete_on_termination,
+        boot_index=int(b.boot_index) if b.boot_index not in (None, "") else None)
+        for b in s.block_device_mapping_v2 or []]
+    return BuildPlan(payloads.InstanceBuildRequested(
+        name=s.name, project_id=ctx.project_id, user_id=ctx.user_id,
+        reservation_id=f"r-{secrets.token_hex(4)}", launch_index=0, flavor=flavor,
+        image=payloads.Image(id=image["id"], name=image["name"], min_disk=image["min_disk"],
+                             min_ram=image["min_ram"], properties=image["properties"]),
+        networks=networks, block_device_mapping=bdm, key_name=s.key_name,
+        metadata=s.metadata, user_data=s.user_data,
+        availability_zone=target.zone, forced_host=target.host,
+        forced_node=target.node, scheduler_hints=hints_of(conn, hints, ctx),
+        is_admin=ctx.is_admin))
 

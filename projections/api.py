@@ -11,16 +11,18 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 from fastapi import APIRouter, Request
-from psycopg.rows import dict_row
+from psycopg.rows import class_row
 
+from novalog import views
 from novalog.domain import states
 from novalog.timeparse import parse_moment
 from novalog.tokens import Context
 from novalog.web import ApiError, Auth, server_link, state_of
-from projections.history import as_row, cloud_as_of, server_as_of
+from projections.history import ServerRow, StoredFault, as_row, cloud_as_of, server_as_of
+from schemas import payloads
 
 router = APIRouter(prefix="/compute/v2.1", tags=["compute"])
 
@@ -34,11 +36,54 @@ def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
 
 
-def server_view(request: Request, row: dict[str, Any], ctx: Context) -> dict[str, Any]:
+class AcceptedRow(TypedDict):
+    """An `accepted_instances` row: a request the API accepted (producers/admission.py)."""
+
+    uuid: str
+    project_id: str
+    user_id: str
+    name: str
+    reservation_id: str
+    vcpus: int
+    memory_mb: int
+    flavor: payloads.Flavor
+    image_id: str | None
+    request_id: str
+    created_at: datetime
+
+
+class ActionRow(TypedDict):
+    """An `instance_actions` row."""
+
+    instance_uuid: str
+    request_id: str
+    action: str
+    project_id: str
+    user_id: str
+    start_time: datetime
+    finish_time: datetime | None
+    message: str | None
+
+
+class ActionEventRow(TypedDict):
+    """An `instance_action_events` row."""
+
+    instance_uuid: str
+    request_id: str
+    event: str
+    attempt: int
+    host: str | None
+    start_time: datetime
+    finish_time: datetime | None
+    result: str | None
+    details: str | None
+
+
+def server_view(request: Request, row: ServerRow, ctx: Context) -> views.ServerView:
     """Nova's server representation (v2.1)."""
     host_id = hashlib.sha224((row["project_id"] + (row["host"] or "")).encode()).hexdigest() \
         if row["host"] else ""
-    view: dict[str, Any] = {
+    view: views.ServerView = {
         "id": row["uuid"], "name": row["name"], "status": row["status"],
         "tenant_id": row["project_id"], "user_id": row["user_id"],
         "metadata": row["metadata"], "hostId": host_id,
@@ -61,15 +106,17 @@ def server_view(request: Request, row: dict[str, Any], ctx: Context) -> dict[str
         view["OS-EXT-SRV-ATTR:host"] = row["host"]
         view["OS-EXT-SRV-ATTR:hypervisor_hostname"] = row["node"]
         view["OS-EXT-SRV-ATTR:instance_name"] = f"instance-{row['uuid']}"
-    if row["fault"]:
-        view["fault"] = {"code": row["fault"]["code"], "message": row["fault"]["message"],
-                         "created": row["fault"].get("created")}
-        if ctx.is_admin and row["fault"].get("details"):
-            view["fault"]["details"] = row["fault"]["details"]
+    fault = row["fault"]
+    if fault:
+        view["fault"] = {"code": fault["code"], "message": fault["message"],
+                         "created": fault.get("created")}
+        details = fault.get("details")
+        if ctx.is_admin and details:
+            view["fault"]["details"] = details
     return view
 
 
-def _accepted_as_row(row: dict[str, Any]) -> dict[str, Any]:
+def _accepted_as_row(row: AcceptedRow) -> ServerRow:
     """A just-accepted request, shown as Nova shows a server still scheduling."""
     return {"uuid": row["uuid"], "name": row["name"], "project_id": row["project_id"],
             "user_id": row["user_id"], "status": "BUILD", "vm_state": states.BUILDING,
@@ -90,7 +137,7 @@ def _changes_since(value: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def list_rows(request: Request, ctx: Context) -> list[dict[str, Any]]:
+def list_rows(request: Request, ctx: Context) -> list[ServerRow]:
     params = request.query_params
     all_tenants = ctx.is_admin and params.get("all_tenants", "0").lower() in ("1", "true")
     where: list[str] = []
@@ -114,7 +161,8 @@ def list_rows(request: Request, ctx: Context) -> list[dict[str, Any]]:
     if where:
         query += " WHERE " + " AND ".join(where)
     query += " ORDER BY created_at DESC, uuid"
-    with state_of(request).pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+    with state_of(request).pool.connection() as conn, \
+            conn.cursor(row_factory=class_row(ServerRow)) as cur:
         rows = cur.execute(query, args).fetchall()
     if params.get("name"):
         try:
@@ -127,7 +175,7 @@ def list_rows(request: Request, ctx: Context) -> list[dict[str, Any]]:
 
 
 @router.get("", summary="Compute API version (microversions up to 2.1)")
-def compute_version(request: Request) -> dict[str, Any]:
+def compute_version(request: Request) -> views.ComputeVersionDoc:
     base = str(request.base_url).rstrip("/")
     return {"version": {"id": "v2.1", "status": "CURRENT", "version": "2.1",
                         "min_version": "2.1", "updated": "2013-07-23T11:33:21Z",
@@ -135,25 +183,27 @@ def compute_version(request: Request) -> dict[str, Any]:
 
 
 @router.get("/servers", summary="List servers (id, name, links)")
-def list_servers(request: Request, ctx: Auth) -> dict[str, Any]:
+def list_servers(request: Request, ctx: Auth) -> views.ServerRefs:
     return {"servers": [{"id": r["uuid"], "name": r["name"],
                          "links": server_link(request, r["uuid"])}
                         for r in list_rows(request, ctx)]}
 
 
 @router.get("/servers/detail", summary="List servers with details")
-def list_servers_detail(request: Request, ctx: Auth) -> dict[str, Any]:
+def list_servers_detail(request: Request, ctx: Auth) -> views.ServerList:
     return {"servers": [server_view(request, r, ctx) for r in list_rows(request, ctx)]}
 
 
-def find_server(request: Request, ctx: Context, server_id: str) -> dict[str, Any]:
+def find_server(request: Request, ctx: Context, server_id: str) -> ServerRow:
     """The server row, or 404 when it does not exist or belongs to another project."""
-    with state_of(request).pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(f"SELECT {SERVER_COLUMNS} FROM servers WHERE uuid = %s",
-                          (server_id,)).fetchone()
+    with state_of(request).pool.connection() as conn:
+        with conn.cursor(row_factory=class_row(ServerRow)) as cur:
+            row = cur.execute(f"SELECT {SERVER_COLUMNS} FROM servers WHERE uuid = %s",
+                              (server_id,)).fetchone()
         if row is None:
-            accepted = cur.execute("SELECT * FROM accepted_instances WHERE uuid = %s",
-                                   (server_id,)).fetchone()
+            with conn.cursor(row_factory=class_row(AcceptedRow)) as accepted_cur:
+                accepted = accepted_cur.execute(
+                    "SELECT * FROM accepted_instances WHERE uuid = %s", (server_id,)).fetchone()
             row = _accepted_as_row(accepted) if accepted else None
     if row is None or (row["project_id"] != ctx.project_id and not ctx.is_admin):
         raise ApiError(404, f"Instance {server_id} could not be found.")
@@ -162,14 +212,15 @@ def find_server(request: Request, ctx: Context, server_id: str) -> dict[str, Any
 
 @router.get("/servers/{server_id}", summary="Show one server",
             responses={404: {"description": "no such server in your project"}})
-def show_server(server_id: str, request: Request, ctx: Auth) -> dict[str, Any]:
+def show_server(server_id: str, request: Request, ctx: Auth) -> views.OneServer:
     return {"server": server_view(request, find_server(request, ctx, server_id), ctx)}
 
 
 @router.get("/servers/{server_id}/os-instance-actions", summary="Actions on a server")
-def instance_actions(server_id: str, request: Request, ctx: Auth) -> dict[str, Any]:
+def instance_actions(server_id: str, request: Request, ctx: Auth) -> views.InstanceActions:
     find_server(request, ctx, server_id)
-    with state_of(request).pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+    with state_of(request).pool.connection() as conn, \
+            conn.cursor(row_factory=class_row(ActionRow)) as cur:
         rows = cur.execute("SELECT * FROM instance_actions WHERE instance_uuid = %s "
                            "ORDER BY start_time DESC", (server_id,)).fetchall()
     return {"instanceActions": [{
@@ -181,17 +232,20 @@ def instance_actions(server_id: str, request: Request, ctx: Auth) -> dict[str, A
 @router.get("/servers/{server_id}/os-instance-actions/{request_id}",
             summary="One action with its per-step events")
 def instance_action(server_id: str, request_id: str, request: Request,
-                    ctx: Auth) -> dict[str, Any]:
+                    ctx: Auth) -> views.OneInstanceAction:
     find_server(request, ctx, server_id)
-    with state_of(request).pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-        action = cur.execute("SELECT * FROM instance_actions WHERE instance_uuid = %s AND "
-                             "request_id = %s", (server_id, request_id)).fetchone()
+    with state_of(request).pool.connection() as conn:
+        with conn.cursor(row_factory=class_row(ActionRow)) as cur:
+            action = cur.execute("SELECT * FROM instance_actions WHERE instance_uuid = %s AND "
+                                 "request_id = %s", (server_id, request_id)).fetchone()
         if action is None:
             raise ApiError(404, f"Action for request_id {request_id} on instance {server_id} "
                                 "not found")
-        events = cur.execute("SELECT * FROM instance_action_events WHERE instance_uuid = %s "
-                             "AND request_id = %s ORDER BY start_time, attempt",
-                             (server_id, request_id)).fetchall()
+        with conn.cursor(row_factory=class_row(ActionEventRow)) as events_cur:
+            events = events_cur.execute(
+                "SELECT * FROM instance_action_events WHERE instance_uuid = %s "
+                "AND request_id = %s ORDER BY start_time, attempt",
+                (server_id, request_id)).fetchall()
     return {"instanceAction": {
         "action": action["action"], "instance_uuid": server_id, "request_id": request_id,
         "user_id": action["user_id"], "project_id": action["project_id"],
@@ -207,9 +261,9 @@ def instance_action(server_id: str, request_id: str, request: Request,
 FLAVOR_COLUMNS = "flavorid, name, vcpus, memory_mb, root_gb, ephemeral_gb, swap_mb, is_public"
 
 
-def flavor_view(request: Request, r: tuple[Any, ...], detail: bool) -> dict[str, Any]:
+def flavor_view(request: Request, r: tuple[Any, ...], detail: bool) -> views.FlavorView:
     base = str(request.base_url).rstrip("/")
-    view: dict[str, Any] = {"id": r[0], "name": r[1], "links": [
+    view: views.FlavorView = {"id": r[0], "name": r[1], "links": [
         {"rel": "self", "href": f"{base}/compute/v2.1/flavors/{r[0]}"}]}
     if detail:
         view.update({"vcpus": r[2], "ram": r[3], "disk": r[4],
@@ -219,7 +273,7 @@ def flavor_view(request: Request, r: tuple[Any, ...], detail: bool) -> dict[str,
     return view
 
 
-def _flavors(request: Request, detail: bool) -> dict[str, Any]:
+def _flavors(request: Request, detail: bool) -> views.Flavors:
     with state_of(request).pool.connection() as conn:
         rows = conn.execute(f"SELECT {FLAVOR_COLUMNS} FROM flavors ORDER BY memory_mb, flavorid"
                             ).fetchall()
@@ -227,17 +281,17 @@ def _flavors(request: Request, detail: bool) -> dict[str, Any]:
 
 
 @router.get("/flavors", summary="List flavors")
-def list_flavors(request: Request, _ctx: Auth) -> dict[str, Any]:
+def list_flavors(request: Request, _ctx: Auth) -> views.Flavors:
     return _flavors(request, detail=False)
 
 
 @router.get("/flavors/detail", summary="List flavors with details")
-def list_flavors_detail(request: Request, _ctx: Auth) -> dict[str, Any]:
+def list_flavors_detail(request: Request, _ctx: Auth) -> views.Flavors:
     return _flavors(request, detail=True)
 
 
 @router.get("/flavors/{flavor_id}", summary="Show a flavor")
-def show_flavor(flavor_id: str, request: Request, _ctx: Auth) -> dict[str, Any]:
+def show_flavor(flavor_id: str, request: Request, _ctx: Auth) -> views.OneFlavor:
     with state_of(request).pool.connection() as conn:
         row = conn.execute(f"SELECT {FLAVOR_COLUMNS} FROM flavors WHERE flavorid = %s",
                            (flavor_id,)).fetchone()
@@ -247,7 +301,7 @@ def show_flavor(flavor_id: str, request: Request, _ctx: Auth) -> dict[str, Any]:
 
 
 @router.get("/os-services", summary="Compute services, up or down by heartbeat age")
-def list_services(request: Request, _ctx: Auth) -> dict[str, Any]:
+def list_services(request: Request, _ctx: Auth) -> views.Services:
     now = datetime.now(UTC)
     with state_of(request).pool.connection() as conn:
         rows = conn.execute("SELECT host, service_binary, zone, disabled, disabled_reason, "
@@ -260,7 +314,7 @@ def list_services(request: Request, _ctx: Auth) -> dict[str, Any]:
 
 
 @router.get("/os-hypervisors/detail", summary="Compute nodes with their usage")
-def list_hypervisors(request: Request, _ctx: Auth) -> dict[str, Any]:
+def list_hypervisors(request: Request, _ctx: Auth) -> views.Hypervisors:
     with state_of(request).pool.connection() as conn:
         rows = conn.execute(
             "SELECT c.host, c.node, c.hypervisor_type, c.host_ip, c.vcpus, c.memory_mb, "
@@ -281,15 +335,20 @@ history_router = APIRouter(tags=["novalog"])
 @history_router.get("/novalog/v1/servers/{server_id}/events",
                     summary="The server's events as projected, oldest first")
 def server_events(server_id: str, request: Request, ctx: Auth,
-                  after: int = 0) -> dict[str, Any]:
+                  after: int = 0) -> views.ServerEvents:
     """`after` = the last `seq` already seen, so a client can follow a build live."""
     find_server(request, ctx, server_id)
-    with state_of(request).pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(
+    with state_of(request).pool.connection() as conn:
+        rows = conn.execute(
             "SELECT seq, event_id, event_type, occurred_at, vm_state, task_state, producer, "
             "request_id, payload FROM instance_events WHERE instance_uuid = %s AND seq > %s "
             "ORDER BY seq", (server_id, after)).fetchall()
-    return {"events": [{**r, "occurred_at": r["occurred_at"].isoformat()} for r in rows]}
+    return {"events": [{"seq": seq, "event_id": event_id, "event_type": event_type,
+                        "occurred_at": occurred_at.isoformat(), "vm_state": vm_state,
+                        "task_state": task_state, "producer": producer,
+                        "request_id": request_id, "payload": payload}
+                       for (seq, event_id, event_type, occurred_at, vm_state, task_state,
+                            producer, request_id, payload) in rows]}
 
 
 def _moment(as_of: str) -> datetime:
@@ -301,7 +360,7 @@ def _moment(as_of: str) -> datetime:
 
 @history_router.get("/novalog/v1/servers", summary="Servers now, or as of a past moment")
 def servers_as_of(request: Request, ctx: Auth, as_of: str | None = None,
-                  all_tenants: str = "0") -> dict[str, Any]:
+                  all_tenants: str = "0") -> views.ServerList:
     """`as_of`: ISO 8601 or relative (-5m). The answer is a fold of the events with
     occurred_at <= as_of, never broker timestamps."""
     if as_of is None:
@@ -317,7 +376,7 @@ def servers_as_of(request: Request, ctx: Auth, as_of: str | None = None,
                     summary="One server now, or as of a past moment",
                     responses={404: {"description": "no such server (then)"}})
 def server_as_of_endpoint(server_id: str, request: Request, ctx: Auth,
-                          as_of: str | None = None) -> dict[str, Any]:
+                          as_of: str | None = None) -> views.OneServer:
     if as_of is None:
         return show_server(server_id, request, ctx)
     moment = _moment(as_of)
@@ -329,18 +388,21 @@ def server_as_of_endpoint(server_id: str, request: Request, ctx: Auth,
 
 
 @history_router.get("/image/v2/images", summary="Glance: list images (?name=)")
-def list_images(request: Request, _ctx: Auth, name: str | None = None) -> dict[str, Any]:
+def list_images(request: Request, _ctx: Auth, name: str | None = None) -> views.Images:
     with state_of(request).pool.connection() as conn:
         rows = conn.execute(
             "SELECT image_id, name, status, disk_format, size, min_disk, min_ram, checksum "
             "FROM images WHERE %s::text IS NULL OR name = %s ORDER BY name",
             (name, name)).fetchall()
-    keys = ["id", "name", "status", "disk_format", "size", "min_disk", "min_ram", "checksum"]
-    return {"images": [dict(zip(keys, r, strict=True)) for r in rows]}
+    return {"images": [{"id": image_id, "name": image_name, "status": status,
+                        "disk_format": disk_format, "size": size, "min_disk": min_disk,
+                        "min_ram": min_ram, "checksum": checksum}
+                       for (image_id, image_name, status, disk_format, size, min_disk, min_ram,
+                            checksum) in rows]}
 
 
 @history_router.get("/networking/v2.0/networks", summary="Neutron: list networks (?name=)")
-def list_networks(request: Request, _ctx: Auth, name: str | None = None) -> dict[str, Any]:
+def list_networks(request: Request, _ctx: Auth, name: str | None = None) -> views.Networks:
     with state_of(request).pool.connection() as conn:
         rows = conn.execute(
             "SELECT network_id, name, cidr FROM networks WHERE %s::text IS NULL OR name = %s "
@@ -351,20 +413,37 @@ def list_networks(request: Request, _ctx: Auth, name: str | None = None) -> dict
 
 @history_router.get("/novalog/v1/servers/{server_id}/audit",
                     summary="The server's history straight from the instances topic")
-def server_audit(server_id: str, request: Request, ctx: Auth) -> dict[str, Any]:
+def server_audit(server_id: str, request: Request, ctx: Auth) -> views.ServerAudit:
     from projections.audit import server_history
 
     find_server(request, ctx, server_id)
     entries = server_history(state_of(request).settings, server_id)
-    return {"server_id": server_id, "events": [e.as_json() for e in entries]}
+    return {"server_id": server_id, "events": entries}
+
+
+class RequestRow(TypedDict):
+    """A server's action joined with the server (requests_since)."""
+
+    request_id: str
+    action: str
+    start_time: datetime
+    finish_time: datetime | None
+    user_id: str
+    project_id: str
+    uuid: str
+    name: str
+    status: str
+    fault: StoredFault | None
+    host: str | None
 
 
 @history_router.get("/novalog/v1/requests", summary="Every request since a moment, with outcome")
-def requests_since(request: Request, ctx: Auth, since: str = "-1h") -> dict[str, Any]:
+def requests_since(request: Request, ctx: Auth, since: str = "-1h") -> views.RequestsSince:
     """Outcome per server of each request: active, error (with the fault), or building."""
     moment = _moment(since)
     everyone = ctx.is_admin
-    with state_of(request).pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+    with state_of(request).pool.connection() as conn, \
+            conn.cursor(row_factory=class_row(RequestRow)) as cur:
         rows = cur.execute(
             "SELECT a.request_id, a.action, a.start_time, a.finish_time, a.user_id, "
             "a.project_id, s.uuid, s.name, s.status, s.fault, s.host FROM instance_actions a "
@@ -372,7 +451,7 @@ def requests_since(request: Request, ctx: Auth, since: str = "-1h") -> dict[str,
             "(%s OR a.project_id = %s) ORDER BY a.start_time, s.name",
             (moment, everyone, ctx.project_id)).fetchall()
     now = datetime.now(UTC)
-    out = []
+    out: list[views.RequestOutcome] = []
     for r in rows:
         outcome = {"ACTIVE": "active", "ERROR": "error"}.get(r["status"], "building")
         end = r["finish_time"] or now

@@ -9,56 +9,68 @@ event, computed by the same fold as the projection, but without trusting it.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable
 from typing import Any
 
-from novalog.domain.instance import TransitionError, apply
+from novalog.domain.instance import Instance, TransitionError, apply
 from novalog.kafka import Topics, scan_topic
 from novalog.settings import Settings
-from schemas import Event, SerializationError, decode
+from novalog.views import AuditEntryView
+from schemas import Event, SerializationError, decode, payloads
+from schemas.typed import payload_of
+
+Details = dict[str, object]  # a digest of the payload, or the payload's own fields
 
 
-@dataclass(frozen=True)
-class AuditEntry:
-    occurred_at: datetime
-    event_type: str
-    vm_state: str | None
-    task_state: str | None
-    role: str
-    host: str
-    request_id: str
-    event_id: str
-    partition: int
-    offset: int
-    details: dict[str, Any]
-
-    def as_json(self) -> dict[str, Any]:
-        return {**self.__dict__, "occurred_at": self.occurred_at.isoformat()}
+def _requested(event: Event) -> Details:
+    p = payload_of(event, payloads.InstanceBuildRequested)
+    return {"name": p["name"], "flavor": p["flavor"]["name"],
+            "image": p["image"]["name"] if p["image"] else None, "project_id": p["project_id"],
+            "user_id": p["user_id"], "reservation_id": p["reservation_id"],
+            "networks": [n["network_id"] for n in p["networks"]],
+            "availability_zone": p["availability_zone"], "forced_host": p["forced_host"]}
 
 
-def details_of(event: Event) -> dict[str, Any]:
+def _network_allocated(event: Event) -> Details:
+    p = payload_of(event, payloads.InstanceNetworkAllocated)
+    return {"host": p["host"], "attempt": p["attempt"],
+            "ports": [f"{x['network_name']}={x['ip_address']} ({x['mac_address']})"
+                      for x in p["ports"]]}
+
+
+def _block_devices_mapped(event: Event) -> Details:
+    p = payload_of(event, payloads.InstanceBlockDevicesMapped)
+    return {"host": p["host"], "attempt": p["attempt"],
+            "disks": [f"{d['device']}: {d['path']}" for d in p["disks"]]}
+
+
+def _no_valid_host(event: Event) -> Details:
+    p = payload_of(event, payloads.InstanceNoValidHost)
+    return {"attempt": p["attempt"], "reason": p["reason"]}
+
+
+def _spawned(event: Event) -> Details:
+    p = payload_of(event, payloads.InstanceSpawned)
+    return {"host": p["host"], "node": p["node"], "attempt": p["attempt"],
+            "domain_name": p["domain_name"], "launched_at": p["launched_at"].isoformat()}
+
+
+# The events whose details are a digest, by type; any other shows its whole payload.
+DIGESTS: dict[str, Callable[[Event], Details]] = {
+    "InstanceBuildRequested": _requested,
+    "InstanceNetworkAllocated": _network_allocated,
+    "InstanceBlockDevicesMapped": _block_devices_mapped,
+    "InstanceNoValidHost": _no_valid_host,
+    "InstanceSpawned": _spawned,
+}
+
+
+def details_of(event: Event) -> Details:
     """What an operator wants to read of each event, without the bulk."""
-    p = event.payload
-    if event.event_type == "InstanceBuildRequested":
-        return {"name": p["name"], "flavor": p["flavor"]["name"],
-                "image": (p["image"] or {}).get("name"), "project_id": p["project_id"],
-                "user_id": p["user_id"], "reservation_id": p["reservation_id"],
-                "networks": [n["network_id"] for n in p["networks"]],
-                "availability_zone": p["availability_zone"], "forced_host": p["forced_host"]}
-    if event.event_type == "InstanceNetworkAllocated":
-        return {"host": p["host"], "attempt": p["attempt"],
-                "ports": [f"{x['network_name']}={x['ip_address']} ({x['mac_address']})"
-                          for x in p["ports"]]}
-    if event.event_type == "InstanceBlockDevicesMapped":
-        return {"host": p["host"], "attempt": p["attempt"],
-                "disks": [f"{d['device']}: {d['path']}" for d in p["disks"]]}
-    if event.event_type == "InstanceNoValidHost":
-        return {"attempt": p["attempt"], "reason": p["reason"]}
-    if event.event_type == "InstanceSpawned":
-        return {**{k: p[k] for k in ("host", "node", "attempt", "domain_name")},
-                "launched_at": p["launched_at"].isoformat()}
-    return dict(p)
+    digest = DIGESTS.get(event.event_type)
+    if digest is not None:
+        return digest(event)
+    return dict(event.payload)
 
 
 def read_topic(settings: Settings, topic: str, keep: Any) -> list[tuple[int, int, Event]]:
@@ -74,11 +86,12 @@ def read_topic(settings: Settings, topic: str, keep: Any) -> list[tuple[int, int
     return found
 
 
-def server_history(settings: Settings, server_id: str) -> list[AuditEntry]:
+def server_history(settings: Settings, server_id: str) -> list[AuditEntryView]:
     """Every event of the server, in log order, with the state after each."""
     topic = Topics(settings.topic_prefix).instances
     records = read_topic(settings, topic, lambda e: e.aggregate_id == server_id)
-    entries, state = [], None
+    entries: list[AuditEntryView] = []
+    state: Instance | None = None
     seen: set[str] = set()
     for partition, offset, event in records:
         duplicate = event.event_id in seen
@@ -87,8 +100,11 @@ def server_history(settings: Settings, server_id: str) -> list[AuditEntry]:
             with contextlib.suppress(TransitionError):  # shown; the state does not move
                 state = apply(state, event)
         role, _, host = event.producer.partition("@")
-        entries.append(AuditEntry(
-            event.occurred_at, event.event_type + (" (duplicate)" if duplicate else ""),
-            state.vm_state if state else None, state.task_state if state else None, role, host,
-            event.correlation_id, event.event_id, partition, offset, details_of(event)))
+        entries.append({
+            "occurred_at": event.occurred_at.isoformat(),
+            "event_type": event.event_type + (" (duplicate)" if duplicate else ""),
+            "vm_state": state.vm_state if state else None,
+            "task_state": state.task_state if state else None, "role": role, "host": host,
+            "request_id": event.correlation_id, "event_id": event.event_id,
+            "partition": partition, "offset": offset, "details": details_of(event)})
     return entries

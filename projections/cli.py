@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -13,6 +13,7 @@ from rich.table import Table
 from novalog.client import ApiFailure, NovalogClient
 from novalog.running import with_running_stack
 from novalog.settings import Settings, SettingsError
+from novalog.views import Addresses
 
 console = Console()
 err = Console(stderr=True)
@@ -20,7 +21,7 @@ POWER_STATES = {0: "NOSTATE", 1: "Running", 3: "Paused", 4: "Shutdown", 6: "Cras
                 7: "Suspended"}
 
 
-def networks_text(addresses: dict[str, list[dict[str, Any]]]) -> str:
+def networks_text(addresses: Addresses) -> str:
     return "; ".join(f"{net}={', '.join(a['addr'] for a in addrs)}"
                      for net, addrs in addresses.items())
 

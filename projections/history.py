@@ -12,13 +12,51 @@ are wrong besides.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from psycopg import Connection
 
-from novalog.domain.instance import Instance, TransitionError, apply
+from novalog.domain.instance import Fault, Instance, TransitionError, apply
+from novalog.views import Addresses, IdRef
 from projections.writers import addresses
-from schemas import decode
+from schemas import decode, payloads
+
+
+class StoredFault(TypedDict):
+    """`servers.fault`: the instance's Fault as the projector stores it (JSON)."""
+
+    code: int
+    message: str
+    details: str | None
+    created: str  # ISO 8601
+
+
+class ServerRow(TypedDict):
+    """A `servers` row (the columns of projections.api.SERVER_COLUMNS): what the server
+    views are made of."""
+
+    uuid: str
+    name: str
+    project_id: str
+    user_id: str
+    status: str
+    vm_state: str
+    task_state: str | None
+    power_state: int
+    host: str | None
+    node: str | None
+    availability_zone: str | None
+    flavor: payloads.Flavor
+    image: IdRef | None  # the request's image record, or only its id (an accepted request)
+    addresses: Addresses
+    key_name: str | None
+    metadata: dict[str, str]
+    reservation_id: str
+    launch_index: int
+    created_at: datetime
+    updated_at: datetime
+    launched_at: datetime | None
+    fault: StoredFault | Fault | None
 
 
 def fold_rows(raws: list[bytes]) -> Instance | None:
@@ -52,7 +90,7 @@ def cloud_as_of(conn: Connection[Any], moment: datetime,
     return sorted(states, key=lambda s: (s.created_at, s.uuid), reverse=True)
 
 
-def as_row(s: Instance) -> dict[str, Any]:
+def as_row(s: Instance) -> ServerRow:
     """An Instance in the shape of a `servers` row, for the same views."""
     return {"uuid": s.uuid, "name": s.name, "project_id": s.project_id, "user_id": s.user_id,
             "status": s.status, "vm_state": s.vm_state, "task_state": s.task_state,

@@ -2,6 +2,8 @@
 
 Instance events go through the pure fold (`novalog.domain.instance.apply`);
 host and catalog events are upserts that tolerate re-delivery and reordering.
+`WRITERS` (by family) is what the projector calls; inside a family, each event type
+has its own entry in a table (ACTION_STEPS, HOST_WRITERS, CATALOG_UPSERTS).
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ from psycopg import Connection
 from psycopg.types.json import Jsonb
 
 from novalog.domain.instance import Instance, apply, from_json, to_json
-from schemas import Event
+from novalog.views import Addresses
+from schemas import Event, payloads
+from schemas.typed import payload_of
 
 Writer = Callable[[Connection[Any], Event, bytes], None]
 
 
-def addresses(state: Instance) -> dict[str, list[dict[str, Any]]]:
+def addresses(state: Instance) -> Addresses:
     """Nova's `addresses` field: {network name: [{version, addr, type, mac}]}."""
-    out: dict[str, list[dict[str, Any]]] = {}
+    out: Addresses = {}
     for port in state.ports:
         out.setdefault(port["network_name"], []).append({
             "version": 6 if ":" in port["ip_address"] else 4,
@@ -127,104 +131,193 @@ SCHEDULE = "schedule_instances"
 BUILD = "compute__do_build_and_run_instance"
 
 
-def _record_action(conn: Connection[Any], s: Instance, event: Event) -> None:
-    kind, p, at = event.event_type, event.payload, event.occurred_at
-    request_id = s.request_id
+class _Actions:
+    """Nova's instance actions of one server (`create`, with a step per attempt), as one
+    of its events moves them on."""
 
-    def start(step: str, attempt: int, host: str | None = None) -> None:
-        conn.execute(
+    def __init__(self, conn: Connection[Any], s: Instance, event: Event) -> None:
+        self.conn, self.s, self.at = conn, s, event.occurred_at
+
+    def begin(self) -> None:
+        s = self.s
+        self.conn.execute(
+            "INSERT INTO instance_actions (instance_uuid, request_id, action, project_id, "
+            "user_id, start_time) VALUES (%s, %s, 'create', %s, %s, %s) ON CONFLICT DO NOTHING",
+            (s.uuid, s.request_id, s.project_id, s.user_id, self.at))
+
+    def start(self, step: str, attempt: int, host: str | None = None) -> None:
+        self.conn.execute(
             "INSERT INTO instance_action_events (instance_uuid, request_id, event, attempt, "
             "host, start_time) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (s.uuid, request_id, step, attempt, host, at))
+            (self.s.uuid, self.s.request_id, step, attempt, host, self.at))
 
-    def finish(step: str, attempt: int, result: str, details: str | None = None,
+    def finish(self, step: str, attempt: int, result: str, details: str | None = None,
                host: str | None = None) -> None:
-        conn.execute(
+        self.conn.execute(
             "UPDATE instance_action_events SET finish_time = %s, result = %s, details = %s, "
             "host = COALESCE(%s, host) WHERE instance_uuid = %s AND request_id = %s "
             "AND event = %s AND attempt = %s AND finish_time IS NULL",
-            (at, result, details, host, s.uuid, request_id, step, attempt))
+            (self.at, result, details, host, self.s.uuid, self.s.request_id, step, attempt))
 
-    def end_action(message: str | None) -> None:
-        conn.execute("UPDATE instance_actions SET finish_time = %s, message = %s "
-                     "WHERE instance_uuid = %s AND request_id = %s", (at, message, s.uuid,
-                                                                      request_id))
+    def end(self, message: str | None) -> None:
+        self.conn.execute("UPDATE instance_actions SET finish_time = %s, message = %s "
+                          "WHERE instance_uuid = %s AND request_id = %s",
+                          (self.at, message, self.s.uuid, self.s.request_id))
 
-    if kind == "InstanceBuildRequested":
-        conn.execute(
-            "INSERT INTO instance_actions (instance_uuid, request_id, action, project_id, "
-            "user_id, start_time) VALUES (%s, %s, 'create', %s, %s, %s) ON CONFLICT DO NOTHING",
-            (s.uuid, request_id, s.project_id, s.user_id, at))
-        start(SCHEDULE, 1)
-    elif kind == "InstanceRescheduled":
-        start(SCHEDULE, p["attempt"])
-    elif kind == "InstanceScheduled":
-        finish(SCHEDULE, p["attempt"], "Success", host=p["host"])
-    elif kind == "InstanceNoValidHost":
-        finish(SCHEDULE, p["attempt"], "Error", p["reason"])
-        end_action("Error")
-    elif kind == "InstanceBuildDispatched":
-        start(BUILD, p["attempt"], p["host"])
-    elif kind in ("InstanceClaimRefused", "InstanceBuildFailed"):
-        finish(BUILD, p["attempt"], "Error", p["reason"], p["host"])
-    elif kind == "InstanceSpawned":
-        finish(BUILD, p["attempt"], "Success", host=p["host"])
-        end_action(None)
-    elif kind == "InstanceErrored":
-        end_action("Error")
+
+def _action_requested(a: _Actions, _e: Event) -> None:
+    a.begin()
+    a.start(SCHEDULE, 1)
+
+
+def _action_rescheduled(a: _Actions, e: Event) -> None:
+    a.start(SCHEDULE, payload_of(e, payloads.InstanceRescheduled)["attempt"])
+
+
+def _action_scheduled(a: _Actions, e: Event) -> None:
+    p = payload_of(e, payloads.InstanceScheduled)
+    a.finish(SCHEDULE, p["attempt"], "Success", host=p["host"])
+
+
+def _action_no_valid_host(a: _Actions, e: Event) -> None:
+    p = payload_of(e, payloads.InstanceNoValidHost)
+    a.finish(SCHEDULE, p["attempt"], "Error", p["reason"])
+    a.end("Error")
+
+
+def _action_dispatched(a: _Actions, e: Event) -> None:
+    p = payload_of(e, payloads.InstanceBuildDispatched)
+    a.start(BUILD, p["attempt"], p["host"])
+
+
+def _action_claim_refused(a: _Actions, e: Event) -> None:
+    p = payload_of(e, payloads.InstanceClaimRefused)
+    a.finish(BUILD, p["attempt"], "Error", p["reason"], p["host"])
+
+
+def _action_build_failed(a: _Actions, e: Event) -> None:
+    p = payload_of(e, payloads.InstanceBuildFailed)
+    a.finish(BUILD, p["attempt"], "Error", p["reason"], p["host"])
+
+
+def _action_spawned(a: _Actions, e: Event) -> None:
+    p = payload_of(e, payloads.InstanceSpawned)
+    a.finish(BUILD, p["attempt"], "Success", host=p["host"])
+    a.end(None)
+
+
+def _action_errored(a: _Actions, _e: Event) -> None:
+    a.end("Error")
+
+
+# The instance events that move a server's actions on, by type.
+ACTION_STEPS: dict[str, Callable[[_Actions, Event], None]] = {
+    "InstanceBuildRequested": _action_requested,
+    "InstanceRescheduled": _action_rescheduled,
+    "InstanceScheduled": _action_scheduled,
+    "InstanceNoValidHost": _action_no_valid_host,
+    "InstanceBuildDispatched": _action_dispatched,
+    "InstanceClaimRefused": _action_claim_refused,
+    "InstanceBuildFailed": _action_build_failed,
+    "InstanceSpawned": _action_spawned,
+    "InstanceErrored": _action_errored,
+}
+
+
+def _record_action(conn: Connection[Any], s: Instance, event: Event) -> None:
+    step = ACTION_STEPS.get(event.event_type)
+    if step is not None:
+        step(_Actions(conn, s, event), event)
+
+
+def _service_started(conn: Connection[Any], e: Event) -> None:
+    p, at = payload_of(e, payloads.ComputeServiceStarted), e.occurred_at
+    conn.execute(
+        "INSERT INTO services (host, service_binary, zone, last_heartbeat, created_at, "
+        "updated_at) VALUES (%s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (host, service_binary) DO UPDATE SET "
+        "zone = excluded.zone, last_heartbeat = GREATEST(services.last_heartbeat, "
+        "excluded.last_heartbeat), updated_at = GREATEST(services.updated_at, "
+        "excluded.updated_at)",
+        (p["host"], p["binary"], p["zone"], at, at, at))
+    conn.execute(
+        "INSERT INTO compute_nodes (host, node, hypervisor_type, host_ip, updated_at) "
+        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (host) DO UPDATE SET node = excluded.node, "
+        "hypervisor_type = excluded.hypervisor_type, host_ip = excluded.host_ip",
+        (p["host"], p["hypervisor_hostname"], p["hypervisor_type"], p["host_ip"], at))
+
+
+def _resources_reported(conn: Connection[Any], e: Event) -> None:
+    p, at = payload_of(e, payloads.ComputeResourcesReported), e.occurred_at
+    conn.execute(
+        """INSERT INTO compute_nodes (host, node, hypervisor_type, cpu_arch, vcpus, memory_mb,
+            local_gb, vcpus_used, memory_mb_used, local_gb_used, running_vms,
+            cpu_allocation_ratio, ram_allocation_ratio, disk_allocation_ratio, updated_at)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+        ON CONFLICT (host) DO UPDATE SET node = excluded.node, cpu_arch = excluded.cpu_arch,
+            vcpus = excluded.vcpus, memory_mb = excluded.memory_mb,
+            local_gb = excluded.local_gb, vcpus_used = excluded.vcpus_used,
+            memory_mb_used = excluded.memory_mb_used, local_gb_used = excluded.local_gb_used,
+            running_vms = excluded.running_vms,
+            cpu_allocation_ratio = excluded.cpu_allocation_ratio,
+            ram_allocation_ratio = excluded.ram_allocation_ratio,
+            disk_allocation_ratio = excluded.disk_allocation_ratio,
+            updated_at = excluded.updated_at
+        WHERE compute_nodes.updated_at <= excluded.updated_at""",
+        (p["host"], p["node"], p["hypervisor_type"], p["cpu_arch"], p["vcpus"],
+         p["memory_mb"], p["local_gb"], p["vcpus_used"], p["memory_mb_used"],
+         p["local_gb_used"], p["running_vms"], p["cpu_allocation_ratio"],
+         p["ram_allocation_ratio"], p["disk_allocation_ratio"], at))
+
+
+def _heartbeat(conn: Connection[Any], e: Event) -> None:
+    p, at = payload_of(e, payloads.ServiceHeartbeat), e.occurred_at
+    conn.execute(
+        "UPDATE services SET last_heartbeat = GREATEST(last_heartbeat, %s), "
+        "updated_at = GREATEST(updated_at, %s) WHERE host = %s AND service_binary = %s",
+        (at, at, p["host"], p["binary"]))
+
+
+def _set_disabled(conn: Connection[Any], e: Event, host: str, binary: str, disabled: bool,
+                  reason: str | None) -> None:
+    conn.execute(
+        "UPDATE services SET disabled = %s, disabled_reason = %s, updated_at = %s "
+        "WHERE host = %s AND service_binary = %s",
+        (disabled, reason, e.occurred_at, host, binary))
+
+
+def _service_disabled(conn: Connection[Any], e: Event) -> None:
+    p = payload_of(e, payloads.ServiceDisabled)
+    _set_disabled(conn, e, p["host"], p["binary"], True, p["reason"])
+
+
+def _service_enabled(conn: Connection[Any], e: Event) -> None:
+    p = payload_of(e, payloads.ServiceEnabled)
+    _set_disabled(conn, e, p["host"], p["binary"], False, None)
+
+
+def _host_removed(conn: Connection[Any], e: Event) -> None:
+    host = payload_of(e, payloads.HostRemoved)["host"]
+    conn.execute("DELETE FROM services WHERE host = %s", (host,))
+    conn.execute("DELETE FROM compute_nodes WHERE host = %s", (host,))
+
+
+# Host facts, by type: services and compute nodes.
+HOST_WRITERS: dict[str, Callable[[Connection[Any], Event], None]] = {
+    "ComputeServiceStarted": _service_started,
+    "ComputeResourcesReported": _resources_reported,
+    "ServiceHeartbeat": _heartbeat,
+    "ServiceDisabled": _service_disabled,
+    "ServiceEnabled": _service_enabled,
+    "HostRemoved": _host_removed,
+}
 
 
 def project_host_event(conn: Connection[Any], event: Event, _raw: bytes = b"") -> None:
     """Services and compute nodes; a late or repeated fact never moves time backwards."""
-    p, at, kind = event.payload, event.occurred_at, event.event_type
-    if kind == "ComputeServiceStarted":
-        conn.execute(
-            "INSERT INTO services (host, service_binary, zone, last_heartbeat, created_at, "
-            "updated_at) VALUES (%s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT (host, service_binary) DO UPDATE SET "
-            "zone = excluded.zone, last_heartbeat = GREATEST(services.last_heartbeat, "
-            "excluded.last_heartbeat), updated_at = GREATEST(services.updated_at, "
-            "excluded.updated_at)",
-            (p["host"], p["binary"], p["zone"], at, at, at))
-        conn.execute(
-            "INSERT INTO compute_nodes (host, node, hypervisor_type, host_ip, updated_at) "
-            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (host) DO UPDATE SET node = excluded.node, "
-            "hypervisor_type = excluded.hypervisor_type, host_ip = excluded.host_ip",
-            (p["host"], p["hypervisor_hostname"], p["hypervisor_type"], p["host_ip"], at))
-    elif kind == "ComputeResourcesReported":
-        conn.execute(
-            """INSERT INTO compute_nodes (host, node, hypervisor_type, cpu_arch, vcpus, memory_mb,
-                local_gb, vcpus_used, memory_mb_used, local_gb_used, running_vms,
-                cpu_allocation_ratio, ram_allocation_ratio, disk_allocation_ratio, updated_at)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-            ON CONFLICT (host) DO UPDATE SET node = excluded.node, cpu_arch = excluded.cpu_arch,
-                vcpus = excluded.vcpus, memory_mb = excluded.memory_mb,
-                local_gb = excluded.local_gb, vcpus_used = excluded.vcpus_used,
-                memory_mb_used = excluded.memory_mb_used, local_gb_used = excluded.local_gb_used,
-                running_vms = excluded.running_vms,
-                cpu_allocation_ratio = excluded.cpu_allocation_ratio,
-                ram_allocation_ratio = excluded.ram_allocation_ratio,
-                disk_allocation_ratio = excluded.disk_allocation_ratio,
-                updated_at = excluded.updated_at
-            WHERE compute_nodes.updated_at <= excluded.updated_at""",
-            (p["host"], p["node"], p["hypervisor_type"], p["cpu_arch"], p["vcpus"],
-             p["memory_mb"], p["local_gb"], p["vcpus_used"], p["memory_mb_used"],
-             p["local_gb_used"], p["running_vms"], p["cpu_allocation_ratio"],
-             p["ram_allocation_ratio"], p["disk_allocation_ratio"], at))
-    elif kind == "ServiceHeartbeat":
-        conn.execute(
-            "UPDATE services SET last_heartbeat = GREATEST(last_heartbeat, %s), "
-            "updated_at = GREATEST(updated_at, %s) WHERE host = %s AND service_binary = %s",
-            (at, at, p["host"], p["binary"]))
-    elif kind in ("ServiceDisabled", "ServiceEnabled"):
-        disabled = kind == "ServiceDisabled"
-        conn.execute(
-            "UPDATE services SET disabled = %s, disabled_reason = %s, updated_at = %s "
-            "WHERE host = %s AND service_binary = %s",
-            (disabled, p.get("reason") if disabled else None, at, p["host"], p["binary"]))
-    elif kind == "HostRemoved":
-        conn.execute("DELETE FROM services WHERE host = %s", (p["host"],))
-        conn.execute("DELETE FROM compute_nodes WHERE host = %s", (p["host"],))
+    write = HOST_WRITERS.get(event.event_type)
+    if write is not None:
+        write(conn, event)
 
 
 CATALOG_UPSERTS: dict[str, tuple[str, list[str], list[str]]] = {

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import io
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.validation import ValidationError, validate
@@ -35,13 +36,30 @@ def _new_id() -> str:
     return str(uuid.uuid4())
 
 
+class EventRecord(TypedDict):
+    """The Avro record of an event (envelope.avsc): envelope fields and the payload."""
+
+    event_id: str
+    event_type: str
+    occurred_at: datetime
+    aggregate_id: str
+    causation_id: str | None
+    correlation_id: str
+    producer: str
+    payload: Mapping[str, object]
+
+
 @dataclass(frozen=True)
 class Event:
-    """One fact or command: the envelope of DESIGN.md §3 plus a typed payload."""
+    """One fact or command: the envelope of DESIGN.md §3 plus a typed payload.
+
+    `payload` holds the fields of the event type's record; read it as that record's
+    TypedDict with `schemas.typed.payload_of(event, payloads.X)`.
+    """
 
     event_type: str
     aggregate_id: str
-    payload: dict[str, Any]
+    payload: Mapping[str, object]
     correlation_id: str
     producer: str
     causation_id: str | None = None
@@ -56,7 +74,7 @@ class Event:
         if ms != self.occurred_at.microsecond:
             object.__setattr__(self, "occurred_at", self.occurred_at.replace(microsecond=ms))
 
-    def to_record(self) -> dict[str, Any]:
+    def to_record(self) -> EventRecord:
         """The Avro record: envelope fields and `payload`."""
         return {
             "event_id": self.event_id,
@@ -87,7 +105,7 @@ def encode(event: Event, registry: Registry | None = None) -> bytes:
     return buf.getvalue()
 
 
-def _explain_invalid(event_type: str, parsed: Any, record: dict[str, Any],
+def _explain_invalid(event_type: str, parsed: Any, record: EventRecord,
                      exc: Exception) -> str:
     """fastavro's writer errors are terse; its validator names the offending field."""
     try:

@@ -14,7 +14,7 @@ from typing import Any
 from novalog.consume import Record
 from novalog.publish import Publisher
 from novalog.read_model import LiveProjection
-from schemas import Event, encode
+from schemas import Event, encode, payloads
 
 
 class InMemorySink:
@@ -54,20 +54,22 @@ class FakeProjection(LiveProjection):
     """The live projection as dictionaries."""
 
     def __init__(self) -> None:
-        self.requests: dict[str, dict[str, Any]] = {}
-        self.images: dict[str, dict[str, Any]] = {}
-        self.networks: dict[str, dict[str, Any]] = {}
+        self.requests: dict[str, payloads.InstanceBuildRequested] = {}
+        self.images: dict[str, payloads.ImageToBoot] = {}
+        self.networks: dict[str, payloads.NetworkToAttach] = {}
         self.tried: dict[str, list[str]] = {}
         self.stuck: list[tuple[str, int, str, str]] = []
 
-    def build_request(self, instance: str) -> dict[str, Any] | None:
+    def build_request(self, instance: str) -> payloads.InstanceBuildRequested | None:
         return self.requests.get(instance)
 
-    def image(self, image_id: str) -> dict[str, Any] | None:
+    def image(self, image_id: str) -> payloads.ImageToBoot | None:
         return self.images.get(image_id)
 
-    def network(self, network_id: str) -> dict[str, Any] | None:
-        return self.networks.get(network_id)
+    def network(self, network_id: str | None,
+                fixed_ip: str | None) -> payloads.NetworkToAttach | None:
+        network = self.networks.get(network_id or "")
+        return {**network, "fixed_ip": fixed_ip} if network else None
 
     def tried_hosts(self, instance: str) -> list[str]:
         return self.tried.get(instance, [])

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 import libvirt
+
+from schemas import payloads
 
 NOVA_NS = "http://openstack.org/xmlns/libvirt/nova/1.1"
 
@@ -29,8 +30,8 @@ def domain_name(instance_uuid: str) -> str:
     return f"instance-{instance_uuid}"
 
 
-def domain_xml(instance_uuid: str, name: str, flavor: dict[str, Any],
-               disks: list[dict[str, Any]], ports: list[dict[str, Any]],
+def domain_xml(instance_uuid: str, name: str, flavor: payloads.Flavor,
+               disks: list[payloads.Disk], ports: list[payloads.Port],
                console_log: Path) -> str:
     """What Nova's libvirt driver would define, reduced to what a boot needs."""
     disk_xml = "".join(

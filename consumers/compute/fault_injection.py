@@ -4,7 +4,6 @@ build path itself has no test branches: a refusing tracker, a failing driver."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import libvirt
 
@@ -12,13 +11,14 @@ from consumers.compute.driver import LibvirtDriver
 from consumers.compute.resource_tracker import ClaimResult, ResourceTracker
 from novalog import faults
 from novalog.domain.claims import Claim
+from schemas import payloads
 
 
 class RefusingTracker(ResourceTracker):
     """Every claim refused, as if the host were full (fault `refuse_claim`)."""
 
     def claim(self, instance: str, attempt: int, need: Claim,
-              command: dict[str, Any]) -> ClaimResult:
+              command: payloads.BuildAndRunInstance) -> ClaimResult:
         return ClaimResult(False, f"claim refused on {self.host} (test fault)")
 
 

@@ -12,7 +12,8 @@ import shutil
 import subprocess
 import threading
 from pathlib import Path
-from typing import Any
+
+from schemas import payloads
 
 
 class ImageError(Exception):
@@ -47,7 +48,7 @@ class ImageCache:
         self._lock = threading.Lock()
         self.fetches = 0  # how many times an image was actually copied in
 
-    def base_image(self, image: dict[str, Any]) -> Path:
+    def base_image(self, image: payloads.ImageToBoot) -> Path:
         """The cached copy of `image`, fetched and checksummed on first use only."""
         target = self.base_dir / hashlib.sha1(image["id"].encode(),
                                               usedforsecurity=False).hexdigest()
@@ -70,20 +71,20 @@ class ImageCache:
     def instance_dir(self, instance_uuid: str) -> Path:
         return self.instances_dir / instance_uuid
 
-    def prepare_disks(self, instance_uuid: str, image: dict[str, Any] | None,
-                      flavor: dict[str, Any]) -> list[dict[str, Any]]:
+    def prepare_disks(self, instance_uuid: str, image: payloads.ImageToBoot | None,
+                      flavor: payloads.Flavor) -> list[payloads.Disk]:
         """Root overlay + ephemeral + swap, as novalog.instance.Disk records."""
         directory = self.instance_dir(instance_uuid)
         directory.mkdir(parents=True, exist_ok=True)
-        disks: list[dict[str, Any]] = []
+        disks: list[payloads.Disk] = []
         if image is not None:
             base = self.base_image(image)
             root = directory / "disk"
             if not root.exists():
                 _qemu_img("create", "-q", "-f", "qcow2", "-F", image["disk_format"], "-b",
                           str(base), str(root), f"{flavor['root_gb']}G")
-            disks.append({"device": "vda", "path": str(root), "format": "qcow2",
-                          "size_gb": flavor["root_gb"], "backing_file": str(base)})
+            disks.append(payloads.Disk(device="vda", path=str(root), format="qcow2",
+                                       size_gb=flavor["root_gb"], backing_file=str(base)))
         if flavor.get("ephemeral_gb"):
             disks.append(self._blank(directory / "disk.eph0", _device(len(disks)),
                                      flavor["ephemeral_gb"], f"{flavor['ephemeral_gb']}G"))
@@ -93,11 +94,11 @@ class ImageCache:
                                      f"{flavor['swap_mb']}M"))
         return disks
 
-    def _blank(self, path: Path, device: str, size_gb: int, size: str) -> dict[str, Any]:
+    def _blank(self, path: Path, device: str, size_gb: int, size: str) -> payloads.Disk:
         if not path.exists():
             _qemu_img("create", "-q", "-f", "qcow2", str(path), size)
-        return {"device": device, "path": str(path), "format": "qcow2", "size_gb": size_gb,
-                "backing_file": None}
+        return payloads.Disk(device=device, path=str(path), format="qcow2", size_gb=size_gb,
+                             backing_file=None)
 
     def remove(self, instance_uuid: str) -> None:
         shutil.rmtree(self.instance_dir(instance_uuid), ignore_errors=True)

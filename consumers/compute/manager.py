@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import ClassVar
 from uuid import uuid4
 
 from consumers.compute.driver import LibvirtDriver, domain_name, domain_xml
@@ -25,7 +26,8 @@ from novalog.domain.claims import claim_of
 from novalog.faults import crash_point
 from novalog.kafka import Topics
 from novalog.publish import Publisher
-from schemas import Event
+from schemas import Event, payloads
+from schemas.typed import payload_of
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,8 @@ class ComputeIdentity:
 
 
 class ComputeManager:
+    WANTS: ClassVar[frozenset[str]]  # = the keys of HANDLERS, below
+
     def __init__(self, ident: ComputeIdentity, tracker: ResourceTracker, driver: LibvirtDriver,
                  cache: ImageCache, publisher: Publisher, topics: Topics) -> None:
         self.ident = ident
@@ -67,11 +71,12 @@ class ComputeManager:
         resources, heartbeat."""
         self.tracker.register()
         self.init_host()
-        self.pub.emit(self.topics.hosts, "ComputeServiceStarted", self.host, {
-            "host": self.host, "binary": BINARY, "zone": self.ident.zone,
-            "hypervisor_type": "QEMU", "hypervisor_hostname": self.host,
-            "host_ip": self.ident.host_ip, "version": "novalog"},
-            correlation_id=self._start_correlation)
+        self.pub.emit(self.topics.hosts, "ComputeServiceStarted", self.host,
+                      payloads.ComputeServiceStarted(
+                          host=self.host, binary=BINARY, zone=self.ident.zone,
+                          hypervisor_type="QEMU", hypervisor_hostname=self.host,
+                          host_ip=self.ident.host_ip, version="novalog"),
+                      correlation_id=self._start_correlation)
         self.report_resources()
         self.heartbeat()
 
@@ -96,70 +101,72 @@ class ComputeManager:
     def heartbeat(self) -> None:
         self._last_heartbeat = time.monotonic()
         self.pub.emit(self.topics.hosts, "ServiceHeartbeat", self.host,
-                      {"host": self.host, "binary": BINARY},
+                      payloads.ServiceHeartbeat(host=self.host, binary=BINARY),
                       correlation_id=self._start_correlation)
 
     def report_resources(self, cause: Event | None = None) -> None:
         self._last_report = time.monotonic()
         t, u = self.tracker.totals, self.tracker.usage()
-        self.pub.emit(self.topics.hosts, "ComputeResourcesReported", self.host, {
-            "host": self.host, "node": self.host, "vcpus": t.vcpus, "memory_mb": t.memory_mb,
-            "local_gb": t.local_gb, "vcpus_used": u.vcpus_used,
-            "memory_mb_used": u.memory_mb_used, "local_gb_used": u.local_gb_used,
-            "running_vms": self.driver.running_count(),
-            "cpu_allocation_ratio": t.cpu_allocation_ratio,
-            "ram_allocation_ratio": t.ram_allocation_ratio,
-            "disk_allocation_ratio": t.disk_allocation_ratio,
-            "cpu_arch": "x86_64", "hypervisor_type": "QEMU", "instance_uuids": u.instances},
-            correlation_id=cause.correlation_id if cause else self._start_correlation,
-            event_id=str(uuid4()))  # a snapshot, not a consequence: never de-duplicated
+        self.pub.emit(self.topics.hosts, "ComputeResourcesReported", self.host,
+                      payloads.ComputeResourcesReported(
+                          host=self.host, node=self.host, vcpus=t.vcpus, memory_mb=t.memory_mb,
+                          local_gb=t.local_gb, vcpus_used=u.vcpus_used,
+                          memory_mb_used=u.memory_mb_used, local_gb_used=u.local_gb_used,
+                          running_vms=self.driver.running_count(),
+                          cpu_allocation_ratio=t.cpu_allocation_ratio,
+                          ram_allocation_ratio=t.ram_allocation_ratio,
+                          disk_allocation_ratio=t.disk_allocation_ratio,
+                          cpu_arch="x86_64", hypervisor_type="QEMU",
+                          instance_uuids=u.instances),
+                      correlation_id=cause.correlation_id if cause else self._start_correlation,
+                      event_id=str(uuid4()))  # a snapshot, not a consequence: never de-duplicated
 
     # -- commands --------------------------------------------------------------------------
     def handle(self, event: Event, _record: Record) -> None:
-        handler = {"BuildAndRunInstance": self.build_and_run_instance,
-                   "PortsAllocated": self.ports_allocated,
-                   "PortsAllocationFailed": self.ports_allocation_failed}.get(event.event_type)
-        if handler is None:
+        handler = HANDLERS.get(event.event_type)
+        if handler is None:  # a record with no type header reaches here undecided
             raise ValueError(f"{event.event_type} is not a command for nova-compute")
-        if event.payload["host"] != self.host:
-            raise ValueError(f"{event.event_type} for host {event.payload['host']} reached "
-                             f"{self.host}")
-        handler(event)
+        host = event.payload.get("host")  # every command names its host
+        if host != self.host:
+            raise ValueError(f"{event.event_type} for host {host} reached {self.host}")
+        handler(self, event)
 
-    def _instance_event(self, kind: str, uuid: str, payload: dict[str, Any], cause: Event,
-                        *what: object) -> None:
+    def _instance_event(self, kind: str, uuid: str, payload: Mapping[str, object],
+                        cause: Event, *what: object) -> None:
         self.pub.emit(self.topics.instances, kind, uuid, payload, cause=cause, what=what)
 
     def build_and_run_instance(self, event: Event) -> None:
-        p = event.payload
-        uuid, attempt = p["instance_uuid"], p["attempt"]
-        base = {"host": self.host, "attempt": attempt}
+        p = payload_of(event, payloads.BuildAndRunInstance)
+        uuid, attempt, host = p["instance_uuid"], p["attempt"], self.host
         need = claim_of(p["flavor"])
         result = self.tracker.claim(uuid, attempt, need, p)
         result_ok, reason, duplicate = result.accepted, result.reason, result.duplicate
         crash_point("compute.after_claim")
         if not result_ok:
-            self._instance_event("InstanceClaimRefused", uuid,
-                                 {**base, "node": p["node"], "reason": reason}, event)
+            self._instance_event("InstanceClaimRefused", uuid, payloads.InstanceClaimRefused(
+                host=host, attempt=attempt, node=p["node"], reason=reason), event)
             return
-        self._instance_event("InstanceClaimAccepted", uuid, {
-            **base, "node": p["node"], "vcpus": need.vcpus, "memory_mb": need.memory_mb,
-            "disk_gb": need.disk_gb}, event)
+        self._instance_event("InstanceClaimAccepted", uuid, payloads.InstanceClaimAccepted(
+            host=host, attempt=attempt, node=p["node"], vcpus=need.vcpus,
+            memory_mb=need.memory_mb, disk_gb=need.disk_gb), event)
         if not duplicate:
             self.report_resources(cause=event)
-        self._instance_event("InstanceNetworkingStarted", uuid, base, event)
+        self._instance_event("InstanceNetworkingStarted", uuid,
+                             payloads.InstanceNetworkingStarted(host=host, attempt=attempt),
+                             event)
         if not p["networks"]:
             record = self.tracker.get(uuid)
             assert record is not None
             self._continue_build(record, event)
             return
         for net in p["networks"]:
-            self.pub.emit(self.topics.network, "AllocatePorts", net["network_id"], {
-                "instance_uuid": uuid, "host": self.host, "attempt": attempt, "network": net},
-                cause=event, what=(net["network_id"],))
+            self.pub.emit(self.topics.network, "AllocatePorts", net["network_id"],
+                          payloads.AllocatePorts(instance_uuid=uuid, host=host, attempt=attempt,
+                                                 network=net),
+                          cause=event, what=(net["network_id"],))
 
     def ports_allocated(self, event: Event) -> None:
-        p = event.payload
+        p = payload_of(event, payloads.PortsAllocated)
         record = self.tracker.get(p["instance_uuid"])
         if record is None or record.attempt != p["attempt"] or record.stage == "active":
             log.info("ignoring ports for %s attempt %s: no build waiting for them",
@@ -177,7 +184,7 @@ class ComputeManager:
             self._continue_build(record, event)
 
     def ports_allocation_failed(self, event: Event) -> None:
-        p = event.payload
+        p = payload_of(event, payloads.PortsAllocationFailed)
         record = self.tracker.get(p["instance_uuid"])
         if record is None or record.attempt != p["attempt"]:
             return
@@ -186,21 +193,28 @@ class ComputeManager:
     # -- the build -------------------------------------------------------------------------
     def _continue_build(self, record: BuildRecord, cause: Event) -> None:
         cmd, uuid = record.command, record.instance_uuid
-        base = {"host": self.host, "attempt": record.attempt}
+        host, attempt = self.host, record.attempt
         ports = [port for n in cmd["networks"] for port in record.ports.get(n["network_id"], [])]
-        self._instance_event("InstanceNetworkAllocated", uuid, {**base, "ports": ports}, cause)
+        self._instance_event("InstanceNetworkAllocated", uuid, payloads.InstanceNetworkAllocated(
+            host=host, attempt=attempt, ports=ports), cause)
         try:
             self.tracker.set_stage(uuid, "block_device_mapping")
-            self._instance_event("InstanceBlockDeviceMappingStarted", uuid, base, cause)
+            self._instance_event("InstanceBlockDeviceMappingStarted", uuid,
+                                 payloads.InstanceBlockDeviceMappingStarted(host=host,
+                                                                            attempt=attempt),
+                                 cause)
             try:
                 disks = self.cache.prepare_disks(uuid, cmd["image"], cmd["flavor"])
             except Exception as exc:
                 raise BuildStepFailed("block_device_mapping", str(exc), retryable=True) from exc
             crash_point("compute.after_disks")
-            self._instance_event("InstanceBlockDevicesMapped", uuid, {**base, "disks": disks},
-                                 cause)
+            self._instance_event("InstanceBlockDevicesMapped", uuid,
+                                 payloads.InstanceBlockDevicesMapped(host=host, attempt=attempt,
+                                                                     disks=disks), cause)
             self.tracker.set_stage(uuid, "spawning")
-            self._instance_event("InstanceSpawningStarted", uuid, base, cause)
+            self._instance_event("InstanceSpawningStarted", uuid,
+                                 payloads.InstanceSpawningStarted(host=host, attempt=attempt),
+                                 cause)
             try:
                 directory = self.cache.instance_dir(uuid)
                 xml = domain_xml(uuid, cmd["name"], cmd["flavor"], disks, ports,
@@ -213,9 +227,9 @@ class ComputeManager:
             self._fail(record, cause, failure)
             return
         self.tracker.set_stage(uuid, "active")
-        self._instance_event("InstanceSpawned", uuid, {
-            **base, "node": self.host, "domain_name": domain_name(uuid),
-            "power_state": states.RUNNING, "launched_at": datetime.now(UTC)}, cause)
+        self._instance_event("InstanceSpawned", uuid, payloads.InstanceSpawned(
+            host=host, attempt=attempt, node=host, domain_name=domain_name(uuid),
+            power_state=states.RUNNING, launched_at=datetime.now(UTC)), cause)
         self.report_resources(cause=cause)
 
     def _fail(self, record: BuildRecord, cause: Event, failure: BuildStepFailed) -> None:
@@ -229,13 +243,24 @@ class ComputeManager:
             log.exception("could not destroy the domain of %s", uuid)
         self.cache.remove(uuid)
         for net in record.command["networks"]:
-            self.pub.emit(self.topics.network, "ReleasePorts", net["network_id"], {
-                "instance_uuid": uuid, "network_id": net["network_id"],
-                "reason": f"build failed on {self.host}: {failure.reason}",
-                "attempt": record.attempt},
-                cause=cause, what=(net["network_id"],))
+            self.pub.emit(self.topics.network, "ReleasePorts", net["network_id"],
+                          payloads.ReleasePorts(
+                              instance_uuid=uuid, network_id=net["network_id"],
+                              reason=f"build failed on {self.host}: {failure.reason}",
+                              attempt=record.attempt),
+                          cause=cause, what=(net["network_id"],))
         self.tracker.release(uuid)
-        self._instance_event("InstanceBuildFailed", uuid, {
-            "host": self.host, "attempt": record.attempt, "stage": failure.stage,
-            "reason": failure.reason, "retryable": failure.retryable}, cause)
+        self._instance_event("InstanceBuildFailed", uuid, payloads.InstanceBuildFailed(
+            host=self.host, attempt=record.attempt, stage=failure.stage,
+            reason=failure.reason, retryable=failure.retryable), cause)
         self.report_resources(cause=cause)
+
+
+# The commands nova-compute takes on its host's topic, by type: its consume loop's
+# subscription (WANTS) and its header-level skipping are derived from this table.
+HANDLERS: dict[str, Callable[[ComputeManager, Event], None]] = {
+    "BuildAndRunInstance": ComputeManager.build_and_run_instance,
+    "PortsAllocated": ComputeManager.ports_allocated,
+    "PortsAllocationFailed": ComputeManager.ports_allocation_failed,
+}
+ComputeManager.WANTS = frozenset(HANDLERS)

@@ -8,12 +8,12 @@ serialised and the last free resources go to exactly one of them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from novalog.domain.claims import Claim
+from schemas import payloads
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,8 @@ class BuildRecord:
     instance_uuid: str
     attempt: int
     stage: str
-    command: dict[str, Any]
-    ports: dict[str, list[dict[str, Any]]]
+    command: payloads.BuildAndRunInstance
+    ports: dict[str, list[payloads.Port]]  # by network id
 
 
 class ResourceTracker:
@@ -72,7 +72,7 @@ class ResourceTracker:
                  t.ram_allocation_ratio, t.disk_allocation_ratio))
 
     def claim(self, instance: str, attempt: int, need: Claim,
-              command: dict[str, Any]) -> ClaimResult:
+              command: payloads.BuildAndRunInstance) -> ClaimResult:
         """Reserve `need` for `instance`, or say which resource does not fit."""
         t = self.totals
         with self.pool.connection() as conn, conn.transaction():
@@ -113,7 +113,7 @@ class ResourceTracker:
         return BuildRecord(instance, row[0], row[1], row[2], row[3]) if row else None
 
     def add_ports(self, instance: str, network_id: str,
-                  ports: list[dict[str, Any]]) -> BuildRecord | None:
+                  ports: list[payloads.Port]) -> BuildRecord | None:
         """Record one network's ports; returns the updated build (None when released)."""
         with self.pool.connection() as conn:
             conn.execute(

@@ -60,7 +60,8 @@ class Conductor:
             handler(self, event)
 
     def _requested(self, event: Event) -> None:
-        self.requests.remember(event.aggregate_id, event.payload)
+        self.requests.remember(event.aggregate_id,
+                               payload_of(event, payloads.InstanceBuildRequested))
 
     def _scheduled(self, event: Event) -> None:
         host = payload_of(event, payloads.InstanceScheduled)["host"]
@@ -71,12 +72,13 @@ class Conductor:
 
     def _claim_refused(self, event: Event) -> None:
         p = payload_of(event, payloads.InstanceClaimRefused)
-        self.retry_or_fail(event, f"claim refused on {p['host']}: {p['reason']}", True)
+        self.retry_or_fail(event, p["attempt"], f"claim refused on {p['host']}: {p['reason']}",
+                           True)
 
     def _build_failed(self, event: Event) -> None:
         p = payload_of(event, payloads.InstanceBuildFailed)
-        self.retry_or_fail(event, f"build failed on {p['host']} at {p['stage']}: "
-                                  f"{p['reason']}", p["retryable"])
+        self.retry_or_fail(event, p["attempt"], f"build failed on {p['host']} at {p['stage']}: "
+                                                f"{p['reason']}", p["retryable"])
 
     def _ended(self, event: Event) -> None:
         self.requests.forget(event.aggregate_id)
@@ -87,34 +89,35 @@ class Conductor:
         uuid, p = event.aggregate_id, payload_of(event, payloads.InstanceScheduled)
         request = self.requests.get(uuid)
         image = self._image(request["image"]["id"]) if request["image"] else None
-        networks = [self._network(n["network_id"], n.get("fixed_ip"))
+        networks = [self._network(n["network_id"], n["fixed_ip"])
                     for n in request["networks"]]
         topic = self.topics.compute(p["host"])
         if topic not in self._known_topics:
             self.ensure_topic(topic)
             self._known_topics.add(topic)
-        self.pub.emit(topic, "BuildAndRunInstance", uuid, {
-            "instance_uuid": uuid, "host": p["host"], "node": p["node"],
-            "attempt": p["attempt"], "name": request["name"],
-            "project_id": request["project_id"], "flavor": request["flavor"],
-            "image": image, "networks": networks,
-            "block_device_mapping": request["block_device_mapping"],
-            "key_name": request["key_name"], "user_data": request["user_data"],
-            "metadata": request["metadata"]}, cause=event)
-        self.pub.emit(self.topics.instances, "InstanceBuildDispatched", uuid, {
-            "host": p["host"], "node": p["node"], "attempt": p["attempt"]}, cause=event)
+        self.pub.emit(topic, "BuildAndRunInstance", uuid, payloads.BuildAndRunInstance(
+            instance_uuid=uuid, host=p["host"], node=p["node"],
+            attempt=p["attempt"], name=request["name"],
+            project_id=request["project_id"], flavor=request["flavor"],
+            image=image, networks=networks,
+            block_device_mapping=request["block_device_mapping"],
+            key_name=request["key_name"], user_data=request["user_data"],
+            metadata=request["metadata"]), cause=event)
+        self.pub.emit(self.topics.instances, "InstanceBuildDispatched", uuid,
+                      payloads.InstanceBuildDispatched(host=p["host"], node=p["node"],
+                                                       attempt=p["attempt"]), cause=event)
 
-    def _image(self, image_id: str) -> dict[str, Any]:
+    def _image(self, image_id: str) -> payloads.ImageToBoot:
         image = self.projection.image(image_id)
         if image is None:
             raise TransientError(f"image {image_id} is not in the catalog projection yet")
         return image
 
-    def _network(self, network_id: str, fixed_ip: str | None) -> dict[str, Any]:
-        network = self.projection.network(network_id)
+    def _network(self, network_id: str | None, fixed_ip: str | None) -> payloads.NetworkToAttach:
+        network = self.projection.network(network_id, fixed_ip)
         if network is None:
             raise TransientError(f"network {network_id} is not in the catalog projection yet")
-        return {**network, "fixed_ip": fixed_ip}
+        return network
 
     # -- failures --------------------------------------------------------------------------
     def _tried_hosts(self, uuid: str) -> list[str]:
@@ -122,17 +125,19 @@ class Conductor:
             return self.tried[uuid]
         return self.projection.tried_hosts(uuid)
 
-    def retry_or_fail(self, event: Event, reason: str, retryable: bool) -> None:
-        uuid, attempt = event.aggregate_id, event.payload["attempt"]
+    def retry_or_fail(self, event: Event, attempt: int, reason: str, retryable: bool) -> None:
+        uuid = event.aggregate_id
         if retryable and attempt < self.max_attempts:
-            self.pub.emit(self.topics.instances, "InstanceRescheduled", uuid, {
-                "attempt": attempt + 1, "excluded_hosts": list(self._tried_hosts(uuid)),
-                "reason": reason}, cause=event)
+            self.pub.emit(self.topics.instances, "InstanceRescheduled", uuid,
+                          payloads.InstanceRescheduled(
+                              attempt=attempt + 1, excluded_hosts=list(self._tried_hosts(uuid)),
+                              reason=reason), cause=event)
             return
         message = max_retries_message(uuid) if retryable else \
             f"Build of instance {uuid} aborted: {reason}"
         self.pub.emit(self.topics.instances, "InstanceErrored", uuid,
-                      {"code": 500, "message": message, "details": reason}, cause=event)
+                      payloads.InstanceErrored(code=500, message=message, details=reason),
+                      cause=event)
 
     # -- periodic --------------------------------------------------------------------------
     def sweep(self) -> None:
@@ -146,10 +151,10 @@ class Conductor:
         for uuid, attempt, task_state, request_id in stuck:
             seconds = int(self.build_timeout.total_seconds())
             log.warning("build of %s stuck in %s for over %ss", uuid, task_state, seconds)
-            self.pub.emit(self.topics.instances, "InstanceErrored", uuid, {
-                "code": 500,
-                "message": f"Build of instance {uuid} timed out after {seconds} seconds",
-                "details": f"no progress while in task_state {task_state}"},
+            self.pub.emit(self.topics.instances, "InstanceErrored", uuid, payloads.InstanceErrored(
+                code=500,
+                message=f"Build of instance {uuid} timed out after {seconds} seconds",
+                details=f"no progress while in task_state {task_state}"),
                 correlation_id=request_id, event_id=derived_id(uuid, "timeout", attempt))
 
 

@@ -12,7 +12,8 @@ import hashlib
 import ipaddress
 import uuid
 from dataclasses import dataclass, field, replace
-from typing import Any
+
+from schemas import payloads
 
 PORT_NAMESPACE = uuid.UUID("6f1c1b1e-3d2a-4c55-9a57-2b1d0c9e7a10")
 
@@ -32,11 +33,11 @@ class Port:
     attempt: int = 0  # the build attempt the port is bound for
     host: str = ""
 
-    def as_payload(self) -> dict[str, str]:
+    def as_payload(self) -> payloads.Port:
         """The novalog.instance.Port record."""
-        return {"port_id": self.port_id, "network_id": self.network_id,
-                "network_name": self.network_name, "ip_address": self.ip_address,
-                "mac_address": self.mac_address}
+        return payloads.Port(port_id=self.port_id, network_id=self.network_id,
+                             network_name=self.network_name, ip_address=self.ip_address,
+                             mac_address=self.mac_address)
 
 
 def mac_for(network_id: str, ip: str, taken: set[str]) -> str:
@@ -65,7 +66,7 @@ class Pool:
     _lowest_free: int = field(default=0, repr=False)  # no free address below this one
 
     @classmethod
-    def from_network(cls, net: dict[str, Any]) -> Pool:
+    def from_network(cls, net: payloads.NetworkToAttach) -> Pool:
         """From a NetworkToAttach record; refuses a range outside the CIDR."""
         network = ipaddress.ip_network(net["cidr"])
         start = ipaddress.ip_address(net["allocation_start"])
@@ -111,7 +112,7 @@ class Pool:
             mac_address=mac_for(self.network_id, ip, taken), instance_uuid=instance_uuid,
         )
 
-    def apply_allocated(self, p: dict[str, Any]) -> None:
+    def apply_allocated(self, p: payloads.IpAllocated) -> None:
         """An IpAllocated fact; applying it twice changes nothing."""
         port = Port(p["port_id"], p["network_id"], self.name, p["ip_address"],
                     p["mac_address"], p["instance_uuid"], p.get("attempt", 0), p.get("host", ""))
@@ -122,7 +123,7 @@ class Pool:
         self._by_instance.setdefault(port.instance_uuid, {})[port.ip_address] = None
         self._macs.add(port.mac_address)
 
-    def apply_released(self, p: dict[str, Any]) -> None:
+    def apply_released(self, p: payloads.IpReleased) -> None:
         """An IpReleased fact; only frees the address if that port still holds it."""
         held = self.ports.get(p["ip_address"])
         if held is not None and held.port_id == p["port_id"]:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import ClassVar
 
 from consumers.network.ipam import Pool, PoolExhausted
 from novalog.consume import ConsumeLoop, Record, through_outages
@@ -27,84 +28,116 @@ from novalog.faults import crash_point
 from novalog.kafka import EventProducer, Topics, read_to_end
 from novalog.publish import Publisher
 from novalog.settings import Settings
-from schemas import Event, SerializationError, decode
+from schemas import Event, SerializationError, decode, payloads
+from schemas.typed import payload_of
 
 log = logging.getLogger(__name__)
 
 GROUP = "network"
-COMMANDS = {"AllocatePorts", "ReleasePorts"}
 
 
 class NetworkService:
+    WANTS: ClassVar[frozenset[str]]  # = the keys of LEARNERS and COMMANDS, below
+
     def __init__(self, topics: Topics, publisher: Publisher) -> None:
         self.topics = topics
         self.pub = publisher
         self.pools: dict[str, Pool] = {}
         self.applied: set[str] = set()  # fact event ids already in the pools
 
-    def pool(self, network: dict[str, Any]) -> Pool:
+    def pool(self, network: payloads.NetworkToAttach) -> Pool:
         if network["network_id"] not in self.pools:
             self.pools[network["network_id"]] = Pool.from_network(network)
         return self.pools[network["network_id"]]
 
     def learn(self, event: Event) -> None:
         """Phase 1 (and every read): facts rebuild pools; commands teach the networks."""
-        if event.event_type == "AllocatePorts":
-            self.pool(event.payload["network"])
-        elif event.event_type in ("IpAllocated", "IpReleased"):
-            self.apply_fact(event)
-
-    def apply_fact(self, event: Event) -> None:
-        if event.event_id in self.applied:
-            return
-        pool = self.pools.get(event.payload["network_id"])
-        if pool is None:
-            log.warning("fact %s for unknown network %s", event.event_id,
-                        event.payload["network_id"])
-            return
-        if event.event_type == "IpAllocated":
-            pool.apply_allocated(event.payload)
-        else:
-            pool.apply_released(event.payload)
-        self.applied.add(event.event_id)
-
-    def _fact(self, kind: str, network_id: str, payload: dict[str, Any], cause: Event,
-              *what: object) -> None:
-        self.apply_fact(self.pub.emit(self.topics.network, kind, network_id, payload,
-                                      cause=cause, what=what))
+        learner = LEARNERS.get(event.event_type)
+        if learner is not None:
+            learner(self, event)
 
     def handle(self, event: Event) -> None:
-        p = event.payload
-        if event.event_type == "AllocatePorts":
-            self.allocate(event, p)
-        elif event.event_type == "ReleasePorts":
-            pool = self.pools.get(p["network_id"])
-            for port in pool.ports_of(p["instance_uuid"], p["attempt"]) if pool else []:
-                self._fact("IpReleased", p["network_id"], {
-                    "network_id": port.network_id, "instance_uuid": port.instance_uuid,
-                    "port_id": port.port_id, "ip_address": port.ip_address}, event,
-                    port.port_id)
+        """A command (AllocatePorts, ReleasePorts); anything else is only learnt."""
+        command = COMMANDS.get(event.event_type)
+        if command is not None:
+            command(self, event)
 
-    def allocate(self, event: Event, p: dict[str, Any]) -> None:
+    # -- learning --------------------------------------------------------------------------
+    def _learn_network(self, event: Event) -> None:
+        self.pool(payload_of(event, payloads.AllocatePorts)["network"])
+
+    def _apply_fact(self, event: Event, network_id: str, change: Callable[[Pool], None]) -> None:
+        """Change the network's pool by a fact, once (by event id)."""
+        if event.event_id in self.applied:
+            return
+        pool = self.pools.get(network_id)
+        if pool is None:
+            log.warning("fact %s for unknown network %s", event.event_id, network_id)
+            return
+        change(pool)
+        self.applied.add(event.event_id)
+
+    def _allocated(self, event: Event) -> None:
+        p = payload_of(event, payloads.IpAllocated)
+        self._apply_fact(event, p["network_id"], lambda pool: pool.apply_allocated(p))
+
+    def _released(self, event: Event) -> None:
+        p = payload_of(event, payloads.IpReleased)
+        self._apply_fact(event, p["network_id"], lambda pool: pool.apply_released(p))
+
+    def _fact(self, kind: str, network_id: str, payload: Mapping[str, object], cause: Event,
+              *what: object) -> None:
+        self.learn(self.pub.emit(self.topics.network, kind, network_id, payload, cause=cause,
+                                 what=what))
+
+    # -- commands --------------------------------------------------------------------------
+    def release(self, event: Event) -> None:
+        p = payload_of(event, payloads.ReleasePorts)
+        pool = self.pools.get(p["network_id"])
+        for port in pool.ports_of(p["instance_uuid"], p["attempt"]) if pool else []:
+            self._fact("IpReleased", p["network_id"], payloads.IpReleased(
+                network_id=port.network_id, instance_uuid=port.instance_uuid,
+                port_id=port.port_id, ip_address=port.ip_address), event, port.port_id)
+
+    def allocate(self, event: Event) -> None:
+        p = payload_of(event, payloads.AllocatePorts)
         net, uuid = p["network"], p["instance_uuid"]
         reply_topic = self.topics.compute(p["host"])
         try:
-            port = self.pool(net).allocate(uuid, net.get("fixed_ip"), attempt=p["attempt"],
+            port = self.pool(net).allocate(uuid, net["fixed_ip"], attempt=p["attempt"],
                                            host=p["host"])
         except (PoolExhausted, ValueError) as exc:
-            self.pub.emit(self.topics.network, "IpAllocationFailed", net["network_id"], {
-                "network_id": net["network_id"], "instance_uuid": uuid, "reason": str(exc)},
-                cause=event)
-            self.pub.emit(reply_topic, "PortsAllocationFailed", uuid, {
-                "instance_uuid": uuid, "host": p["host"], "attempt": p["attempt"],
-                "reason": str(exc)}, cause=event)
+            self.pub.emit(self.topics.network, "IpAllocationFailed", net["network_id"],
+                          payloads.IpAllocationFailed(network_id=net["network_id"],
+                                                      instance_uuid=uuid, reason=str(exc)),
+                          cause=event)
+            self.pub.emit(reply_topic, "PortsAllocationFailed", uuid,
+                          payloads.PortsAllocationFailed(instance_uuid=uuid, host=p["host"],
+                                                         attempt=p["attempt"],
+                                                         reason=str(exc)), cause=event)
             return
-        self._fact("IpAllocated", net["network_id"], {
-            **port.as_payload(), "instance_uuid": uuid, "host": port.host,
-            "attempt": port.attempt}, event)
-        self.pub.emit(reply_topic, "PortsAllocated", uuid, {
-            "instance_uuid": uuid, "host": p["host"], "attempt": p["attempt"],
-            "ports": [port.as_payload()]}, cause=event)
+        self._fact("IpAllocated", net["network_id"], payloads.IpAllocated(
+            network_id=port.network_id, instance_uuid=uuid, port_id=port.port_id,
+            ip_address=port.ip_address, mac_address=port.mac_address, host=port.host,
+            attempt=port.attempt), event)
+        self.pub.emit(reply_topic, "PortsAllocated", uuid, payloads.PortsAllocated(
+            instance_uuid=uuid, host=p["host"], attempt=p["attempt"],
+            ports=[port.as_payload()]), cause=event)
+
+
+# What rebuilds the pools, by event type: facts, and the networks commands name.
+LEARNERS: dict[str, Callable[[NetworkService, Event], None]] = {
+    "AllocatePorts": NetworkService._learn_network,
+    "IpAllocated": NetworkService._allocated,
+    "IpReleased": NetworkService._released,
+}
+# The commands the role carries out, by event type.
+COMMANDS: dict[str, Callable[[NetworkService, Event], None]] = {
+    "AllocatePorts": NetworkService.allocate,
+    "ReleasePorts": NetworkService.release,
+}
+# The consume loop's subscription: other types are passed over from the header alone.
+NetworkService.WANTS = frozenset(LEARNERS) | frozenset(COMMANDS)
 
 
 def serve(settings: Settings, stop: threading.Event) -> None:
@@ -123,10 +156,9 @@ def serve(settings: Settings, stop: threading.Event) -> None:
 
     def handle(event: Event, _record: Record) -> None:
         service.learn(event)
-        if event.event_type in COMMANDS:
-            service.handle(event)
-            if event.event_type == "AllocatePorts":
-                allocated.append(True)
+        service.handle(event)
+        if event.event_type == "AllocatePorts":
+            allocated.append(True)
 
     def after_flush() -> None:
         if allocated:
@@ -134,7 +166,7 @@ def serve(settings: Settings, stop: threading.Event) -> None:
             crash_point("network.after_allocation")
 
     loop = ConsumeLoop(settings, group_id=GROUP, topics=[topics.network], handler=handle,
-                       producer=producer, after_flush=after_flush)
+                       producer=producer, wants=NetworkService.WANTS, after_flush=after_flush)
     try:
         loop.run(stop)
     finally:

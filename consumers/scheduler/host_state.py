@@ -7,13 +7,14 @@ The compute claim stays the final word: a stale view only costs a reschedule.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import cached_property
-from typing import Any
 
 from novalog.domain.claims import Claim, claim_of
-from schemas import Event
+from schemas import Event, payloads
+from schemas.typed import payload_of
 
 SERVICE_DOWN_TIME = timedelta(seconds=60)  # Nova's service_down_time
 
@@ -97,21 +98,23 @@ class HostView:
     _claims: dict[str, Claim] = field(default_factory=dict)
 
     def apply(self, event: Event) -> None:
-        handler = getattr(self, f"_on_{event.event_type}", None)
+        handler = VIEW_HANDLERS.get(event.event_type)
         if handler is not None:
-            handler(event, event.payload)
+            handler(self, event)
 
     # -- host facts ----------------------------------------------------------------------
     def _host(self, name: str) -> HostState:
         return self.hosts.get(name) or HostState(host=name, node=name)
 
-    def _on_ComputeServiceStarted(self, e: Event, p: dict[str, Any]) -> None:
+    def _on_ComputeServiceStarted(self, e: Event) -> None:
+        p = payload_of(e, payloads.ComputeServiceStarted)
         h = self._host(p["host"])
         self.hosts[p["host"]] = replace(h, zone=p["zone"], node=p["hypervisor_hostname"],
                                         hypervisor_type=p["hypervisor_type"],
                                         last_heartbeat=e.occurred_at)
 
-    def _on_ComputeResourcesReported(self, e: Event, p: dict[str, Any]) -> None:
+    def _on_ComputeResourcesReported(self, e: Event) -> None:
+        p = payload_of(e, payloads.ComputeResourcesReported)
         h = self._host(p["host"])
         reported = frozenset(p["instance_uuids"])
         self.hosts[p["host"]] = replace(
@@ -128,28 +131,32 @@ class HostView:
             last_heartbeat=max(filter(None, [h.last_heartbeat, e.occurred_at])),
         )
 
-    def _on_ServiceHeartbeat(self, e: Event, p: dict[str, Any]) -> None:
+    def _on_ServiceHeartbeat(self, e: Event) -> None:
+        p = payload_of(e, payloads.ServiceHeartbeat)
         h = self._host(p["host"])
         if h.last_heartbeat is None or e.occurred_at > h.last_heartbeat:
             self.hosts[p["host"]] = replace(h, last_heartbeat=e.occurred_at)
 
-    def _on_ServiceDisabled(self, _e: Event, p: dict[str, Any]) -> None:
-        self.hosts[p["host"]] = replace(self._host(p["host"]), disabled=True)
+    def _on_ServiceDisabled(self, e: Event) -> None:
+        host = payload_of(e, payloads.ServiceDisabled)["host"]
+        self.hosts[host] = replace(self._host(host), disabled=True)
 
-    def _on_ServiceEnabled(self, _e: Event, p: dict[str, Any]) -> None:
-        self.hosts[p["host"]] = replace(self._host(p["host"]), disabled=False)
+    def _on_ServiceEnabled(self, e: Event) -> None:
+        host = payload_of(e, payloads.ServiceEnabled)["host"]
+        self.hosts[host] = replace(self._host(host), disabled=False)
 
-    def _on_HostRemoved(self, _e: Event, p: dict[str, Any]) -> None:
-        self.hosts.pop(p["host"], None)
+    def _on_HostRemoved(self, e: Event) -> None:
+        self.hosts.pop(payload_of(e, payloads.HostRemoved)["host"], None)
 
     # -- placements ----------------------------------------------------------------------
-    def _on_InstanceBuildRequested(self, e: Event, p: dict[str, Any]) -> None:
+    def _on_InstanceBuildRequested(self, e: Event) -> None:
+        p = payload_of(e, payloads.InstanceBuildRequested)
         self._claims[e.aggregate_id] = claim_of(p["flavor"])
         for group in p["scheduler_hints"].get("group", []):
             self.groups.setdefault(group, set()).add(e.aggregate_id)
 
-    def _on_InstanceScheduled(self, e: Event, p: dict[str, Any]) -> None:
-        self.record_placement(e.aggregate_id, p["host"])
+    def _on_InstanceScheduled(self, e: Event) -> None:
+        self.record_placement(e.aggregate_id, payload_of(e, payloads.InstanceScheduled)["host"])
 
     def record_placement(self, instance: str, host: str, claim: Claim | None = None) -> None:
         """Also called by the scheduler for its own decisions, before they come back."""
@@ -167,25 +174,45 @@ class HostView:
             h = self.hosts[host].forget(instance)
             self.hosts[host] = replace(h, failed_builds=h.failed_builds + failed_build)
 
-    def _on_InstanceClaimRefused(self, e: Event, _p: dict[str, Any]) -> None:
+    def _on_InstanceClaimRefused(self, e: Event) -> None:
         self._release(e.aggregate_id)
 
-    def _on_InstanceBuildFailed(self, e: Event, _p: dict[str, Any]) -> None:
+    def _on_InstanceBuildFailed(self, e: Event) -> None:
         self._release(e.aggregate_id, failed_build=True)
 
-    def _on_InstanceErrored(self, e: Event, _p: dict[str, Any]) -> None:
+    def _on_InstanceErrored(self, e: Event) -> None:
         self._release(e.aggregate_id)
         self._claims.pop(e.aggregate_id, None)
 
-    def _on_InstanceSpawned(self, e: Event, p: dict[str, Any]) -> None:
+    def _on_InstanceSpawned(self, e: Event) -> None:
+        p = payload_of(e, payloads.InstanceSpawned)
         h = self.hosts.get(p["host"])
         if h is not None and h.failed_builds:  # Nova resets the count on a success
             self.hosts[p["host"]] = replace(h, failed_builds=0)
         self._claims.pop(e.aggregate_id, None)
 
-    def _on_ServerGroupCreated(self, _e: Event, p: dict[str, Any]) -> None:
+    def _on_ServerGroupCreated(self, e: Event) -> None:
+        p = payload_of(e, payloads.ServerGroupCreated)
         self.group_policies[p["group_id"]] = p["policy"]
 
     def group_hosts(self, group: str) -> frozenset[str]:
         return frozenset(self.placements[i] for i in self.groups.get(group, set())
                          if i in self.placements)
+
+
+# What the view folds, by event type (of the hosts, instances and catalog topics).
+VIEW_HANDLERS: dict[str, Callable[[HostView, Event], None]] = {
+    "ComputeServiceStarted": HostView._on_ComputeServiceStarted,
+    "ComputeResourcesReported": HostView._on_ComputeResourcesReported,
+    "ServiceHeartbeat": HostView._on_ServiceHeartbeat,
+    "ServiceDisabled": HostView._on_ServiceDisabled,
+    "ServiceEnabled": HostView._on_ServiceEnabled,
+    "HostRemoved": HostView._on_HostRemoved,
+    "InstanceBuildRequested": HostView._on_InstanceBuildRequested,
+    "InstanceScheduled": HostView._on_InstanceScheduled,
+    "InstanceClaimRefused": HostView._on_InstanceClaimRefused,
+    "InstanceBuildFailed": HostView._on_InstanceBuildFailed,
+    "InstanceErrored": HostView._on_InstanceErrored,
+    "InstanceSpawned": HostView._on_InstanceSpawned,
+    "ServerGroupCreated": HostView._on_ServerGroupCreated,
+}

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from consumers.scheduler.host_state import HostView
 from novalog.domain.claims import Claim, claim_of
+from schemas import payloads
 
 
 @dataclass(frozen=True)
@@ -27,12 +27,12 @@ class RequestSpec:
     now: datetime | None = None
 
 
-def build_spec(instance_uuid: str, request: dict[str, Any], view: HostView, *,
-               attempt: int, excluded_hosts: frozenset[str], now: datetime) -> RequestSpec:
+def build_spec(instance_uuid: str, request: payloads.InstanceBuildRequested, view: HostView,
+               *, attempt: int, excluded_hosts: frozenset[str], now: datetime) -> RequestSpec:
     """The spec for `request` (an InstanceBuildRequested payload) as of this attempt."""
     hints = request["scheduler_hints"]
     group = next(iter(hints.get("group", [])), None)
-    image = request["image"] or {}
+    image = request["image"]
     return RequestSpec(
         instance_uuid=instance_uuid,
         claim=claim_of(request["flavor"]),
@@ -40,7 +40,7 @@ def build_spec(instance_uuid: str, request: dict[str, Any], view: HostView, *,
         availability_zone=request["availability_zone"],
         forced_host=request["forced_host"],
         forced_node=request["forced_node"],
-        image_properties=dict(image.get("properties", {})),
+        image_properties=dict(image["properties"]) if image else {},
         excluded_hosts=excluded_hosts,
         same_host=frozenset(hints.get("same_host", [])),
         different_host=frozenset(hints.get("different_host", [])),

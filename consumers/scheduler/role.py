@@ -14,7 +14,7 @@ import random
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from consumers.scheduler.host_state import HostView
 from consumers.scheduler.manager import Selection, select_destination
@@ -56,8 +56,9 @@ class Scheduler:
             handler(self, event)
 
     def _requested(self, event: Event) -> None:
-        self.requests.remember(event.aggregate_id, event.payload)
-        self.decide(event, event.payload, attempt=1, excluded=frozenset())
+        request = payload_of(event, payloads.InstanceBuildRequested)
+        self.requests.remember(event.aggregate_id, request)
+        self.decide(event, request, attempt=1, excluded=frozenset())
 
     def _rescheduled(self, event: Event) -> None:
         p = payload_of(event, payloads.InstanceRescheduled)
@@ -67,7 +68,7 @@ class Scheduler:
     def _ended(self, event: Event) -> None:
         self.requests.forget(event.aggregate_id)
 
-    def decide(self, cause: Event, request: dict[str, Any], *, attempt: int,
+    def decide(self, cause: Event, request: payloads.InstanceBuildRequested, *, attempt: int,
                excluded: frozenset[str]) -> None:
         uuid = cause.aggregate_id
         with self.replica.lock:
@@ -78,15 +79,18 @@ class Scheduler:
             if isinstance(result, Selection):
                 self.view.record_placement(uuid, result.host, claim_of(request["flavor"]))
         if isinstance(result, Selection):
-            self.pub.emit(self.topics.instances, "InstanceScheduled", uuid, {
-                "host": result.host, "node": result.node, "attempt": attempt,
-                "weighed_hosts": result.weighed_hosts[:10]}, cause=cause)
+            self.pub.emit(self.topics.instances, "InstanceScheduled", uuid,
+                          payloads.InstanceScheduled(
+                              host=result.host, node=result.node, attempt=attempt,
+                              weighed_hosts=result.weighed_hosts[:10]), cause=cause)
         else:
             log.info("NoValidHost for %s: %s", uuid, result.reason)
-            self.pub.emit(self.topics.instances, "InstanceNoValidHost", uuid, {
-                "attempt": attempt, "reason": result.reason,
-                "filters": [{"filter": r.filter, "hosts_in": r.hosts_in,
-                             "hosts_out": r.hosts_out} for r in result.filters]}, cause=cause)
+            self.pub.emit(self.topics.instances, "InstanceNoValidHost", uuid,
+                          payloads.InstanceNoValidHost(
+                              attempt=attempt, reason=result.reason,
+                              filters=[payloads.FilterResult(filter=r.filter, hosts_in=r.hosts_in,
+                                                             hosts_out=r.hosts_out)
+                                       for r in result.filters]), cause=cause)
 
 
 # What the scheduler acts on, by event type: its consume loop's subscription (WANTS)

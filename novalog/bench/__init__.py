@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.progress import Progress
@@ -20,6 +20,14 @@ from rich.progress import Progress
 from novalog.bench import report, synthetic
 from novalog.bench.harness import BenchStack, Profiler, Sampler
 from novalog.bench.load import Load, Outcome
+from novalog.bench.report import (
+    BrokerFigures,
+    BrokersResult,
+    LoadResult,
+    MemorySample,
+    ReplayResult,
+    SchedulerResult,
+)
 from novalog.bench.synthetic import boot_events, scheduler_decisions
 from producers.catalog import entity_id
 
@@ -62,17 +70,17 @@ def _roles_of(stack: BenchStack) -> set[str]:
     return {c.spec.name for c in stack.supervisor.children if c.spec.kind == "role"}
 
 
-def run_load(scenario: str, parameters: dict[str, Any], hosts: int, replicas: int,
+def run_load(scenario: str, parameters: dict[str, float], hosts: int, replicas: int,
              drive: Callable[[Load, Progress], None], timeout: float, output: Path,
              poll_s: float = 0.05, sample_s: float = 0.5, warm_up: bool = True,
-             profile: bool = False) -> dict[str, Any]:
+             profile: bool = False) -> LoadResult:
     """Start a stack, boot one server to warm it up, then drive the load while sampling
     every process; write and print what was measured."""
     console.print(f"[bold]{scenario}[/bold]: starting a stack with {hosts} hosts ...")
     with BenchStack(hosts=hosts, replicas=replicas) as stack:
         load = Load(stack.client(timeout=120), poll_s=poll_s)
         unlimited_quota(load)
-        result: dict[str, Any] = {"scenario": scenario, "parameters": parameters}
+        result: LoadResult = {"scenario": scenario, "parameters": parameters}
         if warm_up:  # group joins and first connections: paid once per stack, shown apart
             boot = load.post("warm-up")
             load.wait_one(boot)
@@ -93,7 +101,7 @@ def run_load(scenario: str, parameters: dict[str, Any], hosts: int, replicas: in
             load.stop_observer()
         load.fetch_faults()
         outcome = Outcome.of(load)
-        result |= {"summary": outcome.summary(), "machine": report.machine() | stack.versions(),
+        result |= {"summary": outcome.summary(), "machine": report.machine(stack.versions()),
                    "hosts": hosts, "replicas": replicas,
                    "ready_seconds": {k: round(v, 2)
                                      for k, v in stack.supervisor.ready_seconds.items()}}
@@ -108,8 +116,9 @@ def run_load(scenario: str, parameters: dict[str, Any], hosts: int, replicas: in
     result["peak_rss_mb"] = sampler.peak_rss()
     result["timeline"] = outcome.timeline
     result["load_started_at"] = round(outcome.first_post - sampler.started, 3)
-    samples = [{"at": s.at, "rss_mb": {k: round(v, 1) for k, v in s.rss_mb.items()}}
-               for s in sampler.samples]
+    samples: list[MemorySample] = [
+        {"at": s.at, "rss_mb": {k: round(v, 1) for k, v in s.rss_mb.items()}}
+        for s in sampler.samples]
     result["memory_samples"] = samples
     if profile:
         result["profile"] = profiler.summary()
@@ -131,8 +140,8 @@ def _print_profile(summary: dict[str, list[tuple[str, float]]],
     console.print(table)
 
 
-def _finish(result: dict[str, Any], latencies: list[float], samples: list[dict[str, Any]],
-            output: Path) -> dict[str, Any]:
+def _finish(result: LoadResult, latencies: list[float], samples: list[MemorySample],
+            output: Path) -> LoadResult:
     prefix = output / result["scenario"]
     charts = report.load_charts(result, latencies, samples, prefix)
     result["charts"] = [str(c) for c in charts]
@@ -227,7 +236,7 @@ def soak(count: Annotated[int, typer.Option(min=1, help="Boots in all.")] = 10_0
                   f"{result['memory_growth_mb_per_1000_boots']}")
 
 
-def growth(result: dict[str, Any]) -> dict[str, float]:
+def growth(result: LoadResult) -> dict[str, float]:
     """Least-squares slope of each process's RSS against boots done, over the samples
     after the first fifth (warm-up), in MB per 1,000 boots."""
     done = [t for t, _ in result["timeline"]]
@@ -250,10 +259,10 @@ def growth(result: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def run_replay(events: int, output: Path) -> dict[str, Any]:
+def run_replay(events: int, output: Path) -> ReplayResult:
     with BenchStack(hosts=0, roles=False) as stack:
         result = synthetic.replay(stack.settings, events)
-        result["machine"] = report.machine() | stack.versions()
+        result["machine"] = report.machine(stack.versions())
     report.write_json(result, output / "replay.json")
     console.print(f"replayed {events:,} events in {result['seconds']}s: "
                   f"[bold]{result['events_per_second']:,} events/s[/bold] "
@@ -276,7 +285,7 @@ def brokers(serial_count: Annotated[int, typer.Option(min=1)] = 100,
             output: Output = DEFAULT_OUTPUT) -> None:
     """The same serial, burst and replay scenarios on Apache Kafka and on Tansu, one after
     the other in one run, side by side (brokers.json, and each scenario's own files)."""
-    figures: dict[str, dict[str, Any]] = {}
+    figures: dict[str, BrokerFigures] = {}
     for kind in BROKER_KINDS:
         os.environ["NOVALOG_BROKER"] = kind
         out = output / f"broker-{kind}"
@@ -287,10 +296,11 @@ def brokers(serial_count: Annotated[int, typer.Option(min=1)] = 100,
                        burst_drive(burst_count, concurrency), max(120.0, burst_count / 5), out)
         rep = run_replay(replay_events, out)
         figures[kind] = report.broker_figures(ser, bur, rep)
-    result = {"scenario": "brokers", "figures": figures, "machine": report.machine(),
-              "parameters": {"serial": serial_count, "burst": burst_count,
-                             "replay_events": replay_events, "serial_hosts": serial_hosts,
-                             "hosts": hosts}}
+    result: BrokersResult = {
+        "scenario": "brokers", "figures": figures, "machine": report.machine(),
+        "parameters": {"serial": serial_count, "burst": burst_count,
+                       "replay_events": replay_events, "serial_hosts": serial_hosts,
+                       "hosts": hosts}}
     report.write_json(result, output / "brokers.json")
     console.print(report.brokers_table(result))
 
@@ -308,7 +318,8 @@ def scheduler(output: Output = DEFAULT_OUTPUT) -> None:
         table.add_row(*(str(r[k]) for k in ("hosts", "decisions", "p50_ms", "p99_ms",
                                             "max_ms")))
     console.print(table)
-    result = {"scenario": "scheduler", "results": rows, "machine": report.machine()}
+    result: SchedulerResult = {"scenario": "scheduler", "results": rows,
+                               "machine": report.machine()}
     chart = report.scheduler_chart(result, output / "scheduler.png")
     report.write_json(result, output / "scheduler.json")
     console.print(f"written: {output / 'scheduler.json'}, {chart}")

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TypedDict
 
 from novalog.client import ApiFailure, NovalogClient
 
@@ -40,7 +40,30 @@ class Boot:
         return (self.done_at - self.posted_at) * 1000
 
 
-def server_body(name: str, flavor: str, image: str) -> dict[str, Any]:
+class Percentiles(TypedDict):
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    max: float | None
+    n: int
+
+
+class LoadSummary(TypedDict):
+    posted: int
+    accepted: int
+    refused: int
+    active: int
+    error: int
+    unfinished: int
+    latency_ms: Percentiles
+    post_ms: Percentiles
+    seconds_to_last_active: float | None
+    boots_per_second: float | None
+    first_refusal: str | None
+    faults: list[str]
+
+
+def server_body(name: str, flavor: str, image: str) -> dict[str, dict[str, str]]:
     return {"server": {"name": name, "flavorRef": flavor, "imageRef": image,
                        "networks": "auto"}}
 
@@ -219,7 +242,7 @@ class Outcome:
         return sorted(b.latency_ms for b in self.boots
                       if b.latency_ms is not None and b.status == "ACTIVE")
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> LoadSummary:
         lat = self.latencies()
         active = len(lat)
         span = (self.last_done - self.first_post) if self.last_done else None
@@ -238,7 +261,7 @@ class Outcome:
         }
 
 
-def percentiles(values: list[float]) -> dict[str, float | None]:
+def percentiles(values: list[float]) -> Percentiles:
     ordered = sorted(values)
 
     def pick(q: float) -> float | None:

@@ -6,29 +6,128 @@ from __future__ import annotations
 import json
 import os
 import platform
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, Required, TypedDict
 
 from rich.console import Console
 from rich.table import Table
 
+from novalog.bench.load import LoadSummary
+
 console = Console()
 
 
-def machine() -> dict[str, Any]:
+class Machine(TypedDict):
+    cores: int | None
+    cpu: str
+    memory_gib: float
+    python: str
+    kernel: str
+    date: str
+    broker: NotRequired[str]  # the versions of the stack's broker and Postgres
+    postgres: NotRequired[str]
+
+
+class CpuPerBoot(TypedDict):
+    roles: float
+    roles_and_infrastructure: float
+
+
+class MemorySample(TypedDict):
+    at: float
+    rss_mb: dict[str, float]  # by process
+
+
+class LoadResult(TypedDict, total=False):
+    """What a load scenario (serial, burst, rate, soak) measured, as written to JSON."""
+
+    scenario: Required[str]
+    parameters: Required[dict[str, float]]
+    first_boot_ms: float  # the warm-up boot, not counted
+    summary: LoadSummary
+    machine: Machine
+    hosts: int
+    replicas: int
+    ready_seconds: dict[str, float]  # by process
+    cpu_seconds: dict[str, float]
+    cpu_ms_per_boot: CpuPerBoot
+    peak_rss_mb: dict[str, float]
+    timeline: list[tuple[float, int]]  # (seconds since the first POST, ACTIVE so far)
+    load_started_at: float
+    memory_samples: list[MemorySample]
+    profile: dict[str, list[tuple[str, float]]]  # by role: (frame, share of samples)
+    charts: list[str]
+    keeps_up: bool  # rate
+    memory_growth_mb_per_1000_boots: dict[str, float]  # soak
+
+
+class ReplayResult(TypedDict):
+    scenario: str
+    events: int
+    seconds: float
+    events_per_second: int
+    batch_size: int
+    machine: NotRequired[Machine]
+
+
+class BrokerFigures(TypedDict):
+    broker: str
+    serial_p50_ms: float | None
+    serial_p99_ms: float | None
+    burst_boots_per_second: float | None
+    burst_p99_ms: float | None
+    cpu_ms_per_boot_roles: float
+    cpu_ms_per_boot_all: float
+    broker_cpu_ms_per_boot: float
+    replay_events_per_second: int
+    broker_peak_rss_mb: float
+    broker_start_s: float | None
+
+
+class BrokersResult(TypedDict):
+    scenario: str
+    figures: dict[str, BrokerFigures]  # by broker kind
+    machine: Machine
+    parameters: dict[str, int]
+
+
+class SchedulerRow(TypedDict):
+    hosts: int
+    decisions: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+class SchedulerResult(TypedDict):
+    scenario: str
+    results: list[SchedulerRow]
+    machine: Machine
+
+
+BenchResult = LoadResult | ReplayResult | BrokersResult | SchedulerResult
+
+
+def machine(versions: Mapping[str, str] | None = None) -> Machine:
+    """This machine, and the versions of the stack's broker and Postgres when given."""
     model = next((line.split(":", 1)[1].strip() for line in
                   Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor())
     mem_kb = next((int(line.split()[1]) for line in
                    Path("/proc/meminfo").read_text().splitlines()
                    if line.startswith("MemTotal")), 0)
-    return {"cores": os.cpu_count(), "cpu": model, "memory_gib": round(mem_kb / 2**20, 1),
-            "python": platform.python_version(), "kernel": platform.release(),
-            "date": datetime.now(UTC).date().isoformat()}
+    found: Machine = {"cores": os.cpu_count(), "cpu": model,
+                      "memory_gib": round(mem_kb / 2**20, 1),
+                      "python": platform.python_version(), "kernel": platform.release(),
+                      "date": datetime.now(UTC).date().isoformat()}
+    if versions is not None:
+        found["broker"], found["postgres"] = versions["broker"], versions["postgres"]
+    return found
 
 
-def write_json(result: dict[str, Any], path: Path) -> None:
+def write_json(result: BenchResult, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
 
@@ -42,7 +141,7 @@ def _pyplot() -> Any:
     return plt
 
 
-def load_table(result: dict[str, Any]) -> Table:
+def load_table(result: LoadResult) -> Table:
     s = result["summary"]
     table = Table(title=f"{result['scenario']}: {result['parameters']}")
     table.add_column("figure")
@@ -71,10 +170,10 @@ def load_table(result: dict[str, Any]) -> Table:
     return table
 
 
-def broker_figures(serial: dict[str, Any], burst: dict[str, Any],
-                   replay: dict[str, Any]) -> dict[str, Any]:
+def broker_figures(serial: LoadResult, burst: LoadResult,
+                   replay: ReplayResult) -> BrokerFigures:
     """The figures that tell two brokers apart, from one serial, burst and replay run."""
-    def rss(result: dict[str, Any]) -> float:
+    def rss(result: LoadResult) -> float:
         return float(result["peak_rss_mb"].get("broker", 0.0))
 
     return {
@@ -105,8 +204,8 @@ BROKER_ROWS = [
 ]
 
 
-def brokers_table(result: dict[str, Any]) -> Table:
-    figures = result["figures"]
+def brokers_table(result: BrokersResult) -> Table:
+    figures: dict[str, Mapping[str, object]] = dict(result["figures"])
     table = Table(title=f"brokers side by side: {result['parameters']}")
     table.add_column("figure")
     for kind in figures:
@@ -116,8 +215,8 @@ def brokers_table(result: dict[str, Any]) -> Table:
     return table
 
 
-def load_charts(result: dict[str, Any], latencies: list[float],
-                samples: list[dict[str, Any]], prefix: Path) -> list[Path]:
+def load_charts(result: LoadResult, latencies: list[float],
+                samples: list[MemorySample], prefix: Path) -> list[Path]:
     """Latency distribution, throughput over time and memory over time."""
     plt = _pyplot()
     out = []
@@ -165,13 +264,13 @@ def load_charts(result: dict[str, Any], latencies: list[float],
     return out
 
 
-def scheduler_chart(result: dict[str, Any], path: Path) -> Path:
+def scheduler_chart(result: SchedulerResult, path: Path) -> Path:
     plt = _pyplot()
     rows = result["results"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     hosts = [r["hosts"] for r in rows]
-    for key, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
-        ax.plot(hosts, [r[key] for r in rows], marker="o", label=label)
+    ax.plot(hosts, [r["p50_ms"] for r in rows], marker="o", label="p50")
+    ax.plot(hosts, [r["p99_ms"] for r in rows], marker="o", label="p99")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("hosts")

@@ -10,58 +10,66 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
 
 from rich.console import Console
 
+from novalog.bench.report import ReplayResult, SchedulerRow
 from novalog.db import make_pool
 from novalog.kafka import EventProducer, Topics, ensure_topics
 from novalog.migrations import drop_schemas, migrate
 from novalog.settings import Settings
 from projections import versions
 from projections.projector import Projector
-from schemas import Event
+from schemas import Event, payloads
 
 console = Console()
 
-FLAVOR = {"flavorid": "1", "name": "m1.tiny", "vcpus": 1, "memory_mb": 512, "root_gb": 1,
-          "ephemeral_gb": 0, "swap_mb": 0, "extra_specs": {}}
+FLAVOR = payloads.Flavor(flavorid="1", name="m1.tiny", vcpus=1, memory_mb=512, root_gb=1,
+                         ephemeral_gb=0, swap_mb=0, extra_specs={})
 
 
 def boot_events(n: int, host: str) -> list[Event]:
     """The ten events of one successful boot, as the roles emit them."""
     uid, req = str(uuid.uuid4()), f"req-{uuid.uuid4()}"
-    port = {"port_id": str(uuid.uuid4()), "network_id": "net", "network_name": "private",
-            "ip_address": f"10.{n // 65536 % 256}.{n // 256 % 256}.{n % 256}",
-            "mac_address": "fa:16:3e:00:00:01"}
-    base = {"host": host, "attempt": 1}
-    steps: list[tuple[str, str, dict[str, Any]]] = [
-        ("InstanceBuildRequested", "api", {
-            "name": f"bench-{n}", "project_id": "bench", "user_id": "bench",
-            "reservation_id": f"r-{n}", "launch_index": 0, "flavor": FLAVOR,
-            "image": {"id": "img", "name": "cirros", "min_disk": 0, "min_ram": 0,
-                      "properties": {}}, "networks": [], "block_device_mapping": [],
-            "key_name": None, "metadata": {}, "user_data": None, "availability_zone": None,
-            "forced_host": None, "forced_node": None, "scheduler_hints": {},
-            "is_admin": False}),
-        ("InstanceScheduled", "scheduler", {**base, "node": host, "weighed_hosts": [host]}),
-        ("InstanceBuildDispatched", "conductor", {**base, "node": host}),
-        ("InstanceClaimAccepted", "compute", {**base, "node": host, "vcpus": 1,
-                                              "memory_mb": 512, "disk_gb": 1}),
-        ("InstanceNetworkingStarted", "compute", base),
-        ("InstanceNetworkAllocated", "compute", {**base, "ports": [port]}),
-        ("InstanceBlockDeviceMappingStarted", "compute", base),
-        ("InstanceBlockDevicesMapped", "compute", {**base, "disks": []}),
-        ("InstanceSpawningStarted", "compute", base),
-        ("InstanceSpawned", "compute", {**base, "node": host, "domain_name": f"instance-{uid}",
-                                        "power_state": 1, "launched_at": datetime.now(UTC)}),
+    port = payloads.Port(port_id=str(uuid.uuid4()), network_id="net", network_name="private",
+                         ip_address=f"10.{n // 65536 % 256}.{n // 256 % 256}.{n % 256}",
+                         mac_address="fa:16:3e:00:00:01")
+    steps: list[tuple[str, str, Mapping[str, object]]] = [
+        ("InstanceBuildRequested", "api", payloads.InstanceBuildRequested(
+            name=f"bench-{n}", project_id="bench", user_id="bench",
+            reservation_id=f"r-{n}", launch_index=0, flavor=FLAVOR,
+            image=payloads.Image(id="img", name="cirros", min_disk=0, min_ram=0,
+                                 properties={}), networks=[], block_device_mapping=[],
+            key_name=None, metadata={}, user_data=None, availability_zone=None,
+            forced_host=None, forced_node=None, scheduler_hints={},
+            is_admin=False)),
+        ("InstanceScheduled", "scheduler", payloads.InstanceScheduled(
+            host=host, attempt=1, node=host, weighed_hosts=[host])),
+        ("InstanceBuildDispatched", "conductor", payloads.InstanceBuildDispatched(
+            host=host, attempt=1, node=host)),
+        ("InstanceClaimAccepted", "compute", payloads.InstanceClaimAccepted(
+            host=host, attempt=1, node=host, vcpus=1, memory_mb=512, disk_gb=1)),
+        ("InstanceNetworkingStarted", "compute",
+         payloads.InstanceNetworkingStarted(host=host, attempt=1)),
+        ("InstanceNetworkAllocated", "compute", payloads.InstanceNetworkAllocated(
+            host=host, attempt=1, ports=[port])),
+        ("InstanceBlockDeviceMappingStarted", "compute",
+         payloads.InstanceBlockDeviceMappingStarted(host=host, attempt=1)),
+        ("InstanceBlockDevicesMapped", "compute", payloads.InstanceBlockDevicesMapped(
+            host=host, attempt=1, disks=[])),
+        ("InstanceSpawningStarted", "compute",
+         payloads.InstanceSpawningStarted(host=host, attempt=1)),
+        ("InstanceSpawned", "compute", payloads.InstanceSpawned(
+            host=host, attempt=1, node=host, domain_name=f"instance-{uid}", power_state=1,
+            launched_at=datetime.now(UTC))),
     ]
     return [Event(kind, uid, payload, req, f"{role}@bench") for kind, role, payload in steps]
 
 
-def replay(base: Settings, events: int) -> dict[str, Any]:
+def replay(base: Settings, events: int) -> ReplayResult:
     """Events per second of a full replay (publish synthetic boots, then fold them)."""
     tag = uuid.uuid4().hex[:8]
     settings = replace(base, topic_prefix=f"bench-{tag}", db_schema=f"bench_{tag}",
@@ -127,8 +135,8 @@ def scheduler_decisions(hosts: int, decisions: int, seed: int = 7) -> list[float
 
 
 def scheduler(sizes: tuple[tuple[int, int], ...] = ((10, 2000), (100, 1000), (1000, 200),
-                                                  (10000, 40))) -> list[dict[str, Any]]:
-    rows = []
+                                                  (10000, 40))) -> list[SchedulerRow]:
+    rows: list[SchedulerRow] = []
     for hosts, decisions in sizes:
         times = sorted(scheduler_decisions(hosts, decisions))
         rows.append({"hosts": hosts, "decisions": decisions,

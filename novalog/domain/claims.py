@@ -4,7 +4,8 @@ against its view, and the compute agent, whose claim is the final word."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+
+from schemas import payloads
 
 
 @dataclass(frozen=True)
@@ -14,8 +15,8 @@ class Claim:
     disk_gb: int
 
 
-def claim_of(flavor: dict[str, Any]) -> Claim:
+def claim_of(flavor: payloads.Flavor) -> Claim:
     """What a flavor takes from a host: swap counts as disk, rounded up to whole GB."""
-    swap_gb = -(-int(flavor.get("swap_mb", 0)) // 1024)
+    swap_gb = -(-flavor["swap_mb"] // 1024)
     return Claim(vcpus=flavor["vcpus"], memory_mb=flavor["memory_mb"],
-                 disk_gb=flavor["root_gb"] + flavor.get("ephemeral_gb", 0) + swap_gb)
+                 disk_gb=flavor["root_gb"] + flavor["ephemeral_gb"] + swap_gb)

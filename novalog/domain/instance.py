@@ -16,19 +16,29 @@ Rules:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from novalog.domain import states as s
-from schemas import Event
+from schemas import Event, payloads
+from schemas.typed import payload_of
 
 NO_VALID_HOST = "No valid host was found. "
 
 
 class TransitionError(ValueError):
     """An event that cannot happen in the instance's current state."""
+
+
+class Fault(TypedDict):
+    """Nova's instance fault: why the instance is in error, and since when."""
+
+    code: int
+    message: str
+    details: str | None
+    created: datetime
 
 
 @dataclass(frozen=True)
@@ -41,9 +51,9 @@ class Instance:
     user_id: str
     reservation_id: str
     launch_index: int
-    flavor: dict[str, Any]
-    image: dict[str, Any] | None
-    requested_networks: list[dict[str, Any]]
+    flavor: payloads.Flavor
+    image: payloads.Image | None
+    requested_networks: list[payloads.RequestedNetwork]
     key_name: str | None
     metadata: dict[str, str]
     availability_zone: str | None
@@ -57,10 +67,10 @@ class Instance:
     node: str | None = None
     attempt: int = 1
     tried_hosts: tuple[str, ...] = ()
-    ports: tuple[dict[str, Any], ...] = ()
-    disks: tuple[dict[str, Any], ...] = ()
+    ports: tuple[payloads.Port, ...] = ()
+    disks: tuple[payloads.Disk, ...] = ()
     launched_at: datetime | None = None
-    fault: dict[str, Any] | None = None
+    fault: Fault | None = None
     events_applied: int = 1
 
     @property
@@ -82,7 +92,7 @@ ATTEMPT_EVENTS = {
 
 def created(event: Event) -> Instance:
     """The state right after InstanceBuildRequested."""
-    p = event.payload
+    p = payload_of(event, payloads.InstanceBuildRequested)
     return Instance(
         uuid=event.aggregate_id, name=p["name"], project_id=p["project_id"],
         user_id=p["user_id"], reservation_id=p["reservation_id"],
@@ -95,7 +105,7 @@ def created(event: Event) -> Instance:
 
 def apply(state: Instance | None, event: Event) -> Instance:
     """The instance after `event`; raises TransitionError when the event cannot happen now."""
-    kind, p = event.event_type, event.payload
+    kind = event.event_type
     if state is None:
         if kind != "InstanceBuildRequested":
             raise TransitionError(f"{kind} for unknown instance {event.aggregate_id}")
@@ -104,40 +114,87 @@ def apply(state: Instance | None, event: Event) -> Instance:
         raise TransitionError(f"instance {state.uuid} was already requested")
     if state.vm_state != s.BUILDING:
         raise TransitionError(f"{kind} for instance {state.uuid} in vm_state {state.vm_state}")
-    if kind in ATTEMPT_EVENTS and p["attempt"] != state.attempt:
+    if kind in ATTEMPT_EVENTS and event.payload["attempt"] != state.attempt:
         return replace(state, events_applied=state.events_applied + 1)  # stale attempt
-    new = replace(state, updated_at=event.occurred_at, events_applied=state.events_applied + 1)
-    if kind == "InstanceScheduled":
-        return replace(new, host=p["host"], node=p["node"],
-                       tried_hosts=(*state.tried_hosts, p["host"]))
-    if kind in BUILD_STEPS:
-        return replace(new, task_state=BUILD_STEPS[kind])
-    if kind == "InstanceNetworkAllocated":
-        return replace(new, ports=tuple(p["ports"]))
-    if kind == "InstanceBlockDevicesMapped":
-        return replace(new, disks=tuple(p["disks"]))
-    if kind == "InstanceSpawned":
-        return replace(new, vm_state=s.ACTIVE, task_state=None, power_state=p["power_state"],
-                       host=p["host"], node=p["node"], launched_at=p["launched_at"])
-    if kind in ("InstanceClaimRefused", "InstanceBuildFailed"):  # what it took is released
-        return replace(new, ports=(), disks=())
-    if kind == "InstanceRescheduled":
-        return replace(new, attempt=p["attempt"], host=None, node=None,
-                       task_state=s.SCHEDULING)
-    if kind == "InstanceNoValidHost":
-        return _errored(new, 500, NO_VALID_HOST + p["reason"])
-    if kind == "InstanceErrored":
-        return _errored(new, p["code"], p["message"], p["details"])
-    if kind in ("InstanceBuildDispatched", "InstanceClaimAccepted"):
-        return new
-    raise TransitionError(f"{kind} is not an instance event")
+    transition = TRANSITIONS.get(kind)
+    if transition is None:
+        raise TransitionError(f"{kind} is not an instance event")
+    return transition(replace(state, updated_at=event.occurred_at,
+                              events_applied=state.events_applied + 1), event)
+
+
+# -- what each instance event changes, given the state already moved on (updated_at) ----
+def _scheduled(new: Instance, event: Event) -> Instance:
+    p = payload_of(event, payloads.InstanceScheduled)
+    return replace(new, host=p["host"], node=p["node"], tried_hosts=(*new.tried_hosts, p["host"]))
+
+
+def _build_step(new: Instance, event: Event) -> Instance:
+    return replace(new, task_state=BUILD_STEPS[event.event_type])
+
+
+def _network_allocated(new: Instance, event: Event) -> Instance:
+    p = payload_of(event, payloads.InstanceNetworkAllocated)
+    return replace(new, ports=tuple(p["ports"]))
+
+
+def _block_devices_mapped(new: Instance, event: Event) -> Instance:
+    p = payload_of(event, payloads.InstanceBlockDevicesMapped)
+    return replace(new, disks=tuple(p["disks"]))
+
+
+def _spawned(new: Instance, event: Event) -> Instance:
+    p = payload_of(event, payloads.InstanceSpawned)
+    return replace(new, vm_state=s.ACTIVE, task_state=None, power_state=p["power_state"],
+                   host=p["host"], node=p["node"], launched_at=p["launched_at"])
+
+
+def _released(new: Instance, _event: Event) -> Instance:
+    """A refused claim or a failed build: what it took is released."""
+    return replace(new, ports=(), disks=())
+
+
+def _rescheduled(new: Instance, event: Event) -> Instance:
+    p = payload_of(event, payloads.InstanceRescheduled)
+    return replace(new, attempt=p["attempt"], host=None, node=None, task_state=s.SCHEDULING)
+
+
+def _no_valid_host(new: Instance, event: Event) -> Instance:
+    p = payload_of(event, payloads.InstanceNoValidHost)
+    return _errored(new, 500, NO_VALID_HOST + p["reason"])
+
+
+def _instance_errored(new: Instance, event: Event) -> Instance:
+    p = payload_of(event, payloads.InstanceErrored)
+    return _errored(new, p["code"], p["message"], p["details"])
+
+
+def _unchanged(new: Instance, _event: Event) -> Instance:
+    return new
 
 
 def _errored(state: Instance, code: int, message: str, details: str | None = None) -> Instance:
     return replace(state, vm_state=s.ERROR, task_state=None, power_state=s.NOSTATE,
                    ports=(), disks=(),
-                   fault={"code": code, "message": message, "details": details,
-                          "created": state.updated_at})
+                   fault=Fault(code=code, message=message, details=details,
+                               created=state.updated_at))
+
+
+# The instance events after InstanceBuildRequested, by type.
+TRANSITIONS: dict[str, Callable[[Instance, Event], Instance]] = {
+    "InstanceScheduled": _scheduled,
+    **dict.fromkeys(BUILD_STEPS, _build_step),
+    "InstanceNetworkAllocated": _network_allocated,
+    "InstanceBlockDevicesMapped": _block_devices_mapped,
+    "InstanceSpawned": _spawned,
+    "InstanceClaimRefused": _released,
+    "InstanceBuildFailed": _released,
+    "InstanceRescheduled": _rescheduled,
+    "InstanceNoValidHost": _no_valid_host,
+    "InstanceErrored": _instance_errored,
+    "InstanceBuildDispatched": _unchanged,
+    "InstanceClaimAccepted": _unchanged,
+}
 
 
 _TIMES = ("created_at", "updated_at", "launched_at")

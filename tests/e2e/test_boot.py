@@ -19,6 +19,8 @@ import pytest
 from cryptography.fernet import Fernet
 
 from novalog.tokens import TokenService
+from schemas import payloads
+from schemas.typed import payload_of
 from tests.conftest import Infra
 from tests.e2e.conftest import Cloud, running_cloud
 
@@ -53,7 +55,8 @@ def test_one_boot_reaches_active_with_a_domain_and_an_overlay(cloud: Cloud) -> N
     assert task_states(events) == ["scheduling", "networking", "block_device_mapping",
                                    "spawning", None]
     assert server["status"] == "ACTIVE" and server["OS-EXT-STS:power_state"] == 1
-    host = server["OS-EXT-SRV-ATTR:host"]
+    host, image = server["OS-EXT-SRV-ATTR:host"], server["image"]
+    assert host is not None and isinstance(image, dict)
     instance_dir = cloud.home / "compute" / host / "instances" / server["id"]
     domain = ET.parse(instance_dir / "libvirt.xml").getroot()  # what libvirt returned
     assert domain.findtext("uuid") == server["id"]
@@ -67,7 +70,7 @@ def test_one_boot_reaches_active_with_a_domain_and_an_overlay(cloud: Cloud) -> N
                                       str(instance_dir / "disk")], check=True,
                                      capture_output=True, text=True).stdout)
     base = cloud.home / "compute" / host / "instances" / "_base" / hashlib.sha1(
-        server["image"]["id"].encode(), usedforsecurity=False).hexdigest()
+        image["id"].encode(), usedforsecurity=False).hexdigest()
     assert info["format"] == "qcow2" and info["virtual-size"] == 20 * 1024**3
     assert Path(info["backing-filename"]) == base and base.is_file()
 
@@ -218,7 +221,7 @@ CASES: list[tuple[str, Any, int, str, str]] = [
 def build_requests(cloud: Cloud) -> list[str]:
     """Names of every build requested on the log (earlier builds may still be going on,
     so other events are no measure of "nothing published")."""
-    return [e.payload["name"] for e in cloud.topic_events(
+    return [payload_of(e, payloads.InstanceBuildRequested)["name"] for e in cloud.topic_events(
         f"{cloud.settings.topic_prefix}.instances") if e.event_type == "InstanceBuildRequested"]
 
 

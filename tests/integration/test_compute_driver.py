@@ -14,17 +14,19 @@ import pytest
 from consumers.compute.driver import LibvirtDriver, domain_xml, host_definition
 from consumers.compute.image_cache import ImageCache, ImageError, md5_of
 from producers.catalog import make_image_file
+from schemas import payloads
 
 pytestmark = pytest.mark.integration
 
-FLAVOR = {"flavorid": "9", "name": "m1.test", "vcpus": 2, "memory_mb": 1024, "root_gb": 2,
-          "ephemeral_gb": 1, "swap_mb": 512}
+FLAVOR: payloads.Flavor = {"flavorid": "9", "name": "m1.test", "vcpus": 2, "memory_mb": 1024,
+                           "root_gb": 2, "ephemeral_gb": 1, "swap_mb": 512, "extra_specs": {}}
 
 
-def image(tmp_path: Path) -> dict[str, object]:
+def image(tmp_path: Path) -> payloads.ImageToBoot:
     path = make_image_file(tmp_path / "store")
     return {"id": str(uuid.uuid4()), "name": "cirros", "disk_format": "qcow2",
-            "checksum": md5_of(path), "size": path.stat().st_size, "location": str(path)}
+            "checksum": md5_of(path), "size": path.stat().st_size, "location": str(path),
+            "properties": {}}
 
 
 def test_disks_are_an_overlay_on_a_base_fetched_once_plus_ephemeral_and_swap(tmp_path) -> None:
@@ -56,8 +58,10 @@ def test_spawn_defines_and_starts_a_domain_idempotently_and_destroy_removes_it(t
     driver = LibvirtDriver(f"test://{tmp_path / 'host.xml'}")
     assert driver.host_resources() == (8, 16384)
     uuid_ = str(uuid.uuid4())
-    port = {"mac_address": "fa:16:3e:00:00:09", "ip_address": "10.0.0.9"}
-    disks = [{"device": "vda", "path": str(tmp_path / "disk"), "format": "qcow2"}]
+    port: payloads.Port = {"port_id": "p", "network_id": "n", "network_name": "private",
+                           "mac_address": "fa:16:3e:00:00:09", "ip_address": "10.0.0.9"}
+    disks: list[payloads.Disk] = [{"device": "vda", "path": str(tmp_path / "disk"),
+                                   "format": "qcow2", "size_gb": 1, "backing_file": None}]
     xml = domain_xml(uuid_, "vm<1>", FLAVOR, disks, [port], tmp_path / "console.log")
     driver.spawn(xml, tmp_path / "libvirt.xml")
     driver.spawn(xml, tmp_path / "libvirt.xml")  # again: still one running domain

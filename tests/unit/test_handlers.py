@@ -15,7 +15,8 @@ from consumers.scheduler.role import Scheduler
 from novalog.consume import TransientError
 from novalog.kafka import Topics
 from novalog.settings import Settings
-from schemas import Event
+from schemas import Event, payloads
+from schemas.typed import payload_of
 from tests.fakes import FakeProjection, FakeReplica, InMemorySink, feed, publisher
 
 FLAVOR = {"flavorid": "1", "name": "m1.tiny", "vcpus": 1, "memory_mb": 512, "root_gb": 1,
@@ -66,7 +67,8 @@ def test_no_valid_host_says_which_filter_removed_the_hosts() -> None:
     sched, sink, _ = scheduler(up("cmp1", memory_mb=256))
     feed(sched.handle, [requested("i-2")])
     [refusal] = sink.events("InstanceNoValidHost")
-    assert {"filter": "RamFilter", "hosts_in": 1, "hosts_out": 0} in refusal.payload["filters"]
+    assert {"filter": "RamFilter", "hosts_in": 1, "hosts_out": 0} in payload_of(
+        refusal, payloads.InstanceNoValidHost)["filters"]
     assert not sink.events("InstanceScheduled")
 
 
@@ -76,7 +78,7 @@ def test_after_a_restart_the_request_comes_from_the_projection_or_is_retried() -
                                                  "reason": "x"}, "req-3", "conductor@test")
     with pytest.raises(TransientError, match="not projected yet"):
         feed(sched.handle, [again])
-    projection.requests["i-3"] = requested("i-3").payload
+    projection.requests["i-3"] = payload_of(requested("i-3"), payloads.InstanceBuildRequested)
     feed(sched.handle, [again])
     assert [e.payload["host"] for e in sink.events("InstanceScheduled")] == ["cmp1"]
 
@@ -103,14 +105,15 @@ def test_a_scheduled_build_is_dispatched_to_the_hosts_topic_with_what_compute_ne
     projection.networks["net-1"] = {"network_id": "net-1", "name": "private",
                                     "cidr": "10.0.0.0/24", "gateway_ip": "10.0.0.1",
                                     "allocation_start": "10.0.0.2",
-                                    "allocation_end": "10.0.0.254"}
+                                    "allocation_end": "10.0.0.254", "fixed_ip": None}
     req = requested("i-4")
     feed(c.handle, [req, scheduled(req, "cmp2")])
     [build] = sink.events("BuildAndRunInstance")
     assert sink.topics_of("BuildAndRunInstance") == ["t.compute.cmp2"] and made == [
         "t.compute.cmp2"]
-    assert build.payload["image"]["location"] == "/i"
-    assert build.payload["networks"][0]["cidr"] == "10.0.0.0/24"
+    command = payload_of(build, payloads.BuildAndRunInstance)
+    assert command["image"] is not None and command["image"]["location"] == "/i"
+    assert command["networks"][0]["cidr"] == "10.0.0.0/24"
     assert [e.event_type for e in sink.events()] == ["BuildAndRunInstance",
                                                      "InstanceBuildDispatched"]
 
@@ -126,7 +129,7 @@ def test_a_catalog_entry_not_projected_yet_is_a_retry_not_a_failure() -> None:
 def test_retryable_failures_reschedule_until_max_attempts_then_error() -> None:
     c, sink, _, _ = conductor(max_attempts=2)
     req = requested("i-6")
-    c.requests.remember("i-6", req.payload)
+    c.requests.remember("i-6", payload_of(req, payloads.InstanceBuildRequested))
     c.tried["i-6"] = ["cmp1"]
     refused = Event("InstanceClaimRefused", "i-6", {"host": "cmp1", "node": "cmp1",
                                                     "attempt": 1, "reason": "full"},
@@ -150,5 +153,6 @@ def test_a_stuck_build_times_out_once_with_a_derived_event_id() -> None:
     c.sweep()
     errors = sink.events("InstanceErrored")
     assert len(errors) == 2 and errors[0].event_id == errors[1].event_id  # de-duplicated
-    assert "timed out after 60 seconds" in errors[0].payload["message"]
+    assert "timed out after 60 seconds" in payload_of(errors[0], payloads.InstanceErrored)[
+        "message"]
     assert errors[0].occurred_at > datetime.now(UTC) - timedelta(minutes=1)

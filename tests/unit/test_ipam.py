@@ -6,16 +6,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumers.network.ipam import Pool, PoolExhausted
+from consumers.network.ipam import Pool, PoolExhausted, Port
+from schemas import payloads
 
-NET = {"network_id": "net-1", "name": "private", "cidr": "10.0.0.0/24",
-       "gateway_ip": "10.0.0.1", "allocation_start": "10.0.0.2",
-       "allocation_end": "10.0.0.254"}
+NET: payloads.NetworkToAttach = {
+    "network_id": "net-1", "name": "private", "cidr": "10.0.0.0/24", "gateway_ip": "10.0.0.1",
+    "allocation_start": "10.0.0.2", "allocation_end": "10.0.0.254", "fixed_ip": None}
 
 
-def allocated(pool: Pool, instance: str) -> dict[str, str]:
-    port = pool.allocate(instance)
-    fact = {**port.as_payload(), "instance_uuid": instance}
+def fact_of(port: Port, instance: str) -> payloads.IpAllocated:
+    """The IpAllocated fact of `port` (which also reads as its IpReleased)."""
+    return payloads.IpAllocated(network_id=port.network_id, instance_uuid=instance,
+                                port_id=port.port_id, ip_address=port.ip_address,
+                                mac_address=port.mac_address, host=port.host,
+                                attempt=port.attempt)
+
+
+def allocated(pool: Pool, instance: str) -> payloads.IpAllocated:
+    fact = fact_of(pool.allocate(instance), instance)
     pool.apply_allocated(fact)
     return fact
 
@@ -30,8 +38,7 @@ def test_lowest_free_address_with_an_openstack_mac() -> None:
 def test_allocating_again_for_the_same_instance_returns_the_same_port() -> None:
     pool = Pool.from_network(NET)
     first = allocated(pool, "i-a")
-    assert pool.allocate("i-a").as_payload() == {k: v for k, v in first.items()
-                                                   if k != "instance_uuid"}
+    assert fact_of(pool.allocate("i-a"), "i-a") == first
     assert len(pool.ports) == 1
 
 
@@ -78,7 +85,7 @@ def test_no_address_or_mac_is_ever_held_twice_and_replay_rebuilds_the_pool(ops) 
             facts.append(("alloc", fact))
         else:
             for port in pool.ports_of(instance):
-                fact = {**port.as_payload(), "instance_uuid": instance}
+                fact = fact_of(port, instance)
                 pool.apply_released(fact)
                 facts.append(("release", fact))
         ips = [p.ip_address for p in pool.ports.values()]
@@ -95,12 +102,10 @@ def test_no_address_or_mac_is_ever_held_twice_and_replay_rebuilds_the_pool(ops) 
 def test_a_late_release_of_a_failed_attempt_never_frees_the_port_a_later_attempt_rebound() -> None:
     pool = Pool.from_network(NET)
     first = pool.allocate("i-a", attempt=1, host="cmp1")
-    pool.apply_allocated({**first.as_payload(), "instance_uuid": "i-a", "attempt": 1,
-                          "host": "cmp1"})
+    pool.apply_allocated(fact_of(first, "i-a"))
     rebound = pool.allocate("i-a", attempt=2, host="cmp2")  # the next host asked first
     assert rebound.ip_address == first.ip_address and rebound.attempt == 2
-    pool.apply_allocated({**rebound.as_payload(), "instance_uuid": "i-a", "attempt": 2,
-                          "host": "cmp2"})
+    pool.apply_allocated(fact_of(rebound, "i-a"))
     assert pool.ports_of("i-a", attempt=1) == []  # the late ReleasePorts(attempt=1) finds none
     assert [p.ip_address for p in pool.ports_of("i-a", attempt=2)] == [first.ip_address]
 
@@ -111,7 +116,7 @@ def test_the_indexes_agree_with_a_scan_of_every_port(steps: list[tuple[bool, int
     """Allocations and releases in any order: each answer is what scanning every port
     (the pool before it kept indexes) would give."""
     pool = Pool.from_network({**NET, "allocation_end": "10.0.0.9"})
-    facts: dict[str, dict[str, str]] = {}
+    facts: dict[str, payloads.IpAllocated] = {}
     for allocate, n in steps:
         instance = f"i-{n}"
         if allocate:
@@ -125,7 +130,7 @@ def test_the_indexes_agree_with_a_scan_of_every_port(steps: list[tuple[bool, int
             assert port.ip_address == (held[0].ip_address if held else free[0])
             assert port.mac_address not in {p.mac_address for p in pool.ports.values()
                                             if p.instance_uuid != instance}
-            facts[instance] = {**port.as_payload(), "instance_uuid": instance}
+            facts[instance] = fact_of(port, instance)
             pool.apply_allocated(facts[instance])
         elif instance in facts:
             pool.apply_released(facts.pop(instance))

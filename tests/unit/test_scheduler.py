@@ -30,7 +30,7 @@ from consumers.scheduler.request_spec import RequestSpec
 from consumers.scheduler.weighers import default_weighers, normalize, weigh_hosts
 from consumers.scheduler.weighers.build_failure import BuildFailureWeigher
 from novalog.domain.claims import Claim, claim_of
-from schemas import Event
+from schemas import Event, payloads
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 TINY = Claim(vcpus=1, memory_mb=512, disk_gb=1)
@@ -149,8 +149,8 @@ def report(host_name: str, used_mb: int, uuids: list[str]) -> Event:
               hypervisor_type="QEMU", instance_uuids=uuids)
 
 
-FLAVOR = {"flavorid": "1", "name": "m1.tiny", "vcpus": 1, "memory_mb": 512, "root_gb": 1,
-          "ephemeral_gb": 0, "swap_mb": 0, "extra_specs": {}}
+FLAVOR: payloads.Flavor = {"flavorid": "1", "name": "m1.tiny", "vcpus": 1, "memory_mb": 512,
+                           "root_gb": 1, "ephemeral_gb": 0, "swap_mb": 0, "extra_specs": {}}
 
 
 def request(uuid: str, group: str | None = None) -> Event:

@@ -1,0 +1,270 @@
+"""The JSON bodies novalog's API answers with (Nova's, Glance's and Neutron's shapes).
+
+The read side builds them (projections/api.py); the CLI verbs and the bench read
+them from the API (through novalog/client.py). FastAPI takes a route's return type
+as its response model, so these are also what /openapi.json says the API returns.
+Keys that are not Python names (`OS-EXT-STS:vm_state`) need the functional syntax.
+TypedDicts FastAPI validates come from typing_extensions (pydantic asks for it
+before Python 3.12).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import NotRequired
+
+from pydantic import JsonValue
+from typing_extensions import TypedDict
+
+
+class Link(TypedDict):
+    rel: str
+    href: str
+
+
+class IdRef(TypedDict):
+    id: str
+
+
+class NameRef(TypedDict):
+    name: str
+
+
+# (in the order Postgres keeps jsonb keys, so projected servers answer as they always did)
+Address = TypedDict("Address", {
+    "addr": str, "version": int, "OS-EXT-IPS:type": str, "OS-EXT-IPS-MAC:mac_addr": str})
+Addresses = dict[str, list[Address]]  # Nova's `addresses`: by network name
+
+
+class FaultView(TypedDict):
+    code: int
+    message: str
+    created: str | datetime | None  # as projected (ISO 8601), or folded (time travel)
+    details: NotRequired[str]  # admins only
+
+
+ServerView = TypedDict("ServerView", {
+    "id": str, "name": str, "status": str, "tenant_id": str, "user_id": str,
+    "metadata": dict[str, str], "hostId": str, "image": IdRef | str, "flavor": IdRef,
+    "created": str | None, "updated": str | None, "addresses": Addresses,
+    "accessIPv4": str, "accessIPv6": str, "links": list[Link], "OS-DCF:diskConfig": str,
+    "progress": int, "OS-EXT-AZ:availability_zone": str, "config_drive": str,
+    "key_name": str | None, "OS-SRV-USG:launched_at": str | None,
+    "OS-SRV-USG:terminated_at": None, "OS-EXT-STS:vm_state": str,
+    "OS-EXT-STS:task_state": str | None, "OS-EXT-STS:power_state": int,
+    "security_groups": list[NameRef], "os-extended-volumes:volumes_attached": list[IdRef],
+    # admins only
+    "OS-EXT-SRV-ATTR:host": NotRequired[str | None],
+    "OS-EXT-SRV-ATTR:hypervisor_hostname": NotRequired[str | None],
+    "OS-EXT-SRV-ATTR:instance_name": NotRequired[str],
+    "fault": NotRequired[FaultView],
+})
+
+
+class ServerRef(TypedDict):
+    id: str
+    name: str
+    links: list[Link]
+
+
+class ServerRefs(TypedDict):
+    servers: list[ServerRef]
+
+
+class ServerList(TypedDict):
+    as_of: NotRequired[str]  # time travel (/novalog/v1/servers?as_of=)
+    servers: list[ServerView]
+
+
+class OneServer(TypedDict):
+    as_of: NotRequired[str]
+    server: ServerView
+
+
+class ComputeVersion(TypedDict):
+    id: str
+    status: str
+    version: str
+    min_version: str
+    updated: str
+    links: list[Link]
+
+
+class ComputeVersionDoc(TypedDict):
+    version: ComputeVersion
+
+
+class InstanceActionView(TypedDict):
+    action: str
+    instance_uuid: str
+    request_id: str
+    user_id: str
+    project_id: str
+    start_time: str | None
+    message: str | None
+
+
+class InstanceActions(TypedDict):
+    instanceActions: list[InstanceActionView]
+
+
+class ActionEventView(TypedDict):
+    event: str
+    start_time: str | None
+    finish_time: str | None
+    result: str | None
+    traceback: str | None
+    host: str | None
+    hostId: str
+
+
+class InstanceActionDetail(InstanceActionView):
+    events: list[ActionEventView]
+
+
+class OneInstanceAction(TypedDict):
+    instanceAction: InstanceActionDetail
+
+
+FlavorView = TypedDict("FlavorView", {
+    "id": str, "name": str, "links": list[Link],
+    # with detail
+    "vcpus": NotRequired[int], "ram": NotRequired[int], "disk": NotRequired[int],
+    "OS-FLV-EXT-DATA:ephemeral": NotRequired[int], "swap": NotRequired[int | str],
+    "os-flavor-access:is_public": NotRequired[bool], "rxtx_factor": NotRequired[float],
+    "OS-FLV-DISABLED:disabled": NotRequired[bool],
+})
+
+
+class Flavors(TypedDict):
+    flavors: list[FlavorView]
+
+
+class OneFlavor(TypedDict):
+    flavor: FlavorView
+
+
+class ServiceView(TypedDict):
+    id: int
+    binary: str
+    host: str
+    zone: str
+    status: str
+    disabled_reason: str | None
+    state: str
+    updated_at: str | None
+    forced_down: bool
+
+
+class Services(TypedDict):
+    services: list[ServiceView]
+
+
+class HostRef(TypedDict):
+    host: str
+
+
+class HypervisorView(TypedDict):
+    id: int
+    hypervisor_hostname: str
+    hypervisor_type: str
+    host_ip: str | None
+    state: str
+    status: str
+    vcpus: int
+    memory_mb: int
+    local_gb: int
+    vcpus_used: int
+    memory_mb_used: int
+    local_gb_used: int
+    running_vms: int
+    service: HostRef
+
+
+class Hypervisors(TypedDict):
+    hypervisors: list[HypervisorView]
+
+
+class ProjectedEvent(TypedDict):
+    """One row of a server's projected events (a client follows a build with these)."""
+
+    seq: int
+    event_id: str
+    event_type: str
+    occurred_at: str
+    vm_state: str | None
+    task_state: str | None
+    producer: str
+    request_id: str
+    payload: dict[str, JsonValue]  # the event's payload, as JSON
+
+
+class ServerEvents(TypedDict):
+    events: list[ProjectedEvent]
+
+
+class ImageView(TypedDict):
+    id: str
+    name: str
+    status: str
+    disk_format: str
+    size: int
+    min_disk: int
+    min_ram: int
+    checksum: str
+
+
+class Images(TypedDict):
+    images: list[ImageView]
+
+
+class NetworkView(TypedDict):
+    id: str
+    name: str
+    subnets: list[str]
+    cidr: str
+    status: str
+
+
+class Networks(TypedDict):
+    networks: list[NetworkView]
+
+
+class AuditEntryView(TypedDict):
+    occurred_at: str
+    event_type: str
+    vm_state: str | None
+    task_state: str | None
+    role: str
+    host: str
+    request_id: str
+    event_id: str
+    partition: int
+    offset: int
+    details: dict[str, object]  # what an operator wants to read of the event
+
+
+class ServerAudit(TypedDict):
+    server_id: str
+    events: list[AuditEntryView]
+
+
+class RequestOutcome(TypedDict):
+    request_id: str
+    action: str
+    server_id: str
+    server: str
+    project_id: str
+    user_id: str
+    started: str
+    outcome: str
+    host: str | None
+    fault: str | None
+    duration_s: float
+    finished: bool
+
+
+class RequestsSince(TypedDict):
+    since: str
+    requests: list[RequestOutcome]
+
