@@ -27,7 +27,7 @@ from producers.identity import router as identity_router
 from producers.outbox import relay
 from producers.quotas import router as quotas_router
 from producers.servers import router as servers_router
-from projections.api import history_router
+from projections.api import history_router, services_health
 from projections.api import router as query_router
 
 
@@ -87,8 +87,9 @@ def create_app(settings: Settings) -> FastAPI:
     def root() -> dict[str, str]:
         return {"name": "novalog", "version": version("novalog"), "openapi": "/openapi.json"}
 
-    @app.get("/healthz", summary="Broker and database reachability",
-             responses={503: {"description": "the broker or the database does not answer"}})
+    @app.get("/healthz", summary="Broker and database reachability, control-plane services up",
+             responses={503: {"description": "the broker or the database does not answer, "
+                                             "or a control-plane service is down"}})
     def healthz() -> JSONResponse:
         checks: dict[str, str] = {}
         try:
@@ -101,6 +102,8 @@ def create_app(settings: Settings) -> FastAPI:
             checks["database"] = f"ok (PostgreSQL {server})"
         except DatabaseUnavailable as exc:
             checks["database"] = str(exc)
+        if checks["database"].startswith("ok"):
+            checks["services"] = services_health(app.state.novalog.pool, settings)
         healthy = all(v.startswith("ok") for v in checks.values())
         return JSONResponse({"status": "ok" if healthy else "unavailable", **checks},
                             status_code=200 if healthy else 503)

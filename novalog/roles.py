@@ -75,7 +75,9 @@ def plan(settings: Settings, hosts: int = 4, replicas: int = 1) -> list[RoleInst
     for role in ("projector", "network", "scheduler", "conductor"):
         count = replicas if role in REPLICATED else 1
         for i in range(1, count + 1):
-            out.append(RoleInstance(role if count == 1 else f"{role}-{i}", role))
+            # replicas on one machine are distinct services, as on distinct hosts in Nova
+            env = () if count == 1 else (("NOVALOG_HOST", f"{settings.hostname}-{i}"),)
+            out.append(RoleInstance(role if count == 1 else f"{role}-{i}", role, env=env))
     for i in range(1, hosts + 1):
         out.append(RoleInstance(f"compute-cmp{i}", "compute",
                                 env=(("NOVALOG_COMPUTE_HOST", f"cmp{i}"),)))

@@ -75,7 +75,6 @@ class ComputeSettings:
     cpu_allocation_ratio: float = 4.0
     ram_allocation_ratio: float = 1.0
     disk_allocation_ratio: float = 1.0
-    report_interval_s: float = 10.0
 
     @classmethod
     def from_env(cls, e: Mapping[str, str]) -> ComputeSettings:
@@ -88,7 +87,6 @@ class ComputeSettings:
             cpu_allocation_ratio=env_float(e, "NOVALOG_CPU_ALLOCATION_RATIO", 4.0),
             ram_allocation_ratio=env_float(e, "NOVALOG_RAM_ALLOCATION_RATIO", 1.0),
             disk_allocation_ratio=env_float(e, "NOVALOG_DISK_ALLOCATION_RATIO", 1.0),
-            report_interval_s=env_float(e, "NOVALOG_REPORT_INTERVAL_S", 10.0, low=0.1),
         )
 
     def require_host(self) -> str:
@@ -149,6 +147,8 @@ class Settings:
     max_attempts: int = 3  # Nova's scheduler.max_attempts
     build_timeout_s: float = 300.0
     host_subset_size: int = 1
+    report_interval_s: float = 10.0  # Nova's report_interval: every service's heartbeat
+    service_down_time_s: float = 60.0  # Nova's service_down_time
     compute: ComputeSettings = field(default_factory=ComputeSettings)
 
     @classmethod
@@ -198,6 +198,8 @@ class Settings:
             max_attempts=_int(e, "NOVALOG_MAX_ATTEMPTS", 3, high=100),
             build_timeout_s=env_float(e, "NOVALOG_BUILD_TIMEOUT_S", 300.0, low=1.0),
             host_subset_size=_int(e, "NOVALOG_HOST_SUBSET_SIZE", 1, high=1000),
+            report_interval_s=env_float(e, "NOVALOG_REPORT_INTERVAL_S", 10.0, low=0.1),
+            service_down_time_s=env_float(e, "NOVALOG_SERVICE_DOWN_TIME_S", 60.0, low=1.0),
             compute=ComputeSettings.from_env(e),
         )
 

@@ -13,11 +13,16 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 
+import psycopg
 from fastapi import APIRouter, Request
+from psycopg import Connection
 from psycopg.rows import class_row
+from psycopg_pool import ConnectionPool
 
 from novalog import views
 from novalog.domain import states
+from novalog.service import CONTROL_PLANE
+from novalog.settings import Settings
 from novalog.timeparse import parse_moment
 from novalog.tokens import Context
 from novalog.web import ApiError, Auth, server_link, state_of
@@ -26,7 +31,6 @@ from schemas import payloads
 
 router = APIRouter(prefix="/compute/v2.1", tags=["compute"])
 
-SERVICE_DOWN_TIME = timedelta(seconds=60)
 SERVER_COLUMNS = ("uuid, name, project_id, user_id, status, vm_state, task_state, power_state, "
                   "host, node, availability_zone, flavor, image, addresses, key_name, metadata, "
                   "reservation_id, launch_index, created_at, updated_at, launched_at, fault")
@@ -300,17 +304,50 @@ def show_flavor(flavor_id: str, request: Request, _ctx: Auth) -> views.OneFlavor
     return {"flavor": flavor_view(request, row, True)}
 
 
-@router.get("/os-services", summary="Compute services, up or down by heartbeat age")
-def list_services(request: Request, _ctx: Auth) -> views.Services:
+def service_rows(conn: Connection[Any], down_time: timedelta, *, host: str | None = None,
+                 binary: str | None = None) -> list[views.ServiceView]:
+    """Every service with Nova's up / down: the last heartbeat within `down_time`."""
     now = datetime.now(UTC)
-    with state_of(request).pool.connection() as conn:
-        rows = conn.execute("SELECT host, service_binary, zone, disabled, disabled_reason, "
-                            "last_heartbeat, updated_at FROM services ORDER BY host").fetchall()
-    return {"services": [{
+    rows = conn.execute(
+        "SELECT host, service_binary, zone, disabled, disabled_reason, last_heartbeat, "
+        "updated_at FROM services WHERE (%(host)s::text IS NULL OR host = %(host)s) AND "
+        "(%(binary)s::text IS NULL OR service_binary = %(binary)s) "
+        "ORDER BY service_binary <> 'nova-compute', host, service_binary",
+        {"host": host, "binary": binary}).fetchall()
+    return [{
         "id": i + 1, "binary": r[1], "host": r[0], "zone": r[2],
         "status": "disabled" if r[3] else "enabled", "disabled_reason": r[4],
-        "state": "up" if r[5] and now - r[5] <= SERVICE_DOWN_TIME else "down",
-        "updated_at": _iso(r[6]), "forced_down": False} for i, r in enumerate(rows)]}
+        "state": "up" if r[5] and now - r[5] <= down_time else "down",
+        "updated_at": _iso(r[6]), "forced_down": False} for i, r in enumerate(rows)]
+
+
+def services_health(pool: ConnectionPool, settings: Settings) -> str:
+    """"ok" while every control-plane binary that ever registered has a service up (a
+    replica down beside one up is not an outage); compute hosts are counted, not judged."""
+    down_time = timedelta(seconds=settings.service_down_time_s)
+    try:
+        with pool.connection() as conn:
+            rows = service_rows(conn, down_time)
+    except psycopg.Error as exc:
+        return f"services unknown: {type(exc).__name__}"
+    up: dict[str, int] = {}
+    for row in rows:
+        up[row["binary"]] = up.get(row["binary"], 0) + (row["state"] == "up")
+    dead = [binary for binary, count in up.items()
+            if binary in CONTROL_PLANE and count == 0]
+    computes = [r for r in rows if r["binary"] == "nova-compute"]
+    summary = (f"{sum(1 for r in rows if r['state'] == 'up')} of {len(rows)} up; "
+               f"compute {sum(1 for r in computes if r['state'] == 'up')} of {len(computes)}")
+    return f"down: {', '.join(sorted(dead))} ({summary})" if dead else f"ok ({summary})"
+
+
+@router.get("/os-services", summary="Every service, up or down by heartbeat age")
+def list_services(request: Request, _ctx: Auth, host: str | None = None,
+                  binary: str | None = None) -> views.Services:
+    state = state_of(request)
+    down_time = timedelta(seconds=state.settings.service_down_time_s)
+    with state.pool.connection() as conn:
+        return {"services": service_rows(conn, down_time, host=host, binary=binary)}
 
 
 @router.get("/os-hypervisors/detail", summary="Compute nodes with their usage")

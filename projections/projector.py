@@ -28,6 +28,7 @@ from novalog.consume import Batch, Record, Runner, TrackOffsets
 from novalog.db import make_pool
 from novalog.domain.instance import TransitionError
 from novalog.kafka import EventProducer, Topics
+from novalog.service import ServiceReporter
 from novalog.settings import Settings
 from projections import versions
 from projections.writers import WRITERS, InstanceBatch
@@ -121,13 +122,16 @@ def serve(settings: Settings, stop: threading.Event) -> None:
     version = versions.code_version()
     target = versions.version_schema(settings.db_schema, version)
     pool = make_pool(settings, projection_schema=target)
-    projector = Projector(settings, pool, EventProducer(settings),
-                          group_id=f"projector-v{version}")
+    producer = EventProducer(settings)
+    projector = Projector(settings, pool, producer, group_id=f"projector-v{version}")
+    reporter = ServiceReporter(settings, producer, "projector")
     live = try_activate(settings, target)
     last_check = 0.0
     try:
+        reporter.start()
         while not stop.is_set():
             read = projector.poll_once()
+            reporter.beat()
             if not live and read == 0 and time.monotonic() - last_check > 1.0:
                 last_check = time.monotonic()  # idle: have we caught up with the live one?
                 live = try_activate(settings, target)

@@ -230,8 +230,8 @@ def _record_action(conn: Connection[Any], s: Instance, event: Event) -> None:
         step(_Actions(conn, s, event), event)
 
 
-def _service_started(conn: Connection[Any], e: Event) -> None:
-    p, at = payload_of(e, payloads.ComputeServiceStarted), e.occurred_at
+def _upsert_service(conn: Connection[Any], host: str, binary: str, zone: str,
+                    at: datetime) -> None:
     conn.execute(
         "INSERT INTO services (host, service_binary, zone, last_heartbeat, created_at, "
         "updated_at) VALUES (%s, %s, %s, %s, %s, %s) "
@@ -239,7 +239,17 @@ def _service_started(conn: Connection[Any], e: Event) -> None:
         "zone = excluded.zone, last_heartbeat = GREATEST(services.last_heartbeat, "
         "excluded.last_heartbeat), updated_at = GREATEST(services.updated_at, "
         "excluded.updated_at)",
-        (p["host"], p["binary"], p["zone"], at, at, at))
+        (host, binary, zone, at, at, at))
+
+
+def _service_started(conn: Connection[Any], e: Event) -> None:
+    p = payload_of(e, payloads.ServiceStarted)
+    _upsert_service(conn, p["host"], p["binary"], p["zone"], e.occurred_at)
+
+
+def _compute_started(conn: Connection[Any], e: Event) -> None:
+    p, at = payload_of(e, payloads.ComputeServiceStarted), e.occurred_at
+    _upsert_service(conn, p["host"], p["binary"], p["zone"], at)
     conn.execute(
         "INSERT INTO compute_nodes (host, node, hypervisor_type, host_ip, updated_at) "
         "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (host) DO UPDATE SET node = excluded.node, "
@@ -298,13 +308,15 @@ def _service_enabled(conn: Connection[Any], e: Event) -> None:
 
 def _host_removed(conn: Connection[Any], e: Event) -> None:
     host = payload_of(e, payloads.HostRemoved)["host"]
-    conn.execute("DELETE FROM services WHERE host = %s", (host,))
+    conn.execute("DELETE FROM services WHERE host = %s AND service_binary = 'nova-compute'",
+                 (host,))
     conn.execute("DELETE FROM compute_nodes WHERE host = %s", (host,))
 
 
 # Host facts, by type: services and compute nodes.
 HOST_WRITERS: dict[str, Callable[[Connection[Any], Event], None]] = {
-    "ComputeServiceStarted": _service_started,
+    "ComputeServiceStarted": _compute_started,
+    "ServiceStarted": _service_started,
     "ComputeResourcesReported": _resources_reported,
     "ServiceHeartbeat": _heartbeat,
     "ServiceDisabled": _service_disabled,

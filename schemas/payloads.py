@@ -131,6 +131,14 @@ class BuildAndRunInstance(TypedDict):
     metadata: dict[str, str]
 
 
+# Tear the instance down on this host: destroy and undefine the domain, remove its disks,
+# release its ports and its claim.
+class TerminateInstance(TypedDict):
+    instance_uuid: str
+    host: str
+    attempt: int
+
+
 # A nova-compute service came up on a host.
 class ComputeServiceStarted(TypedDict):
     host: str
@@ -159,6 +167,15 @@ class ComputeResourcesReported(TypedDict):
     cpu_arch: str
     hypervisor_type: str
     instance_uuids: list[str]
+
+
+# A control-plane service (scheduler, conductor, network, projector) started; compute hosts
+# announce themselves with ComputeServiceStarted.
+class ServiceStarted(TypedDict):
+    host: str
+    binary: str
+    zone: str
+    version: str
 
 
 # A service is alive; up / down is decided by the age of the last one.
@@ -366,6 +383,29 @@ class InstanceErrored(TypedDict):
     code: int
     message: str
     details: str | None
+
+
+# DELETE /servers/{id} accepted: task_state deleting, from any state (as Nova allows); the
+# conductor decides where it is carried out.
+class InstanceDeleteRequested(TypedDict):
+    project_id: str
+    user_id: str
+    host: str | None
+
+
+# A compute host began tearing the instance down (Nova's compute_terminate_instance).
+class InstanceTerminateStarted(TypedDict):
+    host: str
+    attempt: int
+
+
+# The instance is gone: domain, disks, addresses and claim released (by its host), or it
+# never reached one (a local delete, by the conductor). A repeated InstanceDeleted changes
+# nothing.
+class InstanceDeleted(TypedDict):
+    host: str | None
+    local: bool
+    terminated_at: datetime
 
 
 # Command to the network role, keyed by network id: one port on that network for an

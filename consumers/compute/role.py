@@ -41,7 +41,7 @@ def serve(settings: Settings, stop: threading.Event) -> None:
     pool = make_pool(settings)
     producer = EventProducer(settings)
     manager = ComputeManager(
-        ComputeIdentity(host, report_interval_s=config.report_interval_s),
+        ComputeIdentity(host, report_interval_s=settings.report_interval_s),
         tracker_for(host, ResourceTracker(pool, host, totals)), driver,
         ImageCache(state_dir / "instances"), Publisher(producer, "compute", host), topics)
     group = f"compute-{host}"

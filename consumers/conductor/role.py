@@ -11,6 +11,7 @@ from novalog.idempotency import Inbox
 from novalog.kafka import EventProducer, Topics, ensure_topics
 from novalog.publish import Publisher
 from novalog.read_model import LiveProjection
+from novalog.service import ServiceReporter
 from novalog.settings import Settings
 
 GROUP = "conductor"
@@ -26,11 +27,17 @@ def serve(settings: Settings, stop: threading.Event) -> None:
         ensure_topic=lambda topic: ensure_topics(settings, [topic]),
         max_attempts=settings.max_attempts, build_timeout_s=settings.build_timeout_s,
     )
+    reporter = ServiceReporter(settings, producer, "conductor")
+
+    def periodic() -> None:
+        conductor.sweep()
+        reporter.beat()
+
     loop = ConsumeLoop(settings, group_id=GROUP, topics=[topics.instances],
                        handler=conductor.handle, producer=producer, inbox=Inbox(pool, GROUP),
-                       wants=Conductor.WANTS,
-                       on_idle=conductor.sweep)
+                       wants=Conductor.WANTS, on_idle=periodic)
     try:
+        reporter.start()
         loop.run(stop)
     finally:
         pool.close()

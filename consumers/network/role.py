@@ -27,6 +27,7 @@ from novalog.consume import ConsumeLoop, Record, through_outages
 from novalog.faults import crash_point
 from novalog.kafka import EventProducer, Topics, read_to_end
 from novalog.publish import Publisher
+from novalog.service import ServiceReporter
 from novalog.settings import Settings
 from schemas import Event, SerializationError, decode, payloads
 from schemas.typed import payload_of
@@ -165,9 +166,12 @@ def serve(settings: Settings, stop: threading.Event) -> None:
             allocated.clear()
             crash_point("network.after_allocation")
 
+    reporter = ServiceReporter(settings, producer, "network")
     loop = ConsumeLoop(settings, group_id=GROUP, topics=[topics.network], handler=handle,
-                       producer=producer, wants=NetworkService.WANTS, after_flush=after_flush)
+                       producer=producer, wants=NetworkService.WANTS, after_flush=after_flush,
+                       on_idle=reporter.beat)
     try:
+        reporter.start()
         loop.run(stop)
     finally:
         producer.flush_all("network")

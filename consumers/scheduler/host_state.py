@@ -16,7 +16,8 @@ from novalog.domain.claims import Claim, claim_of
 from schemas import Event, payloads
 from schemas.typed import payload_of
 
-SERVICE_DOWN_TIME = timedelta(seconds=60)  # Nova's service_down_time
+SERVICE_DOWN_TIME = timedelta(seconds=60)  # Nova's service_down_time, unless configured
+COMPUTE_BINARY = "nova-compute"
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,8 @@ class HostState:
     def free_disk_gb(self) -> float:
         return self.local_gb * self.disk_allocation_ratio - self.local_gb_used
 
-    def is_up(self, now: datetime) -> bool:
-        return self.last_heartbeat is not None and now - self.last_heartbeat <= SERVICE_DOWN_TIME
+    def is_up(self, now: datetime, down_time: timedelta = SERVICE_DOWN_TIME) -> bool:
+        return self.last_heartbeat is not None and now - self.last_heartbeat <= down_time
 
     def place(self, instance: str, claim: Claim) -> HostState:
         """Account for an instance placed here before the host reports it."""
@@ -95,6 +96,7 @@ class HostView:
     placements: dict[str, str] = field(default_factory=dict)  # instance -> host
     groups: dict[str, set[str]] = field(default_factory=dict)  # server group -> instances
     group_policies: dict[str, str] = field(default_factory=dict)  # server group -> policy
+    service_down_time: timedelta = SERVICE_DOWN_TIME
     _claims: dict[str, Claim] = field(default_factory=dict)
 
     def apply(self, event: Event) -> None:
@@ -133,16 +135,24 @@ class HostView:
 
     def _on_ServiceHeartbeat(self, e: Event) -> None:
         p = payload_of(e, payloads.ServiceHeartbeat)
+        if p["binary"] != COMPUTE_BINARY:  # the scheduler's, the conductor's...: not hosts
+            return
         h = self._host(p["host"])
         if h.last_heartbeat is None or e.occurred_at > h.last_heartbeat:
             self.hosts[p["host"]] = replace(h, last_heartbeat=e.occurred_at)
 
     def _on_ServiceDisabled(self, e: Event) -> None:
-        host = payload_of(e, payloads.ServiceDisabled)["host"]
+        p = payload_of(e, payloads.ServiceDisabled)
+        if p["binary"] != COMPUTE_BINARY:
+            return
+        host = p["host"]
         self.hosts[host] = replace(self._host(host), disabled=True)
 
     def _on_ServiceEnabled(self, e: Event) -> None:
-        host = payload_of(e, payloads.ServiceEnabled)["host"]
+        p = payload_of(e, payloads.ServiceEnabled)
+        if p["binary"] != COMPUTE_BINARY:
+            return
+        host = p["host"]
         self.hosts[host] = replace(self._host(host), disabled=False)
 
     def _on_HostRemoved(self, e: Event) -> None:

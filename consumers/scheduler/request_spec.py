@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from consumers.scheduler.host_state import HostView
+from consumers.scheduler.host_state import SERVICE_DOWN_TIME, HostView
 from novalog.domain.claims import Claim, claim_of
 from schemas import payloads
 
@@ -25,6 +25,7 @@ class RequestSpec:
     group_policy: str | None = None
     group_hosts: frozenset[str] = frozenset()
     now: datetime | None = None
+    service_down_time: timedelta = SERVICE_DOWN_TIME
 
 
 def build_spec(instance_uuid: str, request: payloads.InstanceBuildRequested, view: HostView,
@@ -48,4 +49,5 @@ def build_spec(instance_uuid: str, request: payloads.InstanceBuildRequested, vie
         group_hosts=view.group_hosts(group) - {view.placements.get(instance_uuid, "")}
         if group else frozenset(),
         now=now,
+        service_down_time=view.service_down_time,
     )

@@ -13,7 +13,7 @@ import logging
 import random
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import ClassVar
 
 from consumers.scheduler.host_state import HostView
@@ -27,6 +27,7 @@ from novalog.kafka import EventProducer, Topics
 from novalog.publish import Publisher
 from novalog.read_model import BuildRequests, LiveProjection
 from novalog.replica import LogReplica
+from novalog.service import ServiceReporter
 from novalog.settings import Settings
 from schemas import Event, payloads
 from schemas.typed import payload_of
@@ -108,7 +109,7 @@ Scheduler.WANTS = frozenset(HANDLERS)
 def serve(settings: Settings, stop: threading.Event) -> None:
 
     topics = Topics(settings.topic_prefix)
-    view = HostView()
+    view = HostView(service_down_time=timedelta(seconds=settings.service_down_time_s))
     replica = LogReplica(settings, [topics.hosts, topics.instances, topics.catalog], view.apply,
                          "scheduler").start()
     if not replica.wait_caught_up(60):
@@ -120,10 +121,13 @@ def serve(settings: Settings, stop: threading.Event) -> None:
                                                              settings.hostname),
                           LiveProjection(pool, settings.db_schema),
                           host_subset_size=settings.host_subset_size)
+    # a dead replica stops the beats and the role: never schedule on a frozen view
+    reporter = ServiceReporter(settings, producer, "scheduler", checks=(replica.check,))
     loop = ConsumeLoop(settings, group_id=GROUP, topics=[topics.instances],
                        handler=scheduler.handle, producer=producer, inbox=Inbox(pool, GROUP),
-                       wants=Scheduler.WANTS, on_idle=replica.check)
+                       wants=Scheduler.WANTS, on_idle=reporter.beat)
     try:
+        reporter.start()
         loop.run(stop)
     finally:
         replica.stop()

@@ -52,6 +52,10 @@ class Cloud:
         return subprocess.run([sys.executable, "-m", "novalog", *args], env=self.env,
                               capture_output=True, text=True, timeout=timeout)
 
+    def components(self) -> list[dict[str, Any]]:
+        """The stack's processes as `novalog status --json` lists them (pid, state...)."""
+        return list(json.loads(self.cli("status", "--json").stdout)["components"])
+
     def image_id(self) -> str:
         return str(self.client().find("image", "cirros")["id"])
 

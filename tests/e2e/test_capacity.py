@@ -47,11 +47,11 @@ def addresses(cloud: Cloud) -> list[str]:
 def test_the_network_role_rebuilds_its_pools_after_a_restart(cloud: Cloud) -> None:
     first = boot(cloud, "before", 2)
     assert all(s["status"] == "ACTIVE" for s in first)
-    network = next(c for c in cloud_components(cloud) if c["name"] == "network")
+    network = next(c for c in cloud.components() if c["name"] == "network")
     psutil.Process(int(str(network["pid"]))).kill()
     deadline = time.monotonic() + 30
     while True:
-        now = next(c for c in cloud_components(cloud) if c["name"] == "network")
+        now = next(c for c in cloud.components() if c["name"] == "network")
         if now["restarts"] == 1 and now["state"] == "up":
             break
         assert time.monotonic() < deadline
@@ -102,9 +102,3 @@ def test_more_requests_than_capacity_at_once_fill_exactly_the_capacity(cloud: Cl
         assert all(v <= HOST_MB for v in used.values()), used  # never over-committed
         assert time.monotonic() < deadline, used
         time.sleep(0.3)
-
-
-def cloud_components(cloud: Cloud) -> list[dict[str, object]]:
-    import json
-
-    return list(json.loads(cloud.cli("status", "--json").stdout)["components"])

@@ -93,7 +93,7 @@ def test_every_role_setting_comes_from_settings() -> None:
     assert s.token_keys == ("k1", "k2") and s.token_ttl_s == 60
     assert (s.max_attempts, s.build_timeout_s, s.host_subset_size) == (5, 30.0, 2)
     assert (s.compute.require_host(), s.compute.vcpus, s.compute.cpu_allocation_ratio,
-            s.compute.report_interval_s) == ("cmp7", 16, 2.5, 1.0)
+            s.report_interval_s) == ("cmp7", 16, 2.5, 1.0)
     assert "s3cret" not in repr(s) and "k1" not in repr(s)  # secrets never in a log line
     with pytest.raises(SettingsError, match="NOVALOG_COMPUTE_HOST is not set"):
         Settings.from_env({}).compute.require_host()

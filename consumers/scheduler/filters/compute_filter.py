@@ -11,4 +11,5 @@ from consumers.scheduler.request_spec import RequestSpec
 
 class ComputeFilter(BaseHostFilter):
     def host_passes(self, host: HostState, spec: RequestSpec) -> bool:
-        return not host.disabled and host.is_up(spec.now or datetime.now(UTC))
+        return not host.disabled and host.is_up(spec.now or datetime.now(UTC),
+                                                spec.service_down_time)
