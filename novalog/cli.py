@@ -257,7 +257,7 @@ def roles() -> None:
 def _register_verbs() -> None:
     from novalog.bench import app as bench_app
     from novalog.deadletters import dead_letters_command
-    from producers.cli import boot
+    from producers.cli import boot, delete
     from projections.cli import audit_command, list_servers, replay_command, show_server
 
     app.add_typer(bench_app, name="bench")
@@ -265,6 +265,7 @@ def _register_verbs() -> None:
     app.command("replay")(replay_command)
     app.command("audit")(audit_command)
     app.command("boot")(boot)
+    app.command("delete")(delete)
     app.command("list")(list_servers)
     app.command("show")(show_server)
 

@@ -86,6 +86,13 @@ class NovalogClient:
                  "network": ("/networking/v2.0/networks", "networks"),
                  "server": ("/compute/v2.1/servers/detail", "servers")}
         path, key = paths[kind]
+        if kind == "server":  # by id first, as the OpenStack clients do (any project, admin)
+            try:
+                by_id: ServerView = self.get(f"/compute/v2.1/servers/{ref}")["server"]
+                return by_id
+            except ApiFailure as exc:
+                if exc.status != 404:
+                    raise
         items: list[FlavorView | ImageView | NetworkView | ServerView] = self.get(path)[key]
         matches = [i for i in items if ref in (i["id"], i["name"])]
         if not matches:

@@ -40,6 +40,10 @@ CRASH_POINTS = {
     "compute.after_claim": "claim row committed; no event emitted yet",
     "compute.after_disks": "overlay and disks made; InstanceBlockDevicesMapped not emitted",
     "compute.after_define": "libvirt domain defined and started; InstanceSpawned not emitted",
+    "compute.after_destroy": "a deleted instance's domain destroyed and undefined; its disks, "
+                             "ports and claim not yet released",
+    "compute.after_release": "disks removed, ReleasePorts queued; InstanceDeleted not "
+                             "emitted, the claim not yet dropped",
     # network:
     "network.after_allocation": "IpAllocated and PortsAllocated acknowledged; command "
                                 "offset not committed",

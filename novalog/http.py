@@ -23,6 +23,7 @@ from novalog.db import DatabaseUnavailable, check_database
 from novalog.kafka import BrokerUnavailable, check_broker
 from novalog.settings import Settings
 from novalog.web import MAX_BODY_BYTES, ApiError, AppState, error_body
+from producers.actions import router as actions_router
 from producers.identity import router as identity_router
 from producers.outbox import relay
 from producers.quotas import router as quotas_router
@@ -110,6 +111,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(identity_router)
     app.include_router(servers_router)
+    app.include_router(actions_router)
     app.include_router(quotas_router)
     app.include_router(query_router)
     app.include_router(history_router)

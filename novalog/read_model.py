@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from psycopg import sql
 from psycopg_pool import ConnectionPool
@@ -18,16 +18,48 @@ from novalog.db import live_schema
 from schemas import payloads
 
 
+class ServerState(NamedTuple):
+    """What a reactor needs of a server's projected state to route an action."""
+
+    vm_state: str
+    task_state: str | None
+    host: str | None
+    attempt: int
+
+
 class LiveProjection:
     """The queries reactors make of the live projection (S_live), each naming its table."""
 
     def __init__(self, pool: ConnectionPool, base_schema: str) -> None:
         self.pool = pool
         self.schema = sql.Identifier(live_schema(base_schema))
+        self.base = sql.Identifier(base_schema)
 
     def _rows(self, query: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         with self.pool.connection() as conn:
-            return conn.execute(sql.SQL(query).format(live=self.schema), args).fetchall()
+            return conn.execute(sql.SQL(query).format(live=self.schema, base=self.base),
+                                args).fetchall()
+
+    def folded(self, event_id: str) -> bool:
+        """The projection has folded this instance event, hence every event before it on its
+        partition: what it says of the instance is then at least as new as the event."""
+        return bool(self._rows("SELECT 1 FROM {live}.instance_events WHERE event_id = %s",
+                               (event_id,)))
+
+    def server(self, instance: str) -> ServerState | None:
+        rows = self._rows("SELECT vm_state, task_state, host, attempt FROM {live}.servers "
+                          "WHERE uuid = %s", (instance,))
+        if not rows:
+            return None
+        vm_state, task_state, host, attempt = rows[0]
+        return ServerState(vm_state, task_state, host, attempt)
+
+    def delete_request(self, instance: str) -> str | None:
+        """The request id of the DELETE the API accepted for this instance, if any: written
+        in the API's transaction before its event exists, so never behind the log."""
+        rows = self._rows("SELECT delete_request_id FROM {base}.accepted_instances "
+                          "WHERE uuid = %s", (instance,))
+        return str(rows[0][0]) if rows and rows[0][0] else None
 
     def build_request(self, instance: str) -> payloads.InstanceBuildRequested | None:
         rows = self._rows("SELECT payload FROM {live}.instance_events WHERE instance_uuid = %s "

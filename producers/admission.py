@@ -1,6 +1,7 @@
 """Admission of a validated build: quota and the outbox, in the request's transaction.
 
-Quota usage is counted in `accepted_instances` under a per-project advisory lock,
+Quota usage is counted in `accepted_instances` (less the instances whose deletion is
+done) under a per-project advisory lock,
 and each instance's InstanceBuildRequested goes into the outbox in that same
 transaction, so a request is either wholly accepted (and later published) or not
 at all.
@@ -60,6 +61,13 @@ def admit(conn: Connection[Any], pub: Publisher, topics: Topics, ctx: Context,
     return Admission(reservation_id, ids, event_ids)
 
 
+# Usage, as Nova counts it: every accepted instance until its deletion is done (projected
+# vm_state deleted), so a burst cannot overshoot while the projection catches up.
+USAGE_SQL = ("SELECT count(*), COALESCE(SUM(vcpus), 0), COALESCE(SUM(memory_mb), 0) "
+             "FROM accepted_instances a WHERE a.project_id = %s AND NOT EXISTS "
+             "(SELECT 1 FROM servers s WHERE s.uuid = a.uuid AND s.vm_state = 'deleted')")
+
+
 def quota_limits(conn: Connection[Any], project_id: str) -> dict[str, int]:
     limits = dict(DEFAULT_QUOTAS)
     for resource, limit in conn.execute(
@@ -75,9 +83,7 @@ def allowed_count(conn: Connection[Any], ctx: Context, flavor: payloads.Flavor,
     limits = quota_limits(conn, ctx.project_id)
     if all(limit < 0 for limit in limits.values()):  # unlimited: nothing to count
         return max_count
-    row = conn.execute("SELECT count(*), COALESCE(SUM(vcpus), 0), COALESCE(SUM(memory_mb), 0) "
-                       "FROM accepted_instances WHERE project_id = %s",
-                       (ctx.project_id,)).fetchone()
+    row = conn.execute(USAGE_SQL, (ctx.project_id,)).fetchone()
     assert row is not None
     used = {"instances": int(row[0]), "cores": int(row[1]), "ram": int(row[2])}
     per = {"instances": 1, "cores": flavor["vcpus"], "ram": flavor["memory_mb"]}

@@ -109,3 +109,47 @@ def boot(
         err.print(f"[red]{server['name']}: {fault.get('message', 'no fault recorded')}[/red]")
     if failed:
         raise typer.Exit(1)
+
+
+def follow_action(client: NovalogClient, server_id: str, name: str, until: set[str],
+                  after: int, timeout: float) -> str:
+    """Print the server's events after `after` until one leaves it in a vm_state of `until`
+    with no task in progress; returns that vm_state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for e in client.get(f"/novalog/v1/servers/{server_id}/events", after=after)["events"]:
+            after = e["seq"]
+            console.print(f"{e['occurred_at'][11:23]}  {name}  {e['event_type']:<34}"
+                          f"{e['vm_state']}/{e['task_state'] or '-'}")
+            if e["vm_state"] in until and e["task_state"] is None:
+                return str(e["vm_state"])
+        if time.monotonic() > deadline:
+            raise ApiFailure(408, f"gave up waiting after {timeout:.0f}s")
+        time.sleep(0.1)
+
+
+def last_seq(client: NovalogClient, server_id: str) -> int:
+    events = client.get(f"/novalog/v1/servers/{server_id}/events")["events"]
+    return int(events[-1]["seq"]) if events else 0
+
+
+def delete(
+    server: Annotated[str, typer.Argument(help="Server name or id.")],
+    wait: Annotated[bool, typer.Option(help="Follow the delete until the server is gone.")]
+    = False,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 120,
+) -> None:
+    """Delete a server (DELETE /servers/{id}), from any state."""
+    client = NovalogClient.from_env(Settings.from_env())
+    try:
+        found = client.find("server", server)
+        after = last_seq(client, found["id"])
+        client.request("DELETE", f"/compute/v2.1/servers/{found['id']}")
+        if not wait:
+            console.print(f"{found['id']}  {found['name']}  deleting")
+            return
+        follow_action(client, found["id"], found["name"], {"deleted"}, after, timeout)
+    except ApiFailure as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"[green]DELETED[/green]  {found['name']}  {found['id']}")

@@ -16,6 +16,10 @@ CREATE TABLE IF NOT EXISTS accepted_instances (
     created_at     timestamptz NOT NULL
 );
 CREATE INDEX IF NOT EXISTS accepted_by_project ON accepted_instances (project_id);
+-- A DELETE accepted for the instance (in the transaction that queues its event), so the
+-- conductor, seeing a placement after it, never dispatches a build the user deleted.
+ALTER TABLE accepted_instances ADD COLUMN IF NOT EXISTS delete_request_id text;
+ALTER TABLE accepted_instances ADD COLUMN IF NOT EXISTS delete_requested_at timestamptz;
 
 -- The API's transactional outbox: a request's events are committed with its accepted rows,
 -- then published; whatever a crash leaves here is published by the relay (same event ids).

@@ -54,6 +54,8 @@ class AcceptedRow(TypedDict):
     image_id: str | None
     request_id: str
     created_at: datetime
+    delete_request_id: str | None
+    delete_requested_at: datetime | None
 
 
 class ActionRow(TypedDict):
@@ -149,9 +151,18 @@ def list_rows(request: Request, ctx: Context) -> list[ServerRow]:
     if not all_tenants:
         where.append("project_id = %s")
         args.append(ctx.project_id)
-    if params.get("status"):
+    status = params.get("status", "").upper()
+    if status == "DELETED" and not ctx.is_admin:
+        raise ApiError(403, "Only administrators may list deleted instances")
+    deleted = ctx.is_admin and (status == "DELETED" or
+                                params.get("deleted", "").lower() in ("1", "true", "yes", "on"))
+    if deleted:  # Nova's deleted=True: the deleted ones only
+        where.append("vm_state = 'deleted'")
+    elif not params.get("changes-since"):  # changes-since also shows the deleted, as Nova
+        where.append("vm_state <> 'deleted'")
+    if status and status != "DELETED":
         where.append("status = %s")
-        args.append(params["status"].upper())
+        args.append(status)
     if ctx.is_admin and params.get("host"):
         where.append("host = %s")
         args.append(params["host"])
@@ -198,8 +209,10 @@ def list_servers_detail(request: Request, ctx: Auth) -> views.ServerList:
     return {"servers": [server_view(request, r, ctx) for r in list_rows(request, ctx)]}
 
 
-def find_server(request: Request, ctx: Context, server_id: str) -> ServerRow:
-    """The server row, or 404 when it does not exist or belongs to another project."""
+def find_server(request: Request, ctx: Context, server_id: str, *,
+                deleted_ok: bool = False) -> ServerRow:
+    """The server row, or 404 when it does not exist, belongs to another project, or is
+    deleted (unless `deleted_ok`: its actions and history stay readable, as in Nova)."""
     with state_of(request).pool.connection() as conn:
         with conn.cursor(row_factory=class_row(ServerRow)) as cur:
             row = cur.execute(f"SELECT {SERVER_COLUMNS} FROM servers WHERE uuid = %s",
@@ -209,7 +222,8 @@ def find_server(request: Request, ctx: Context, server_id: str) -> ServerRow:
                 accepted = accepted_cur.execute(
                     "SELECT * FROM accepted_instances WHERE uuid = %s", (server_id,)).fetchone()
             row = _accepted_as_row(accepted) if accepted else None
-    if row is None or (row["project_id"] != ctx.project_id and not ctx.is_admin):
+    if row is None or (row["project_id"] != ctx.project_id and not ctx.is_admin) or \
+            (row["vm_state"] == states.DELETED and not deleted_ok):
         raise ApiError(404, f"Instance {server_id} could not be found.")
     return row
 
@@ -222,7 +236,7 @@ def show_server(server_id: str, request: Request, ctx: Auth) -> views.OneServer:
 
 @router.get("/servers/{server_id}/os-instance-actions", summary="Actions on a server")
 def instance_actions(server_id: str, request: Request, ctx: Auth) -> views.InstanceActions:
-    find_server(request, ctx, server_id)
+    find_server(request, ctx, server_id, deleted_ok=True)
     with state_of(request).pool.connection() as conn, \
             conn.cursor(row_factory=class_row(ActionRow)) as cur:
         rows = cur.execute("SELECT * FROM instance_actions WHERE instance_uuid = %s "
@@ -237,7 +251,7 @@ def instance_actions(server_id: str, request: Request, ctx: Auth) -> views.Insta
             summary="One action with its per-step events")
 def instance_action(server_id: str, request_id: str, request: Request,
                     ctx: Auth) -> views.OneInstanceAction:
-    find_server(request, ctx, server_id)
+    find_server(request, ctx, server_id, deleted_ok=True)
     with state_of(request).pool.connection() as conn:
         with conn.cursor(row_factory=class_row(ActionRow)) as cur:
             action = cur.execute("SELECT * FROM instance_actions WHERE instance_uuid = %s AND "
@@ -374,7 +388,7 @@ history_router = APIRouter(tags=["novalog"])
 def server_events(server_id: str, request: Request, ctx: Auth,
                   after: int = 0) -> views.ServerEvents:
     """`after` = the last `seq` already seen, so a client can follow a build live."""
-    find_server(request, ctx, server_id)
+    find_server(request, ctx, server_id, deleted_ok=True)
     with state_of(request).pool.connection() as conn:
         rows = conn.execute(
             "SELECT seq, event_id, event_type, occurred_at, vm_state, task_state, producer, "
@@ -453,7 +467,7 @@ def list_networks(request: Request, _ctx: Auth, name: str | None = None) -> view
 def server_audit(server_id: str, request: Request, ctx: Auth) -> views.ServerAudit:
     from projections.audit import server_history
 
-    find_server(request, ctx, server_id)
+    find_server(request, ctx, server_id, deleted_ok=True)
     entries = server_history(state_of(request).settings, server_id)
     return {"server_id": server_id, "events": entries}
 

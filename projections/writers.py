@@ -16,6 +16,7 @@ from psycopg import Connection
 from psycopg.types.json import Jsonb
 
 from novalog.domain.instance import Instance, apply, from_json, to_json
+from novalog.domain.states import DELETED
 from novalog.views import Addresses
 from schemas import Event, payloads
 from schemas.typed import payload_of
@@ -85,6 +86,8 @@ class InstanceBatch:
         if state is None:
             return
         self.seen.add(event.event_id)
+        before = self.states.get(event.aggregate_id)
+        absorbed = before is not None and before.vm_state == DELETED  # history only
         self.states[event.aggregate_id] = state
         if event.aggregate_id not in self.touched:
             self.touched.append(event.aggregate_id)
@@ -95,7 +98,8 @@ class InstanceBatch:
             (event.event_id, event.aggregate_id, event.event_type, event.occurred_at,
              state.vm_state, state.task_state, event.producer, event.correlation_id,
              Jsonb(_jsonable(event.payload)), raw))
-        _record_action(self.conn, state, event)
+        if not absorbed:
+            _record_action(self.conn, state, event)
 
     def finish(self) -> None:
         for uuid in self.touched:
@@ -126,30 +130,35 @@ def _upsert_server(conn: Connection[Any], s: Instance) -> None:
     )
 
 
-# Nova's instance-action event names for the two steps of a build, per attempt.
+# Nova's instance-action event names: the two steps of a build, per attempt, and the
+# compute host's part of a delete.
 SCHEDULE = "schedule_instances"
 BUILD = "compute__do_build_and_run_instance"
+TERMINATE = "compute_terminate_instance"
 
 
 class _Actions:
-    """Nova's instance actions of one server (`create`, with a step per attempt), as one
-    of its events moves them on."""
+    """Nova's instance actions of one server (`create`, with a step per attempt; `delete`,
+    with its host's step), as one of its events moves them on. An action is keyed by its
+    request id: the creating request's for the build, the event's own for later actions."""
 
     def __init__(self, conn: Connection[Any], s: Instance, event: Event) -> None:
         self.conn, self.s, self.at = conn, s, event.occurred_at
+        self.request_id = s.request_id if event.event_type in BUILD_ACTION_EVENTS \
+            else event.correlation_id
 
-    def begin(self) -> None:
+    def begin(self, action: str = "create") -> None:
         s = self.s
         self.conn.execute(
             "INSERT INTO instance_actions (instance_uuid, request_id, action, project_id, "
-            "user_id, start_time) VALUES (%s, %s, 'create', %s, %s, %s) ON CONFLICT DO NOTHING",
-            (s.uuid, s.request_id, s.project_id, s.user_id, self.at))
+            "user_id, start_time) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (s.uuid, self.request_id, action, s.project_id, s.user_id, self.at))
 
     def start(self, step: str, attempt: int, host: str | None = None) -> None:
         self.conn.execute(
             "INSERT INTO instance_action_events (instance_uuid, request_id, event, attempt, "
             "host, start_time) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (self.s.uuid, self.s.request_id, step, attempt, host, self.at))
+            (self.s.uuid, self.request_id, step, attempt, host, self.at))
 
     def finish(self, step: str, attempt: int, result: str, details: str | None = None,
                host: str | None = None) -> None:
@@ -157,12 +166,12 @@ class _Actions:
             "UPDATE instance_action_events SET finish_time = %s, result = %s, details = %s, "
             "host = COALESCE(%s, host) WHERE instance_uuid = %s AND request_id = %s "
             "AND event = %s AND attempt = %s AND finish_time IS NULL",
-            (self.at, result, details, host, self.s.uuid, self.s.request_id, step, attempt))
+            (self.at, result, details, host, self.s.uuid, self.request_id, step, attempt))
 
     def end(self, message: str | None) -> None:
         self.conn.execute("UPDATE instance_actions SET finish_time = %s, message = %s "
                           "WHERE instance_uuid = %s AND request_id = %s",
-                          (self.at, message, self.s.uuid, self.s.request_id))
+                          (self.at, message, self.s.uuid, self.request_id))
 
 
 def _action_requested(a: _Actions, _e: Event) -> None:
@@ -210,8 +219,26 @@ def _action_errored(a: _Actions, _e: Event) -> None:
     a.end("Error")
 
 
+def _action_delete_requested(a: _Actions, _e: Event) -> None:
+    a.begin("delete")
+
+
+def _action_terminate_started(a: _Actions, e: Event) -> None:
+    p = payload_of(e, payloads.InstanceTerminateStarted)
+    a.start(TERMINATE, p["attempt"], p["host"])
+
+
+def _action_deleted(a: _Actions, e: Event) -> None:
+    if not payload_of(e, payloads.InstanceDeleted)["local"]:
+        a.finish(TERMINATE, a.s.attempt, "Success")
+    a.end(None)
+
+
 # The instance events that move a server's actions on, by type.
 ACTION_STEPS: dict[str, Callable[[_Actions, Event], None]] = {
+    "InstanceDeleteRequested": _action_delete_requested,
+    "InstanceTerminateStarted": _action_terminate_started,
+    "InstanceDeleted": _action_deleted,
     "InstanceBuildRequested": _action_requested,
     "InstanceRescheduled": _action_rescheduled,
     "InstanceScheduled": _action_scheduled,
@@ -222,6 +249,10 @@ ACTION_STEPS: dict[str, Callable[[_Actions, Event], None]] = {
     "InstanceSpawned": _action_spawned,
     "InstanceErrored": _action_errored,
 }
+
+
+BUILD_ACTION_EVENTS = frozenset(ACTION_STEPS) - {
+    "InstanceDeleteRequested", "InstanceTerminateStarted", "InstanceDeleted"}
 
 
 def _record_action(conn: Connection[Any], s: Instance, event: Event) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from novalog.consume import Record
 from novalog.publish import Publisher
-from novalog.read_model import LiveProjection
+from novalog.read_model import LiveProjection, ServerState
 from schemas import Event, encode, payloads
 
 
@@ -59,6 +59,18 @@ class FakeProjection(LiveProjection):
         self.networks: dict[str, payloads.NetworkToAttach] = {}
         self.tried: dict[str, list[str]] = {}
         self.stuck: list[tuple[str, int, str, str]] = []
+        self.servers: dict[str, ServerState] = {}
+        self.deletes: dict[str, str] = {}  # instance -> the DELETE's request id
+        self.folded_ids: set[str] | None = None  # None: every event is folded at once
+
+    def folded(self, event_id: str) -> bool:
+        return self.folded_ids is None or event_id in self.folded_ids
+
+    def server(self, instance: str) -> ServerState | None:
+        return self.servers.get(instance)
+
+    def delete_request(self, instance: str) -> str | None:
+        return self.deletes.get(instance)
 
     def build_request(self, instance: str) -> payloads.InstanceBuildRequested | None:
         return self.requests.get(instance)

@@ -63,6 +63,7 @@ class ComputeManager:
         self.topics = topics
         self._last_heartbeat = 0.0
         self._last_report = 0.0
+        self._releasing: set[str] = set()  # claims to drop once this batch's events are safe
         self._start_correlation = f"req-{self.host}-start-{int(time.time())}"
 
     # -- service lifecycle -----------------------------------------------------------------
@@ -155,7 +156,7 @@ class ComputeManager:
                              payloads.InstanceNetworkingStarted(host=host, attempt=attempt),
                              event)
         if not p["networks"]:
-            record = self.tracker.get(uuid)
+            record = self._record(uuid)
             assert record is not None
             self._continue_build(record, event)
             return
@@ -167,7 +168,7 @@ class ComputeManager:
 
     def ports_allocated(self, event: Event) -> None:
         p = payload_of(event, payloads.PortsAllocated)
-        record = self.tracker.get(p["instance_uuid"])
+        record = self._record(p["instance_uuid"])
         if record is None or record.attempt != p["attempt"] or record.stage == "active":
             log.info("ignoring ports for %s attempt %s: no build waiting for them",
                      p["instance_uuid"], p["attempt"])
@@ -185,7 +186,7 @@ class ComputeManager:
 
     def ports_allocation_failed(self, event: Event) -> None:
         p = payload_of(event, payloads.PortsAllocationFailed)
-        record = self.tracker.get(p["instance_uuid"])
+        record = self._record(p["instance_uuid"])
         if record is None or record.attempt != p["attempt"]:
             return
         self._fail(record, event, BuildStepFailed("networking", p["reason"], retryable=False))
@@ -241,19 +242,60 @@ class ComputeManager:
             self.driver.destroy(uuid)
         except Exception:
             log.exception("could not destroy the domain of %s", uuid)
-        self.cache.remove(uuid)
-        for net in record.command["networks"]:
-            self.pub.emit(self.topics.network, "ReleasePorts", net["network_id"],
-                          payloads.ReleasePorts(
-                              instance_uuid=uuid, network_id=net["network_id"],
-                              reason=f"build failed on {self.host}: {failure.reason}",
-                              attempt=record.attempt),
-                          cause=cause, what=(net["network_id"],))
-        self.tracker.release(uuid)
+        self._release(uuid, record, cause, f"build failed on {self.host}: {failure.reason}")
         self._instance_event("InstanceBuildFailed", uuid, payloads.InstanceBuildFailed(
             host=self.host, attempt=record.attempt, stage=failure.stage,
             reason=failure.reason, retryable=failure.retryable), cause)
-        self.report_resources(cause=cause)
+
+    def _release(self, uuid: str, record: BuildRecord | None, cause: Event,
+                 reason: str) -> None:
+        """Disks, ports and claim of the instance on this host (what a domain needs gone
+        first); each step is idempotent, so a re-delivered command repeats it harmlessly."""
+        self.cache.remove(uuid)
+        self._releasing.add(uuid)
+        if record is not None:
+            for net in record.command["networks"]:
+                self.pub.emit(self.topics.network, "ReleasePorts", net["network_id"],
+                              payloads.ReleasePorts(instance_uuid=uuid,
+                                                    network_id=net["network_id"],
+                                                    reason=reason, attempt=record.attempt),
+                              cause=cause, what=(net["network_id"],))
+
+    def _record(self, uuid: str) -> BuildRecord | None:
+        """The instance's claim record, unless it is being released (later commands of the
+        same batch, such as ports arriving for a build just deleted, then find none)."""
+        return None if uuid in self._releasing else self.tracker.get(uuid)
+
+    def flushed(self) -> None:
+        """After the batch's events are acknowledged (the consume loop's after_flush): drop
+        the claims released in it. Dropped before, a crash would lose the ReleasePorts
+        still queued, and the re-delivered command, finding no claim, would not resend
+        them; dropped after, a re-delivered command finds the claim and repeats them."""
+        if not self._releasing:
+            return
+        for uuid in sorted(self._releasing):
+            self.tracker.release(uuid)
+        self._releasing.clear()
+        self.report_resources()
+
+    # -- delete ----------------------------------------------------------------------------
+    def terminate_instance(self, event: Event) -> None:
+        """Nova's terminate_instance: the domain destroyed and undefined, the instance's
+        directory (overlay, console log, libvirt.xml) removed, its ports and claim released.
+        It runs after any build of the instance this host took (one partition, in order);
+        a build still waiting for its ports finds no record when they come, and stops."""
+        p = payload_of(event, payloads.TerminateInstance)
+        uuid = p["instance_uuid"]
+        record = self._record(uuid)
+        attempt = record.attempt if record else p["attempt"]
+        self._instance_event("InstanceTerminateStarted", uuid, payloads.InstanceTerminateStarted(
+            host=self.host, attempt=attempt), event)
+        self.driver.destroy(uuid)
+        crash_point("compute.after_destroy")
+        self._release(uuid, record, event, f"instance deleted on {self.host}")
+        crash_point("compute.after_release")
+        self._instance_event("InstanceDeleted", uuid, payloads.InstanceDeleted(
+            host=self.host, local=False, terminated_at=datetime.now(UTC)), event)
 
 
 # The commands nova-compute takes on its host's topic, by type: its consume loop's
@@ -262,5 +304,6 @@ HANDLERS: dict[str, Callable[[ComputeManager, Event], None]] = {
     "BuildAndRunInstance": ComputeManager.build_and_run_instance,
     "PortsAllocated": ComputeManager.ports_allocated,
     "PortsAllocationFailed": ComputeManager.ports_allocation_failed,
+    "TerminateInstance": ComputeManager.terminate_instance,
 }
 ComputeManager.WANTS = frozenset(HANDLERS)

@@ -47,7 +47,8 @@ def serve(settings: Settings, stop: threading.Event) -> None:
     group = f"compute-{host}"
     loop = ConsumeLoop(settings, group_id=group, topics=[topics.compute(host)],
                        handler=manager.handle, producer=producer, inbox=Inbox(pool, group),
-                       wants=ComputeManager.WANTS, on_idle=manager.periodic)
+                       wants=ComputeManager.WANTS, on_idle=manager.periodic,
+                       after_flush=manager.flushed)
     try:
         manager.start()
         producer.flush()

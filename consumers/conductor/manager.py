@@ -8,6 +8,11 @@
   scheduler.max_attempts, 3). A failure that no other host would fix ends in
   error at once.
 - A build that has made no progress for `build_timeout` ends in error.
+- InstanceDeleteRequested: once the projection has folded it (so it knows every
+  earlier event of the instance), TerminateInstance to the host the instance is
+  on, or, when it never reached one, the delete is local (InstanceDeleted here).
+  A placement that arrives after the API accepted a DELETE is never dispatched:
+  the instance is deleted locally instead (docs/lifecycle.md).
 """
 
 from __future__ import annotations
@@ -59,11 +64,22 @@ class Conductor:
         if handler is not None:  # a record with no type header reaches here undecided
             handler(self, event)
 
+    def _compute_topic(self, host: str) -> str:
+        topic = self.topics.compute(host)
+        if topic not in self._known_topics:
+            self.ensure_topic(topic)
+            self._known_topics.add(topic)
+        return topic
+
     def _requested(self, event: Event) -> None:
         self.requests.remember(event.aggregate_id,
                                payload_of(event, payloads.InstanceBuildRequested))
 
     def _scheduled(self, event: Event) -> None:
+        deleted_by = self.projection.delete_request(event.aggregate_id)
+        if deleted_by is not None:  # the user deleted it while it was being scheduled
+            self._deleted_locally(event, deleted_by)
+            return
         host = payload_of(event, payloads.InstanceScheduled)["host"]
         tried = self.tried.setdefault(event.aggregate_id, [])
         if host not in tried:
@@ -91,10 +107,7 @@ class Conductor:
         image = self._image(request["image"]["id"]) if request["image"] else None
         networks = [self._network(n["network_id"], n["fixed_ip"])
                     for n in request["networks"]]
-        topic = self.topics.compute(p["host"])
-        if topic not in self._known_topics:
-            self.ensure_topic(topic)
-            self._known_topics.add(topic)
+        topic = self._compute_topic(p["host"])
         self.pub.emit(topic, "BuildAndRunInstance", uuid, payloads.BuildAndRunInstance(
             instance_uuid=uuid, host=p["host"], node=p["node"],
             attempt=p["attempt"], name=request["name"],
@@ -118,6 +131,37 @@ class Conductor:
         if network is None:
             raise TransientError(f"network {network_id} is not in the catalog projection yet")
         return network
+
+    # -- delete ----------------------------------------------------------------------------
+    def _delete_requested(self, event: Event) -> None:
+        uuid = event.aggregate_id
+        self._wait_folded(event)
+        server = self.projection.server(uuid)
+        if server is None or server.vm_state == states.DELETED:
+            return  # deleted already (a placement after the DELETE was deleted locally)
+        if server.host is None:  # never reached a host: nothing to tear down but the record
+            self._deleted_locally(event, event.correlation_id)
+            return
+        self.pub.emit(self._compute_topic(server.host), "TerminateInstance", uuid,
+                      payloads.TerminateInstance(instance_uuid=uuid, host=server.host,
+                                                 attempt=server.attempt), cause=event)
+
+    def _deleted_locally(self, cause: Event, request_id: str) -> None:
+        self.requests.forget(cause.aggregate_id)
+        self.tried.pop(cause.aggregate_id, None)
+        self.pub.emit(self.topics.instances, "InstanceDeleted", cause.aggregate_id,
+                      payloads.InstanceDeleted(host=None, local=True,
+                                               terminated_at=datetime.now(UTC)),
+                      cause=cause, correlation_id=request_id)
+
+    def _wait_folded(self, event: Event, timeout_s: float = 10.0) -> None:
+        """Until the projection has folded `event`: it then knows where the instance is."""
+        deadline = time.monotonic() + timeout_s
+        while not self.projection.folded(event.event_id):
+            if time.monotonic() > deadline:
+                raise TransientError(f"the projection has not folded {event.event_type} "
+                                     f"{event.event_id} within {timeout_s:.0f}s")
+            time.sleep(0.02)
 
     # -- failures --------------------------------------------------------------------------
     def _tried_hosts(self, uuid: str) -> list[str]:
@@ -168,5 +212,7 @@ HANDLERS: dict[str, Callable[[Conductor, Event], None]] = {
     "InstanceSpawned": Conductor._ended,
     "InstanceErrored": Conductor._ended,
     "InstanceNoValidHost": Conductor._ended,
+    "InstanceDeleteRequested": Conductor._delete_requested,
+    "InstanceDeleted": Conductor._ended,
 }
 Conductor.WANTS = frozenset(HANDLERS)

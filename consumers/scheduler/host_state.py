@@ -7,6 +7,7 @@ The compute claim stays the final word: a stale view only costs a reschedule.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -18,6 +19,7 @@ from schemas.typed import payload_of
 
 SERVICE_DOWN_TIME = timedelta(seconds=60)  # Nova's service_down_time, unless configured
 COMPUTE_BINARY = "nova-compute"
+DELETED_KEPT = 100_000
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,8 @@ class HostView:
     groups: dict[str, set[str]] = field(default_factory=dict)  # server group -> instances
     group_policies: dict[str, str] = field(default_factory=dict)  # server group -> policy
     service_down_time: timedelta = SERVICE_DOWN_TIME
+    # recently deleted instances: a placement decided after the delete was seen is ignored
+    deleted: OrderedDict[str, None] = field(default_factory=OrderedDict)
     _claims: dict[str, Claim] = field(default_factory=dict)
 
     def apply(self, event: Event) -> None:
@@ -170,6 +174,8 @@ class HostView:
 
     def record_placement(self, instance: str, host: str, claim: Claim | None = None) -> None:
         """Also called by the scheduler for its own decisions, before they come back."""
+        if instance in self.deleted:  # a decision that lost the race with a delete
+            return
         claim = claim or self._claims.get(instance)
         previous = self.placements.get(instance)
         if previous and previous != host and previous in self.hosts:
@@ -201,6 +207,16 @@ class HostView:
             self.hosts[p["host"]] = replace(h, failed_builds=0)
         self._claims.pop(e.aggregate_id, None)
 
+    def _on_InstanceDeleted(self, e: Event) -> None:
+        uuid = e.aggregate_id
+        self._release(uuid)
+        self._claims.pop(uuid, None)
+        for members in self.groups.values():
+            members.discard(uuid)
+        self.deleted[uuid] = None
+        while len(self.deleted) > DELETED_KEPT:
+            self.deleted.popitem(last=False)
+
     def _on_ServerGroupCreated(self, e: Event) -> None:
         p = payload_of(e, payloads.ServerGroupCreated)
         self.group_policies[p["group_id"]] = p["policy"]
@@ -224,5 +240,6 @@ VIEW_HANDLERS: dict[str, Callable[[HostView, Event], None]] = {
     "InstanceBuildFailed": HostView._on_InstanceBuildFailed,
     "InstanceErrored": HostView._on_InstanceErrored,
     "InstanceSpawned": HostView._on_InstanceSpawned,
+    "InstanceDeleted": HostView._on_InstanceDeleted,
     "ServerGroupCreated": HostView._on_ServerGroupCreated,
 }

@@ -102,6 +102,7 @@ HANDLERS: dict[str, Callable[[Scheduler, Event], None]] = {
     "InstanceSpawned": Scheduler._ended,
     "InstanceErrored": Scheduler._ended,
     "InstanceNoValidHost": Scheduler._ended,
+    "InstanceDeleted": Scheduler._ended,
 }
 Scheduler.WANTS = frozenset(HANDLERS)
 

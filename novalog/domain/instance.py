@@ -11,6 +11,11 @@ Rules:
 - An event that makes no sense in the current state (a spawn after an error,
   anything before the build request) raises TransitionError. Consumers
   dead-letter it with that reason.
+- Delete is allowed from any state (as in Nova): InstanceDeleteRequested sets
+  task_state `deleting`, which the build steps that may still be under way keep;
+  InstanceDeleted ends it. A deleted instance absorbs late events (a build step
+  or a second InstanceDeleted from a path that raced the delete): they stay in
+  its history but change nothing.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ class Instance:
     ports: tuple[payloads.Port, ...] = ()
     disks: tuple[payloads.Disk, ...] = ()
     launched_at: datetime | None = None
+    terminated_at: datetime | None = None
     fault: Fault | None = None
     events_applied: int = 1
 
@@ -112,6 +118,12 @@ def apply(state: Instance | None, event: Event) -> Instance:
         return created(event)
     if kind == "InstanceBuildRequested":
         raise TransitionError(f"instance {state.uuid} was already requested")
+    moved = replace(state, updated_at=event.occurred_at, events_applied=state.events_applied + 1)
+    if state.vm_state == s.DELETED:
+        return replace(state, events_applied=moved.events_applied)  # absorbed, see above
+    lifecycle = LIFECYCLE.get(kind)
+    if lifecycle is not None:
+        return lifecycle(moved, event)
     if state.vm_state != s.BUILDING:
         raise TransitionError(f"{kind} for instance {state.uuid} in vm_state {state.vm_state}")
     if kind in ATTEMPT_EVENTS and event.payload["attempt"] != state.attempt:
@@ -119,8 +131,10 @@ def apply(state: Instance | None, event: Event) -> Instance:
     transition = TRANSITIONS.get(kind)
     if transition is None:
         raise TransitionError(f"{kind} is not an instance event")
-    return transition(replace(state, updated_at=event.occurred_at,
-                              events_applied=state.events_applied + 1), event)
+    new = transition(moved, event)
+    if state.task_state == s.DELETING:  # the build goes on, the delete is still pending
+        new = replace(new, task_state=s.DELETING)
+    return new
 
 
 # -- what each instance event changes, given the state already moved on (updated_at) ----
@@ -197,7 +211,25 @@ TRANSITIONS: dict[str, Callable[[Instance, Event], Instance]] = {
 }
 
 
-_TIMES = ("created_at", "updated_at", "launched_at")
+def _delete_requested(new: Instance, _event: Event) -> Instance:
+    return replace(new, task_state=s.DELETING)
+
+
+def _deleted(new: Instance, event: Event) -> Instance:
+    p = payload_of(event, payloads.InstanceDeleted)
+    return replace(new, vm_state=s.DELETED, task_state=None, power_state=s.NOSTATE,
+                   ports=(), disks=(), terminated_at=p["terminated_at"])
+
+
+# Instance events allowed in any state but deleted (the lifecycle after the build).
+LIFECYCLE: dict[str, Callable[[Instance, Event], Instance]] = {
+    "InstanceDeleteRequested": _delete_requested,
+    "InstanceTerminateStarted": _unchanged,
+    "InstanceDeleted": _deleted,
+}
+
+
+_TIMES = ("created_at", "updated_at", "launched_at", "terminated_at")
 _FIELDS = fields(Instance)
 
 
@@ -217,7 +249,7 @@ def to_json(state: Instance) -> dict[str, Any]:
 def from_json(d: dict[str, Any]) -> Instance:
     d = dict(d)
     for key in _TIMES:
-        d[key] = datetime.fromisoformat(d[key]) if d[key] else None
+        d[key] = datetime.fromisoformat(d[key]) if d.get(key) else None
     if d["fault"] and d["fault"].get("created"):
         d["fault"] = {**d["fault"], "created": datetime.fromisoformat(d["fault"]["created"])}
     d["ports"], d["disks"], d["tried_hosts"] = tuple(d["ports"]), tuple(d["disks"]), \

@@ -52,6 +52,9 @@ class Cloud:
         return subprocess.run([sys.executable, "-m", "novalog", *args], env=self.env,
                               capture_output=True, text=True, timeout=timeout)
 
+    def compute_hosts(self) -> list[str]:
+        return sorted(p.name for p in (self.home / "compute").iterdir() if p.is_dir())
+
     def components(self) -> list[dict[str, Any]]:
         """The stack's processes as `novalog status --json` lists them (pid, state...)."""
         return list(json.loads(self.cli("status", "--json").stdout)["components"])
@@ -170,8 +173,41 @@ def assert_one_of_everything(cloud: Cloud, servers: list[dict[str, Any]]) -> Non
     result = cloud.cli("replay", "--verify")
     assert result.returncode == 0, result.stdout + result.stderr
     events = cloud.topic_events(f"{cloud.settings.topic_prefix}.instances")
-    spawned = Counter(e.aggregate_id for e in events if e.event_type == "InstanceSpawned")
-    ids = Counter((e.aggregate_id, e.event_type, e.event_id) for e in events
-                  if e.event_type == "InstanceSpawned")
+    deleted = {e.aggregate_id for e in events if e.event_type == "InstanceDeleted"}
+    spawns = [e for e in events if e.event_type == "InstanceSpawned" and
+              e.aggregate_id not in deleted]  # the servers that are still there
+    spawned = Counter(e.aggregate_id for e in spawns)
+    ids = Counter((e.aggregate_id, e.event_type, e.event_id) for e in spawns)
     assert set(spawned) == {s["id"] for s in servers}
     assert len(ids) == len(servers)  # re-emitted spawns carry one id: de-duplicated
+
+
+def claims(cloud: Cloud) -> set[str]:
+    with psycopg.connect(cloud.settings.require_database_url()) as conn:
+        return {r[0] for r in conn.execute(
+            f'SELECT instance_uuid FROM "{cloud.settings.db_schema}".compute_claims')}
+
+
+def instance_dirs(cloud: Cloud) -> set[str]:
+    return {d.name for host in cloud.compute_hosts()
+            for d in (cloud.home / "compute" / host / "instances").glob("*-*-*-*-*")}
+
+
+def running_vms(cloud: Cloud) -> int:
+    return sum(h["running_vms"] for h in
+               cloud.client().get("/compute/v2.1/os-hypervisors/detail")["hypervisors"])
+
+
+def leftovers(cloud: Cloud, gone: set[str]) -> dict[str, object]:
+    """What the deleted servers still hold anywhere: claims, instance directories
+    (overlay, console, libvirt.xml), addresses not released."""
+    network = cloud.topic_events(f"{cloud.settings.topic_prefix}.network")
+    allocated = Counter(e.payload["ip_address"] for e in network
+                        if e.event_type == "IpAllocated" and e.aggregate_id and
+                        e.payload["instance_uuid"] in gone)
+    released = Counter(e.payload["ip_address"] for e in network
+                       if e.event_type == "IpReleased" and e.payload["instance_uuid"] in gone)
+    held = {ip for ip in allocated if allocated[ip] > released[ip]}
+    return {k: v for k, v in {"claims": claims(cloud) & gone,
+                              "dirs": instance_dirs(cloud) & gone,
+                              "addresses": held}.items() if v}

@@ -21,7 +21,7 @@ import pytest
 
 from novalog.faults import CRASH_POINTS
 from tests.conftest import Infra
-from tests.e2e.conftest import Cloud, assert_one_of_everything, running_cloud
+from tests.e2e.conftest import Cloud, assert_one_of_everything, leftovers, running_cloud
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -32,6 +32,12 @@ SCENARIOS = [
     ("compute", "consume.after_flush"), ("compute", "compute.after_claim"),
     ("compute", "compute.after_disks"), ("compute", "compute.after_define"),
     ("network", "network.after_allocation"), ("projector", "projector.before_commit"),
+]
+# crashes inside a delete: the servers are booted first, then deleted with the crash armed
+DELETE_SCENARIOS = [
+    ("api", "api.after_commit"), ("conductor", "consume.after_flush"),
+    ("compute", "consume.after_inbox"), ("compute", "compute.after_destroy"),
+    ("compute", "compute.after_release"),
 ]
 BATCH = 2
 
@@ -48,7 +54,7 @@ def cloud(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cl
 
 
 def test_every_crash_point_is_exercised() -> None:
-    assert {point for _, point in SCENARIOS} == set(CRASH_POINTS)
+    assert {point for _, point in SCENARIOS + DELETE_SCENARIOS} == set(CRASH_POINTS)
 
 
 def api_ready(cloud: Cloud, timeout: float = 60) -> None:
@@ -96,6 +102,10 @@ def test_a_crash_loses_nothing(cloud: Cloud, role: str, point: str) -> None:
         time.sleep(0.3)
     plan.write_text("")
     assert marker.exists(), f"{role}:{point} never fired"
+    wait_restarted(cloud, role, before)
+
+
+def wait_restarted(cloud: Cloud, role: str, before: dict[str, int]) -> None:
     deadline = time.monotonic() + 60  # the supervisor respawns after its back-off
     while True:
         after = restarts(cloud)
@@ -103,6 +113,49 @@ def test_a_crash_loses_nothing(cloud: Cloud, role: str, point: str) -> None:
             break
         assert time.monotonic() < deadline, f"no {role} process was restarted"
         time.sleep(0.3)
+
+
+@pytest.mark.parametrize(("role", "point"), DELETE_SCENARIOS,
+                         ids=[f"delete-{r}:{p}" for r, p in DELETE_SCENARIOS])
+def test_a_crash_inside_a_delete_leaves_nothing_behind(cloud: Cloud, role: str,
+                                                       point: str) -> None:
+    name = f"del-{role}-{point.replace('.', '-').replace('_', '-')}"
+    client = cloud.client()
+    created = client.request("POST", "/compute/v2.1/servers", json={"server": {
+        "name": name, "flavorRef": "1", "imageRef": cloud.image_id(), "min_count": BATCH,
+        "max_count": BATCH, "return_reservation_id": True}})
+    deadline = time.monotonic() + 60
+    while len(ids := [s["id"] for s in client.get(
+            "/compute/v2.1/servers", reservation_id=created["reservation_id"])["servers"]]) \
+            < BATCH:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    cloud.wait_servers(ids)
+    time.sleep(0.5)  # the boot's last events handled: the armed crash hits the delete
+    plan = Path(cloud.env["NOVALOG_CRASH_PLAN"])
+    before = restarts(cloud)
+    marker = cloud.home / "crashes" / f"{role}-{point}"
+    marker.unlink(missing_ok=True)  # the boot scenarios may have fired this point already
+    plan.write_text(f"{role}:{point}\n")
+    token = client.token()
+    for server_id in ids:
+        try:
+            httpx.delete(f"{cloud.api_url}/compute/v2.1/servers/{server_id}",
+                         headers={"X-Auth-Token": token}, timeout=10)
+        except httpx.HTTPError:
+            assert role == "api", "only the API's own crash may cut the request"
+            api_ready(cloud)
+    deadline = time.monotonic() + 90
+    while True:
+        gone = [i for i in ids if httpx.get(f"{cloud.api_url}/compute/v2.1/servers/{i}",
+                                            headers={"X-Auth-Token": token}).status_code == 404]
+        if len(gone) == len(ids) and not leftovers(cloud, set(ids)):
+            break
+        assert time.monotonic() < deadline, (gone, leftovers(cloud, set(ids)))
+        time.sleep(0.3)
+    plan.write_text("")
+    assert marker.exists(), f"{role}:{point} never fired"
+    wait_restarted(cloud, role, before)
 
 
 def test_after_all_crashes_there_is_one_of_everything(cloud: Cloud) -> None:

@@ -12,14 +12,23 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import Infra
-from tests.e2e.conftest import Cloud, running_cloud
+from tests.e2e.conftest import (
+    Cloud,
+    claims,
+    instance_dirs,
+    leftovers,
+    running_cloud,
+    running_vms,
+)
 
 pytestmark = [pytest.mark.integration]
 
 DOWN_TIME_S = 4.0
+HOST_MB = 4096  # m1.large (8192) fits nowhere: NoValidHost on demand
 CONTROL = {"nova-scheduler", "nova-conductor", "nova-network", "novalog-projector"}
 
 
@@ -27,7 +36,8 @@ CONTROL = {"nova-scheduler", "nova-conductor", "nova-network", "novalog-projecto
 def cloud(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
     with running_cloud(infra, tmp_path_factory.mktemp("lifecycle") / "home", hosts=2,
                        extra_env={"NOVALOG_REPORT_INTERVAL_S": "0.5",
-                                  "NOVALOG_SERVICE_DOWN_TIME_S": str(DOWN_TIME_S)}) as c:
+                                  "NOVALOG_SERVICE_DOWN_TIME_S": str(DOWN_TIME_S),
+                                  "NOVALOG_COMPUTE_MEMORY_MB": str(HOST_MB)}) as c:
         c.raise_quotas()
         yield c
 
@@ -93,3 +103,151 @@ def test_a_compute_host_that_stops_heartbeating_gets_no_new_builds(cloud: Cloud)
     finally:
         os.kill(compute, signal.SIGCONT)
     until("cmp1 up again", lambda: services(cloud)[("nova-compute", "cmp1")]["state"] == "up")
+
+
+# -- delete ------------------------------------------------------------------------------
+def boot(cloud: Cloud, name: str, flavor: str = "1", user: str = "admin",
+         **extra: Any) -> str:
+    client = cloud.client(user, user, user) if user != "admin" else cloud.client()
+    body = {"server": {"name": name, "flavorRef": flavor, "imageRef": cloud.image_id(),
+                       **extra}}
+    created = client.request("POST", "/compute/v2.1/servers", json=body)
+    return str(created["server"]["id"])
+
+
+def events(cloud: Cloud, server_id: str) -> list[dict[str, Any]]:
+    return list(cloud.client().get(f"/novalog/v1/servers/{server_id}/events")["events"])
+
+
+def wait_deleted(cloud: Cloud, server_id: str, timeout: float = 30) -> None:
+    until(f"{server_id} deleted", lambda: any(
+        e["event_type"] == "InstanceDeleted" for e in events(cloud, server_id)), timeout)
+
+
+def test_delete_an_active_server_frees_everything(cloud: Cloud) -> None:
+    server_id = boot(cloud, "to-delete")
+    cloud.wait_servers([server_id])
+    host = cloud.client().get(f"/compute/v2.1/servers/{server_id}")["server"][
+        "OS-EXT-SRV-ATTR:host"]
+    vms = running_vms(cloud)
+    assert server_id in claims(cloud) and server_id in instance_dirs(cloud)
+    admin = cloud.client()
+    response = admin.http.delete(f"/compute/v2.1/servers/{server_id}",
+                                 headers={"X-Auth-Token": admin.token()})
+    assert response.status_code == 204 and response.content == b""
+    request_id = response.headers["X-Openstack-Request-Id"]
+    wait_deleted(cloud, server_id)
+    steps = [(e["event_type"], e["vm_state"], e["task_state"]) for e in events(cloud, server_id)]
+    assert steps[-3:] == [("InstanceDeleteRequested", "active", "deleting"),
+                          ("InstanceTerminateStarted", "active", "deleting"),
+                          ("InstanceDeleted", "deleted", None)]
+    gone = admin.http.get(f"/compute/v2.1/servers/{server_id}",
+                          headers={"X-Auth-Token": admin.token()})
+    assert gone.status_code == 404
+    assert gone.json()["itemNotFound"]["message"] == \
+        f"Instance {server_id} could not be found."
+    again = admin.http.delete(f"/compute/v2.1/servers/{server_id}",
+                              headers={"X-Auth-Token": admin.token()})
+    assert again.status_code == 404
+    assert server_id not in {s["id"] for s in admin.get("/compute/v2.1/servers")["servers"]}
+    deleted = admin.get("/compute/v2.1/servers/detail", deleted="True")["servers"]
+    assert [s["status"] for s in deleted if s["id"] == server_id] == ["DELETED"]
+    until("usage reported", lambda: running_vms(cloud) == vms - 1)
+    assert not leftovers(cloud, {server_id})
+    actions = admin.get(f"/compute/v2.1/servers/{server_id}/os-instance-actions")
+    assert [a["action"] for a in actions["instanceActions"]] == ["delete", "create"]
+    delete = admin.get(f"/compute/v2.1/servers/{server_id}/os-instance-actions/{request_id}")
+    assert [(e["event"], e["result"]) for e in delete["instanceAction"]["events"]] == \
+        [("compute_terminate_instance", "Success")]
+    assert any(e.event_type == "TerminateInstance" for e in
+               cloud.topic_events(f"{cloud.settings.topic_prefix}.compute.{host}"))
+
+
+def test_a_non_admin_cannot_list_deleted_servers_nor_delete_anothers(cloud: Cloud) -> None:
+    admins = boot(cloud, "admins-own")
+    demo = cloud.client("demo", "demo", "demo")
+    forbidden = demo.http.get("/compute/v2.1/servers/detail", params={"status": "DELETED"},
+                              headers={"X-Auth-Token": demo.token()})
+    assert forbidden.status_code == 403
+    assert forbidden.json()["forbidden"]["message"] == \
+        "Only administrators may list deleted instances"
+    other = demo.http.delete(f"/compute/v2.1/servers/{admins}",
+                             headers={"X-Auth-Token": demo.token()})
+    assert other.status_code == 404  # another project's server: not even its existence
+    cloud.wait_servers([admins])
+    assert cloud.client().get(f"/compute/v2.1/servers/{admins}")["server"]["status"] == \
+        "ACTIVE"
+
+
+def test_delete_from_error_is_local_and_frees_the_quota(cloud: Cloud) -> None:
+    from producers.catalog import entity_id
+
+    cloud.client().request("PUT", f"/compute/v2.1/os-quota-sets/{entity_id('project', 'demo')}",
+                           json={"quota_set": {"instances": 1, "cores": -1, "ram": -1}})
+    errored = boot(cloud, "too-big", flavor="4", user="demo")  # m1.large fits no host
+    until("ERROR", lambda: cloud.client().get(f"/compute/v2.1/servers/{errored}")["server"][
+        "status"] == "ERROR")
+    demo = cloud.client("demo", "demo", "demo")
+    full = demo.http.post("/compute/v2.1/servers", headers={"X-Auth-Token": demo.token()},
+                          json={"server": {"name": "second", "flavorRef": "1",
+                                           "imageRef": cloud.image_id()}})
+    assert full.status_code == 403  # the errored server holds the quota
+    result = cloud.cli("delete", errored, "--wait", timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "InstanceDeleted" in result.stdout and "DELETED" in result.stdout
+    steps = [e["event_type"] for e in events(cloud, errored)]
+    assert steps[-2:] == ["InstanceDeleteRequested", "InstanceDeleted"]  # no host involved
+    assert not any(e.aggregate_id == errored for h in ("cmp1", "cmp2")
+                   for e in cloud.topic_events(f"{cloud.settings.topic_prefix}.compute.{h}"))
+    second = boot(cloud, "second", user="demo")  # the quota is free again
+    cloud.wait_servers([second])
+
+
+@pytest.mark.slow
+def test_a_delete_at_any_moment_of_a_build_leaves_nothing_behind(cloud: Cloud) -> None:
+    delays = [0.0, 0.0, 0.01, 0.02, 0.04, 0.06, 0.08, 0.12, 0.2, 0.5]
+    vms_before = running_vms(cloud)
+    ids = []
+    admin = cloud.client()
+    token = admin.token()
+    for i, delay in enumerate(delays):
+        server_id = boot(cloud, f"racing-{i}")
+        time.sleep(delay)
+        response = httpx.delete(f"{cloud.api_url}/compute/v2.1/servers/{server_id}",
+                                headers={"X-Auth-Token": token})
+        assert response.status_code == 204
+        ids.append(server_id)
+    for server_id in ids:
+        wait_deleted(cloud, server_id, timeout=60)
+    # and a delete that reaches the log before the scheduler's placement: the scheduler
+    # is frozen, so the delete is local, and the placement that comes later is never built
+    scheduler = pid_of(cloud, "scheduler")
+    os.kill(scheduler, signal.SIGSTOP)
+    try:
+        raced = [boot(cloud, f"raced-{i}") for i in range(3)]
+        for server_id in raced:
+            assert httpx.delete(f"{cloud.api_url}/compute/v2.1/servers/{server_id}",
+                                headers={"X-Auth-Token": token}).status_code == 204
+        for server_id in raced:
+            wait_deleted(cloud, server_id)
+    finally:
+        os.kill(scheduler, signal.SIGCONT)
+    until("the late placements", lambda: all(
+        any(e["event_type"] == "InstanceScheduled" for e in events(cloud, i)) for i in raced))
+    time.sleep(1)  # what the conductor would do with them
+    commands = [e for h in cloud.compute_hosts()
+                for e in cloud.topic_events(f"{cloud.settings.topic_prefix}.compute.{h}")]
+    assert not [e for e in commands if e.aggregate_id in raced]  # no build, no terminate
+    for server_id in raced:
+        assert [e["event_type"] for e in events(cloud, server_id)][1:3] == \
+            ["InstanceDeleteRequested", "InstanceDeleted"]
+    ids += raced
+    gone = set(ids)
+    until("nothing left", lambda: not leftovers(cloud, gone), timeout=30)
+    until("usage back", lambda: running_vms(cloud) == vms_before, timeout=30)
+    assert cloud.client().get("/compute/v2.1/os-services")  # every role still answers
+    letters = cloud.cli("dead-letters", "--json")
+    assert letters.returncode == 0
+    assert not [i for i in ids if i in letters.stdout], letters.stdout[-2000:]
+    result = cloud.cli("replay", "--verify")
+    assert result.returncode == 0, result.stdout + result.stderr

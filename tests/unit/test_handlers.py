@@ -14,6 +14,7 @@ from consumers.scheduler.host_state import HostState, HostView
 from consumers.scheduler.role import Scheduler
 from novalog.consume import TransientError
 from novalog.kafka import Topics
+from novalog.read_model import ServerState
 from novalog.settings import Settings
 from schemas import Event, payloads
 from schemas.typed import payload_of
@@ -156,3 +157,43 @@ def test_a_stuck_build_times_out_once_with_a_derived_event_id() -> None:
     assert "timed out after 60 seconds" in payload_of(errors[0], payloads.InstanceErrored)[
         "message"]
     assert errors[0].occurred_at > datetime.now(UTC) - timedelta(minutes=1)
+
+
+def delete_requested(uid: str) -> Event:
+    return Event("InstanceDeleteRequested", uid, payloads.InstanceDeleteRequested(
+        project_id="p", user_id="u", host=None), "req-delete", "api@pytest")
+
+
+def test_a_delete_goes_to_the_host_the_projection_knows_or_is_local() -> None:
+    c, sink, projection, made = conductor()
+    projection.servers["i-on-host"] = ServerState("active", "deleting", "cmp2", 1)
+    projection.servers["i-no-host"] = ServerState("error", "deleting", None, 3)
+    projection.servers["i-gone"] = ServerState("deleted", None, None, 1)
+    feed(c.handle, [delete_requested("i-on-host"), delete_requested("i-no-host"),
+                    delete_requested("i-gone")])
+    [terminate] = sink.events("TerminateInstance")
+    assert sink.topics_of("TerminateInstance") == ["t.compute.cmp2"] and made == [
+        "t.compute.cmp2"]
+    assert payload_of(terminate, payloads.TerminateInstance) == {
+        "instance_uuid": "i-on-host", "host": "cmp2", "attempt": 1}
+    [local] = sink.events("InstanceDeleted")
+    assert local.aggregate_id == "i-no-host" and local.correlation_id == "req-delete"
+    assert payload_of(local, payloads.InstanceDeleted)["local"] is True
+
+
+def test_a_placement_after_a_delete_is_never_dispatched() -> None:
+    c, sink, projection, _ = conductor()
+    req = requested("i-raced")
+    projection.deletes["i-raced"] = "req-the-delete"
+    feed(c.handle, [req, scheduled(req, "cmp1")])
+    assert sink.events("BuildAndRunInstance") == []
+    [local] = sink.events("InstanceDeleted")
+    assert local.correlation_id == "req-the-delete"  # the delete action's request id
+
+
+def test_a_delete_waits_for_the_projection_to_fold_it() -> None:
+    c, sink, projection, _ = conductor()
+    projection.folded_ids = set()
+    with pytest.raises(TransientError, match="has not folded InstanceDeleteRequested"):
+        c._wait_folded(delete_requested("i-lagging"), timeout_s=0.05)
+    assert sink.events() == []

@@ -166,3 +166,46 @@ def test_state_survives_its_json_form() -> None:
         state = fold(events)
         assert state is not None
         assert from_json(to_json(state)) == state
+
+
+# -- delete ------------------------------------------------------------------------------
+def delete_requested(c: Clock) -> Event:
+    return c.ev("InstanceDeleteRequested", project_id="p", user_id="u", host=None)
+
+
+def deleted(c: Clock, host: str | None = "cmp1") -> Event:
+    return c.ev("InstanceDeleted", host=host, local=host is None, terminated_at=T0)
+
+
+def test_delete_of_an_active_server_walks_deleting_to_deleted() -> None:
+    c = Clock()
+    active = fold([requested(c), *attempt(c, "cmp1"), *build(c, "cmp1")])
+    assert active is not None and active.status == "ACTIVE"
+    deleting = apply(active, delete_requested(c))
+    assert (deleting.vm_state, deleting.task_state, deleting.status) == \
+        (s.ACTIVE, s.DELETING, "ACTIVE")  # Nova shows ACTIVE while deleting
+    started = apply(deleting, c.ev("InstanceTerminateStarted", host="cmp1", attempt=1))
+    gone = apply(started, deleted(c))
+    assert (gone.vm_state, gone.task_state, gone.power_state, gone.status) == \
+        (s.DELETED, None, s.NOSTATE, "DELETED")
+    assert gone.ports == () and gone.terminated_at == T0
+
+
+def test_a_build_going_on_during_a_delete_keeps_the_task_state_deleting() -> None:
+    c = Clock()
+    state = fold([requested(c), *attempt(c, "cmp1"), delete_requested(c), *build(c, "cmp1")])
+    assert state is not None
+    assert (state.vm_state, state.task_state) == (s.ACTIVE, s.DELETING)
+
+
+def test_a_deleted_instance_absorbs_late_events_but_nothing_before_its_request() -> None:
+    c = Clock()
+    gone = fold([requested(c), delete_requested(c), deleted(c, None)])
+    assert gone is not None and gone.vm_state == s.DELETED
+    late = [*attempt(c, "cmp2"), *build(c, "cmp2"), deleted(c, "cmp2")]
+    after = fold([requested(Clock()), delete_requested(c), deleted(c, None), *late])
+    assert after is not None
+    assert (after.vm_state, after.host, after.events_applied) == \
+        (s.DELETED, None, 3 + len(late))
+    with pytest.raises(TransitionError, match="for unknown instance"):
+        apply(None, delete_requested(Clock()))
