@@ -257,10 +257,11 @@ def roles() -> None:
 def _register_verbs() -> None:
     from novalog.bench import app as bench_app
     from novalog.deadletters import dead_letters_command
-    from producers.cli import boot, delete
+    from producers.cli import boot, delete, service_app
     from projections.cli import audit_command, list_servers, replay_command, show_server
 
     app.add_typer(bench_app, name="bench")
+    app.add_typer(service_app, name="service")
     app.command("dead-letters")(dead_letters_command)
     app.command("replay")(replay_command)
     app.command("audit")(audit_command)

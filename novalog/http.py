@@ -28,6 +28,7 @@ from producers.identity import router as identity_router
 from producers.outbox import relay
 from producers.quotas import router as quotas_router
 from producers.servers import router as servers_router
+from producers.services import router as services_router
 from projections.api import history_router, services_health
 from projections.api import router as query_router
 
@@ -112,6 +113,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(identity_router)
     app.include_router(servers_router)
     app.include_router(actions_router)
+    app.include_router(services_router)
     app.include_router(quotas_router)
     app.include_router(query_router)
     app.include_router(history_router)

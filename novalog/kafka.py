@@ -140,16 +140,20 @@ class EndOfLog:
 
     On Apache Kafka the end is the high watermarks read when the reader opened (a position
     at or past each). Tansu's watermarks cannot be trusted, so there it is `idle_polls`
-    empty polls in a row. A reader that gets nothing for `stall_s` while short of its end
-    raises BrokerUnavailable rather than wait for ever.
+    empty polls in a row spanning at least `quiet_s` (a loaded Tansu answers some fetches
+    empty while it still holds records: counting polls alone ended scans early under
+    load). A reader that gets nothing for `stall_s` while short of its end raises
+    BrokerUnavailable rather than wait for ever.
     """
 
     def __init__(self, consumer: Consumer, ends: dict[tuple[str, int], int] | None,
-                 what: str, *, idle_polls: int = 5, stall_s: float = 30.0) -> None:
+                 what: str, *, idle_polls: int = 5, quiet_s: float = 1.0,
+                 stall_s: float = 30.0) -> None:
         self.consumer = consumer
         self.ends = ends
         self.what = what
         self.idle_polls = idle_polls
+        self.quiet_s = quiet_s
         self.stall_s = stall_s
         self._empty = 0
         self._last_read = time.monotonic()
@@ -167,7 +171,8 @@ class EndOfLog:
         if self.ends is not None:
             self.reached = reached(self.consumer, self.ends)
         else:
-            self.reached = self._empty >= self.idle_polls
+            self.reached = self._empty >= self.idle_polls and \
+                now - self._last_read >= self.quiet_s
         if not self.reached and not got and now - self._last_read > self.stall_s:
             raise BrokerUnavailable(f"reading {self.what} stalled for {self.stall_s:.0f}s "
                                     "short of the end: is the broker up?")

@@ -10,6 +10,7 @@ restarts it.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 
@@ -58,3 +59,10 @@ class ServiceReporter:
             self.pub.emit(self.topics.hosts, "ServiceHeartbeat", self.host,
                           {"host": self.host, "binary": self.binary},
                           correlation_id=self.correlation_id)
+
+
+def service_id(host: str, binary: str) -> int:
+    """A service's id in `os-services`: stable for (host, binary), so the same in every
+    replay of the log (Nova's are database sequence numbers; a replay could reorder those)."""
+    digest = hashlib.sha256(f"{host}\0{binary}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF

@@ -8,11 +8,13 @@ if any server ends in ERROR (printing its fault).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from novalog.client import ApiFailure, NovalogClient
 from novalog.settings import Settings
@@ -153,3 +155,65 @@ def delete(
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     console.print(f"[green]DELETED[/green]  {found['name']}  {found['id']}")
+
+
+service_app = typer.Typer(help="Services: list, disable / enable a compute host, delete one.")
+
+
+def _client() -> NovalogClient:
+    return NovalogClient.from_env(Settings.from_env())
+
+
+def _run(action: Callable[[NovalogClient], None]) -> None:
+    try:
+        action(_client())
+    except ApiFailure as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
+@service_app.command("list")
+def service_list() -> None:
+    """Every service: binary, host, zone, status, state, last update (GET /os-services)."""
+    def show(client: NovalogClient) -> None:
+        table = Table("id", "binary", "host", "zone", "status", "state", "updated at",
+                      "disabled reason")
+        for s in client.get("/compute/v2.1/os-services")["services"]:
+            table.add_row(str(s["id"]), s["binary"], s["host"], s["zone"], s["status"],
+                          s["state"], (s["updated_at"] or "-")[:19], s["disabled_reason"] or "")
+        Console(width=max(console.width, 150)).print(table)  # never cut a reason short
+    _run(show)
+
+
+@service_app.command("disable")
+def service_disable(
+    host: Annotated[str, typer.Argument(help="The compute host.")],
+    reason: Annotated[str | None, typer.Option(help="Why (kept with the service).")] = None,
+) -> None:
+    """Disable a compute host's service: it gets no new builds, its servers stay managed."""
+    action = "disable-log-reason" if reason else "disable"
+    _run(lambda c: console.print(c.request("PUT", f"/compute/v2.1/os-services/{action}", json={
+        "host": host, "binary": "nova-compute",
+        **({"disabled_reason": reason} if reason else {})})["service"]))
+
+
+@service_app.command("enable")
+def service_enable(host: Annotated[str, typer.Argument(help="The compute host.")]) -> None:
+    """Enable a compute host's service again."""
+    _run(lambda c: console.print(c.request("PUT", "/compute/v2.1/os-services/enable", json={
+        "host": host, "binary": "nova-compute"})["service"]))
+
+
+@service_app.command("delete")
+def service_delete(
+    host: Annotated[str, typer.Argument(help="The host.")],
+    binary: Annotated[str, typer.Option(help="Which service of the host.")] = "nova-compute",
+) -> None:
+    """Delete a service (refused while a compute host still has servers)."""
+    def delete_one(client: NovalogClient) -> None:
+        services = client.get("/compute/v2.1/os-services", host=host, binary=binary)
+        if not services["services"]:
+            raise ApiFailure(404, f"Could not find binary {binary} on host {host}.")
+        client.request("DELETE", f"/compute/v2.1/os-services/{services['services'][0]['id']}")
+        console.print(f"deleted {binary} on {host}")
+    _run(delete_one)

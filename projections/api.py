@@ -21,7 +21,7 @@ from psycopg_pool import ConnectionPool
 
 from novalog import views
 from novalog.domain import states
-from novalog.service import CONTROL_PLANE
+from novalog.service import CONTROL_PLANE, service_id
 from novalog.settings import Settings
 from novalog.timeparse import parse_moment
 from novalog.tokens import Context
@@ -329,10 +329,10 @@ def service_rows(conn: Connection[Any], down_time: timedelta, *, host: str | Non
         "ORDER BY service_binary <> 'nova-compute', host, service_binary",
         {"host": host, "binary": binary}).fetchall()
     return [{
-        "id": i + 1, "binary": r[1], "host": r[0], "zone": r[2],
+        "id": service_id(r[0], r[1]), "binary": r[1], "host": r[0], "zone": r[2],
         "status": "disabled" if r[3] else "enabled", "disabled_reason": r[4],
         "state": "up" if r[5] and now - r[5] <= down_time else "down",
-        "updated_at": _iso(r[6]), "forced_down": False} for i, r in enumerate(rows)]
+        "updated_at": _iso(r[6]), "forced_down": False} for r in rows]
 
 
 def services_health(pool: ConnectionPool, settings: Settings) -> str:

@@ -304,7 +304,9 @@ def _resources_reported(conn: Connection[Any], e: Event) -> None:
             ram_allocation_ratio = excluded.ram_allocation_ratio,
             disk_allocation_ratio = excluded.disk_allocation_ratio,
             updated_at = excluded.updated_at
-        WHERE compute_nodes.updated_at <= excluded.updated_at""",
+        WHERE compute_nodes.updated_at <= excluded.updated_at
+            AND EXISTS (SELECT 1 FROM services WHERE host = excluded.host
+                        AND service_binary = 'nova-compute')""",
         (p["host"], p["node"], p["hypervisor_type"], p["cpu_arch"], p["vcpus"],
          p["memory_mb"], p["local_gb"], p["vcpus_used"], p["memory_mb_used"],
          p["local_gb_used"], p["running_vms"], p["cpu_allocation_ratio"],
@@ -344,6 +346,14 @@ def _host_removed(conn: Connection[Any], e: Event) -> None:
     conn.execute("DELETE FROM compute_nodes WHERE host = %s", (host,))
 
 
+def _service_deleted(conn: Connection[Any], e: Event) -> None:
+    p = payload_of(e, payloads.ServiceDeleted)
+    conn.execute("DELETE FROM services WHERE host = %s AND service_binary = %s",
+                 (p["host"], p["binary"]))
+    if p["binary"] == "nova-compute":
+        conn.execute("DELETE FROM compute_nodes WHERE host = %s", (p["host"],))
+
+
 # Host facts, by type: services and compute nodes.
 HOST_WRITERS: dict[str, Callable[[Connection[Any], Event], None]] = {
     "ComputeServiceStarted": _compute_started,
@@ -353,6 +363,7 @@ HOST_WRITERS: dict[str, Callable[[Connection[Any], Event], None]] = {
     "ServiceDisabled": _service_disabled,
     "ServiceEnabled": _service_enabled,
     "HostRemoved": _host_removed,
+    "ServiceDeleted": _service_deleted,
 }
 
 

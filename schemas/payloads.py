@@ -201,6 +201,13 @@ class HostRemoved(TypedDict):
     host: str
 
 
+# An admin deleted a service (DELETE /os-services/{id}); a nova-compute one takes its
+# compute node and its place in the scheduler's view with it, until the host starts again.
+class ServiceDeleted(TypedDict):
+    host: str
+    binary: str
+
+
 # Snapshot of the flavor at request time, as Nova embeds it in the instance.
 class Flavor(TypedDict):
     flavorid: str

@@ -101,6 +101,7 @@ class HostView:
     service_down_time: timedelta = SERVICE_DOWN_TIME
     # recently deleted instances: a placement decided after the delete was seen is ignored
     deleted: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    removed: set[str] = field(default_factory=set)  # compute services an admin deleted
     _claims: dict[str, Claim] = field(default_factory=dict)
 
     def apply(self, event: Event) -> None:
@@ -114,6 +115,7 @@ class HostView:
 
     def _on_ComputeServiceStarted(self, e: Event) -> None:
         p = payload_of(e, payloads.ComputeServiceStarted)
+        self.removed.discard(p["host"])  # a deleted host that starts again is back
         h = self._host(p["host"])
         self.hosts[p["host"]] = replace(h, zone=p["zone"], node=p["hypervisor_hostname"],
                                         hypervisor_type=p["hypervisor_type"],
@@ -121,6 +123,8 @@ class HostView:
 
     def _on_ComputeResourcesReported(self, e: Event) -> None:
         p = payload_of(e, payloads.ComputeResourcesReported)
+        if p["host"] in self.removed:
+            return
         h = self._host(p["host"])
         reported = frozenset(p["instance_uuids"])
         self.hosts[p["host"]] = replace(
@@ -139,7 +143,7 @@ class HostView:
 
     def _on_ServiceHeartbeat(self, e: Event) -> None:
         p = payload_of(e, payloads.ServiceHeartbeat)
-        if p["binary"] != COMPUTE_BINARY:  # the scheduler's, the conductor's...: not hosts
+        if p["binary"] != COMPUTE_BINARY or p["host"] in self.removed:  # not (now) a host
             return
         h = self._host(p["host"])
         if h.last_heartbeat is None or e.occurred_at > h.last_heartbeat:
@@ -161,6 +165,12 @@ class HostView:
 
     def _on_HostRemoved(self, e: Event) -> None:
         self.hosts.pop(payload_of(e, payloads.HostRemoved)["host"], None)
+
+    def _on_ServiceDeleted(self, e: Event) -> None:
+        p = payload_of(e, payloads.ServiceDeleted)
+        if p["binary"] == COMPUTE_BINARY:  # gone until the host starts again
+            self.hosts.pop(p["host"], None)
+            self.removed.add(p["host"])
 
     # -- placements ----------------------------------------------------------------------
     def _on_InstanceBuildRequested(self, e: Event) -> None:
@@ -234,6 +244,7 @@ VIEW_HANDLERS: dict[str, Callable[[HostView, Event], None]] = {
     "ServiceDisabled": HostView._on_ServiceDisabled,
     "ServiceEnabled": HostView._on_ServiceEnabled,
     "HostRemoved": HostView._on_HostRemoved,
+    "ServiceDeleted": HostView._on_ServiceDeleted,
     "InstanceBuildRequested": HostView._on_InstanceBuildRequested,
     "InstanceScheduled": HostView._on_InstanceScheduled,
     "InstanceClaimRefused": HostView._on_InstanceClaimRefused,

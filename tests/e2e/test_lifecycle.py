@@ -251,3 +251,78 @@ def test_a_delete_at_any_moment_of_a_build_leaves_nothing_behind(cloud: Cloud) -
     assert not [i for i in ids if i in letters.stdout], letters.stdout[-2000:]
     result = cloud.cli("replay", "--verify")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- service administration (kept last: the final test removes cmp1) --------------------
+def put_service(cloud: Cloud, action: str, user: str = "admin",
+                **body: str) -> httpx.Response:
+    client = cloud.client(user, user, user) if user != "admin" else cloud.client()
+    return client.http.put(f"/compute/v2.1/os-services/{action}", json=body,
+                           headers={"X-Auth-Token": client.token()})
+
+
+def test_a_disabled_host_gets_no_new_builds_and_bad_requests_change_nothing(
+        cloud: Cloud) -> None:
+    refusals = [
+        (put_service(cloud, "disable", "demo", host="cmp1", binary="nova-compute"), 403,
+         "Policy doesn't allow os_compute_api:os-services:update to be performed."),
+        (put_service(cloud, "disable", host="cmp1", binary="nova-scheduler"), 400,
+         "Updating a nova-scheduler service is not supported. Only nova-compute services "
+         "can be updated."),
+        (put_service(cloud, "disable", host="cmp9", binary="nova-compute"), 404,
+         "Could not find binary nova-compute on host cmp9."),
+        (put_service(cloud, "disable-log-reason", host="cmp1", binary="nova-compute"), 400,
+         "Missing disabled reason field"),
+        (put_service(cloud, "reboot", host="cmp1", binary="nova-compute"), 404,
+         "Unknown action"),
+    ]
+    for response, status, message in refusals:
+        assert response.status_code == status, response.text
+        assert next(iter(response.json().values()))["message"] == message
+    assert services(cloud)[("nova-compute", "cmp1")]["status"] == "enabled"
+    result = cloud.cli("service", "disable", "cmp1", "--reason", "maintenance")
+    assert result.returncode == 0, result.stdout + result.stderr
+    cmp1 = services(cloud)[("nova-compute", "cmp1")]
+    assert (cmp1["status"], cmp1["disabled_reason"]) == ("disabled", "maintenance")
+    ids = [boot(cloud, f"while-disabled-{i}") for i in range(3)]
+    placed = cloud.wait_servers(ids)
+    assert {s["OS-EXT-SRV-ATTR:host"] for s in placed.values()} == {"cmp2"}
+    listed = cloud.cli("service", "list")
+    assert "maintenance" in listed.stdout and "nova-conductor" in listed.stdout
+    assert cloud.cli("service", "enable", "cmp1").returncode == 0
+    cmp1 = services(cloud)[("nova-compute", "cmp1")]
+    assert (cmp1["status"], cmp1["disabled_reason"]) == ("enabled", None)
+
+
+def test_a_host_is_deleted_only_when_empty_and_then_gone_everywhere(cloud: Cloud) -> None:
+    admin = cloud.client()
+
+    def delete_all(host: str | None = None) -> None:
+        for server in admin.get("/compute/v2.1/servers/detail", all_tenants="1")["servers"]:
+            if host in (None, server["OS-EXT-SRV-ATTR:host"]):
+                assert admin.http.delete(f"/compute/v2.1/servers/{server['id']}", headers={
+                    "X-Auth-Token": admin.token()}).status_code == 204
+                wait_deleted(cloud, server["id"])
+
+    delete_all()  # room on cmp2 for what follows
+    on_cmp1 = boot(cloud, "pins-cmp1", availability_zone="nova:cmp1")
+    cloud.wait_servers([on_cmp1])
+    refused = cloud.cli("service", "delete", "cmp1")
+    assert refused.returncode == 1
+    assert "Unable to delete compute service that is hosting instances." in refused.stderr
+    assert ("nova-compute", "cmp1") in services(cloud)
+    delete_all("cmp1")
+    result = cloud.cli("service", "delete", "cmp1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ("nova-compute", "cmp1") not in services(cloud)
+    time.sleep(2)  # the agent of cmp1 still runs and reports: it stays gone
+    assert ("nova-compute", "cmp1") not in services(cloud)
+    nodes = admin.get("/compute/v2.1/os-hypervisors/detail")["hypervisors"]
+    assert [h["service"]["host"] for h in nodes] == ["cmp2"]
+    ids = [boot(cloud, f"after-removal-{i}") for i in range(3)]
+    assert {s["OS-EXT-SRV-ATTR:host"] for s in cloud.wait_servers(ids).values()} == {"cmp2"}
+    events = cloud.topic_events(f"{cloud.settings.topic_prefix}.hosts")
+    assert [e.payload["binary"] for e in events if e.event_type == "ServiceDeleted"] == \
+        ["nova-compute"]  # recorded as an event, never a hand-written DELETE
+    replay = cloud.cli("replay", "--verify")
+    assert replay.returncode == 0, replay.stdout + replay.stderr
