@@ -257,7 +257,7 @@ def roles() -> None:
 def _register_verbs() -> None:
     from novalog.bench import app as bench_app
     from novalog.deadletters import dead_letters_command
-    from producers.cli import boot, delete, service_app
+    from producers.cli import boot, delete, reboot, service_app, start, stop
     from projections.cli import audit_command, list_servers, replay_command, show_server
 
     app.add_typer(bench_app, name="bench")
@@ -267,6 +267,9 @@ def _register_verbs() -> None:
     app.command("audit")(audit_command)
     app.command("boot")(boot)
     app.command("delete")(delete)
+    app.command("reboot")(reboot)
+    app.command("stop")(stop)
+    app.command("start")(start)
     app.command("list")(list_servers)
     app.command("show")(show_server)
 

@@ -25,6 +25,8 @@ class ServerState(NamedTuple):
     task_state: str | None
     host: str | None
     attempt: int
+    launched: bool = False
+    action_request_id: str | None = None  # the request whose task is in progress
 
 
 class LiveProjection:
@@ -47,12 +49,12 @@ class LiveProjection:
                                (event_id,)))
 
     def server(self, instance: str) -> ServerState | None:
-        rows = self._rows("SELECT vm_state, task_state, host, attempt FROM {live}.servers "
-                          "WHERE uuid = %s", (instance,))
+        rows = self._rows("SELECT vm_state, task_state, host, attempt, launched_at IS NOT NULL, "
+                          "state->>'action_request_id' FROM {live}.servers WHERE uuid = %s",
+                          (instance,))
         if not rows:
             return None
-        vm_state, task_state, host, attempt = rows[0]
-        return ServerState(vm_state, task_state, host, attempt)
+        return ServerState(*rows[0])
 
     def delete_request(self, instance: str) -> str | None:
         """The request id of the DELETE the API accepted for this instance, if any: written

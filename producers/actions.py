@@ -1,4 +1,4 @@
-"""What an operator does to a server after its boot, starting with DELETE /servers/{id}.
+"""What an operator does to a server after its boot: DELETE, reboot, stop and start.
 
 Each action is accepted in one transaction: the API's own row of the instance is
 locked and marked, and the action's event is queued in the outbox (published at
@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Body, Request, Response
 
 from novalog.domain import states
+from novalog.domain.actions import refusal
 from novalog.faults import crash_point
 from novalog.kafka import DeliveryError, Topics
 from novalog.publish import Publisher
@@ -68,4 +70,66 @@ def delete_server(server_id: str, request: Request, ctx: Auth, response: Respons
         outbox.publish(app.pool, app.producer, [event.event_id])
     except DeliveryError as exc:  # accepted all the same: the outbox relay publishes it
         log.warning("delete %s accepted, publishing deferred to the relay: %s", request_id, exc)
+    return answer
+
+
+# POST /servers/{id}/action: the body's one key, and what it asks for.
+ACTIONS = {"reboot": "reboot", "os-stop": "stop", "os-start": "start"}
+
+
+def _action_of(body: dict[str, Any]) -> tuple[str, str | None]:
+    """(rule name, reboot type) of the body, or 400 as Nova words it."""
+    if len(body) != 1:
+        raise ApiError(400, "Malformed request body: one action per request")
+    key, value = next(iter(body.items()))
+    if key not in ACTIONS:
+        raise ApiError(400, f"There is no such action: {key}")
+    if key != "reboot":
+        return ACTIONS[key], None
+    kind = value.get("type") if isinstance(value, dict) else None
+    if not isinstance(kind, str) or kind.upper() not in ("SOFT", "HARD"):
+        raise ApiError(400, "Invalid input for field/attribute type. Value: "
+                            f"{kind}. '{kind}' is not one of ['SOFT', 'HARD']")
+    return ("reboot_hard" if kind.upper() == "HARD" else "reboot"), kind.upper()
+
+
+@router.post("/servers/{server_id}/action", status_code=202, response_class=Response,
+             summary="reboot (SOFT / HARD), os-stop, os-start",
+             responses={400: {"description": "not an action novalog knows"},
+                        404: {"description": "no such server in your project"},
+                        409: {"description": "not allowed from the server's state"}})
+def server_action(server_id: str, request: Request, ctx: Auth, response: Response,
+                  body: dict[str, Any] = Body(...)) -> Response:  # noqa: B008
+    rule, reboot_type = _action_of(body)
+    app = state_of(request)
+    request_id = new_request_id(response)
+    answer = Response(status_code=202, headers=dict(response.headers))
+    projection = LiveProjection(app.pool, app.settings.db_schema)
+    with app.pool.connection() as conn, conn.transaction():
+        row = conn.execute("SELECT project_id, delete_request_id FROM accepted_instances "
+                           "WHERE uuid = %s FOR UPDATE", (server_id,)).fetchone()
+        server = projection.server(server_id)
+        if row is None or (row[0] != ctx.project_id and not ctx.is_admin) or \
+                server is None or server.vm_state == states.DELETED:
+            raise ApiError(404, f"Instance {server_id} could not be found.")
+        task = states.DELETING if row[1] is not None else server.task_state
+        if rule in ("stop", "start") and server.host is None:
+            raise ApiError(409, f"Instance {server_id} is not ready")
+        refused = refusal(rule, server_id, server.vm_state, task, server.launched)
+        if refused:
+            raise ApiError(409, refused)
+        pub = Publisher(app.producer, "api", app.settings.hostname)
+        if reboot_type is not None:
+            event = pub.build("InstanceRebootRequested", server_id,
+                              payloads.InstanceRebootRequested(type=reboot_type),
+                              correlation_id=request_id)
+        else:
+            kind = "InstanceStopRequested" if rule == "stop" else "InstanceStartRequested"
+            event = pub.build(kind, server_id, {}, correlation_id=request_id)
+        outbox.add(conn, Topics(app.settings.topic_prefix).instances, event)
+    try:
+        outbox.publish(app.pool, app.producer, [event.event_id])
+    except DeliveryError as exc:
+        log.warning("%s %s accepted, publishing deferred to the relay: %s", rule, request_id,
+                    exc)
     return answer

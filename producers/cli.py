@@ -217,3 +217,46 @@ def service_delete(
         client.request("DELETE", f"/compute/v2.1/os-services/{services['services'][0]['id']}")
         console.print(f"deleted {binary} on {host}")
     _run(delete_one)
+
+
+def _power(server: str, body: dict[str, object], until: str, wait: bool,
+           timeout: float) -> None:
+    client = _client()
+    try:
+        found = client.find("server", server)
+        after = last_seq(client, found["id"])
+        client.request("POST", f"/compute/v2.1/servers/{found['id']}/action", json=body)
+        if not wait:
+            console.print(f"{found['id']}  {found['name']}  accepted")
+            return
+        state = follow_action(client, found["id"], found["name"], {until, "error"}, after,
+                              timeout)
+    except ApiFailure as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    shown = client.get(f"/compute/v2.1/servers/{found['id']}")["server"]
+    console.print(f"[green]{shown['status']}[/green]  {found['name']}  {found['id']}")
+    if state != until:
+        raise typer.Exit(1)
+
+
+WAIT = Annotated[bool, typer.Option(help="Follow the action until it is done.")]
+TIMEOUT = Annotated[float, typer.Option(help="Seconds --wait waits at most.")]
+SERVER = Annotated[str, typer.Argument(help="Server name or id.")]
+
+
+def reboot(server: SERVER, hard: Annotated[bool, typer.Option(
+        help="Destroy and start the domain (also from SHUTOFF or ERROR).")] = False,
+           wait: WAIT = False, timeout: TIMEOUT = 120) -> None:
+    """Reboot a server (SOFT from ACTIVE; --hard as Nova allows)."""
+    _power(server, {"reboot": {"type": "HARD" if hard else "SOFT"}}, "active", wait, timeout)
+
+
+def stop(server: SERVER, wait: WAIT = False, timeout: TIMEOUT = 120) -> None:
+    """Shut a server off (os-stop): SHUTOFF, its resources kept."""
+    _power(server, {"os-stop": None}, "stopped", wait, timeout)
+
+
+def start(server: SERVER, wait: WAIT = False, timeout: TIMEOUT = 120) -> None:
+    """Start a stopped server (os-start)."""
+    _power(server, {"os-start": None}, "active", wait, timeout)

@@ -234,11 +234,40 @@ def _action_deleted(a: _Actions, e: Event) -> None:
     a.end(None)
 
 
+def _action_power_requested(name: str) -> Callable[[_Actions, Event], None]:
+    def begin(a: _Actions, e: Event) -> None:
+        if a.s.action_request_id == e.correlation_id:  # the fold accepted it
+            a.begin(name)
+    return begin
+
+
+def _action_power_step(step: str) -> Callable[[_Actions, Event], None]:
+    def start(a: _Actions, e: Event) -> None:
+        a.start(step, a.s.attempt, str(e.payload.get("host")))
+    return start
+
+
+def _action_power_done(step: str, started: bool) -> Callable[[_Actions, Event], None]:
+    def done(a: _Actions, e: Event) -> None:
+        if not started:
+            a.start(step, a.s.attempt, str(e.payload.get("host")))
+        a.finish(step, a.s.attempt, "Success")
+        a.end(None)
+    return done
+
+
 # The instance events that move a server's actions on, by type.
 ACTION_STEPS: dict[str, Callable[[_Actions, Event], None]] = {
     "InstanceDeleteRequested": _action_delete_requested,
     "InstanceTerminateStarted": _action_terminate_started,
     "InstanceDeleted": _action_deleted,
+    "InstanceRebootRequested": _action_power_requested("reboot"),
+    "InstanceRebootPending": _action_power_step("compute_reboot_instance"),
+    "InstanceRebooted": _action_power_done("compute_reboot_instance", started=True),
+    "InstanceStopRequested": _action_power_requested("stop"),
+    "InstanceStopped": _action_power_done("compute_stop_instance", started=False),
+    "InstanceStartRequested": _action_power_requested("start"),
+    "InstanceStarted": _action_power_done("compute_start_instance", started=False),
     "InstanceBuildRequested": _action_requested,
     "InstanceRescheduled": _action_rescheduled,
     "InstanceScheduled": _action_scheduled,
@@ -252,7 +281,9 @@ ACTION_STEPS: dict[str, Callable[[_Actions, Event], None]] = {
 
 
 BUILD_ACTION_EVENTS = frozenset(ACTION_STEPS) - {
-    "InstanceDeleteRequested", "InstanceTerminateStarted", "InstanceDeleted"}
+    "InstanceDeleteRequested", "InstanceTerminateStarted", "InstanceDeleted",
+    "InstanceRebootRequested", "InstanceRebootPending", "InstanceRebooted",
+    "InstanceStopRequested", "InstanceStopped", "InstanceStartRequested", "InstanceStarted"}
 
 
 def _record_action(conn: Connection[Any], s: Instance, event: Event) -> None:

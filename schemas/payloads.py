@@ -139,6 +139,25 @@ class TerminateInstance(TypedDict):
     attempt: int
 
 
+# Reboot the instance's domain on this host (HARD: destroy and start it again).
+class RebootInstance(TypedDict):
+    instance_uuid: str
+    host: str
+    hard: bool
+
+
+# Shut the instance's domain off on this host.
+class StopInstance(TypedDict):
+    instance_uuid: str
+    host: str
+
+
+# Start the instance's (stopped) domain on this host.
+class StartInstance(TypedDict):
+    instance_uuid: str
+    host: str
+
+
 # A nova-compute service came up on a host.
 class ComputeServiceStarted(TypedDict):
     host: str
@@ -413,6 +432,53 @@ class InstanceDeleted(TypedDict):
     host: str | None
     local: bool
     terminated_at: datetime
+
+
+# POST /servers/{id}/action reboot accepted by the API: task_state rebooting (SOFT) or
+# rebooting_hard (HARD), when the fold allows it from the current state.
+class InstanceRebootRequested(TypedDict):
+    type: str
+
+
+# The host took the reboot: reboot_pending(_hard).
+class InstanceRebootPending(TypedDict):
+    host: str
+    hard: bool
+
+
+# The host is rebooting the domain: reboot_started(_hard).
+class InstanceRebootStarted(TypedDict):
+    host: str
+    hard: bool
+
+
+# The reboot is done: vm_state active, no task.
+class InstanceRebooted(TypedDict):
+    host: str
+    hard: bool
+    power_state: int
+
+
+# os-stop accepted by the API: task_state powering-off.
+class InstanceStopRequested(TypedDict):
+    pass
+
+
+# The domain is shut off: vm_state stopped.
+class InstanceStopped(TypedDict):
+    host: str
+    power_state: int
+
+
+# os-start accepted by the API: task_state powering-on.
+class InstanceStartRequested(TypedDict):
+    pass
+
+
+# The domain runs again: vm_state active.
+class InstanceStarted(TypedDict):
+    host: str
+    power_state: int
 
 
 # Command to the network role, keyed by network id: one port on that network for an

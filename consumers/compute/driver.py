@@ -13,9 +13,18 @@ from xml.sax.saxutils import escape, quoteattr
 
 import libvirt
 
+from novalog.domain import states
 from schemas import payloads
 
 NOVA_NS = "http://openstack.org/xmlns/libvirt/nova/1.1"
+
+
+POWER_STATES = {
+    libvirt.VIR_DOMAIN_NOSTATE: states.NOSTATE, libvirt.VIR_DOMAIN_RUNNING: states.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: states.RUNNING, libvirt.VIR_DOMAIN_PAUSED: states.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: states.SHUTDOWN, libvirt.VIR_DOMAIN_SHUTOFF: states.SHUTDOWN,
+    libvirt.VIR_DOMAIN_CRASHED: states.CRASHED, libvirt.VIR_DOMAIN_PMSUSPENDED: states.SUSPENDED,
+}
 
 
 def host_definition(vcpus: int, memory_mb: int) -> str:
@@ -96,6 +105,37 @@ class LibvirtDriver:
         if dom.isActive():
             dom.destroy()
         dom.undefine()
+
+    def reboot(self, instance_uuid: str, hard: bool) -> int:
+        """SOFT: the guest is asked to reboot (ACPI); HARD: the domain is destroyed and
+        started again, as Nova's libvirt driver does. Returns the power state after."""
+        dom = self.conn.lookupByUUIDString(instance_uuid)
+        if hard or not dom.isActive():
+            if dom.isActive():
+                dom.destroy()
+            dom.create()
+        else:
+            dom.reboot(0)
+        return self.power_state(instance_uuid)
+
+    def power_off(self, instance_uuid: str) -> int:
+        dom = self.conn.lookupByUUIDString(instance_uuid)
+        if dom.isActive():
+            dom.shutdown()  # a clean shutdown; the test driver shuts off at once
+            if dom.isActive():
+                dom.destroy()
+        return self.power_state(instance_uuid)
+
+    def power_on(self, instance_uuid: str) -> int:
+        dom = self.conn.lookupByUUIDString(instance_uuid)
+        if not dom.isActive():
+            dom.create()
+        return self.power_state(instance_uuid)
+
+    def power_state(self, instance_uuid: str) -> int:
+        """Nova's power_state code for the domain (nova/virt/libvirt's LIBVIRT_POWER_STATE)."""
+        state = self.conn.lookupByUUIDString(instance_uuid).state()[0]
+        return POWER_STATES.get(state, states.NOSTATE)
 
     def running_count(self) -> int:
         """Active domains, counted by libvirt (no listing: reported twice per boot)."""

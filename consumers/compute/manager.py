@@ -169,7 +169,8 @@ class ComputeManager:
     def ports_allocated(self, event: Event) -> None:
         p = payload_of(event, payloads.PortsAllocated)
         record = self._record(p["instance_uuid"])
-        if record is None or record.attempt != p["attempt"] or record.stage == "active":
+        if record is None or record.attempt != p["attempt"] or \
+                record.stage in ("active", "stopped"):  # built already
             log.info("ignoring ports for %s attempt %s: no build waiting for them",
                      p["instance_uuid"], p["attempt"])
             return
@@ -298,6 +299,37 @@ class ComputeManager:
             host=self.host, local=False, terminated_at=datetime.now(UTC)), event)
 
 
+    # -- reboot, stop, start ------------------------------------------------------------
+    def reboot_instance(self, event: Event) -> None:
+        """Nova's reboot_instance: reboot_pending, reboot_started, then active."""
+        p = payload_of(event, payloads.RebootInstance)
+        uuid, hard = p["instance_uuid"], p["hard"]
+        self._instance_event("InstanceRebootPending", uuid, payloads.InstanceRebootPending(
+            host=self.host, hard=hard), event)
+        self._instance_event("InstanceRebootStarted", uuid, payloads.InstanceRebootStarted(
+            host=self.host, hard=hard), event)
+        power = self.driver.reboot(uuid, hard)
+        self.tracker.set_stage(uuid, "active")  # a hard reboot also starts a stopped guest
+        self._instance_event("InstanceRebooted", uuid, payloads.InstanceRebooted(
+            host=self.host, hard=hard, power_state=power), event)
+
+    def stop_instance(self, event: Event) -> None:
+        uuid = payload_of(event, payloads.StopInstance)["instance_uuid"]
+        power = self.driver.power_off(uuid)
+        self.tracker.set_stage(uuid, "stopped")  # init_host leaves it off after a restart
+        self._instance_event("InstanceStopped", uuid, payloads.InstanceStopped(
+            host=self.host, power_state=power), event)
+        self.report_resources(cause=event)
+
+    def start_instance(self, event: Event) -> None:
+        uuid = payload_of(event, payloads.StartInstance)["instance_uuid"]
+        power = self.driver.power_on(uuid)
+        self.tracker.set_stage(uuid, "active")
+        self._instance_event("InstanceStarted", uuid, payloads.InstanceStarted(
+            host=self.host, power_state=power), event)
+        self.report_resources(cause=event)
+
+
 # The commands nova-compute takes on its host's topic, by type: its consume loop's
 # subscription (WANTS) and its header-level skipping are derived from this table.
 HANDLERS: dict[str, Callable[[ComputeManager, Event], None]] = {
@@ -305,5 +337,8 @@ HANDLERS: dict[str, Callable[[ComputeManager, Event], None]] = {
     "PortsAllocated": ComputeManager.ports_allocated,
     "PortsAllocationFailed": ComputeManager.ports_allocation_failed,
     "TerminateInstance": ComputeManager.terminate_instance,
+    "RebootInstance": ComputeManager.reboot_instance,
+    "StopInstance": ComputeManager.stop_instance,
+    "StartInstance": ComputeManager.start_instance,
 }
 ComputeManager.WANTS = frozenset(HANDLERS)

@@ -163,6 +163,29 @@ class Conductor:
                                      f"{event.event_id} within {timeout_s:.0f}s")
             time.sleep(0.02)
 
+    # -- reboot, stop, start ------------------------------------------------------------
+    def _power_action(self, event: Event) -> None:
+        """To the instance's host, if the fold accepted this request (its task is the one in
+        progress); a request the fold refused is only history."""
+        uuid = event.aggregate_id
+        self._wait_folded(event)
+        server = self.projection.server(uuid)
+        if server is None or server.action_request_id != event.correlation_id or \
+                server.host is None:
+            log.info("%s %s: not the action in progress, nothing to do", event.event_type, uuid)
+            return
+        topic, host = self._compute_topic(server.host), server.host
+        if event.event_type == "InstanceRebootRequested":
+            hard = payload_of(event, payloads.InstanceRebootRequested)["type"] == "HARD"
+            self.pub.emit(topic, "RebootInstance", uuid, payloads.RebootInstance(
+                instance_uuid=uuid, host=host, hard=hard), cause=event)
+        elif event.event_type == "InstanceStopRequested":
+            self.pub.emit(topic, "StopInstance", uuid, payloads.StopInstance(
+                instance_uuid=uuid, host=host), cause=event)
+        else:
+            self.pub.emit(topic, "StartInstance", uuid, payloads.StartInstance(
+                instance_uuid=uuid, host=host), cause=event)
+
     # -- failures --------------------------------------------------------------------------
     def _tried_hosts(self, uuid: str) -> list[str]:
         if uuid in self.tried:
@@ -214,5 +237,8 @@ HANDLERS: dict[str, Callable[[Conductor, Event], None]] = {
     "InstanceNoValidHost": Conductor._ended,
     "InstanceDeleteRequested": Conductor._delete_requested,
     "InstanceDeleted": Conductor._ended,
+    "InstanceRebootRequested": Conductor._power_action,
+    "InstanceStopRequested": Conductor._power_action,
+    "InstanceStartRequested": Conductor._power_action,
 }
 Conductor.WANTS = frozenset(HANDLERS)

@@ -27,6 +27,7 @@ from datetime import datetime
 from typing import Any, TypedDict
 
 from novalog.domain import states as s
+from novalog.domain.actions import refusal
 from schemas import Event, payloads
 from schemas.typed import payload_of
 
@@ -77,6 +78,7 @@ class Instance:
     launched_at: datetime | None = None
     terminated_at: datetime | None = None
     fault: Fault | None = None
+    action_request_id: str | None = None  # the request whose task is in progress
     events_applied: int = 1
 
     @property
@@ -221,11 +223,57 @@ def _deleted(new: Instance, event: Event) -> Instance:
                    ports=(), disks=(), terminated_at=p["terminated_at"])
 
 
+def _requested_action(action: str, task_state: str) -> Callable[[Instance, Event],
+                                                                  Instance]:
+    """An action request: its task state when Nova's rules allow it now; otherwise the fold
+    keeps the state (the request stays in the history, and no role acts on it: they act
+    only on the request the state names, `action_request_id`)."""
+    def requested(new: Instance, event: Event) -> Instance:
+        if refusal(action, new.uuid, new.vm_state, new.task_state,
+                   new.launched_at is not None):
+            return new
+        return replace(new, task_state=task_state, action_request_id=event.correlation_id)
+    return requested
+
+
+def _reboot_requested(new: Instance, event: Event) -> Instance:
+    hard = payload_of(event, payloads.InstanceRebootRequested)["type"] == "HARD"
+    return _requested_action("reboot_hard" if hard else "reboot",
+                             s.REBOOTING_HARD if hard else s.REBOOTING)(new, event)
+
+
+def _reboot_step(pending: bool) -> Callable[[Instance, Event], Instance]:
+    def step(new: Instance, event: Event) -> Instance:
+        hard = bool(event.payload.get("hard"))
+        if pending:
+            return replace(new, task_state=s.REBOOT_PENDING_HARD if hard else s.REBOOT_PENDING)
+        return replace(new, task_state=s.REBOOT_STARTED_HARD if hard else s.REBOOT_STARTED)
+    return step
+
+
+def _action_done(vm_state: str) -> Callable[[Instance, Event], Instance]:
+    def done(new: Instance, event: Event) -> Instance:
+        power = event.payload.get("power_state")
+        task = s.DELETING if new.task_state == s.DELETING else None  # a delete came meanwhile
+        return replace(new, vm_state=vm_state, task_state=task, action_request_id=None,
+                       power_state=power if isinstance(power, int) else new.power_state,
+                       fault=None if vm_state == s.ACTIVE else new.fault)
+    return done
+
+
 # Instance events allowed in any state but deleted (the lifecycle after the build).
 LIFECYCLE: dict[str, Callable[[Instance, Event], Instance]] = {
     "InstanceDeleteRequested": _delete_requested,
     "InstanceTerminateStarted": _unchanged,
     "InstanceDeleted": _deleted,
+    "InstanceRebootRequested": _reboot_requested,
+    "InstanceRebootPending": _reboot_step(pending=True),
+    "InstanceRebootStarted": _reboot_step(pending=False),
+    "InstanceRebooted": _action_done(s.ACTIVE),
+    "InstanceStopRequested": _requested_action("stop", s.POWERING_OFF),
+    "InstanceStopped": _action_done(s.STOPPED),
+    "InstanceStartRequested": _requested_action("start", s.POWERING_ON),
+    "InstanceStarted": _action_done(s.ACTIVE),
 }
 
 

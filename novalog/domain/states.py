@@ -19,6 +19,10 @@ REBOOTING = "rebooting"
 REBOOTING_HARD = "rebooting_hard"
 POWERING_OFF = "powering-off"
 POWERING_ON = "powering-on"
+REBOOT_PENDING = "reboot_pending"
+REBOOT_STARTED = "reboot_started"
+REBOOT_PENDING_HARD = "reboot_pending_hard"
+REBOOT_STARTED_HARD = "reboot_started_hard"
 
 # power_state codes (nova/compute/power_state.py), shown as integers by the API
 NOSTATE = 0
@@ -36,7 +40,11 @@ _VM_STATUS = {
 }
 _TASK_STATUS = {  # task states that override the vm_state's status, as Nova's API does
     (ACTIVE, REBOOTING): "REBOOT",
+    (ACTIVE, REBOOT_PENDING): "REBOOT",
+    (ACTIVE, REBOOT_STARTED): "REBOOT",
     (ACTIVE, REBOOTING_HARD): "HARD_REBOOT",
+    (ACTIVE, REBOOT_PENDING_HARD): "HARD_REBOOT",
+    (ACTIVE, REBOOT_STARTED_HARD): "HARD_REBOOT",
     (STOPPED, REBOOTING_HARD): "HARD_REBOOT",
     (ACTIVE, "rebuilding"): "REBUILD",
     (ACTIVE, "migrating"): "MIGRATING",

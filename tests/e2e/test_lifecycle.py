@@ -253,6 +253,71 @@ def test_a_delete_at_any_moment_of_a_build_leaves_nothing_behind(cloud: Cloud) -
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+# -- reboot, stop, start ----------------------------------------------------------------
+def action(cloud: Cloud, server_id: str, body: dict[str, Any]) -> httpx.Response:
+    admin = cloud.client()
+    return admin.http.post(f"/compute/v2.1/servers/{server_id}/action", json=body,
+                           headers={"X-Auth-Token": admin.token()})
+
+
+def states_after(cloud: Cloud, server_id: str, seq: int) -> list[tuple[str, str, Any]]:
+    return [(e["event_type"], e["vm_state"], e["task_state"])
+            for e in events(cloud, server_id) if e["seq"] > seq]
+
+
+def test_reboot_stop_and_start_walk_novas_task_states(cloud: Cloud) -> None:
+    server_id = boot(cloud, "power")
+    cloud.wait_servers([server_id])
+    seq = events(cloud, server_id)[-1]["seq"]
+    result = cloud.cli("reboot", server_id, "--wait")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert states_after(cloud, server_id, seq) == [
+        ("InstanceRebootRequested", "active", "rebooting"),
+        ("InstanceRebootPending", "active", "reboot_pending"),
+        ("InstanceRebootStarted", "active", "reboot_started"),
+        ("InstanceRebooted", "active", None)]
+    vms = running_vms(cloud)
+    seq = events(cloud, server_id)[-1]["seq"]
+    assert cloud.cli("stop", server_id, "--wait").returncode == 0
+    assert states_after(cloud, server_id, seq) == [
+        ("InstanceStopRequested", "active", "powering-off"),
+        ("InstanceStopped", "stopped", None)]
+    shown = cloud.client().get(f"/compute/v2.1/servers/{server_id}")["server"]
+    assert (shown["status"], shown["OS-EXT-STS:power_state"]) == ("SHUTOFF", 4)
+    until("libvirt shut it off", lambda: running_vms(cloud) == vms - 1)
+    # from SHUTOFF a SOFT reboot and a stop are refused with Nova's words, nothing published
+    seq = events(cloud, server_id)[-1]["seq"]
+    refusals: list[tuple[dict[str, Any], str]] = [
+            ({"reboot": {"type": "SOFT"}},
+             f"Cannot 'reboot' instance {server_id} while it is in vm_state stopped"),
+            ({"os-stop": None},
+             f"Cannot 'stop' instance {server_id} while it is in vm_state stopped"),
+            ({"reboot": {"type": "SIDEWAYS"}}, "Invalid input for field/attribute type. Value: "
+             "SIDEWAYS. 'SIDEWAYS' is not one of ['SOFT', 'HARD']"),
+            ({"pause": None}, "There is no such action: pause")]
+    for body, message in refusals:
+        refused = action(cloud, server_id, body)
+        assert refused.status_code in (400, 409), refused.text
+        assert next(iter(refused.json().values()))["message"] == message
+    time.sleep(1)
+    assert states_after(cloud, server_id, seq) == []
+    assert cloud.cli("start", server_id, "--wait").returncode == 0
+    shown = cloud.client().get(f"/compute/v2.1/servers/{server_id}")["server"]
+    assert (shown["status"], shown["OS-EXT-STS:power_state"]) == ("ACTIVE", 1)
+    until("libvirt runs it", lambda: running_vms(cloud) == vms)
+    seq = events(cloud, server_id)[-1]["seq"]
+    assert action(cloud, server_id, {"reboot": {"type": "HARD"}}).status_code == 202
+    until("hard reboot done", lambda: states_after(cloud, server_id, seq)[-1:] ==
+          [("InstanceRebooted", "active", None)])
+    assert [t for _, _, t in states_after(cloud, server_id, seq)] == [
+        "rebooting_hard", "reboot_pending_hard", "reboot_started_hard", None]
+    actions = cloud.client().get(f"/compute/v2.1/servers/{server_id}/os-instance-actions")
+    assert [a["action"] for a in actions["instanceActions"]] == \
+        ["reboot", "start", "stop", "reboot", "create"]
+    replay = cloud.cli("replay", "--verify")
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+
+
 # -- service administration (kept last: the final test removes cmp1) --------------------
 def put_service(cloud: Cloud, action: str, user: str = "admin",
                 **body: str) -> httpx.Response:

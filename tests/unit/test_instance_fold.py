@@ -209,3 +209,32 @@ def test_a_deleted_instance_absorbs_late_events_but_nothing_before_its_request()
         (s.DELETED, None, 3 + len(late))
     with pytest.raises(TransitionError, match="for unknown instance"):
         apply(None, delete_requested(Clock()))
+
+
+# -- reboot, stop, start -------------------------------------------------------------------
+def test_power_actions_follow_novas_rules_and_a_refused_request_changes_nothing() -> None:
+    c = Clock()
+    active = fold([requested(c), *attempt(c, "cmp1"), *build(c, "cmp1")])
+    assert active is not None
+    soft = apply(active, c.ev("InstanceRebootRequested", type="SOFT"))
+    assert (soft.task_state, soft.status, soft.action_request_id) == \
+        (s.REBOOTING, "REBOOT", "req-1")
+    again = apply(soft, c.ev("InstanceRebootRequested", type="SOFT"))  # raced the API
+    assert again.task_state == s.REBOOTING and again.events_applied == soft.events_applied + 1
+    for kind in ("InstanceRebootPending", "InstanceRebootStarted"):
+        soft = apply(soft, c.ev(kind, host="cmp1", hard=False))
+    assert soft.task_state == s.REBOOT_STARTED
+    done = apply(soft, c.ev("InstanceRebooted", host="cmp1", hard=False,
+                            power_state=s.RUNNING))
+    assert (done.vm_state, done.task_state, done.action_request_id) == (s.ACTIVE, None, None)
+    stopped = apply(apply(done, c.ev("InstanceStopRequested")),
+                    c.ev("InstanceStopped", host="cmp1", power_state=s.SHUTDOWN))
+    assert (stopped.vm_state, stopped.status, stopped.power_state) == \
+        (s.STOPPED, "SHUTOFF", s.SHUTDOWN)
+    refused = apply(stopped, c.ev("InstanceRebootRequested", type="SOFT"))
+    assert refused.task_state is None and refused.action_request_id is None
+    hard = apply(stopped, c.ev("InstanceRebootRequested", type="HARD"))
+    assert hard.task_state == s.REBOOTING_HARD  # HARD is allowed from SHUTOFF
+    building = fold([requested(Clock())])
+    assert building is not None
+    assert apply(building, c.ev("InstanceStopRequested")).task_state == s.SCHEDULING
