@@ -149,6 +149,7 @@ class Settings:
     host_subset_size: int = 1
     report_interval_s: float = 10.0  # Nova's report_interval: every service's heartbeat
     service_down_time_s: float = 60.0  # Nova's service_down_time
+    sync_power_state_interval_s: float = 600.0  # Nova's sync_power_state_interval
     compute: ComputeSettings = field(default_factory=ComputeSettings)
 
     @classmethod
@@ -200,6 +201,8 @@ class Settings:
             host_subset_size=_int(e, "NOVALOG_HOST_SUBSET_SIZE", 1, high=1000),
             report_interval_s=env_float(e, "NOVALOG_REPORT_INTERVAL_S", 10.0, low=0.1),
             service_down_time_s=env_float(e, "NOVALOG_SERVICE_DOWN_TIME_S", 60.0, low=1.0),
+            sync_power_state_interval_s=env_float(e, "NOVALOG_SYNC_POWER_STATE_INTERVAL_S",
+                                                  600.0, low=0.1),
             compute=ComputeSettings.from_env(e),
         )
 

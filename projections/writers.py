@@ -249,6 +249,8 @@ def _action_power_step(step: str) -> Callable[[_Actions, Event], None]:
 
 def _action_power_done(step: str, started: bool) -> Callable[[_Actions, Event], None]:
     def done(a: _Actions, e: Event) -> None:
+        if e.causation_id is None:  # the power-state sync's observation: no action
+            return
         if not started:
             a.start(step, a.s.attempt, str(e.payload.get("host")))
         a.finish(step, a.s.attempt, "Success")

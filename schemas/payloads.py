@@ -481,6 +481,13 @@ class InstanceStarted(TypedDict):
     power_state: int
 
 
+# The host's periodic power-state sync found the domain in another power state than the log
+# says, with no task in progress (a domain that vanished: power_state 0).
+class InstancePowerStateChanged(TypedDict):
+    host: str
+    power_state: int
+
+
 # Command to the network role, keyed by network id: one port on that network for an
 # instance.
 class AllocatePorts(TypedDict):

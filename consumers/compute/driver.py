@@ -132,6 +132,13 @@ class LibvirtDriver:
             dom.create()
         return self.power_state(instance_uuid)
 
+    def power_state_of(self, instance_uuid: str) -> int | None:
+        """The domain's power state, or None when libvirt has no such domain."""
+        try:
+            return self.power_state(instance_uuid)
+        except libvirt.libvirtError:
+            return None
+
     def power_state(self, instance_uuid: str) -> int:
         """Nova's power_state code for the domain (nova/virt/libvirt's LIBVIRT_POWER_STATE)."""
         state = self.conn.lookupByUUIDString(instance_uuid).state()[0]

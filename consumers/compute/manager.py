@@ -26,6 +26,7 @@ from novalog.domain.claims import claim_of
 from novalog.faults import crash_point
 from novalog.kafka import Topics
 from novalog.publish import Publisher
+from novalog.read_model import LiveProjection
 from schemas import Event, payloads
 from schemas.typed import payload_of
 
@@ -47,13 +48,17 @@ class ComputeIdentity:
     host_ip: str = "127.0.0.1"
     report_interval_s: float = 10.0  # Nova's report_interval
     resource_report_interval_s: float = 60.0
+    sync_power_state_interval_s: float = 600.0  # Nova's sync_power_state_interval
 
 
 class ComputeManager:
     WANTS: ClassVar[frozenset[str]]  # = the keys of HANDLERS, below
 
     def __init__(self, ident: ComputeIdentity, tracker: ResourceTracker, driver: LibvirtDriver,
-                 cache: ImageCache, publisher: Publisher, topics: Topics) -> None:
+                 cache: ImageCache, publisher: Publisher, topics: Topics,
+                 projection: LiveProjection | None = None) -> None:
+        """`projection`: where the power-state sync sees a task in progress (and then
+        changes nothing); without it every instance is synced."""
         self.ident = ident
         self.host = ident.host
         self.tracker = tracker
@@ -63,6 +68,9 @@ class ComputeManager:
         self.topics = topics
         self._last_heartbeat = 0.0
         self._last_report = 0.0
+        self.projection = projection
+        self._last_sync = time.monotonic()  # the first sync after one interval, as Nova
+        self._vanished: set[str] = set()  # reported once each
         self._releasing: set[str] = set()  # claims to drop once this batch's events are safe
         self._start_correlation = f"req-{self.host}-start-{int(time.time())}"
 
@@ -98,6 +106,45 @@ class ComputeManager:
             self.heartbeat()
         if now - self._last_report >= self.ident.resource_report_interval_s:
             self.report_resources()
+        if now - self._last_sync >= self.ident.sync_power_state_interval_s:
+            self.sync_power_states()
+
+    def sync_power_states(self) -> None:
+        """Nova's _sync_power_states: libvirt's view of each guest against the log's. A
+        guest shut off behind novalog's back becomes stopped; one started behind its back
+        while stopped is stopped again (as Nova calls its stop API); a vanished domain is
+        reported (power_state 0); nothing changes while a task is in progress."""
+        self._last_sync = time.monotonic()
+        correlation = f"req-{self.host}-power-sync-{int(time.time())}"
+        for stage in ("active", "stopped"):
+            for uuid in self.tracker.instances_at(stage):
+                server = self.projection.server(uuid) if self.projection else None
+                if server is not None and server.task_state is not None:
+                    continue
+                power = self.driver.power_state_of(uuid)
+                if power is None:
+                    if uuid not in self._vanished:
+                        self._vanished.add(uuid)
+                        log.warning("power sync: the domain of %s is gone", uuid)
+                        self._sync_event("InstancePowerStateChanged", uuid,
+                                         payloads.InstancePowerStateChanged(
+                                             host=self.host, power_state=states.NOSTATE),
+                                         correlation)
+                    continue
+                self._vanished.discard(uuid)
+                if stage == "active" and power in (states.SHUTDOWN, states.CRASHED):
+                    log.warning("power sync: %s is shut off; it is stopped now", uuid)
+                    self.tracker.set_stage(uuid, "stopped")
+                    self._sync_event("InstanceStopped", uuid, payloads.InstanceStopped(
+                        host=self.host, power_state=power), correlation)
+                elif stage == "stopped" and power == states.RUNNING:
+                    log.warning("power sync: %s runs while stopped; stopping it", uuid)
+                    self.driver.power_off(uuid)
+
+    def _sync_event(self, kind: str, uuid: str, payload: Mapping[str, object],
+                    correlation: str) -> None:
+        self.pub.emit(self.topics.instances, kind, uuid, payload,
+                      correlation_id=correlation, event_id=str(uuid4()))  # an observation
 
     def heartbeat(self) -> None:
         self._last_heartbeat = time.monotonic()

@@ -15,6 +15,7 @@ from novalog.db import make_pool
 from novalog.idempotency import Inbox
 from novalog.kafka import EventProducer, Topics, ensure_topics
 from novalog.publish import Publisher
+from novalog.read_model import LiveProjection
 from novalog.settings import ComputeSettings, Settings
 
 
@@ -41,9 +42,11 @@ def serve(settings: Settings, stop: threading.Event) -> None:
     pool = make_pool(settings)
     producer = EventProducer(settings)
     manager = ComputeManager(
-        ComputeIdentity(host, report_interval_s=settings.report_interval_s),
+        ComputeIdentity(host, report_interval_s=settings.report_interval_s,
+                        sync_power_state_interval_s=settings.sync_power_state_interval_s),
         tracker_for(host, ResourceTracker(pool, host, totals)), driver,
-        ImageCache(state_dir / "instances"), Publisher(producer, "compute", host), topics)
+        ImageCache(state_dir / "instances"), Publisher(producer, "compute", host), topics,
+        LiveProjection(pool, settings.db_schema))
     group = f"compute-{host}"
     loop = ConsumeLoop(settings, group_id=group, topics=[topics.compute(host)],
                        handler=manager.handle, producer=producer, inbox=Inbox(pool, group),

@@ -274,6 +274,8 @@ LIFECYCLE: dict[str, Callable[[Instance, Event], Instance]] = {
     "InstanceStopped": _action_done(s.STOPPED),
     "InstanceStartRequested": _requested_action("start", s.POWERING_ON),
     "InstanceStarted": _action_done(s.ACTIVE),
+    "InstancePowerStateChanged": lambda new, e: replace(
+        new, power_state=payload_of(e, payloads.InstancePowerStateChanged)["power_state"]),
 }
 
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import subprocess
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import libvirt
@@ -13,8 +14,17 @@ import pytest
 
 from consumers.compute.driver import LibvirtDriver, domain_xml, host_definition
 from consumers.compute.image_cache import ImageCache, ImageError, md5_of
+from consumers.compute.manager import ComputeIdentity, ComputeManager
+from consumers.compute.resource_tracker import HostTotals, ResourceTracker
+from novalog.db import make_pool
+from novalog.domain.claims import claim_of
+from novalog.kafka import Topics
+from novalog.migrations import migrate
+from novalog.read_model import ServerState
+from novalog.settings import Settings
 from producers.catalog import make_image_file
 from schemas import payloads
+from tests.fakes import FakeProjection, InMemorySink, publisher
 
 pytestmark = pytest.mark.integration
 
@@ -75,3 +85,47 @@ def test_spawn_defines_and_starts_a_domain_idempotently_and_destroy_removes_it(t
     with pytest.raises(libvirt.libvirtError):
         driver.conn.lookupByUUIDString(uuid_)
     driver.close()
+
+
+def test_the_power_state_sync_follows_what_libvirt_says(settings: Settings,
+                                                        tmp_path: Path) -> None:
+    """A guest shut off behind novalog's back becomes stopped, a vanished one is reported
+    once, a stopped one started behind its back is stopped again, and nothing is touched
+    while a task is in progress (real libvirt test driver, real claims in Postgres)."""
+    schema = f"sync_{uuid.uuid4().hex[:8]}"
+    migrate(settings, schema)
+    pool = make_pool(replace(settings, db_schema=schema))
+    (tmp_path / "host.xml").write_text(host_definition(8, 16384))
+    driver = LibvirtDriver(f"test://{tmp_path / 'host.xml'}")
+    tracker = ResourceTracker(pool, "cmpx", HostTotals(8, 16384, 100, 4.0, 1.0, 1.0))
+    tracker.register()
+    sink, projection = InMemorySink(), FakeProjection()
+    manager = ComputeManager(ComputeIdentity("cmpx"), tracker, driver,
+                             ImageCache(tmp_path / "instances"), publisher(sink, "compute"),
+                             Topics("t"), projection)
+    off, gone, busy = (str(uuid.uuid4()) for _ in range(3))
+    for uid in (off, gone, busy):
+        command = payloads.BuildAndRunInstance(
+            instance_uuid=uid, host="cmpx", node="cmpx", attempt=1, name=uid[:8],
+            project_id="p", flavor=FLAVOR, image=None, networks=[], block_device_mapping=[],
+            key_name=None, user_data=None, metadata={})
+        assert tracker.claim(uid, 1, claim_of(FLAVOR), command).accepted
+        tracker.set_stage(uid, "active")
+        driver.spawn(domain_xml(uid, uid[:8], FLAVOR, [], [], tmp_path / f"{uid}.log"),
+                     tmp_path / f"{uid}.xml")
+    projection.servers[busy] = ServerState("active", "rebooting", "cmpx", 1)
+    driver.conn.lookupByUUIDString(off).destroy()  # shut off behind novalog's back
+    driver.conn.lookupByUUIDString(busy).destroy()  # ... while a reboot is under way
+    driver.destroy(gone)  # vanished
+    manager.sync_power_states()
+    seen = [(e.event_type, e.aggregate_id, e.payload["power_state"]) for e in sink.events()]
+    assert sorted(seen) == sorted([("InstanceStopped", off, 4),
+                                   ("InstancePowerStateChanged", gone, 0)])
+    assert tracker.instances_at("stopped") == [off]
+    manager.sync_power_states()  # nothing new: each fact is said once
+    assert len(sink.events()) == 2
+    driver.conn.lookupByUUIDString(off).create()  # started behind novalog's back
+    manager.sync_power_states()
+    assert not driver.conn.lookupByUUIDString(off).isActive() and len(sink.events()) == 2
+    driver.close()
+    pool.close()
