@@ -162,11 +162,19 @@ class _Actions:
 
     def finish(self, step: str, attempt: int, result: str, details: str | None = None,
                host: str | None = None) -> None:
+        # an upsert: the host's answer can reach the log before the conductor's dispatch
+        # that starts the step (two producers, one partition), and then the late start
+        # changes nothing
         self.conn.execute(
-            "UPDATE instance_action_events SET finish_time = %s, result = %s, details = %s, "
-            "host = COALESCE(%s, host) WHERE instance_uuid = %s AND request_id = %s "
-            "AND event = %s AND attempt = %s AND finish_time IS NULL",
-            (self.at, result, details, host, self.s.uuid, self.request_id, step, attempt))
+            "INSERT INTO instance_action_events AS e (instance_uuid, request_id, event, "
+            "attempt, host, start_time, finish_time, result, details) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (instance_uuid, request_id, event, attempt) DO UPDATE SET "
+            "finish_time = excluded.finish_time, result = excluded.result, "
+            "details = excluded.details, host = COALESCE(excluded.host, e.host) "
+            "WHERE e.finish_time IS NULL",
+            (self.s.uuid, self.request_id, step, attempt, host, self.at, self.at, result,
+             details))
 
     def end(self, message: str | None) -> None:
         self.conn.execute("UPDATE instance_actions SET finish_time = %s, message = %s "
