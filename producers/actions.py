@@ -14,14 +14,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Body, Request, Response
+from psycopg import Connection
 
 from novalog.domain import states
 from novalog.domain.actions import refusal
-from novalog.faults import crash_point
-from novalog.kafka import DeliveryError, Topics
+from novalog.kafka import Topics
 from novalog.publish import Publisher
-from novalog.read_model import LiveProjection
-from novalog.web import ApiError, Auth, state_of
+from novalog.read_model import LiveProjection, ServerState
+from novalog.tokens import Context
+from novalog.web import ApiError, AppState, Auth, state_of
 from producers import outbox
 from schemas import payloads
 
@@ -35,6 +36,21 @@ def new_request_id(response: Response) -> str:
     return request_id
 
 
+def _locked(conn: Connection[Any], app: AppState, ctx: Context,
+            server_id: str) -> tuple[tuple[str, str, str | None], ServerState | None]:
+    """The API's row of the instance, locked for the request's transaction (project, user,
+    a pending DELETE's request id), and its projected state (None while not projected);
+    404 for another project's server or a deleted one."""
+    row = conn.execute("SELECT project_id, user_id, delete_request_id FROM accepted_instances "
+                       "WHERE uuid = %s FOR UPDATE", (server_id,)).fetchone()
+    if row is None or (row[0] != ctx.project_id and not ctx.is_admin):
+        raise ApiError(404, f"Instance {server_id} could not be found.")
+    server = LiveProjection(app.pool, app.settings.db_schema).server(server_id)
+    if server is not None and server.vm_state == states.DELETED:
+        raise ApiError(404, f"Instance {server_id} could not be found.")
+    return (row[0], row[1], row[2]), server
+
+
 @router.delete("/servers/{server_id}", status_code=204, response_class=Response,
                summary="Delete a server, from any state (Nova's delete)",
                responses={404: {"description": "no such server in your project"}})
@@ -42,17 +58,8 @@ def delete_server(server_id: str, request: Request, ctx: Auth, response: Respons
     app = state_of(request)
     request_id = new_request_id(response)
     answer = Response(status_code=204, headers=dict(response.headers))
-    projection = LiveProjection(app.pool, app.settings.db_schema)
     with app.pool.connection() as conn, conn.transaction():
-        row = conn.execute("SELECT project_id, user_id, delete_request_id FROM "
-                           "accepted_instances WHERE uuid = %s FOR UPDATE",
-                           (server_id,)).fetchone()
-        if row is None or (row[0] != ctx.project_id and not ctx.is_admin):
-            raise ApiError(404, f"Instance {server_id} could not be found.")
-        project_id, user_id, pending = row
-        server = projection.server(server_id)
-        if server is not None and server.vm_state == states.DELETED:
-            raise ApiError(404, f"Instance {server_id} could not be found.")
+        (project_id, user_id, pending), server = _locked(conn, app, ctx, server_id)
         if pending is not None:  # Nova: "already in deleting state", nothing new
             log.info("instance %s is already being deleted (%s)", server_id, pending)
             return answer
@@ -65,11 +72,7 @@ def delete_server(server_id: str, request: Request, ctx: Auth, response: Respons
                 host=server.host if server else None),
             correlation_id=request_id)
         outbox.add(conn, Topics(app.settings.topic_prefix).instances, event)
-    crash_point("api.after_commit")
-    try:
-        outbox.publish(app.pool, app.producer, [event.event_id])
-    except DeliveryError as exc:  # accepted all the same: the outbox relay publishes it
-        log.warning("delete %s accepted, publishing deferred to the relay: %s", request_id, exc)
+    outbox.publish_accepted(app.pool, app.producer, [event.event_id], f"delete {request_id}")
     return answer
 
 
@@ -104,15 +107,12 @@ def server_action(server_id: str, request: Request, ctx: Auth, response: Respons
     app = state_of(request)
     request_id = new_request_id(response)
     answer = Response(status_code=202, headers=dict(response.headers))
-    projection = LiveProjection(app.pool, app.settings.db_schema)
     with app.pool.connection() as conn, conn.transaction():
-        row = conn.execute("SELECT project_id, delete_request_id FROM accepted_instances "
-                           "WHERE uuid = %s FOR UPDATE", (server_id,)).fetchone()
-        server = projection.server(server_id)
-        if row is None or (row[0] != ctx.project_id and not ctx.is_admin) or \
-                server is None or server.vm_state == states.DELETED:
-            raise ApiError(404, f"Instance {server_id} could not be found.")
-        task = states.DELETING if row[1] is not None else server.task_state
+        (_, _, pending), server = _locked(conn, app, ctx, server_id)
+        if server is None:  # accepted, not projected yet: still building
+            raise ApiError(409, f"Cannot '{rule.removesuffix('_hard')}' instance {server_id} "
+                                f"while it is in vm_state {states.BUILDING}")
+        task = states.DELETING if pending is not None else server.task_state
         if rule in ("stop", "start") and server.host is None:
             raise ApiError(409, f"Instance {server_id} is not ready")
         refused = refusal(rule, server_id, server.vm_state, task, server.launched)
@@ -127,9 +127,5 @@ def server_action(server_id: str, request: Request, ctx: Auth, response: Respons
             kind = "InstanceStopRequested" if rule == "stop" else "InstanceStartRequested"
             event = pub.build(kind, server_id, {}, correlation_id=request_id)
         outbox.add(conn, Topics(app.settings.topic_prefix).instances, event)
-    try:
-        outbox.publish(app.pool, app.producer, [event.event_id])
-    except DeliveryError as exc:
-        log.warning("%s %s accepted, publishing deferred to the relay: %s", rule, request_id,
-                    exc)
+    outbox.publish_accepted(app.pool, app.producer, [event.event_id], f"{rule} {request_id}")
     return answer

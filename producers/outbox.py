@@ -15,7 +15,7 @@ from psycopg import Connection
 from psycopg_pool import ConnectionPool
 
 from novalog.faults import crash_point
-from novalog.kafka import EventProducer
+from novalog.kafka import DeliveryError, EventProducer
 from schemas import Event, encode
 
 log = logging.getLogger(__name__)
@@ -24,6 +24,18 @@ log = logging.getLogger(__name__)
 def add(conn: Connection[object], topic: str, event: Event) -> None:
     conn.execute("INSERT INTO outbox (event_id, topic, key, value) VALUES (%s, %s, %s, %s)",
                  (event.event_id, topic, event.aggregate_id.encode(), encode(event)))
+
+
+def publish_accepted(pool: ConnectionPool, producer: EventProducer, event_ids: list[str],
+                     what: str) -> None:
+    """Publish a request's events once its transaction is committed. A broker that does
+    not acknowledge them leaves the request accepted all the same: the relay publishes
+    them (same event ids)."""
+    crash_point("api.after_commit")
+    try:
+        publish(pool, producer, event_ids)
+    except DeliveryError as exc:
+        log.warning("%s accepted, publishing deferred to the relay: %s", what, exc)
 
 
 def publish(pool: ConnectionPool, producer: EventProducer, event_ids: list[str] | None = None,

@@ -25,8 +25,7 @@ from psycopg import Connection
 from pydantic import BaseModel, ConfigDict, Field
 from typing_extensions import TypedDict  # pydantic validates the response bodies
 
-from novalog.faults import crash_point
-from novalog.kafka import DeliveryError, Topics
+from novalog.kafka import Topics
 from novalog.publish import Publisher
 from novalog.tokens import Context
 from novalog.views import Link, NameRef
@@ -331,12 +330,7 @@ def create_server(body: CreateServerBody, ctx: Auth, request: Request,
         plan = plan_build(conn, s, body.scheduler_hints, ctx, image_id)
         admitted = admit(conn, Publisher(app.producer, "api", app.settings.hostname),
                          Topics(app.settings.topic_prefix), ctx, plan, counts, request_id)
-    crash_point("api.after_commit")
-    try:
-        outbox.publish(app.pool, app.producer, admitted.event_ids)
-    except DeliveryError as exc:  # accepted all the same: the outbox relay publishes it
-        log.warning("request %s accepted, publishing deferred to the relay: %s", request_id,
-                    exc)
+    outbox.publish_accepted(app.pool, app.producer, admitted.event_ids, f"request {request_id}")
     if s.return_reservation_id:
         return {"reservation_id": admitted.reservation_id}
     first = admitted.server_ids[0]

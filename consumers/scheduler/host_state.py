@@ -149,19 +149,11 @@ class HostView:
         if h.last_heartbeat is None or e.occurred_at > h.last_heartbeat:
             self.hosts[p["host"]] = replace(h, last_heartbeat=e.occurred_at)
 
-    def _on_ServiceDisabled(self, e: Event) -> None:
-        p = payload_of(e, payloads.ServiceDisabled)
-        if p["binary"] != COMPUTE_BINARY:
-            return
-        host = p["host"]
-        self.hosts[host] = replace(self._host(host), disabled=True)
-
-    def _on_ServiceEnabled(self, e: Event) -> None:
-        p = payload_of(e, payloads.ServiceEnabled)
-        if p["binary"] != COMPUTE_BINARY:
-            return
-        host = p["host"]
-        self.hosts[host] = replace(self._host(host), disabled=False)
+    def _on_ServiceDisabledOrEnabled(self, e: Event) -> None:
+        if e.payload.get("binary") == COMPUTE_BINARY:  # ServiceDisabled / ServiceEnabled
+            host = str(e.payload["host"])
+            self.hosts[host] = replace(self._host(host),
+                                       disabled=e.event_type == "ServiceDisabled")
 
     def _on_HostRemoved(self, e: Event) -> None:
         self.hosts.pop(payload_of(e, payloads.HostRemoved)["host"], None)
@@ -241,8 +233,8 @@ VIEW_HANDLERS: dict[str, Callable[[HostView, Event], None]] = {
     "ComputeServiceStarted": HostView._on_ComputeServiceStarted,
     "ComputeResourcesReported": HostView._on_ComputeResourcesReported,
     "ServiceHeartbeat": HostView._on_ServiceHeartbeat,
-    "ServiceDisabled": HostView._on_ServiceDisabled,
-    "ServiceEnabled": HostView._on_ServiceEnabled,
+    "ServiceDisabled": HostView._on_ServiceDisabledOrEnabled,
+    "ServiceEnabled": HostView._on_ServiceDisabledOrEnabled,
     "HostRemoved": HostView._on_HostRemoved,
     "ServiceDeleted": HostView._on_ServiceDeleted,
     "InstanceBuildRequested": HostView._on_InstanceBuildRequested,
