@@ -15,6 +15,7 @@ from psycopg_pool import ConnectionPool
 
 from novalog.consume import TransientError
 from novalog.db import live_schema
+from novalog.domain.instance import Instance, from_json
 from schemas import payloads
 
 
@@ -55,6 +56,26 @@ class LiveProjection:
         if not rows:
             return None
         return ServerState(*rows[0])
+
+    def instance(self, instance: str) -> Instance | None:
+        """The whole fold of the instance, as the projection last wrote it."""
+        rows = self._rows("SELECT state FROM {live}.servers WHERE uuid = %s", (instance,))
+        return from_json(rows[0][0]) if rows else None
+
+    def compute_service(self, host: str) -> tuple[datetime | None, bool] | None:
+        """(last heartbeat, disabled) of the host's nova-compute service, None if unknown."""
+        rows = self._rows("SELECT last_heartbeat, disabled FROM {live}.services "
+                          "WHERE host = %s AND service_binary = 'nova-compute'", (host,))
+        return (rows[0][0], bool(rows[0][1])) if rows else None
+
+    def unconfirmed_resizes(self, host: str, before: datetime) -> list[tuple[str, str, str]]:
+        """(uuid, migration id, request id) of resizes onto `host` that have waited in
+        VERIFY_RESIZE since before `before` (Nova's get_unconfirmed_by_dest_compute)."""
+        rows = self._rows("SELECT uuid, state->'migration'->>'migration_id', request_id "
+                          "FROM {live}.servers WHERE vm_state = 'resized' AND task_state IS NULL "
+                          "AND host = %s AND updated_at < %s "
+                          "AND state->'migration'->>'status' = 'finished'", (host, before))
+        return [(str(u), str(m), str(r)) for u, m, r in rows]
 
     def delete_request(self, instance: str) -> str | None:
         """The request id of the DELETE the API accepted for this instance, if any: written

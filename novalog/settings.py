@@ -150,6 +150,7 @@ class Settings:
     report_interval_s: float = 10.0  # Nova's report_interval: every service's heartbeat
     service_down_time_s: float = 60.0  # Nova's service_down_time
     sync_power_state_interval_s: float = 600.0  # Nova's sync_power_state_interval
+    resize_confirm_window_s: float = 0.0  # Nova's resize_confirm_window (0: never automatic)
     compute: ComputeSettings = field(default_factory=ComputeSettings)
 
     @classmethod
@@ -203,6 +204,8 @@ class Settings:
             service_down_time_s=env_float(e, "NOVALOG_SERVICE_DOWN_TIME_S", 60.0, low=1.0),
             sync_power_state_interval_s=env_float(e, "NOVALOG_SYNC_POWER_STATE_INTERVAL_S",
                                                   600.0, low=0.1),
+            resize_confirm_window_s=env_float(e, "NOVALOG_RESIZE_CONFIRM_WINDOW_S", 0.0,
+                                              low=0.0),
             compute=ComputeSettings.from_env(e),
         )
 

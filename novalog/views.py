@@ -185,6 +185,28 @@ class Hypervisors(TypedDict):
     hypervisors: list[HypervisorView]
 
 
+class MigrationView(TypedDict):
+    """GET /os-migrations at 2.1 (Nova's fields), plus migration_type (2.23's)."""
+
+    id: int
+    instance_uuid: str
+    migration_type: str
+    status: str
+    source_compute: str
+    source_node: str
+    dest_compute: str | None
+    dest_node: str | None
+    dest_host: str | None
+    old_instance_type_id: str
+    new_instance_type_id: str
+    created_at: str | None
+    updated_at: str | None
+
+
+class Migrations(TypedDict):
+    migrations: list[MigrationView]
+
+
 class ProjectedEvent(TypedDict):
     """One row of a server's projected events (a client follows a build with these)."""
 

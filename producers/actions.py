@@ -1,4 +1,4 @@
-"""What an operator does to a server after its boot: DELETE, reboot, stop and start.
+"""What an operator does to a server after its boot: DELETE and the server actions.
 
 Each action is accepted in one transaction: the API's own row of the instance is
 locked and marked, and the action's event is queued in the outbox (published at
@@ -9,21 +9,28 @@ down; the conductor decides where the action is carried out (docs/lifecycle.md).
 from __future__ import annotations
 
 import logging
+import secrets
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Body, Request, Response
+from fastapi.responses import JSONResponse
 from psycopg import Connection
 
 from novalog.domain import states
-from novalog.domain.actions import refusal
+from novalog.domain.actions import NOT_RESIZED, RESIZE_FINISHED, refusal
+from novalog.domain.instance import Instance, open_migration
 from novalog.kafka import Topics
 from novalog.publish import Publisher
 from novalog.read_model import LiveProjection, ServerState
 from novalog.tokens import Context
 from novalog.web import ApiError, AppState, Auth, state_of
 from producers import outbox
+from producers.admission import check_resize_quota
+from producers.servers import flavor_record
 from schemas import payloads
 
 log = logging.getLogger(__name__)
@@ -76,56 +83,214 @@ def delete_server(server_id: str, request: Request, ctx: Auth, response: Respons
     return answer
 
 
-# POST /servers/{id}/action: the body's one key, and what it asks for.
-ACTIONS = {"reboot": "reboot", "os-stop": "stop", "os-start": "start"}
+@dataclass(frozen=True)
+class Asked:
+    """One POST /servers/{id}/action body, understood: Nova's rule name (RULES), the
+    event it becomes, the answer's status and body."""
+
+    rule: str
+    event_type: str
+    payload: dict[str, Any]
+    status: int = 202
+    body: dict[str, Any] | None = None
+    admin_only: str | None = None  # Nova's policy name when only admins may
+    host: str | None = None  # a destination the admin asked for
 
 
-def _action_of(body: dict[str, Any]) -> tuple[str, str | None]:
-    """(rule name, reboot type) of the body, or 400 as Nova words it."""
+def _no_args(rule: str, event_type: str, status: int = 202) -> Callable[[Any], Asked]:
+    def parse(value: Any) -> Asked:
+        if value not in (None, {}):
+            raise ApiError(400, f"Invalid input for field/attribute {rule}. Value: {value}. "
+                                f"{value!r} is not of type 'null'")
+        return Asked(rule, event_type, {}, status)
+    return parse
+
+
+def _reboot(value: Any) -> Asked:
+    kind = value.get("type") if isinstance(value, dict) else None
+    if not isinstance(kind, str) or kind.upper() not in ("SOFT", "HARD"):
+        raise ApiError(400, "Invalid input for field/attribute type. Value: "
+                            f"{kind}. '{kind}' is not one of ['SOFT', 'HARD']")
+    hard = kind.upper() == "HARD"
+    return Asked("reboot_hard" if hard else "reboot", "InstanceRebootRequested",
+                 {"type": kind.upper()})
+
+
+def _resize(value: Any) -> Asked:
+    ref = value.get("flavorRef") if isinstance(value, dict) else None
+    if not isinstance(ref, str | int) or ref == "":
+        raise ApiError(400, f"Invalid input for field/attribute resize. Value: {value}. "
+                            "'flavorRef' is a required property")
+    return Asked("resize", "InstanceResizeRequested", {"flavorRef": ref, "migrate": False})
+
+
+def _migrate(value: Any) -> Asked:
+    host = value.get("host") if isinstance(value, dict) else None
+    if value not in (None, {}) and not isinstance(host, str):
+        raise ApiError(400, f"Invalid input for field/attribute migrate. Value: {value}.")
+    return Asked("migrate", "InstanceResizeRequested", {"migrate": True, "host": host},
+                 admin_only="os_compute_api:os-migrate-server:migrate", host=host)
+
+
+def _live_migrate(value: Any) -> Asked:
+    if not isinstance(value, dict) or "host" not in value or "block_migration" not in value:
+        raise ApiError(400, f"Invalid input for field/attribute os-migrateLive. Value: "
+                            f"{value}. 'block_migration' and 'host' are required properties")
+    host = value["host"]
+    if host is not None and not isinstance(host, str):
+        raise ApiError(400, f"Invalid input for field/attribute host. Value: {host}.")
+    block = value["block_migration"]
+    return Asked("os-migrateLive", "InstanceLiveMigrationRequested",
+                 {"host": host, "block_migration": block in (True, "auto") or
+                  str(block).lower() in ("true", "yes", "1", "auto")},
+                 admin_only="os_compute_api:os-migrate-server:migrate_live", host=host)
+
+
+def _evacuate(value: Any) -> Asked:
+    if not isinstance(value, dict):
+        raise ApiError(400, f"Invalid input for field/attribute evacuate. Value: {value}.")
+    shared = bool(value.get("onSharedStorage", False))
+    if shared and value.get("adminPass"):
+        raise ApiError(400, "admin password can't be changed on existing disk")
+    password = value.get("adminPass") or secrets.token_urlsafe(9)
+    return Asked("evacuate", "InstanceEvacuateRequested",
+                 {"host": value.get("host"), "on_shared_storage": shared}, status=200,
+                 body={"adminPass": password}, admin_only="os_compute_api:os-evacuate",
+                 host=value.get("host"))
+
+
+def _rescue(value: Any) -> Asked:
+    value = value or {}
+    if not isinstance(value, dict):
+        raise ApiError(400, f"Invalid input for field/attribute rescue. Value: {value}.")
+    password = value.get("adminPass") or secrets.token_urlsafe(9)
+    return Asked("rescue", "InstanceRescueRequested",
+                 {"rescue_image_ref": value.get("rescue_image_ref")}, status=200,
+                 body={"adminPass": password})
+
+
+# POST /servers/{id}/action: the body's one key, and how it is read.
+ACTIONS: dict[str, Callable[[Any], Asked]] = {
+    "reboot": _reboot,
+    "os-stop": _no_args("stop", "InstanceStopRequested"),
+    "os-start": _no_args("start", "InstanceStartRequested"),
+    "resize": _resize,
+    "confirmResize": _no_args("confirmResize", "InstanceResizeConfirmRequested", 204),
+    "revertResize": _no_args("revertResize", "InstanceResizeRevertRequested"),
+    "migrate": _migrate,
+    "os-migrateLive": _live_migrate,
+    "evacuate": _evacuate,
+    "rescue": _rescue,
+    "unrescue": _no_args("unrescue", "InstanceUnrescueRequested"),
+}
+
+
+def _action_of(body: dict[str, Any]) -> Asked:
+    """What the body asks for, or 400 as Nova words it."""
     if len(body) != 1:
         raise ApiError(400, "Malformed request body: one action per request")
     key, value = next(iter(body.items()))
     if key not in ACTIONS:
         raise ApiError(400, f"There is no such action: {key}")
-    if key != "reboot":
-        return ACTIONS[key], None
-    kind = value.get("type") if isinstance(value, dict) else None
-    if not isinstance(kind, str) or kind.upper() not in ("SOFT", "HARD"):
-        raise ApiError(400, "Invalid input for field/attribute type. Value: "
-                            f"{kind}. '{kind}' is not one of ['SOFT', 'HARD']")
-    return ("reboot_hard" if kind.upper() == "HARD" else "reboot"), kind.upper()
+    return ACTIONS[key](value)
 
 
-@router.post("/servers/{server_id}/action", status_code=202, response_class=Response,
-             summary="reboot (SOFT / HARD), os-stop, os-start",
-             responses={400: {"description": "not an action novalog knows"},
+def _service_up(app: AppState, host: str) -> bool | None:
+    """Whether the host's nova-compute is up (heartbeat age); None when it has none."""
+    service = LiveProjection(app.pool, app.settings.db_schema).compute_service(host)
+    if service is None:
+        return None
+    beat, _disabled = service
+    return beat is not None and datetime.now(UTC) - beat <= timedelta(
+        seconds=app.settings.service_down_time_s)
+
+
+def _check_move(conn: Connection[Any], app: AppState, ctx: Context, asked: Asked,
+                server: Instance) -> dict[str, Any]:
+    """Nova's checks of a move before anything is published; the event's payload."""
+    uuid, source = server.uuid, str(server.host)
+    up = _service_up(app, source)
+    if asked.rule == "evacuate":
+        if up:
+            raise ApiError(400, f"Compute service of {source} is still in use.")
+    elif up is False and asked.rule in ("resize", "migrate", "os-migrateLive",
+                                       "confirmResize"):
+        raise ApiError(409, "Service is unavailable at this time.")
+    if asked.host is not None:
+        known = _service_up(app, asked.host) is not None
+        if asked.rule == "evacuate":
+            if asked.host == source:
+                raise ApiError(400, "The target host can't be the same one.")
+            if not known:
+                raise ApiError(404, f"Compute host {asked.host} not found.")
+        elif not known:
+            raise ApiError(400, f"Compute host {asked.host} could not be found.")
+        elif asked.host == source:
+            raise ApiError(400, "Cannot migrate to the host where the server exists."
+                           if asked.rule == "migrate" else
+                           f"Unable to migrate instance ({uuid}) to current host ({source}).")
+    if asked.rule in ("confirmResize", "revertResize"):
+        m = open_migration(server)
+        if m is None or m["status"] != RESIZE_FINISHED:
+            raise ApiError(400, NOT_RESIZED)
+    payload = dict(asked.payload)
+    if asked.event_type == "InstanceResizeRequested":
+        if asked.rule == "resize":
+            try:
+                flavor = flavor_record(conn, payload.pop("flavorRef"))
+            except ApiError:
+                raise ApiError(400, f"Flavor {asked.payload['flavorRef']} could not be "
+                                    "found.") from None
+            if flavor["flavorid"] == server.flavor["flavorid"]:
+                raise ApiError(400, "When resizing, instances must change flavor!")
+            check_resize_quota(conn, server.project_id, server.flavor, flavor)
+            payload["host"] = None
+        else:
+            flavor = server.flavor
+        payload["flavor"] = flavor
+    return payload
+
+
+@router.post("/servers/{server_id}/action", status_code=202,
+             summary="reboot, os-stop, os-start, resize, confirmResize, revertResize, "
+                     "migrate, os-migrateLive, evacuate, rescue, unrescue",
+             responses={400: {"description": "not an action novalog knows, or bad input"},
+                        403: {"description": "an admin's action, or over quota"},
                         404: {"description": "no such server in your project"},
                         409: {"description": "not allowed from the server's state"}})
 def server_action(server_id: str, request: Request, ctx: Auth, response: Response,
                   body: dict[str, Any] = Body(...)) -> Response:  # noqa: B008
-    rule, reboot_type = _action_of(body)
+    asked = _action_of(body)
+    if asked.admin_only and not ctx.is_admin:
+        raise ApiError(403, f"Policy doesn't allow {asked.admin_only} to be performed.")
     app = state_of(request)
     request_id = new_request_id(response)
-    answer = Response(status_code=202, headers=dict(response.headers))
+    name = asked.rule.removesuffix("_hard")
     with app.pool.connection() as conn, conn.transaction():
-        (_, _, pending), server = _locked(conn, app, ctx, server_id)
+        (_, _, pending), _row = _locked(conn, app, ctx, server_id)
+        server = LiveProjection(app.pool, app.settings.db_schema).instance(server_id)
         if server is None:  # accepted, not projected yet: still building
-            raise ApiError(409, f"Cannot '{rule.removesuffix('_hard')}' instance {server_id} "
+            raise ApiError(409, f"Cannot '{name}' instance {server_id} "
                                 f"while it is in vm_state {states.BUILDING}")
         task = states.DELETING if pending is not None else server.task_state
-        if rule in ("stop", "start") and server.host is None:
+        if asked.rule != "reboot_hard" and server.host is None:
             raise ApiError(409, f"Instance {server_id} is not ready")
-        refused = refusal(rule, server_id, server.vm_state, task, server.launched)
+        refused = refusal(asked.rule, server_id, server.vm_state, task,
+                          server.launched_at is not None)
         if refused:
             raise ApiError(409, refused)
-        pub = Publisher(app.producer, "api", app.settings.hostname)
-        if reboot_type is not None:
-            event = pub.build("InstanceRebootRequested", server_id,
-                              payloads.InstanceRebootRequested(type=reboot_type),
-                              correlation_id=request_id)
-        else:
-            kind = "InstanceStopRequested" if rule == "stop" else "InstanceStartRequested"
-            event = pub.build(kind, server_id, {}, correlation_id=request_id)
+        payload = asked.payload
+        if asked.event_type in MOVES:
+            payload = _check_move(conn, app, ctx, asked, server)
+        event = Publisher(app.producer, "api", app.settings.hostname).build(
+            asked.event_type, server_id, payload, correlation_id=request_id)
         outbox.add(conn, Topics(app.settings.topic_prefix).instances, event)
-    outbox.publish_accepted(app.pool, app.producer, [event.event_id], f"{rule} {request_id}")
-    return answer
+    outbox.publish_accepted(app.pool, app.producer, [event.event_id], f"{name} {request_id}")
+    if asked.body is not None:
+        return JSONResponse(asked.body, status_code=asked.status, headers=dict(response.headers))
+    return Response(status_code=asked.status, headers=dict(response.headers))
+
+
+MOVES = frozenset({"InstanceResizeRequested", "InstanceLiveMigrationRequested",
+                   "InstanceEvacuateRequested", "InstanceResizeConfirmRequested",
+                   "InstanceResizeRevertRequested"})

@@ -63,9 +63,12 @@ def admit(conn: Connection[Any], pub: Publisher, topics: Topics, ctx: Context,
 
 # Usage, as Nova counts it: every accepted instance until its deletion is done (projected
 # vm_state deleted), so a burst cannot overshoot while the projection catches up.
-USAGE_SQL = ("SELECT count(*), COALESCE(SUM(vcpus), 0), COALESCE(SUM(memory_mb), 0) "
-             "FROM accepted_instances a WHERE a.project_id = %s AND NOT EXISTS "
-             "(SELECT 1 FROM servers s WHERE s.uuid = a.uuid AND s.vm_state = 'deleted')")
+# A resized instance counts with its flavor now (the projection's), not the one it was
+# accepted with.
+USAGE_SQL = ("SELECT count(*), COALESCE(SUM(COALESCE((s.flavor->>'vcpus')::int, a.vcpus)), 0), "
+             "COALESCE(SUM(COALESCE((s.flavor->>'memory_mb')::int, a.memory_mb)), 0) "
+             "FROM accepted_instances a LEFT JOIN servers s ON s.uuid = a.uuid "
+             "WHERE a.project_id = %s AND s.vm_state IS DISTINCT FROM 'deleted'")
 
 
 def quota_limits(conn: Connection[Any], project_id: str) -> dict[str, int]:
@@ -95,3 +98,17 @@ def allowed_count(conn: Connection[Any], ctx: Context, flavor: payloads.Flavor,
                     if limits[r] >= 0 and used[r] + per[r] * min_count > limits[r])
     raise ApiError(403, f"Quota exceeded for {resource}: Requested {per[resource] * min_count},"
                         f" but already used {used[resource]} of {limits[resource]} {resource}")
+
+
+def check_resize_quota(conn: Connection[Any], project_id: str, old: payloads.Flavor,
+                       new: payloads.Flavor) -> None:
+    """Nova's upsize check: the growth in cores and RAM must fit the project's quota."""
+    limits = quota_limits(conn, project_id)
+    row = conn.execute(USAGE_SQL, (project_id,)).fetchone()
+    assert row is not None
+    used = {"cores": int(row[1]), "ram": int(row[2])}
+    growth = {"cores": new["vcpus"] - old["vcpus"], "ram": new["memory_mb"] - old["memory_mb"]}
+    for resource, more in growth.items():
+        if more > 0 and 0 <= limits[resource] < used[resource] + more:
+            raise ApiError(403, f"Quota exceeded for {resource}: Requested {more}, but already "
+                                f"used {used[resource]} of {limits[resource]} {resource}")

@@ -364,6 +364,41 @@ def list_services(request: Request, _ctx: Auth, host: str | None = None,
         return {"services": service_rows(conn, down_time, host=host, binary=binary)}
 
 
+def migration_number(migration_id: str) -> int:
+    """Nova's integer id, derived from the conductor's migration uuid (stable on replay)."""
+    return int(migration_id.replace("-", "")[:12], 16)
+
+
+@router.get("/os-migrations", summary="Every move of an instance (admin)")
+def list_migrations(request: Request, ctx: Auth, host: str | None = None,
+                    status: str | None = None, instance_uuid: str | None = None,
+                    migration_type: str | None = None,
+                    source_compute: str | None = None) -> views.Migrations:
+    if not ctx.is_admin:
+        raise ApiError(403, "Policy doesn't allow os_compute_api:os-migrations:index to be "
+                            "performed.")
+    with state_of(request).pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT m.migration_id, m.instance_uuid, m.migration_type, m.status, "
+            "m.source_compute, m.source_node, m.dest_compute, m.dest_node, c.host_ip, "
+            "m.old_flavor_id, m.new_flavor_id, m.created_at, m.updated_at FROM migrations m "
+            "LEFT JOIN compute_nodes c ON c.host = m.dest_compute WHERE "
+            "(%(host)s::text IS NULL OR %(host)s IN (m.source_compute, m.dest_compute)) AND "
+            "(%(status)s::text IS NULL OR m.status = %(status)s) AND "
+            "(%(uuid)s::text IS NULL OR m.instance_uuid = %(uuid)s) AND "
+            "(%(type)s::text IS NULL OR m.migration_type = %(type)s) AND "
+            "(%(source)s::text IS NULL OR m.source_compute = %(source)s) "
+            "ORDER BY m.created_at DESC, m.migration_id",
+            {"host": host, "status": status, "uuid": instance_uuid, "type": migration_type,
+             "source": source_compute}).fetchall()
+    return {"migrations": [{
+        "id": migration_number(r[0]), "instance_uuid": r[1], "migration_type": r[2],
+        "status": r[3], "source_compute": r[4], "source_node": r[5], "dest_compute": r[6],
+        "dest_node": r[7], "dest_host": r[8], "old_instance_type_id": r[9],
+        "new_instance_type_id": r[10], "created_at": _iso(r[11]), "updated_at": _iso(r[12]),
+    } for r in rows]}
+
+
 @router.get("/os-hypervisors/detail", summary="Compute nodes with their usage")
 def list_hypervisors(request: Request, _ctx: Auth) -> views.Hypervisors:
     with state_of(request).pool.connection() as conn:

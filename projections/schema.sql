@@ -192,3 +192,22 @@ CREATE TABLE IF NOT EXISTS server_groups (
     policy     text NOT NULL,
     project_id text NOT NULL
 );
+
+-- Nova's migrations (GET /os-migrations): every move of an instance, keyed by the
+-- conductor's migration id; the API shows a number derived from it as `id`.
+CREATE TABLE IF NOT EXISTS migrations (
+    migration_id   text PRIMARY KEY,
+    instance_uuid  text        NOT NULL,
+    project_id     text        NOT NULL,
+    migration_type text        NOT NULL,  -- resize, migration, live-migration, evacuation
+    status         text        NOT NULL,
+    source_compute text        NOT NULL,
+    source_node    text        NOT NULL,
+    dest_compute   text,
+    dest_node      text,
+    old_flavor_id  text        NOT NULL,
+    new_flavor_id  text        NOT NULL,
+    created_at     timestamptz NOT NULL,
+    updated_at     timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS migrations_by_instance ON migrations (instance_uuid, created_at);

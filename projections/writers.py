@@ -100,6 +100,9 @@ class InstanceBatch:
              Jsonb(_jsonable(event.payload)), raw))
         if not absorbed:
             _record_action(self.conn, state, event)
+            if state.migration is not None and (before is None or
+                                                before.migration != state.migration):
+                _upsert_migration(self.conn, state, state.migration, event.occurred_at)
 
     def finish(self) -> None:
         for uuid in self.touched:
@@ -118,6 +121,7 @@ def _upsert_server(conn: Connection[Any], s: Instance) -> None:
         ON CONFLICT (uuid) DO UPDATE SET status = excluded.status,
             vm_state = excluded.vm_state, task_state = excluded.task_state,
             power_state = excluded.power_state, host = excluded.host, node = excluded.node,
+            flavor = excluded.flavor,
             addresses = excluded.addresses, attempt = excluded.attempt,
             updated_at = excluded.updated_at, launched_at = excluded.launched_at,
             fault = excluded.fault, state = excluded.state""",
@@ -128,6 +132,22 @@ def _upsert_server(conn: Connection[Any], s: Instance) -> None:
          s.created_at, s.updated_at, s.launched_at, Jsonb(fault) if fault else None,
          Jsonb(to_json(s))),
     )
+
+
+def _upsert_migration(conn: Connection[Any], s: Instance, m: payloads.Migration,
+                      at: datetime) -> None:
+    """Nova's migrations table (GET /os-migrations): one row per move, as it goes on."""
+    conn.execute(
+        "INSERT INTO migrations (migration_id, instance_uuid, project_id, migration_type, "
+        "status, source_compute, source_node, dest_compute, dest_node, old_flavor_id, "
+        "new_flavor_id, created_at, updated_at) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (migration_id) DO UPDATE SET status = excluded.status, "
+        "dest_compute = excluded.dest_compute, dest_node = excluded.dest_node, "
+        "updated_at = excluded.updated_at",
+        (m["migration_id"], s.uuid, s.project_id, m["kind"], m["status"], m["source_host"],
+         m["source_node"], m["dest_host"], m["dest_node"], m["old_flavor"]["flavorid"],
+         m["new_flavor"]["flavorid"], at, at))
 
 
 # Nova's instance-action event names: the two steps of a build, per attempt, and the
@@ -266,6 +286,60 @@ def _action_power_done(step: str, started: bool) -> Callable[[_Actions, Event], 
     return done
 
 
+def _begin(name: str) -> Callable[[_Actions, Event], None]:
+    """A request that starts action `name`, if the fold accepted it."""
+    def begin(a: _Actions, e: Event) -> None:
+        if a.s.action_request_id == e.correlation_id:
+            a.begin(name)
+    return begin
+
+
+def _step(start: str | None = None, finish: str | None = None,
+          end: bool = False) -> Callable[[_Actions, Event], None]:
+    """An event that starts and / or finishes one of the action's steps (on the host the
+    event names), and may end the action."""
+    def step(a: _Actions, e: Event) -> None:
+        host = e.payload.get("host")
+        if start:
+            a.start(start, a.s.attempt, str(host) if host else None)
+        if finish:
+            a.finish(finish, a.s.attempt, "Success", host=str(host) if host else None)
+        if end:
+            a.end(None)
+    return step
+
+
+FAILED_STEP = {  # InstanceMigrationFailed's stage -> the step it fails, by kind
+    "scheduling": "conductor_migrate_server", "prep": "compute_prep_resize",
+    "migrate": "compute_resize_instance", "finish": "compute_finish_resize",
+}
+FAILED_LIVE_STEP = {"scheduling": "conductor_migrate_server",
+                    "prep": "compute_pre_live_migration", "finish": "compute_live_migration"}
+
+
+def _action_move_failed(a: _Actions, e: Event) -> None:
+    p = payload_of(e, payloads.InstanceMigrationFailed)
+    m = a.s.migration
+    kind = m["kind"] if m else "resize"
+    steps = FAILED_LIVE_STEP if kind == "live-migration" else FAILED_STEP
+    step = "compute_rebuild_instance" if kind == "evacuation" and p["stage"] != "scheduling" \
+        else steps.get(p["stage"], p["stage"])
+    a.finish(step, a.s.attempt, "Error", p["reason"], p["dest_host"])
+    a.end("Error")
+
+
+def _action_claimed(a: _Actions, e: Event) -> None:
+    p = payload_of(e, payloads.InstanceMigrationClaimed)
+    m = a.s.migration
+    kind = m["kind"] if m else "resize"
+    if kind == "evacuation":
+        a.start("compute_rebuild_instance", a.s.attempt, p["host"])
+        return
+    step = "compute_pre_live_migration" if kind == "live-migration" else "compute_prep_resize"
+    a.start(step, a.s.attempt, p["host"])
+    a.finish(step, a.s.attempt, "Success")
+
+
 # The instance events that move a server's actions on, by type.
 ACTION_STEPS: dict[str, Callable[[_Actions, Event], None]] = {
     "InstanceDeleteRequested": _action_delete_requested,
@@ -278,6 +352,33 @@ ACTION_STEPS: dict[str, Callable[[_Actions, Event], None]] = {
     "InstanceStopped": _action_power_done("compute_stop_instance", started=False),
     "InstanceStartRequested": _action_power_requested("start"),
     "InstanceStarted": _action_power_done("compute_start_instance", started=False),
+    "InstanceResizeRequested": lambda a, e: _begin(
+        "migrate" if e.payload.get("migrate") else "resize")(a, e),
+    "InstanceLiveMigrationRequested": _begin("live-migration"),
+    "InstanceEvacuateRequested": _begin("evacuate"),
+    "InstanceMigrationStarted": _step(start="conductor_migrate_server"),
+    "InstanceMigrationScheduled": _step(finish="conductor_migrate_server"),
+    "InstanceMigrationClaimed": _action_claimed,
+    "InstanceMigrationFailed": _action_move_failed,
+    "InstanceResizeMigrating": _step(start="compute_resize_instance"),
+    "InstanceResizeMigrated": _step(finish="compute_resize_instance"),
+    "InstanceResizeFinishing": _step(start="compute_finish_resize"),
+    "InstanceResized": _step(finish="compute_finish_resize", end=True),
+    "InstanceResizeConfirmRequested": _begin("confirmResize"),
+    "InstanceResizeConfirmed": _step(start="compute_confirm_resize",
+                                     finish="compute_confirm_resize", end=True),
+    "InstanceResizeRevertRequested": _begin("revertResize"),
+    "InstanceResizeReverted": _step(start="compute_finish_revert_resize",
+                                    finish="compute_finish_revert_resize", end=True),
+    "InstanceLiveMigrationStarted": _step(start="compute_live_migration"),
+    "InstanceLiveMigrated": _step(finish="compute_live_migration", end=True),
+    "InstanceEvacuated": _step(finish="compute_rebuild_instance", end=True),
+    "InstanceRescueRequested": _begin("rescue"),
+    "InstanceRescued": _step(start="compute_rescue_instance",
+                             finish="compute_rescue_instance", end=True),
+    "InstanceUnrescueRequested": _begin("unrescue"),
+    "InstanceUnrescued": _step(start="compute_unrescue_instance",
+                               finish="compute_unrescue_instance", end=True),
     "InstanceBuildRequested": _action_requested,
     "InstanceRescheduled": _action_rescheduled,
     "InstanceScheduled": _action_scheduled,
@@ -290,10 +391,12 @@ ACTION_STEPS: dict[str, Callable[[_Actions, Event], None]] = {
 }
 
 
-BUILD_ACTION_EVENTS = frozenset(ACTION_STEPS) - {
-    "InstanceDeleteRequested", "InstanceTerminateStarted", "InstanceDeleted",
-    "InstanceRebootRequested", "InstanceRebootPending", "InstanceRebooted",
-    "InstanceStopRequested", "InstanceStopped", "InstanceStartRequested", "InstanceStarted"}
+# The events of the boot's own action (keyed by the creating request); every other
+# action is keyed by its events' request id.
+BUILD_ACTION_EVENTS = frozenset({
+    "InstanceBuildRequested", "InstanceRescheduled", "InstanceScheduled",
+    "InstanceNoValidHost", "InstanceBuildDispatched", "InstanceClaimRefused",
+    "InstanceBuildFailed", "InstanceSpawned", "InstanceErrored"})
 
 
 def _record_action(conn: Connection[Any], s: Instance, event: Event) -> None:

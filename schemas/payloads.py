@@ -158,6 +158,75 @@ class StartInstance(TypedDict):
     host: str
 
 
+# To the destination: claim the new flavor for the incoming instance (Nova's prep_resize /
+# pre_live_migration / rebuild claim).
+class PrepareMigration(TypedDict):
+    instance_uuid: str
+    host: str
+    node: str
+    migration: Migration
+    build: BuildAndRunInstance
+    ports: list[Port]
+
+
+# To the source: copy the disks to the destination (resize / migrate: power off first; live:
+# the guest keeps running), then FinishMigration there.
+class MigrateInstance(TypedDict):
+    instance_uuid: str
+    host: str
+    migration: Migration
+    dest_host: str
+    dest_instances_path: str
+
+
+# To the destination: the guest defined and started there (disks copied, or new ones from
+# the image for an evacuation).
+class FinishMigration(TypedDict):
+    instance_uuid: str
+    host: str
+    migration: Migration
+    disks: list[Disk]
+    power_on: bool
+
+
+# To the old host: destroy the guest's domain, remove its disks, release its claim; its
+# addresses stay with the instance.
+class CleanUpSource(TypedDict):
+    instance_uuid: str
+    host: str
+    migration_id: str
+    kind: str
+    confirm: bool
+
+
+# To the destination of a resize: destroy the new guest and release its claim, then
+# FinishRevertMigration to the source.
+class RevertMigration(TypedDict):
+    instance_uuid: str
+    host: str
+    migration: Migration
+
+
+# To the source of a resize: the old guest runs again (or stays off if it was stopped).
+class FinishRevertMigration(TypedDict):
+    instance_uuid: str
+    host: str
+    migration: Migration
+
+
+# Boot the guest from a rescue disk made from the image, its own disk attached second.
+class RescueInstance(TypedDict):
+    instance_uuid: str
+    host: str
+    image: ImageToBoot | None
+
+
+# Boot the guest from its own disk again and drop the rescue disk.
+class UnrescueInstance(TypedDict):
+    instance_uuid: str
+    host: str
+
+
 # A nova-compute service came up on a host.
 class ComputeServiceStarted(TypedDict):
     host: str
@@ -484,6 +553,199 @@ class InstanceStarted(TypedDict):
 # The host's periodic power-state sync found the domain in another power state than the log
 # says, with no task in progress (a domain that vanished: power_state 0).
 class InstancePowerStateChanged(TypedDict):
+    host: str
+    power_state: int
+
+
+# resize (another flavor) or migrate (the same flavor, another host) accepted by the API:
+# task_state resize_prep.
+class InstanceResizeRequested(TypedDict):
+    flavor: Flavor
+    migrate: bool
+    host: str | None
+
+
+# confirmResize accepted (by the API, or the conductor's auto-confirm after
+# resize_confirm_window): the source host is cleaned up.
+class InstanceResizeConfirmRequested(TypedDict):
+    automatic: bool
+
+
+# revertResize accepted: task_state resize_reverting.
+class InstanceResizeRevertRequested(TypedDict):
+    pass
+
+
+# os-migrateLive accepted: task_state migrating, vm_state unchanged.
+class InstanceLiveMigrationRequested(TypedDict):
+    host: str | None
+    block_migration: bool
+
+
+# evacuate accepted (the source host's service is down): task_state rebuilding.
+class InstanceEvacuateRequested(TypedDict):
+    host: str | None
+    on_shared_storage: bool
+
+
+# rescue accepted: task_state rescuing.
+class InstanceRescueRequested(TypedDict):
+    rescue_image_ref: str | None
+
+
+# unrescue accepted: task_state unrescuing.
+class InstanceUnrescueRequested(TypedDict):
+    pass
+
+
+# Nova's migration record: one move of an instance between hosts.
+class Migration(TypedDict):
+    migration_id: str
+    kind: str
+    source_host: str
+    source_node: str
+    dest_host: str | None
+    dest_node: str | None
+    old_flavor: Flavor
+    new_flavor: Flavor
+    requested_host: str | None
+    old_vm_state: str
+    status: str
+
+
+# The conductor took the request and opened its migration record; the scheduler picks the
+# destination next.
+class InstanceMigrationStarted(TypedDict):
+    migration: Migration
+
+
+# The scheduler's destination for the migration.
+class InstanceMigrationScheduled(TypedDict):
+    migration_id: str
+    host: str
+    node: str
+
+
+# The destination host holds a claim for the migration (the source keeps its own until
+# confirm or revert).
+class InstanceMigrationClaimed(TypedDict):
+    migration_id: str
+    host: str
+    node: str
+    instances_path: str
+
+
+# The migration stopped; what it took on the destination is released. rolled_back: the
+# instance is as before the request; otherwise it is in error.
+class InstanceMigrationFailed(TypedDict):
+    migration_id: str
+    stage: str
+    reason: str
+    source_host: str
+    dest_host: str | None
+    rolled_back: bool
+
+
+# The source host is powering the guest off and copying its disks: task_state
+# resize_migrating.
+class InstanceResizeMigrating(TypedDict):
+    migration_id: str
+    host: str
+
+
+# The disks are on the destination: task_state resize_migrated.
+class InstanceResizeMigrated(TypedDict):
+    migration_id: str
+    host: str
+
+
+# The destination is defining the guest with the new flavor: task_state resize_finish.
+class InstanceResizeFinishing(TypedDict):
+    migration_id: str
+    host: str
+
+
+# The guest runs on the destination with the new flavor: vm_state resized (VERIFY_RESIZE)
+# until confirm or revert.
+class InstanceResized(TypedDict):
+    migration_id: str
+    host: str
+    node: str
+    power_state: int
+    disks: list[Disk]
+
+
+# The source host released the old guest: vm_state active (or stopped).
+class InstanceResizeConfirmed(TypedDict):
+    migration_id: str
+    host: str
+
+
+# The guest is back on the source with the old flavor; the destination released its claim.
+class InstanceResizeReverted(TypedDict):
+    migration_id: str
+    host: str
+    node: str
+    power_state: int
+    disks: list[Disk]
+    dest_host: str
+
+
+# The guest runs on the destination (addresses kept): host changes, task_state None; the
+# source is cleaned next.
+class InstanceLiveMigrated(TypedDict):
+    migration_id: str
+    host: str
+    node: str
+    power_state: int
+    disks: list[Disk]
+    source_host: str
+
+
+# The source host is copying the guest to the destination while it runs (Nova's
+# compute_live_migration): migration running.
+class InstanceLiveMigrationStarted(TypedDict):
+    migration_id: str
+    host: str
+
+
+# The old host destroyed the guest's domain and disks and released its claim (after a live
+# migration, or when an evacuated host came back).
+class InstanceMigrationSourceCleaned(TypedDict):
+    migration_id: str
+    host: str
+
+
+# Evacuate: the destination prepares new disks from the image: task_state
+# rebuild_block_device_mapping.
+class InstanceRebuildBlockDeviceMapping(TypedDict):
+    migration_id: str
+    host: str
+
+
+# Evacuate: the destination defines and starts the guest: task_state rebuild_spawning.
+class InstanceRebuildSpawning(TypedDict):
+    migration_id: str
+    host: str
+
+
+# Rebuilt on the destination after its host was lost: vm_state active (stopped if it was).
+class InstanceEvacuated(TypedDict):
+    migration_id: str
+    host: str
+    node: str
+    power_state: int
+    disks: list[Disk]
+
+
+# The guest booted from a rescue disk, its own disk attached second: vm_state rescued.
+class InstanceRescued(TypedDict):
+    host: str
+    power_state: int
+
+
+# The guest booted from its own disk again: vm_state active.
+class InstanceUnrescued(TypedDict):
     host: str
     power_state: int
 

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from novalog.consume import Record
+from novalog.domain.instance import Instance
 from novalog.publish import Publisher
 from novalog.read_model import LiveProjection, ServerState
 from schemas import Event, encode, payloads
@@ -60,6 +61,7 @@ class FakeProjection(LiveProjection):
         self.tried: dict[str, list[str]] = {}
         self.stuck: list[tuple[str, int, str, str]] = []
         self.servers: dict[str, ServerState] = {}
+        self.instances: dict[str, Instance] = {}  # the whole fold, where a test needs it
         self.deletes: dict[str, str] = {}  # instance -> the DELETE's request id
         self.folded_ids: set[str] | None = None  # None: every event is folded at once
 
@@ -71,6 +73,9 @@ class FakeProjection(LiveProjection):
 
     def delete_request(self, instance: str) -> str | None:
         return self.deletes.get(instance)
+
+    def instance(self, instance: str) -> Instance | None:
+        return self.instances.get(instance)
 
     def build_request(self, instance: str) -> payloads.InstanceBuildRequested | None:
         return self.requests.get(instance)

@@ -18,7 +18,8 @@ class RefusingTracker(ResourceTracker):
     """Every claim refused, as if the host were full (fault `refuse_claim`)."""
 
     def claim(self, instance: str, attempt: int, need: Claim,
-              command: payloads.BuildAndRunInstance) -> ClaimResult:
+              command: payloads.BuildAndRunInstance, *, stage: str = "networking",
+              ports: dict[str, list[payloads.Port]] | None = None) -> ClaimResult:
         return ClaimResult(False, f"claim refused on {self.host} (test fault)")
 
 

@@ -34,7 +34,7 @@ def md5_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _device(index: int) -> str:
+def device_name(index: int) -> str:
     """vda, vdb, ... in the order the disks are attached."""
     return "vd" + "abcdefghijklmnopqrstuvwxyz"[index]
 
@@ -86,13 +86,61 @@ class ImageCache:
             disks.append(payloads.Disk(device="vda", path=str(root), format="qcow2",
                                        size_gb=flavor["root_gb"], backing_file=str(base)))
         if flavor.get("ephemeral_gb"):
-            disks.append(self._blank(directory / "disk.eph0", _device(len(disks)),
+            disks.append(self._blank(directory / "disk.eph0", device_name(len(disks)),
                                      flavor["ephemeral_gb"], f"{flavor['ephemeral_gb']}G"))
         if flavor.get("swap_mb"):
             size_gb = -(-flavor["swap_mb"] // 1024)
-            disks.append(self._blank(directory / "disk.swap", _device(len(disks)), size_gb,
+            disks.append(self._blank(directory / "disk.swap", device_name(len(disks)), size_gb,
                                      f"{flavor['swap_mb']}M"))
         return disks
+
+    def disks_of(self, instance_uuid: str, image: payloads.ImageToBoot | None,
+                 flavor: payloads.Flavor) -> list[payloads.Disk]:
+        """The instance's disks as prepare_disks made them (the files exist)."""
+        return self.prepare_disks(instance_uuid, image, flavor)
+
+    def copy_disks(self, instance_uuid: str, dest_instances: Path, image: payloads.ImageToBoot
+                   | None, flavor: payloads.Flavor) -> list[payloads.Disk]:
+        """Copy the instance's disk files into another host's instances directory (what
+        Nova's libvirt driver does over ssh / rsync for a move without shared storage);
+        the records name them where they now are."""
+        target = dest_instances / instance_uuid
+        target.mkdir(parents=True, exist_ok=True)
+        copied = []
+        for disk in self.disks_of(instance_uuid, image, flavor):
+            source = Path(disk["path"])
+            partial = target / f"{source.name}.part"
+            shutil.copyfile(source, partial)
+            partial.rename(target / source.name)
+            copied.append(payloads.Disk(**{**disk, "path": str(target / source.name)}))
+        return copied
+
+    def adopt_disks(self, instance_uuid: str, image: payloads.ImageToBoot | None,
+                    flavor: payloads.Flavor) -> list[payloads.Disk]:
+        """Disks copied in from another host, made this host's: the root overlay rebased
+        onto this host's cached copy of the image, then grown to the new flavor (a
+        resize never shrinks a disk: the source refuses that first)."""
+        directory = self.instance_dir(instance_uuid)
+        root = directory / "disk"
+        if image is not None and root.exists():
+            base = self.base_image(image)
+            _qemu_img("rebase", "-u", "-f", "qcow2", "-F", image["disk_format"], "-b",
+                      str(base), str(root))
+            _qemu_img("resize", "-q", "-f", "qcow2", str(root), f"{flavor['root_gb']}G")
+        ephemeral = directory / "disk.eph0"
+        if ephemeral.exists() and flavor.get("ephemeral_gb"):
+            _qemu_img("resize", "-q", "-f", "qcow2", str(ephemeral), f"{flavor['ephemeral_gb']}G")
+        return self.prepare_disks(instance_uuid, image, flavor)
+
+    def rescue_disk(self, instance_uuid: str, image: payloads.ImageToBoot) -> payloads.Disk:
+        """A fresh overlay of the rescue image, next to the instance's own disks."""
+        base = self.base_image(image)
+        path = self.instance_dir(instance_uuid) / "disk.rescue"
+        if not path.exists():
+            _qemu_img("create", "-q", "-f", "qcow2", "-F", image["disk_format"], "-b",
+                      str(base), str(path))
+        return payloads.Disk(device="vda", path=str(path), format="qcow2",
+                             size_gb=-(-image["size"] // 2**30), backing_file=str(base))
 
     def _blank(self, path: Path, device: str, size_gb: int, size: str) -> payloads.Disk:
         if not path.exists():

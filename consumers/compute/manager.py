@@ -13,17 +13,21 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import ClassVar
 from uuid import uuid4
 
 from consumers.compute.driver import LibvirtDriver, domain_name, domain_xml
 from consumers.compute.image_cache import ImageCache
+from consumers.compute.image_cache import device_name as _device
 from consumers.compute.resource_tracker import BuildRecord, ResourceTracker
 from novalog.consume import Record
 from novalog.domain import states
 from novalog.domain.claims import claim_of
+from novalog.domain.instance import open_migration
 from novalog.faults import crash_point
+from novalog.idempotency import derived_id
 from novalog.kafka import Topics
 from novalog.publish import Publisher
 from novalog.read_model import LiveProjection
@@ -49,6 +53,7 @@ class ComputeIdentity:
     report_interval_s: float = 10.0  # Nova's report_interval
     resource_report_interval_s: float = 60.0
     sync_power_state_interval_s: float = 600.0  # Nova's sync_power_state_interval
+    resize_confirm_window_s: float = 0.0  # Nova's resize_confirm_window: 0, never automatic
 
 
 class ComputeManager:
@@ -70,6 +75,7 @@ class ComputeManager:
         self._last_report = 0.0
         self.projection = projection
         self._last_sync = time.monotonic()  # the first sync after one interval, as Nova
+        self._last_poll = 0.0
         self._vanished: set[str] = set()  # reported once each
         self._releasing: set[str] = set()  # claims to drop once this batch's events are safe
         self._start_correlation = f"req-{self.host}-start-{int(time.time())}"
@@ -92,12 +98,40 @@ class ComputeManager:
     def init_host(self) -> None:
         """Like Nova's init_host: every instance this host holds as active has its domain
         running again (a restarted agent, or a hypervisor that lost its guests)."""
+        self._destroy_evacuated_instances()
         running = set(self.driver.instance_uuids())
         for uuid in self.tracker.instances_at("active"):
+            if uuid in self._releasing:
+                continue
             saved = self.cache.instance_dir(uuid) / "libvirt.xml"
             if uuid not in running and saved.exists():
                 log.info("init_host: restoring the domain of %s", uuid)
                 self.driver.spawn(saved.read_text(), saved)
+
+    def _destroy_evacuated_instances(self) -> None:
+        """Nova's init_host step of the same name: an instance this host still holds that
+        the log has put elsewhere (evacuated while this host was down) loses its domain,
+        disks and claim here; its addresses went with it."""
+        if self.projection is None:
+            return
+        correlation = f"req-{self.host}-init-host-{int(time.time())}"
+        for uuid in self.tracker.instances():
+            server = self.projection.instance(uuid)
+            if server is None or server.host == self.host:
+                continue
+            m = open_migration(server)
+            if m is not None and self.host in (m["source_host"], m["dest_host"]):
+                continue  # a move under way through this host
+            log.warning("init_host: %s is on %s now; destroying it here", uuid, server.host)
+            self._drop_here(uuid)
+            last = server.migration
+            if last is not None and last["kind"] == "evacuation" and \
+                    last["source_host"] == self.host:
+                self.pub.emit(self.topics.instances, "InstanceMigrationSourceCleaned", uuid,
+                              payloads.InstanceMigrationSourceCleaned(
+                                  migration_id=last["migration_id"], host=self.host),
+                              correlation_id=correlation,
+                              event_id=derived_id(last["migration_id"], "source-cleaned"))
 
     def periodic(self) -> None:
         """Called by the consume loop after every poll."""
@@ -108,6 +142,25 @@ class ComputeManager:
             self.report_resources()
         if now - self._last_sync >= self.ident.sync_power_state_interval_s:
             self.sync_power_states()
+        if self.ident.resize_confirm_window_s and now - self._last_poll >= min(
+                10.0, self.ident.resize_confirm_window_s):
+            self.poll_unconfirmed_resizes()
+
+    def poll_unconfirmed_resizes(self) -> None:
+        """Nova's _poll_unconfirmed_resizes, on the destination: a resize left in
+        VERIFY_RESIZE for longer than resize_confirm_window is confirmed, once (the
+        request's id is derived from the migration)."""
+        self._last_poll = time.monotonic()
+        if self.projection is None:
+            return
+        before = datetime.now(UTC) - timedelta(seconds=self.ident.resize_confirm_window_s)
+        for uuid, migration_id, _request in self.projection.unconfirmed_resizes(self.host,
+                                                                                before):
+            log.info("auto-confirming the resize of %s (%s)", uuid, migration_id)
+            self.pub.emit(self.topics.instances, "InstanceResizeConfirmRequested", uuid,
+                          payloads.InstanceResizeConfirmRequested(automatic=True),
+                          correlation_id=f"req-{derived_id(migration_id, 'auto-confirm')}",
+                          event_id=derived_id(migration_id, "auto-confirm"))
 
     def sync_power_states(self) -> None:
         """Nova's _sync_power_states: libvirt's view of each guest against the log's. A
@@ -377,6 +430,214 @@ class ComputeManager:
         self.report_resources(cause=event)
 
 
+    # -- moves: resize, cold and live migration, evacuation ----------------------------
+    def prepare_migration(self, event: Event) -> None:
+        """The destination's claim for an incoming instance (Nova's prep_resize claim, the
+        live-migration claim, the rebuild claim of an evacuation); the source keeps its
+        own until the move is confirmed, reverted or given up."""
+        p = payload_of(event, payloads.PrepareMigration)
+        uuid, m, build = p["instance_uuid"], p["migration"], p["build"]
+        ports: dict[str, list[payloads.Port]] = {}
+        for port in p["ports"]:
+            ports.setdefault(port["network_id"], []).append(port)
+        result = self.tracker.claim(uuid, build["attempt"], claim_of(build["flavor"]), build,
+                                    stage="incoming", ports=ports)
+        if not result.accepted:
+            self._migration_failed(event, m, "prep", result.reason)
+            return
+        crash_point("compute.migration.after_claim")
+        self._instance_event("InstanceMigrationClaimed", uuid, payloads.InstanceMigrationClaimed(
+            migration_id=m["migration_id"], host=self.host, node=self.host,
+            instances_path=str(self.cache.instances_dir)), event)
+        if not result.duplicate:
+            self.report_resources(cause=event)
+
+    def migrate_instance(self, event: Event) -> None:
+        """The source's part: a resize or cold migrate powers the guest off and copies
+        its disks (Nova's migrate_disk_and_power_off); a live migration copies them while
+        the guest runs (block migration). Then the destination finishes."""
+        p = payload_of(event, payloads.MigrateInstance)
+        uuid, m = p["instance_uuid"], p["migration"]
+        record = self._record(uuid)
+        if record is None:
+            log.info("migrate %s: no instance here any more (deleted meanwhile)", uuid)
+            return
+        cmd, mid, live = record.command, m["migration_id"], m["kind"] == "live-migration"
+        if live:
+            self._instance_event("InstanceLiveMigrationStarted", uuid,
+                                 payloads.InstanceLiveMigrationStarted(migration_id=mid,
+                                                                       host=self.host), event)
+        else:
+            self._instance_event("InstanceResizeMigrating", uuid,
+                                 payloads.InstanceResizeMigrating(migration_id=mid,
+                                                                  host=self.host), event)
+            if m["new_flavor"]["root_gb"] < m["old_flavor"]["root_gb"]:
+                self._migration_failed(event, m, "migrate", "Unable to resize disk down.")
+                return
+            self.tracker.set_stage(uuid, "outgoing")  # init_host and power sync leave it
+            self.driver.power_off(uuid)
+            crash_point("compute.resize.after_power_off")
+        disks = self.cache.copy_disks(uuid, Path(p["dest_instances_path"]), cmd["image"],
+                                      cmd["flavor"])
+        crash_point("compute.migration.after_copy")
+        if not live:
+            self._instance_event("InstanceResizeMigrated", uuid, payloads.InstanceResizeMigrated(
+                migration_id=mid, host=self.host), event)
+        self.pub.emit(self.topics.compute(p["dest_host"]), "FinishMigration", uuid,
+                      payloads.FinishMigration(instance_uuid=uuid, host=p["dest_host"],
+                                               migration=m, disks=disks,
+                                               power_on=m["old_vm_state"] != states.STOPPED),
+                      cause=event)
+
+    def finish_migration(self, event: Event) -> None:
+        """The destination's part: the guest defined with the new flavor on the disks
+        copied in (or, for an evacuation, new ones from the image), started unless it was
+        stopped. A failure here releases what this host took, then says so."""
+        p = payload_of(event, payloads.FinishMigration)
+        uuid, m = p["instance_uuid"], p["migration"]
+        record = self._record(uuid)
+        if record is None:
+            log.info("finish migration of %s: no claim here (given up or deleted)", uuid)
+            return
+        cmd, mid, kind = record.command, m["migration_id"], m["kind"]
+        evacuation = kind == "evacuation"
+        step = "InstanceRebuildBlockDeviceMapping" if evacuation else "InstanceResizeFinishing"
+        if kind != "live-migration":
+            self._instance_event(step, uuid, {"migration_id": mid, "host": self.host}, event)
+        ports = [port for n in cmd["networks"] for port in record.ports.get(n["network_id"], [])]
+        try:
+            if p["disks"]:
+                disks = self.cache.adopt_disks(uuid, cmd["image"], cmd["flavor"])
+            else:
+                disks = self.cache.prepare_disks(uuid, cmd["image"], cmd["flavor"])
+            if evacuation:
+                self._instance_event("InstanceRebuildSpawning", uuid,
+                                     payloads.InstanceRebuildSpawning(migration_id=mid,
+                                                                      host=self.host), event)
+            directory = self.cache.instance_dir(uuid)
+            self.driver.spawn(domain_xml(uuid, cmd["name"], cmd["flavor"], disks, ports,
+                                         directory / "console.log"), directory / "libvirt.xml")
+            if not p["power_on"]:
+                self.driver.power_off(uuid)
+        except Exception as exc:
+            log.warning("%s of %s failed on %s: %s", kind, uuid, self.host, exc)
+            self._drop_here(uuid)
+            self._migration_failed(event, m, "finish", str(exc),
+                                   rolled_back=kind == "live-migration")
+            return
+        crash_point("compute.migration.after_spawn")
+        self.tracker.set_stage(uuid, "active" if p["power_on"] else "stopped")
+        arrived = {"migration_id": mid, "host": self.host, "node": self.host,
+                   "power_state": self.driver.power_state(uuid), "disks": disks}
+        if kind == "live-migration":
+            self._instance_event("InstanceLiveMigrated", uuid, payloads.InstanceLiveMigrated(
+                **arrived, source_host=m["source_host"]), event)  # type: ignore[typeddict-item]
+        else:
+            self._instance_event("InstanceEvacuated" if evacuation else "InstanceResized",
+                                 uuid, arrived, event)
+        self.report_resources(cause=event)
+
+    def clean_up_source(self, event: Event) -> None:
+        """The old host lets go: the guest's domain and disks go, its claim is dropped;
+        its addresses stay with the instance (a resize confirm, or after a live move)."""
+        p = payload_of(event, payloads.CleanUpSource)
+        uuid = p["instance_uuid"]
+        self._drop_here(uuid)
+        crash_point("compute.migration.after_cleanup")
+        if p["confirm"]:
+            self._instance_event("InstanceResizeConfirmed", uuid, payloads.InstanceResizeConfirmed(
+                migration_id=p["migration_id"], host=self.host), event)
+        else:
+            self._instance_event("InstanceMigrationSourceCleaned", uuid,
+                                 payloads.InstanceMigrationSourceCleaned(
+                                     migration_id=p["migration_id"], host=self.host), event)
+
+    def revert_migration(self, event: Event) -> None:
+        """The destination of a resize gives the instance back (Nova's revert_resize); after
+        a failed move it only lets go of what it took."""
+        p = payload_of(event, payloads.RevertMigration)
+        uuid, m = p["instance_uuid"], p["migration"]
+        self._drop_here(uuid)
+        crash_point("compute.resize.after_revert_dest")
+        if m["status"] == "reverting":
+            self.pub.emit(self.topics.compute(m["source_host"]), "FinishRevertMigration", uuid,
+                          payloads.FinishRevertMigration(instance_uuid=uuid,
+                                                         host=m["source_host"], migration=m),
+                          cause=event)
+
+    def finish_revert_migration(self, event: Event) -> None:
+        """The source runs the old guest again (or keeps it off, if it was stopped)."""
+        p = payload_of(event, payloads.FinishRevertMigration)
+        uuid, m = p["instance_uuid"], p["migration"]
+        record = self._record(uuid)
+        if record is None:
+            log.info("finish revert of %s: no instance here any more", uuid)
+            return
+        stopped = m["old_vm_state"] == states.STOPPED
+        power = self.driver.power_state(uuid) if stopped else self.driver.power_on(uuid)
+        self.tracker.set_stage(uuid, "stopped" if stopped else "active")
+        disks = self.cache.disks_of(uuid, record.command["image"], record.command["flavor"])
+        self._instance_event("InstanceResizeReverted", uuid, payloads.InstanceResizeReverted(
+            migration_id=m["migration_id"], host=self.host, node=self.host, power_state=power,
+            disks=disks, dest_host=str(m["dest_host"])), event)
+        self.report_resources(cause=event)
+
+    def _migration_failed(self, cause: Event, m: payloads.Migration, stage: str, reason: str,
+                          rolled_back: bool | None = None) -> None:
+        if rolled_back is None:
+            rolled_back = m["kind"] != "evacuation"
+        self._instance_event("InstanceMigrationFailed", cause.aggregate_id,
+                             payloads.InstanceMigrationFailed(
+                                 migration_id=m["migration_id"], stage=stage, reason=reason,
+                                 source_host=m["source_host"], dest_host=m["dest_host"],
+                                 rolled_back=rolled_back), cause)
+
+    def _drop_here(self, uuid: str) -> None:
+        """Domain and disks of the instance gone from this host, its claim dropped once
+        this batch is safe; never its ports (they move with the instance)."""
+        self.driver.destroy(uuid)
+        self.cache.remove(uuid)
+        self._releasing.add(uuid)
+
+    # -- rescue, unrescue --------------------------------------------------------------
+    def rescue_instance(self, event: Event) -> None:
+        """Nova's libvirt rescue: the domain redefined with a rescue disk made from the
+        image first and the instance's own disks after it; the usual XML kept to unrescue."""
+        p = payload_of(event, payloads.RescueInstance)
+        uuid = p["instance_uuid"]
+        record = self._record(uuid)
+        if record is None:
+            return
+        cmd, directory = record.command, self.cache.instance_dir(uuid)
+        image = p["image"] or cmd["image"]
+        own = self.cache.disks_of(uuid, cmd["image"], cmd["flavor"])
+        disks = [self.cache.rescue_disk(uuid, image)] if image else []
+        disks += [{**d, "device": _device(len(disks) + i)} for i, d in enumerate(own)]
+        ports = [port for n in cmd["networks"] for port in record.ports.get(n["network_id"], [])]
+        saved = directory / "unrescue.xml"
+        if not saved.exists():
+            (directory / "libvirt.xml").replace(saved)
+        self.driver.destroy(uuid)
+        self.driver.spawn(domain_xml(uuid, cmd["name"], cmd["flavor"], disks, ports,
+                                     directory / "console.log"), directory / "libvirt.xml")
+        self.tracker.set_stage(uuid, "rescued")
+        self._instance_event("InstanceRescued", uuid, payloads.InstanceRescued(
+            host=self.host, power_state=self.driver.power_state(uuid)), event)
+
+    def unrescue_instance(self, event: Event) -> None:
+        uuid = payload_of(event, payloads.UnrescueInstance)["instance_uuid"]
+        directory = self.cache.instance_dir(uuid)
+        saved = directory / "unrescue.xml"
+        if saved.exists():
+            self.driver.destroy(uuid)
+            self.driver.spawn(saved.read_text(), directory / "libvirt.xml")
+            saved.unlink()
+        (directory / "disk.rescue").unlink(missing_ok=True)
+        self.tracker.set_stage(uuid, "active")
+        self._instance_event("InstanceUnrescued", uuid, payloads.InstanceUnrescued(
+            host=self.host, power_state=self.driver.power_on(uuid)), event)
+
+
 # The commands nova-compute takes on its host's topic, by type: its consume loop's
 # subscription (WANTS) and its header-level skipping are derived from this table.
 HANDLERS: dict[str, Callable[[ComputeManager, Event], None]] = {
@@ -387,5 +648,13 @@ HANDLERS: dict[str, Callable[[ComputeManager, Event], None]] = {
     "RebootInstance": ComputeManager.reboot_instance,
     "StopInstance": ComputeManager.stop_instance,
     "StartInstance": ComputeManager.start_instance,
+    "PrepareMigration": ComputeManager.prepare_migration,
+    "MigrateInstance": ComputeManager.migrate_instance,
+    "FinishMigration": ComputeManager.finish_migration,
+    "CleanUpSource": ComputeManager.clean_up_source,
+    "RevertMigration": ComputeManager.revert_migration,
+    "FinishRevertMigration": ComputeManager.finish_revert_migration,
+    "RescueInstance": ComputeManager.rescue_instance,
+    "UnrescueInstance": ComputeManager.unrescue_instance,
 }
 ComputeManager.WANTS = frozenset(HANDLERS)

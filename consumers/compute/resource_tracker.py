@@ -72,8 +72,11 @@ class ResourceTracker:
                  t.ram_allocation_ratio, t.disk_allocation_ratio))
 
     def claim(self, instance: str, attempt: int, need: Claim,
-              command: payloads.BuildAndRunInstance) -> ClaimResult:
-        """Reserve `need` for `instance`, or say which resource does not fit."""
+              command: payloads.BuildAndRunInstance, *, stage: str = "networking",
+              ports: dict[str, list[payloads.Port]] | None = None) -> ClaimResult:
+        """Reserve `need` for `instance`, or say which resource does not fit. A build
+        starts at `networking`; a migration's destination at `incoming`, with the ports
+        the instance keeps."""
         t = self.totals
         with self.pool.connection() as conn, conn.transaction():
             conn.execute("SELECT 1 FROM compute_hosts WHERE host = %s FOR UPDATE", (self.host,))
@@ -100,9 +103,9 @@ class ResourceTracker:
                                               f" free")
             conn.execute(
                 "INSERT INTO compute_claims (host, instance_uuid, attempt, vcpus, memory_mb, "
-                "disk_gb, stage, command) VALUES (%s, %s, %s, %s, %s, %s, 'networking', %s)",
+                "disk_gb, stage, command, ports) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (self.host, instance, attempt, need.vcpus, need.memory_mb, need.disk_gb,
-                 Jsonb(command)))
+                 stage, Jsonb(command), Jsonb(ports or {})))
         return ClaimResult(True)
 
     def get(self, instance: str) -> BuildRecord | None:
@@ -130,6 +133,12 @@ class ResourceTracker:
         with self.pool.connection() as conn:
             conn.execute("DELETE FROM compute_claims WHERE host = %s AND instance_uuid = %s",
                          (self.host, instance))
+
+    def instances(self) -> list[str]:
+        with self.pool.connection() as conn:
+            rows = conn.execute("SELECT instance_uuid FROM compute_claims WHERE host = %s "
+                                "ORDER BY instance_uuid", (self.host,)).fetchall()
+        return [r[0] for r in rows]
 
     def instances_at(self, stage: str) -> list[str]:
         with self.pool.connection() as conn:

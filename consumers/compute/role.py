@@ -43,7 +43,8 @@ def serve(settings: Settings, stop: threading.Event) -> None:
     producer = EventProducer(settings)
     manager = ComputeManager(
         ComputeIdentity(host, report_interval_s=settings.report_interval_s,
-                        sync_power_state_interval_s=settings.sync_power_state_interval_s),
+                        sync_power_state_interval_s=settings.sync_power_state_interval_s,
+                        resize_confirm_window_s=settings.resize_confirm_window_s),
         tracker_for(host, ResourceTracker(pool, host, totals)), driver,
         ImageCache(state_dir / "instances"), Publisher(producer, "compute", host), topics,
         LiveProjection(pool, settings.db_schema))
@@ -55,6 +56,7 @@ def serve(settings: Settings, stop: threading.Event) -> None:
     try:
         manager.start()
         producer.flush()
+        manager.flushed()  # claims init_host let go of (instances that left this host)
         loop.run(stop)
     finally:
         producer.flush()

@@ -19,7 +19,10 @@ CREATE TABLE IF NOT EXISTS compute_claims (
     vcpus         int         NOT NULL,
     memory_mb     int         NOT NULL,
     disk_gb       int         NOT NULL,
-    stage         text        NOT NULL,  -- networking, block_device_mapping, spawning, active
+    -- networking, block_device_mapping, spawning, active, stopped, rescued; a move:
+    -- incoming (its destination, until the guest runs there), outgoing (a resize's source,
+    -- guest off, until confirm or revert)
+    stage         text        NOT NULL,
     command       jsonb       NOT NULL,  -- the BuildAndRunInstance payload
     ports         jsonb       NOT NULL DEFAULT '{}',  -- network id -> ports, as replies arrive
     created_at    timestamptz NOT NULL DEFAULT now(),

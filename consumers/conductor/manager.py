@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 from novalog.consume import Record, TransientError
 from novalog.domain import states
+from novalog.domain.instance import MIGRATION_STATUS, Instance, open_migration
 from novalog.idempotency import derived_id
 from novalog.kafka import Topics
 from novalog.publish import Publisher
@@ -104,21 +105,25 @@ class Conductor:
     def dispatch(self, event: Event) -> None:
         uuid, p = event.aggregate_id, payload_of(event, payloads.InstanceScheduled)
         request = self.requests.get(uuid)
-        image = self._image(request["image"]["id"]) if request["image"] else None
-        networks = [self._network(n["network_id"], n["fixed_ip"])
-                    for n in request["networks"]]
-        topic = self._compute_topic(p["host"])
-        self.pub.emit(topic, "BuildAndRunInstance", uuid, payloads.BuildAndRunInstance(
-            instance_uuid=uuid, host=p["host"], node=p["node"],
-            attempt=p["attempt"], name=request["name"],
-            project_id=request["project_id"], flavor=request["flavor"],
-            image=image, networks=networks,
-            block_device_mapping=request["block_device_mapping"],
-            key_name=request["key_name"], user_data=request["user_data"],
-            metadata=request["metadata"]), cause=event)
+        self.pub.emit(self._compute_topic(p["host"]), "BuildAndRunInstance", uuid,
+                      self._build(uuid, request, p["host"], p["node"], p["attempt"],
+                                  request["flavor"]), cause=event)
         self.pub.emit(self.topics.instances, "InstanceBuildDispatched", uuid,
                       payloads.InstanceBuildDispatched(host=p["host"], node=p["node"],
                                                        attempt=p["attempt"]), cause=event)
+
+    def _build(self, uuid: str, request: payloads.InstanceBuildRequested, host: str,
+               node: str, attempt: int, flavor: payloads.Flavor) -> payloads.BuildAndRunInstance:
+        """What a host needs to run the instance: its request, the image and networks."""
+        image = self._image(request["image"]["id"]) if request["image"] else None
+        networks = [self._network(n["network_id"], n["fixed_ip"])
+                    for n in request["networks"]]
+        return payloads.BuildAndRunInstance(
+            instance_uuid=uuid, host=host, node=node, attempt=attempt, name=request["name"],
+            project_id=request["project_id"], flavor=flavor, image=image, networks=networks,
+            block_device_mapping=request["block_device_mapping"],
+            key_name=request["key_name"], user_data=request["user_data"],
+            metadata=request["metadata"])
 
     def _image(self, image_id: str) -> payloads.ImageToBoot:
         image = self.projection.image(image_id)
@@ -142,9 +147,16 @@ class Conductor:
         if server.host is None:  # never reached a host: nothing to tear down but the record
             self._deleted_locally(event, event.correlation_id)
             return
-        self.pub.emit(self._compute_topic(server.host), "TerminateInstance", uuid,
-                      payloads.TerminateInstance(instance_uuid=uuid, host=server.host,
-                                                 attempt=server.attempt), cause=event)
+        hosts = [server.host]
+        instance = self.projection.instance(uuid)
+        m = open_migration(instance) if instance else None
+        if m is not None:  # a move under way: the other host holds a guest or claim too
+            hosts += [h for h in (m["source_host"], m["dest_host"]) if h and h not in hosts]
+        for host in hosts:  # the first one's InstanceDeleted counts; later ones are absorbed
+            self.pub.emit(self._compute_topic(host), "TerminateInstance", uuid,
+                          payloads.TerminateInstance(instance_uuid=uuid, host=host,
+                                                     attempt=server.attempt),
+                          cause=event, what=() if host == server.host else (host,))
 
     def _deleted_locally(self, cause: Event, request_id: str) -> None:
         self.requests.forget(cause.aggregate_id)
@@ -163,28 +175,150 @@ class Conductor:
                                      f"{event.event_id} within {timeout_s:.0f}s")
             time.sleep(0.02)
 
-    # -- reboot, stop, start ------------------------------------------------------------
-    def _power_action(self, event: Event) -> None:
-        """To the instance's host, if the fold accepted this request (its task is the one in
-        progress); a request the fold refused is only history."""
-        uuid = event.aggregate_id
+    # -- reboot, stop, start, rescue, unrescue -------------------------------------------
+    def _accepted(self, event: Event) -> Instance | None:
+        """The instance, if the fold accepted this request (its task is the one in
+        progress) and no DELETE came; a request the fold refused is only history."""
         self._wait_folded(event)
-        server = self.projection.server(uuid)
-        if server is None or server.action_request_id != event.correlation_id or \
-                server.host is None:
-            log.info("%s %s: not the action in progress, nothing to do", event.event_type, uuid)
+        instance = self.projection.instance(event.aggregate_id)
+        if instance is None or instance.action_request_id != event.correlation_id or \
+                instance.host is None or instance.task_state == states.DELETING:
+            log.info("%s %s: not the action in progress, nothing to do", event.event_type,
+                     event.aggregate_id)
+            return None
+        return instance
+
+    def _power_action(self, event: Event) -> None:
+        """To the instance's host."""
+        instance = self._accepted(event)
+        if instance is None:
             return
-        topic, host = self._compute_topic(server.host), server.host
-        if event.event_type == "InstanceRebootRequested":
+        uuid, host = instance.uuid, str(instance.host)
+        topic, kind = self._compute_topic(host), event.event_type
+        if kind == "InstanceRebootRequested":
             hard = payload_of(event, payloads.InstanceRebootRequested)["type"] == "HARD"
             self.pub.emit(topic, "RebootInstance", uuid, payloads.RebootInstance(
                 instance_uuid=uuid, host=host, hard=hard), cause=event)
-        elif event.event_type == "InstanceStopRequested":
-            self.pub.emit(topic, "StopInstance", uuid, payloads.StopInstance(
-                instance_uuid=uuid, host=host), cause=event)
+        elif kind == "InstanceRescueRequested":
+            ref = payload_of(event, payloads.InstanceRescueRequested)["rescue_image_ref"]
+            ref = ref or (instance.image["id"] if instance.image else None)
+            self.pub.emit(topic, "RescueInstance", uuid, payloads.RescueInstance(
+                instance_uuid=uuid, host=host, image=self._image(ref) if ref else None),
+                cause=event)
         else:
-            self.pub.emit(topic, "StartInstance", uuid, payloads.StartInstance(
-                instance_uuid=uuid, host=host), cause=event)
+            command = {"InstanceStopRequested": "StopInstance",
+                       "InstanceStartRequested": "StartInstance",
+                       "InstanceUnrescueRequested": "UnrescueInstance"}[kind]
+            self.pub.emit(topic, command, uuid, {"instance_uuid": uuid, "host": host},
+                          cause=event)
+
+    # -- moves: resize, cold and live migration, evacuation ----------------------------
+    def _move_requested(self, event: Event) -> None:
+        """Nova's conductor migrate_server / rebuild: the migration record opens, and the
+        scheduler is asked for a destination (InstanceMigrationStarted)."""
+        instance = self._accepted(event)
+        if instance is None:
+            return
+        kind, flavor, requested = _move_of(event, instance.flavor)
+        migration = payloads.Migration(
+            migration_id=derived_id(event.event_id, "migration"), kind=kind,
+            source_host=str(instance.host), source_node=instance.node or str(instance.host),
+            dest_host=None, dest_node=None, old_flavor=instance.flavor, new_flavor=flavor,
+            requested_host=requested, old_vm_state=instance.vm_state,
+            status=MIGRATION_STATUS[kind]["started"])
+        self.pub.emit(self.topics.instances, "InstanceMigrationStarted", instance.uuid,
+                      payloads.InstanceMigrationStarted(migration=migration), cause=event)
+
+    def _moving(self, event: Event) -> tuple[Instance, payloads.Migration] | None:
+        """The instance and its open migration, if `event` is a step of it and no DELETE
+        came meanwhile (a delete tears down every host of the move itself)."""
+        self._wait_folded(event)
+        instance = self.projection.instance(event.aggregate_id)
+        m = open_migration(instance, event.payload.get("migration_id")) if instance else None
+        if instance is None or m is None or instance.task_state == states.DELETING:
+            log.info("%s %s: no such move in progress", event.event_type, event.aggregate_id)
+            return None
+        return instance, m
+
+    def _migration_scheduled(self, event: Event) -> None:
+        """To the destination: claim for the incoming instance (PrepareMigration)."""
+        moving = self._moving(event)
+        if moving is None:
+            return
+        instance, m = moving
+        p = payload_of(event, payloads.InstanceMigrationScheduled)
+        build = self._build(instance.uuid, self.requests.get(instance.uuid), p["host"],
+                            p["node"], instance.attempt, m["new_flavor"])
+        self.pub.emit(self._compute_topic(p["host"]), "PrepareMigration", instance.uuid,
+                      payloads.PrepareMigration(instance_uuid=instance.uuid, host=p["host"],
+                                                node=p["node"], migration=m, build=build,
+                                                ports=list(instance.ports)), cause=event)
+
+    def _migration_claimed(self, event: Event) -> None:
+        """The destination holds its claim: the source moves the disks (FinishMigration
+        follows from there); an evacuation has no source to ask, the destination
+        rebuilds from the image at once."""
+        moving = self._moving(event)
+        if moving is None:
+            return
+        instance, m = moving
+        p = payload_of(event, payloads.InstanceMigrationClaimed)
+        if m["kind"] == "evacuation":
+            self.pub.emit(self._compute_topic(p["host"]), "FinishMigration", instance.uuid,
+                          payloads.FinishMigration(
+                              instance_uuid=instance.uuid, host=p["host"], migration=m,
+                              disks=[], power_on=m["old_vm_state"] != states.STOPPED),
+                          cause=event)
+            return
+        self.pub.emit(self._compute_topic(m["source_host"]), "MigrateInstance", instance.uuid,
+                      payloads.MigrateInstance(instance_uuid=instance.uuid,
+                                               host=m["source_host"], migration=m,
+                                               dest_host=p["host"],
+                                               dest_instances_path=p["instances_path"]),
+                      cause=event)
+
+    def _migration_failed(self, event: Event) -> None:
+        """A source that refused after the destination claimed: the destination lets go."""
+        p = payload_of(event, payloads.InstanceMigrationFailed)
+        if p["stage"] == "migrate" and p["dest_host"]:
+            self._wait_folded(event)
+            instance = self.projection.instance(event.aggregate_id)
+            if instance is not None and instance.migration is not None:
+                self.pub.emit(self._compute_topic(p["dest_host"]), "RevertMigration",
+                              event.aggregate_id, payloads.RevertMigration(
+                                  instance_uuid=event.aggregate_id, host=p["dest_host"],
+                                  migration=instance.migration), cause=event)
+
+    def _live_migrated(self, event: Event) -> None:
+        """The guest runs on the destination: the source lets go of it."""
+        p = payload_of(event, payloads.InstanceLiveMigrated)
+        self.pub.emit(self._compute_topic(p["source_host"]), "CleanUpSource", event.aggregate_id,
+                      payloads.CleanUpSource(instance_uuid=event.aggregate_id,
+                                             host=p["source_host"],
+                                             migration_id=p["migration_id"],
+                                             kind="live-migration", confirm=False),
+                      cause=event)
+
+    def _confirm_requested(self, event: Event) -> None:
+        """confirmResize: the source host lets go of the old guest."""
+        instance = self._accepted(event)
+        m = open_migration(instance) if instance else None
+        if instance is None or m is None:
+            return
+        self.pub.emit(self._compute_topic(m["source_host"]), "CleanUpSource", instance.uuid,
+                      payloads.CleanUpSource(instance_uuid=instance.uuid, host=m["source_host"],
+                                             migration_id=m["migration_id"], kind=m["kind"],
+                                             confirm=True), cause=event)
+
+    def _revert_requested(self, event: Event) -> None:
+        """revertResize: the destination gives the instance back to the source."""
+        instance = self._accepted(event)
+        m = open_migration(instance) if instance else None
+        if instance is None or m is None or m["dest_host"] is None:
+            return
+        self.pub.emit(self._compute_topic(m["dest_host"]), "RevertMigration", instance.uuid,
+                      payloads.RevertMigration(instance_uuid=instance.uuid, host=m["dest_host"],
+                                               migration=m), cause=event)
 
     # -- failures --------------------------------------------------------------------------
     def _tried_hosts(self, uuid: str) -> list[str]:
@@ -240,5 +374,27 @@ HANDLERS: dict[str, Callable[[Conductor, Event], None]] = {
     "InstanceRebootRequested": Conductor._power_action,
     "InstanceStopRequested": Conductor._power_action,
     "InstanceStartRequested": Conductor._power_action,
+    "InstanceRescueRequested": Conductor._power_action,
+    "InstanceUnrescueRequested": Conductor._power_action,
+    "InstanceResizeRequested": Conductor._move_requested,
+    "InstanceLiveMigrationRequested": Conductor._move_requested,
+    "InstanceEvacuateRequested": Conductor._move_requested,
+    "InstanceMigrationScheduled": Conductor._migration_scheduled,
+    "InstanceMigrationClaimed": Conductor._migration_claimed,
+    "InstanceMigrationFailed": Conductor._migration_failed,
+    "InstanceLiveMigrated": Conductor._live_migrated,
+    "InstanceResizeConfirmRequested": Conductor._confirm_requested,
+    "InstanceResizeRevertRequested": Conductor._revert_requested,
 }
 Conductor.WANTS = frozenset(HANDLERS)
+
+
+def _move_of(event: Event, flavor: payloads.Flavor) -> tuple[str, payloads.Flavor, str | None]:
+    """(Nova's migration_type, the flavor after the move, the admin's destination)."""
+    if event.event_type == "InstanceResizeRequested":
+        p = payload_of(event, payloads.InstanceResizeRequested)
+        return ("migration" if p["migrate"] else "resize"), p["flavor"], p["host"]
+    if event.event_type == "InstanceLiveMigrationRequested":
+        return "live-migration", flavor, payload_of(
+            event, payloads.InstanceLiveMigrationRequested)["host"]
+    return "evacuation", flavor, payload_of(event, payloads.InstanceEvacuateRequested)["host"]

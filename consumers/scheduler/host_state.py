@@ -103,6 +103,7 @@ class HostView:
     deleted: OrderedDict[str, None] = field(default_factory=OrderedDict)
     removed: set[str] = field(default_factory=set)  # compute services an admin deleted
     _claims: dict[str, Claim] = field(default_factory=dict)
+    _moving: dict[str, payloads.Flavor] = field(default_factory=dict)  # by migration id
 
     def apply(self, event: Event) -> None:
         handler = VIEW_HANDLERS.get(event.event_type)
@@ -174,13 +175,16 @@ class HostView:
     def _on_InstanceScheduled(self, e: Event) -> None:
         self.record_placement(e.aggregate_id, payload_of(e, payloads.InstanceScheduled)["host"])
 
-    def record_placement(self, instance: str, host: str, claim: Claim | None = None) -> None:
-        """Also called by the scheduler for its own decisions, before they come back."""
+    def record_placement(self, instance: str, host: str, claim: Claim | None = None,
+                         moving: bool = False) -> None:
+        """Also called by the scheduler for its own decisions, before they come back.
+        `moving`: a migration's destination; the source keeps what it holds (its own
+        reports count it) until the move is confirmed, reverted or given up."""
         if instance in self.deleted:  # a decision that lost the race with a delete
             return
         claim = claim or self._claims.get(instance)
         previous = self.placements.get(instance)
-        if previous and previous != host and previous in self.hosts:
+        if previous and previous != host and previous in self.hosts and not moving:
             self.hosts[previous] = self.hosts[previous].forget(instance)
         self.placements[instance] = host
         if claim is not None and host in self.hosts:
@@ -219,6 +223,38 @@ class HostView:
         while len(self.deleted) > DELETED_KEPT:
             self.deleted.popitem(last=False)
 
+    def _on_InstanceMigrationScheduled(self, e: Event) -> None:
+        p = payload_of(e, payloads.InstanceMigrationScheduled)
+        flavor = self._moving.get(p["migration_id"])
+        self.record_placement(e.aggregate_id, p["host"], claim_of(flavor) if flavor else None,
+                              moving=True)
+
+    def _on_InstanceMigrationStarted(self, e: Event) -> None:
+        m = payload_of(e, payloads.InstanceMigrationStarted)["migration"]
+        self._moving[m["migration_id"]] = m["new_flavor"]
+
+    def _moved_back(self, instance: str, source: str, dest: str | None) -> None:
+        """A move given up or reverted: the destination's share is forgotten (its next
+        report says what it still holds), the instance is the source's again."""
+        if instance in self.deleted:
+            return
+        if dest and dest in self.hosts and dest != source:
+            self.hosts[dest] = self.hosts[dest].forget(instance)
+        self.placements[instance] = source
+
+    def _on_InstanceMigrationFailed(self, e: Event) -> None:
+        p = payload_of(e, payloads.InstanceMigrationFailed)
+        self._moving.pop(p["migration_id"], None)
+        self._moved_back(e.aggregate_id, p["source_host"], p["dest_host"])
+
+    def _on_InstanceResizeReverted(self, e: Event) -> None:
+        p = payload_of(e, payloads.InstanceResizeReverted)
+        self._moving.pop(p["migration_id"], None)
+        self._moved_back(e.aggregate_id, p["host"], p["dest_host"])
+
+    def _on_MoveEnded(self, e: Event) -> None:  # the instance stays on the destination
+        self._moving.pop(str(e.payload.get("migration_id")), None)
+
     def _on_ServerGroupCreated(self, e: Event) -> None:
         p = payload_of(e, payloads.ServerGroupCreated)
         self.group_policies[p["group_id"]] = p["policy"]
@@ -245,4 +281,11 @@ VIEW_HANDLERS: dict[str, Callable[[HostView, Event], None]] = {
     "InstanceSpawned": HostView._on_InstanceSpawned,
     "InstanceDeleted": HostView._on_InstanceDeleted,
     "ServerGroupCreated": HostView._on_ServerGroupCreated,
+    "InstanceMigrationStarted": HostView._on_InstanceMigrationStarted,
+    "InstanceMigrationScheduled": HostView._on_InstanceMigrationScheduled,
+    "InstanceMigrationFailed": HostView._on_InstanceMigrationFailed,
+    "InstanceResizeReverted": HostView._on_InstanceResizeReverted,
+    "InstanceResizeConfirmed": HostView._on_MoveEnded,
+    "InstanceLiveMigrated": HostView._on_MoveEnded,
+    "InstanceEvacuated": HostView._on_MoveEnded,
 }

@@ -22,6 +22,7 @@ from consumers.scheduler.request_spec import build_spec
 from novalog.consume import ConsumeLoop, Record
 from novalog.db import make_pool
 from novalog.domain.claims import claim_of
+from novalog.domain.instance import NO_VALID_HOST
 from novalog.idempotency import Inbox
 from novalog.kafka import EventProducer, Topics
 from novalog.publish import Publisher
@@ -69,6 +70,38 @@ class Scheduler:
     def _ended(self, event: Event) -> None:
         self.requests.forget(event.aggregate_id)
 
+    def _migration_started(self, event: Event) -> None:
+        """A destination for a move (Nova's select_destinations from the conductor's
+        migrate task): the new flavor, never the source host, the admin's host if given."""
+        m = payload_of(event, payloads.InstanceMigrationStarted)["migration"]
+        uuid = event.aggregate_id
+        request = self.requests.get(uuid)
+        moved: payloads.InstanceBuildRequested = {
+            **request, "flavor": m["new_flavor"], "forced_host": m["requested_host"],
+            "forced_node": None}
+        with self.replica.lock:
+            spec = build_spec(uuid, moved, self.view, attempt=1,
+                              excluded_hosts=frozenset({m["source_host"]}),
+                              now=datetime.now(UTC))
+            result = select_destination(list(self.view.hosts.values()), spec,
+                                        host_subset_size=self.host_subset_size, rng=self.rng)
+            if isinstance(result, Selection):
+                self.view.record_placement(uuid, result.host, claim_of(m["new_flavor"]),
+                                           moving=True)
+        if isinstance(result, Selection):
+            self.pub.emit(self.topics.instances, "InstanceMigrationScheduled", uuid,
+                          payloads.InstanceMigrationScheduled(
+                              migration_id=m["migration_id"], host=result.host,
+                              node=result.node), cause=event)
+            return
+        log.info("NoValidHost for the %s of %s: %s", m["kind"], uuid, result.reason)
+        self.pub.emit(self.topics.instances, "InstanceMigrationFailed", uuid,
+                      payloads.InstanceMigrationFailed(
+                          migration_id=m["migration_id"], stage="scheduling",
+                          reason=NO_VALID_HOST + result.reason, source_host=m["source_host"],
+                          dest_host=None, rolled_back=m["kind"] != "evacuation"),
+                      cause=event)
+
     def decide(self, cause: Event, request: payloads.InstanceBuildRequested, *, attempt: int,
                excluded: frozenset[str]) -> None:
         uuid = cause.aggregate_id
@@ -103,6 +136,7 @@ HANDLERS: dict[str, Callable[[Scheduler, Event], None]] = {
     "InstanceErrored": Scheduler._ended,
     "InstanceNoValidHost": Scheduler._ended,
     "InstanceDeleted": Scheduler._ended,
+    "InstanceMigrationStarted": Scheduler._migration_started,
 }
 Scheduler.WANTS = frozenset(HANDLERS)
 

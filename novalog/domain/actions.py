@@ -18,7 +18,7 @@ ANY = None
 @dataclass(frozen=True)
 class Allowed:
     vm_states: frozenset[str] | None  # None: any
-    task_states: frozenset[str | None]
+    task_states: frozenset[str | None] | None  # None: any
     must_have_launched: bool = True
 
 
@@ -31,7 +31,20 @@ RULES = {
                            ALLOW_REBOOT),
     "stop": Allowed(frozenset({s.ACTIVE, s.ERROR}), frozenset({None})),
     "start": Allowed(frozenset({s.STOPPED}), frozenset({None})),
+    "resize": Allowed(frozenset({s.ACTIVE, s.STOPPED}), frozenset({None})),
+    "migrate": Allowed(frozenset({s.ACTIVE, s.STOPPED}), frozenset({None})),
+    "confirmResize": Allowed(frozenset({s.RESIZED}), frozenset({None})),
+    "revertResize": Allowed(frozenset({s.RESIZED}), frozenset({None})),
+    "os-migrateLive": Allowed(frozenset({s.ACTIVE, s.PAUSED_VM}), frozenset({None})),
+    # a lost host leaves its instances in whatever task they had: Nova checks none
+    "evacuate": Allowed(frozenset({s.ACTIVE, s.STOPPED, s.ERROR}), ANY),
+    "rescue": Allowed(frozenset({s.ACTIVE, s.STOPPED, s.ERROR}), frozenset({None})),
+    "unrescue": Allowed(frozenset({s.RESCUED}), frozenset({None})),
 }
+# confirmResize / revertResize also need the migration in this status (else Nova's
+# MigrationNotFound: 400 "Instance has not been resized.")
+RESIZE_FINISHED = "finished"
+NOT_RESIZED = "Instance has not been resized."
 
 
 def refusal(action: str, server_id: str, vm_state: str, task_state: str | None,
@@ -42,7 +55,7 @@ def refusal(action: str, server_id: str, vm_state: str, task_state: str | None,
     name = action.removesuffix("_hard")
     if rule.vm_states is not None and vm_state not in rule.vm_states:
         return f"Cannot '{name}' instance {server_id} while it is in vm_state {vm_state}"
-    if task_state not in rule.task_states:
+    if rule.task_states is not None and task_state not in rule.task_states:
         return f"Cannot '{name}' instance {server_id} while it is in task_state {task_state}"
     if rule.must_have_launched and not launched:
         return f"Cannot '{name}' instance {server_id} while it is in launched_at None"

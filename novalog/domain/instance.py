@@ -11,6 +11,9 @@ Rules:
 - An event that makes no sense in the current state (a spawn after an error,
   anything before the build request) raises TransitionError. Consumers
   dead-letter it with that reason.
+- A move (resize, cold or live migration, evacuation) is one migration record in the
+  state, opened by the conductor (InstanceMigrationStarted) and closed by the step that
+  ends it; its status follows Nova's migration statuses (docs/lifecycle.md).
 - Delete is allowed from any state (as in Nova): InstanceDeleteRequested sets
   task_state `deleting`, which the build steps that may still be under way keep;
   InstanceDeleted ends it. A deleted instance absorbs late events (a build step
@@ -24,10 +27,10 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 from novalog.domain import states as s
-from novalog.domain.actions import refusal
+from novalog.domain.actions import RESIZE_FINISHED, refusal
 from schemas import Event, payloads
 from schemas.typed import payload_of
 
@@ -79,6 +82,7 @@ class Instance:
     terminated_at: datetime | None = None
     fault: Fault | None = None
     action_request_id: str | None = None  # the request whose task is in progress
+    migration: payloads.Migration | None = None  # the move under way (resize ... evacuate)
     events_applied: int = 1
 
     @property
@@ -261,6 +265,152 @@ def _action_done(vm_state: str) -> Callable[[Instance, Event], Instance]:
     return done
 
 
+# -- moves: resize, cold and live migration, evacuation ------------------------------------
+MIGRATION_STATUS = {  # Nova's migration status after each step, by migration kind
+    "resize": {"started": "pre-migrating", "migrating": "migrating",
+               "migrated": "post-migrating", "finished": "finished", "confirming": "confirming",
+               "confirmed": "confirmed", "reverting": "reverting", "reverted": "reverted",
+               "failed": "error"},
+    "live-migration": {"started": "accepted", "scheduled": "queued", "claimed": "preparing",
+                       "migrating": "running", "finished": "completed", "failed": "failed"},
+    "evacuation": {"started": "accepted", "claimed": "pre-migrating", "finished": "done",
+                   "cleaned": "completed", "failed": "failed"},
+}
+MIGRATION_STATUS["migration"] = MIGRATION_STATUS["resize"]
+CLOSED = frozenset({"confirmed", "reverted", "completed", "done", "error", "failed"})
+
+
+def open_migration(state: Instance, migration_id: object = None) -> payloads.Migration | None:
+    """The instance's migration while it is under way (or waits for confirm / revert);
+    with `migration_id`, only if it is that one. The last one stays in the state, closed."""
+    m = state.migration
+    if m is None or m["status"] in CLOSED:
+        return None
+    if migration_id is not None and m["migration_id"] != migration_id:
+        return None
+    return m
+
+
+def _with_status(m: payloads.Migration, step: str) -> payloads.Migration:
+    return {**m, "status": MIGRATION_STATUS[m["kind"]].get(step, m["status"])}
+
+
+def _task(new: Instance, task_state: str | None) -> str | None:
+    return s.DELETING if new.task_state == s.DELETING else task_state
+
+
+def _migration_step(step: str, task_state: str | None = None,
+                    ) -> Callable[[Instance, Event], Instance]:
+    """A step of the open migration: its status (and the task state) move on. An event
+    of another migration than the open one is history only."""
+    def moved(new: Instance, event: Event) -> Instance:
+        m = open_migration(new, event.payload.get("migration_id"))
+        if m is None:
+            return new
+        task = new.task_state if task_state is None else _task(new, task_state)
+        return replace(new, migration=_with_status(m, step), task_state=task)
+    return moved
+
+
+def _resize_requested(new: Instance, event: Event) -> Instance:
+    migrate = payload_of(event, payloads.InstanceResizeRequested)["migrate"]
+    return _requested_action("migrate" if migrate else "resize", s.RESIZE_PREP)(new, event)
+
+
+def _migration_started(new: Instance, event: Event) -> Instance:
+    if new.action_request_id != event.correlation_id:
+        return new  # not the request in progress
+    return replace(new, migration=payload_of(event, payloads.InstanceMigrationStarted)[
+        "migration"])
+
+
+def _migration_scheduled(new: Instance, event: Event) -> Instance:
+    p = payload_of(event, payloads.InstanceMigrationScheduled)
+    m = open_migration(new, p["migration_id"])
+    if m is None:
+        return new
+    return replace(new, migration={**_with_status(m, "scheduled"), "dest_host": p["host"],
+                                   "dest_node": p["node"]})
+
+
+def _answer_requested(action: str, task_state: str | None,
+                      step: str) -> Callable[[Instance, Event], Instance]:
+    """confirmResize / revertResize: allowed only while the resize waits for the answer."""
+    def requested(new: Instance, event: Event) -> Instance:
+        m = open_migration(new)
+        if m is None or m["status"] != RESIZE_FINISHED or refusal(
+                action, new.uuid, new.vm_state, new.task_state, True):
+            return new
+        return replace(new, task_state=task_state, action_request_id=event.correlation_id,
+                       migration=_with_status(m, step))
+    return requested
+
+
+class _Arrived(TypedDict):
+    """What the events that end a move share (InstanceResized, ...Reverted, ...)."""
+
+    migration_id: str
+    host: str
+    node: str
+    power_state: int
+    disks: list[payloads.Disk]
+
+
+def _arrived(step: str, vm_state: str | None = None,
+             flavor: str | None = None) -> Callable[[Instance, Event], Instance]:
+    """A move that put the instance on the event's host: `flavor` (new / old) from the
+    migration; vm_state given, or back to what it was before the move (None)."""
+    def done(new: Instance, event: Event) -> Instance:
+        p = cast(_Arrived, event.payload)
+        m = open_migration(new, p["migration_id"])
+        if m is None:
+            return new
+        state = vm_state or (s.STOPPED if m["old_vm_state"] == s.STOPPED else s.ACTIVE)
+        waiting = state == s.RESIZED  # for confirm / revert: the request stays the owner
+        return replace(
+            new, vm_state=state, task_state=_task(new, None), host=p["host"], node=p["node"],
+            power_state=p["power_state"], disks=tuple(p["disks"]),
+            flavor={"new": m["new_flavor"], "old": m["old_flavor"]}.get(flavor or "",
+                                                                     new.flavor),
+            migration=_with_status(m, step),
+            action_request_id=new.action_request_id if waiting else None,
+            fault=None if state == s.ACTIVE else new.fault)
+    return done
+
+
+def _resize_confirmed(new: Instance, event: Event) -> Instance:
+    m = open_migration(new, event.payload.get("migration_id"))
+    if m is None:
+        return new
+    stopped = new.power_state in (s.SHUTDOWN, s.CRASHED)  # Nova: by the power state
+    return replace(new, vm_state=s.STOPPED if stopped else s.ACTIVE, action_request_id=None,
+                   task_state=_task(new, None), migration=_with_status(m, "confirmed"))
+
+
+def _source_cleaned(new: Instance, event: Event) -> Instance:
+    m = new.migration  # an evacuation is done before its old host comes back to clean
+    if m is None or m["migration_id"] != event.payload.get("migration_id") or \
+            m["kind"] != "evacuation":
+        return new
+    return replace(new, migration=_with_status(m, "cleaned"))
+
+
+def _migration_failed(new: Instance, event: Event) -> Instance:
+    """Rolled back: as before the request, with a fault saying why (Nova keeps the
+    status); otherwise in error, still on the source host with its addresses."""
+    p = payload_of(event, payloads.InstanceMigrationFailed)
+    m = open_migration(new, p["migration_id"])
+    if m is None:
+        return new
+    message = f"{m['kind']} of {new.uuid} failed at {p['stage']}: {p['reason']}"
+    closed = replace(new, migration=_with_status(m, "failed"), action_request_id=None)
+    if not p["rolled_back"]:
+        return replace(_errored(closed, 500, message), ports=new.ports, disks=new.disks)
+    return replace(closed, vm_state=m["old_vm_state"], task_state=_task(new, None),
+                   fault=Fault(code=500, message=message, details=p["reason"],
+                               created=new.updated_at))
+
+
 # Instance events allowed in any state but deleted (the lifecycle after the build).
 LIFECYCLE: dict[str, Callable[[Instance, Event], Instance]] = {
     "InstanceDeleteRequested": _delete_requested,
@@ -274,6 +424,33 @@ LIFECYCLE: dict[str, Callable[[Instance, Event], Instance]] = {
     "InstanceStopped": _action_done(s.STOPPED),
     "InstanceStartRequested": _requested_action("start", s.POWERING_ON),
     "InstanceStarted": _action_done(s.ACTIVE),
+    "InstanceResizeRequested": _resize_requested,
+    "InstanceLiveMigrationRequested": _requested_action("os-migrateLive", s.MIGRATING),
+    "InstanceEvacuateRequested": _requested_action("evacuate", s.REBUILDING),
+    "InstanceMigrationStarted": _migration_started,
+    "InstanceMigrationScheduled": _migration_scheduled,
+    "InstanceMigrationClaimed": _migration_step("claimed"),
+    "InstanceMigrationFailed": _migration_failed,
+    "InstanceResizeMigrating": _migration_step("migrating", s.RESIZE_MIGRATING),
+    "InstanceResizeMigrated": _migration_step("migrated", s.RESIZE_MIGRATED),
+    "InstanceResizeFinishing": _migration_step("finishing", s.RESIZE_FINISH),
+    "InstanceResized": _arrived("finished", s.RESIZED, "new"),
+    "InstanceResizeConfirmRequested": _answer_requested("confirmResize", None, "confirming"),
+    "InstanceResizeConfirmed": _resize_confirmed,
+    "InstanceResizeRevertRequested": _answer_requested("revertResize", s.RESIZE_REVERTING,
+                                                       "reverting"),
+    "InstanceResizeReverted": _arrived("reverted", flavor="old"),
+    "InstanceLiveMigrationStarted": _migration_step("migrating"),
+    "InstanceLiveMigrated": _arrived("finished"),
+    "InstanceMigrationSourceCleaned": _source_cleaned,
+    "InstanceRebuildBlockDeviceMapping": _migration_step("rebuilding",
+                                                         s.REBUILD_BLOCK_DEVICE_MAPPING),
+    "InstanceRebuildSpawning": _migration_step("rebuilding", s.REBUILD_SPAWNING),
+    "InstanceEvacuated": _arrived("finished"),
+    "InstanceRescueRequested": _requested_action("rescue", s.RESCUING),
+    "InstanceRescued": _action_done(s.RESCUED),
+    "InstanceUnrescueRequested": _requested_action("unrescue", s.UNRESCUING),
+    "InstanceUnrescued": _action_done(s.ACTIVE),
     "InstancePowerStateChanged": lambda new, e: replace(
         new, power_state=payload_of(e, payloads.InstancePowerStateChanged)["power_state"]),
 }

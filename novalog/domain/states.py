@@ -8,6 +8,9 @@ BUILDING = "building"
 STOPPED = "stopped"
 ERROR = "error"
 DELETED = "deleted"
+RESIZED = "resized"
+RESCUED = "rescued"
+PAUSED_VM = "paused"
 
 # task_states of the boot (nova/compute/task_states.py)
 SCHEDULING = "scheduling"
@@ -23,6 +26,17 @@ REBOOT_PENDING = "reboot_pending"
 REBOOT_STARTED = "reboot_started"
 REBOOT_PENDING_HARD = "reboot_pending_hard"
 REBOOT_STARTED_HARD = "reboot_started_hard"
+RESIZE_PREP = "resize_prep"
+RESIZE_MIGRATING = "resize_migrating"
+RESIZE_MIGRATED = "resize_migrated"
+RESIZE_FINISH = "resize_finish"
+RESIZE_REVERTING = "resize_reverting"
+MIGRATING = "migrating"
+REBUILDING = "rebuilding"
+REBUILD_BLOCK_DEVICE_MAPPING = "rebuild_block_device_mapping"
+REBUILD_SPAWNING = "rebuild_spawning"
+RESCUING = "rescuing"
+UNRESCUING = "unrescuing"
 
 # power_state codes (nova/compute/power_state.py), shown as integers by the API
 NOSTATE = 0
@@ -46,13 +60,25 @@ _TASK_STATUS = {  # task states that override the vm_state's status, as Nova's A
     (ACTIVE, REBOOT_PENDING_HARD): "HARD_REBOOT",
     (ACTIVE, REBOOT_STARTED_HARD): "HARD_REBOOT",
     (STOPPED, REBOOTING_HARD): "HARD_REBOOT",
-    (ACTIVE, "rebuilding"): "REBUILD",
-    (ACTIVE, "migrating"): "MIGRATING",
-    (ACTIVE, "resize_prep"): "RESIZE",
-    (ACTIVE, "resize_migrating"): "RESIZE",
-    (ACTIVE, "resize_migrated"): "RESIZE",
-    (ACTIVE, "resize_finish"): "RESIZE",
-    ("resized", "resize_reverting"): "REVERT_RESIZE",
+    (ACTIVE, REBUILDING): "REBUILD",
+    (ACTIVE, REBUILD_BLOCK_DEVICE_MAPPING): "REBUILD",
+    (ACTIVE, REBUILD_SPAWNING): "REBUILD",
+    (STOPPED, REBUILDING): "REBUILD",
+    (STOPPED, REBUILD_BLOCK_DEVICE_MAPPING): "REBUILD",
+    (STOPPED, REBUILD_SPAWNING): "REBUILD",
+    (ERROR, REBUILDING): "REBUILD",
+    (ERROR, REBUILD_BLOCK_DEVICE_MAPPING): "REBUILD",
+    (ERROR, REBUILD_SPAWNING): "REBUILD",
+    (ACTIVE, MIGRATING): "MIGRATING",
+    (ACTIVE, RESIZE_PREP): "RESIZE",
+    (ACTIVE, RESIZE_MIGRATING): "RESIZE",
+    (ACTIVE, RESIZE_MIGRATED): "RESIZE",
+    (ACTIVE, RESIZE_FINISH): "RESIZE",
+    (STOPPED, RESIZE_PREP): "RESIZE",
+    (STOPPED, RESIZE_MIGRATING): "RESIZE",
+    (STOPPED, RESIZE_MIGRATED): "RESIZE",
+    (STOPPED, RESIZE_FINISH): "RESIZE",
+    (RESIZED, RESIZE_REVERTING): "REVERT_RESIZE",
     (ACTIVE, "updating_password"): "PASSWORD",
 }
 

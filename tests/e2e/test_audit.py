@@ -111,7 +111,7 @@ def test_a_projection_version_bump_is_built_and_swapped_in_while_the_api_answers
 
     asker = threading.Thread(target=keep_asking)
     asker.start()
-    env = {**cloud.env, "NOVALOG_PROJECTION_VERSION": "2"}
+    env = {**cloud.env, "NOVALOG_PROJECTION_VERSION": "3"}
     v2 = subprocess.Popen([sys.executable, "-m", "novalog", "run", "projector"], env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     schema = cloud.settings.db_schema
@@ -121,15 +121,15 @@ def test_a_projection_version_bump_is_built_and_swapped_in_while_the_api_answers
             while True:
                 row = conn.execute(f'SELECT schema_name FROM "{schema}".projection_versions '
                                    "WHERE state = 'active'").fetchone()
-                if row and row[0] == f"{schema}_p2":
+                if row and row[0] == f"{schema}_p3":
                     break
-                assert time.monotonic() < deadline, "version 2 never went live"
+                assert time.monotonic() < deadline, "the new version never went live"
                 time.sleep(0.2)
             states: dict[str, str] = dict(conn.execute(f'SELECT schema_name, state FROM "{schema}".'
                                        "projection_versions").fetchall())
-            assert states == {f"{schema}_p1": "retired", f"{schema}_p2": "active"}
+            assert states == {f"{schema}_p2": "retired", f"{schema}_p3": "active"}
             kept = conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s",
-                                (f"{schema}_p1",)).fetchone()
+                                (f"{schema}_p2",)).fetchone()
             assert kept == (1,)  # the old version is kept
     finally:
         stop.set()

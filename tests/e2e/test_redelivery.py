@@ -16,6 +16,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from novalog.kafka import consumer_config
+from projections.versions import PROJECTION_VERSION
 from tests.conftest import Infra
 from tests.e2e.conftest import Cloud, running_cloud
 
@@ -61,7 +62,8 @@ def test_rewinding_every_group_to_zero_changes_nothing(infra: Infra, tmp_path) -
                             asynchronous=False)
             consumer.close()
         with psycopg.connect(s.require_database_url(), autocommit=True) as conn:
-            conn.execute(f'UPDATE "{s.db_schema}_p1".projector_offsets SET next_offset = 0')
+            conn.execute(f'UPDATE "{s.db_schema}_p{PROJECTION_VERSION}".projector_offsets '
+                         "SET next_offset = 0")
         again = subprocess.Popen([sys.executable, "-m", "novalog", "up", "--hosts", "2"],
                                  env=cloud.env, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)

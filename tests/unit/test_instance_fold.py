@@ -238,3 +238,156 @@ def test_power_actions_follow_novas_rules_and_a_refused_request_changes_nothing(
     building = fold([requested(Clock())])
     assert building is not None
     assert apply(building, c.ev("InstanceStopRequested")).task_state == s.SCHEDULING
+
+
+# -- moves: resize, confirm / revert, live migration, evacuation; rescue -------------------
+BIGGER = {**FLAVOR, "flavorid": "2", "name": "m1.small", "vcpus": 2, "memory_mb": 1024,
+          "root_gb": 2}
+DISK = {"device": "vda", "path": "/x/disk", "format": "qcow2", "size_gb": 2,
+        "backing_file": None}
+
+
+def migration(kind: str, new: dict[str, Any], old_vm_state: str = s.ACTIVE,
+              status: str = "pre-migrating") -> dict[str, Any]:
+    return {"migration_id": "m-1", "kind": kind, "source_host": "cmp1", "source_node": "cmp1",
+            "dest_host": None, "dest_node": None, "old_flavor": FLAVOR, "new_flavor": new,
+            "requested_host": None, "old_vm_state": old_vm_state, "status": status}
+
+
+def moved_to(c: Clock, state: Instance, kind: str, new: dict[str, Any]) -> Instance:
+    """Request accepted, migration opened, destination cmp2 chosen and claimed."""
+    state = apply(state, c.ev("InstanceMigrationStarted", migration=migration(
+        kind, new, state.vm_state, "accepted" if kind != "resize" else "pre-migrating")))
+    state = apply(state, c.ev("InstanceMigrationScheduled", migration_id="m-1", host="cmp2",
+                              node="cmp2"))
+    return apply(state, c.ev("InstanceMigrationClaimed", migration_id="m-1", host="cmp2",
+                             node="cmp2", instances_path="/y"))
+
+
+def test_a_resize_walks_novas_task_states_to_verify_resize_and_confirm_ends_it() -> None:
+    c = Clock()
+    active = fold([requested(c), *attempt(c, "cmp1"), *build(c, "cmp1")])
+    assert active is not None
+    asked = apply(active, c.ev("InstanceResizeRequested", flavor=BIGGER, migrate=False,
+                               host=None))
+    assert (asked.task_state, asked.status) == (s.RESIZE_PREP, "RESIZE")
+    state = moved_to(c, asked, "resize", BIGGER)
+    assert state.migration is not None and state.migration["dest_host"] == "cmp2"
+    seen = [state.task_state]
+    for kind in ("InstanceResizeMigrating", "InstanceResizeMigrated", "InstanceResizeFinishing"):
+        state = apply(state, c.ev(kind, migration_id="m-1", host="cmp1"))
+        seen.append(state.task_state)
+        assert state.host == "cmp1" and state.flavor == FLAVOR
+    assert seen == [s.RESIZE_PREP, s.RESIZE_MIGRATING, s.RESIZE_MIGRATED, s.RESIZE_FINISH]
+    resized = apply(state, c.ev("InstanceResized", migration_id="m-1", host="cmp2",
+                                node="cmp2", power_state=s.RUNNING, disks=[DISK]))
+    assert (resized.vm_state, resized.task_state, resized.status, resized.host) == \
+        (s.RESIZED, None, "VERIFY_RESIZE", "cmp2")
+    assert resized.flavor == BIGGER and resized.migration is not None
+    assert resized.migration["status"] == "finished"
+    assert apply(resized, c.ev("InstanceResizeRequested", flavor=FLAVOR, migrate=False,
+                               host=None)).task_state is None  # refused: resized
+    confirming = apply(resized, c.ev("InstanceResizeConfirmRequested", automatic=False))
+    assert confirming.migration is not None and confirming.migration["status"] == "confirming"
+    twice = apply(confirming, c.ev("InstanceResizeRevertRequested"))
+    assert twice.task_state is None  # no longer waiting: the revert is refused
+    done = apply(confirming, c.ev("InstanceResizeConfirmed", migration_id="m-1", host="cmp1"))
+    assert (done.vm_state, done.status, done.host, done.flavor) == \
+        (s.ACTIVE, "ACTIVE", "cmp2", BIGGER)
+    assert done.migration is not None and done.migration["status"] == "confirmed"
+
+
+def test_a_revert_brings_back_the_old_flavor_and_host_and_a_stopped_guest_stays_off() -> None:
+    c = Clock()
+    active = fold([requested(c), *attempt(c, "cmp1"), *build(c, "cmp1")])
+    assert active is not None
+    stopped = apply(apply(active, c.ev("InstanceStopRequested")),
+                    c.ev("InstanceStopped", host="cmp1", power_state=s.SHUTDOWN))
+    asked = apply(stopped, c.ev("InstanceResizeRequested", flavor=BIGGER, migrate=False,
+                                host=None))
+    assert asked.status == "RESIZE"
+    state = moved_to(c, asked, "resize", BIGGER)
+    state = apply(state, c.ev("InstanceResized", migration_id="m-1", host="cmp2", node="cmp2",
+                              power_state=s.SHUTDOWN, disks=[DISK]))
+    reverting = apply(state, c.ev("InstanceResizeRevertRequested"))
+    assert (reverting.task_state, reverting.status) == (s.RESIZE_REVERTING, "REVERT_RESIZE")
+    back = apply(reverting, c.ev("InstanceResizeReverted", migration_id="m-1", host="cmp1",
+                                 node="cmp1", power_state=s.SHUTDOWN, disks=[DISK],
+                                 dest_host="cmp2"))
+    assert (back.vm_state, back.task_state, back.host, back.flavor) == \
+        (s.STOPPED, None, "cmp1", FLAVOR)
+    assert back.migration is not None and back.migration["status"] == "reverted"
+
+
+def test_a_failed_move_rolls_back_with_a_fault_and_an_evacuation_failure_is_an_error() -> None:
+    c = Clock()
+    active = fold([requested(c), *attempt(c, "cmp1"), *build(c, "cmp1")])
+    assert active is not None
+    live = apply(active, c.ev("InstanceLiveMigrationRequested", host=None,
+                              block_migration=True))
+    assert (live.vm_state, live.task_state, live.status) == (s.ACTIVE, s.MIGRATING, "MIGRATING")
+    state = moved_to(c, live, "live-migration", FLAVOR)
+    failed = apply(state, c.ev("InstanceMigrationFailed", migration_id="m-1", stage="finish",
+                               reason="spawn failed", source_host="cmp1", dest_host="cmp2",
+                               rolled_back=True))
+    assert (failed.vm_state, failed.task_state, failed.host, failed.status) == \
+        (s.ACTIVE, None, "cmp1", "ACTIVE")
+    assert failed.fault is not None and "spawn failed" in failed.fault["message"]
+    assert failed.migration is not None and failed.migration["status"] == "failed"
+    late = apply(failed, c.ev("InstanceLiveMigrated", migration_id="m-1", host="cmp2",
+                              node="cmp2", power_state=s.RUNNING, disks=[],
+                              source_host="cmp1"))
+    assert late.host == "cmp1"  # a step of a closed migration is history only
+    evac = apply(active, c.ev("InstanceEvacuateRequested", host=None, on_shared_storage=False))
+    assert (evac.task_state, evac.status) == (s.REBUILDING, "REBUILD")
+    evac = moved_to(c, evac, "evacuation", FLAVOR)
+    lost = apply(evac, c.ev("InstanceMigrationFailed", migration_id="m-1", stage="finish",
+                            reason="no disk", source_host="cmp1", dest_host="cmp2",
+                            rolled_back=False))
+    assert (lost.vm_state, lost.status, lost.host, lost.ports) == \
+        (s.ERROR, "ERROR", "cmp1", active.ports)
+
+
+def test_live_migration_and_evacuation_move_the_host_and_keep_the_addresses() -> None:
+    c = Clock()
+    active = fold([requested(c), *attempt(c, "cmp1"), *build(c, "cmp1")])
+    assert active is not None
+    state = moved_to(c, apply(active, c.ev("InstanceLiveMigrationRequested", host="cmp2",
+                                           block_migration=True)), "live-migration", FLAVOR)
+    state = apply(state, c.ev("InstanceLiveMigrationStarted", migration_id="m-1", host="cmp1"))
+    assert state.migration is not None and state.migration["status"] == "running"
+    moved = apply(state, c.ev("InstanceLiveMigrated", migration_id="m-1", host="cmp2",
+                              node="cmp2", power_state=s.RUNNING, disks=[DISK],
+                              source_host="cmp1"))
+    assert (moved.vm_state, moved.task_state, moved.host, moved.ports) == \
+        (s.ACTIVE, None, "cmp2", active.ports)
+    stopped = apply(apply(active, c.ev("InstanceStopRequested")),
+                    c.ev("InstanceStopped", host="cmp1", power_state=s.SHUTDOWN))
+    evac = moved_to(c, apply(stopped, c.ev("InstanceEvacuateRequested", host=None,
+                                           on_shared_storage=False)), "evacuation", FLAVOR)
+    seen = []
+    for kind in ("InstanceRebuildBlockDeviceMapping", "InstanceRebuildSpawning"):
+        evac = apply(evac, c.ev(kind, migration_id="m-1", host="cmp2"))
+        seen.append(evac.task_state)
+    assert seen == [s.REBUILD_BLOCK_DEVICE_MAPPING, s.REBUILD_SPAWNING]
+    done = apply(evac, c.ev("InstanceEvacuated", migration_id="m-1", host="cmp2", node="cmp2",
+                            power_state=s.SHUTDOWN, disks=[DISK]))
+    assert (done.vm_state, done.host, done.ports) == (s.STOPPED, "cmp2", active.ports)
+    assert done.migration is not None and done.migration["status"] == "done"
+    cleaned = apply(done, c.ev("InstanceMigrationSourceCleaned", migration_id="m-1",
+                               host="cmp1"))
+    assert cleaned.migration is not None and cleaned.migration["status"] == "completed"
+
+
+def test_rescue_and_unrescue() -> None:
+    c = Clock()
+    active = fold([requested(c), *attempt(c, "cmp1"), *build(c, "cmp1")])
+    assert active is not None
+    rescuing = apply(active, c.ev("InstanceRescueRequested", rescue_image_ref=None))
+    assert rescuing.task_state == s.RESCUING
+    rescued = apply(rescuing, c.ev("InstanceRescued", host="cmp1", power_state=s.RUNNING))
+    assert (rescued.vm_state, rescued.task_state, rescued.status) == (s.RESCUED, None, "RESCUE")
+    assert apply(rescued, c.ev("InstanceStopRequested")).task_state is None  # refused
+    back = apply(apply(rescued, c.ev("InstanceUnrescueRequested")),
+                 c.ev("InstanceUnrescued", host="cmp1", power_state=s.RUNNING))
+    assert (back.vm_state, back.status) == (s.ACTIVE, "ACTIVE")
