@@ -257,7 +257,22 @@ def roles() -> None:
 def _register_verbs() -> None:
     from novalog.bench import app as bench_app
     from novalog.deadletters import dead_letters_command
-    from producers.cli import boot, delete, reboot, service_app, start, stop
+    from producers.cli import (
+        boot,
+        confirm_resize,
+        delete,
+        evacuate,
+        live_migrate,
+        migrate,
+        reboot,
+        rescue,
+        resize,
+        revert_resize,
+        service_app,
+        start,
+        stop,
+        unrescue,
+    )
     from projections.cli import audit_command, list_servers, replay_command, show_server
 
     app.add_typer(bench_app, name="bench")
@@ -270,6 +285,14 @@ def _register_verbs() -> None:
     app.command("reboot")(reboot)
     app.command("stop")(stop)
     app.command("start")(start)
+    app.command("rescue")(rescue)
+    app.command("unrescue")(unrescue)
+    app.command("resize")(resize)
+    app.command("confirm-resize")(confirm_resize)
+    app.command("revert-resize")(revert_resize)
+    app.command("migrate")(migrate)
+    app.command("live-migrate")(live_migrate)
+    app.command("evacuate")(evacuate)
     app.command("list")(list_servers)
     app.command("show")(show_server)
 

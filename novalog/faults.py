@@ -44,6 +44,18 @@ CRASH_POINTS = {
                              "ports and claim not yet released",
     "compute.after_release": "disks removed, ReleasePorts queued; InstanceDeleted not "
                              "emitted, the claim not yet dropped",
+    "compute.migration.after_claim": "a move's destination claim committed; "
+                                     "InstanceMigrationClaimed not emitted",
+    "compute.resize.after_power_off": "a resize's source guest powered off, stage outgoing; "
+                                      "disks not copied",
+    "compute.migration.after_copy": "the disks copied to the destination; FinishMigration "
+                                    "not sent",
+    "compute.migration.after_spawn": "the guest defined and started on the destination; "
+                                     "its stage and the move's final event not written",
+    "compute.migration.after_cleanup": "the old host's domain and disks gone; the claim not "
+                                       "dropped, its event not emitted",
+    "compute.resize.after_revert_dest": "a revert's destination guest gone; "
+                                        "FinishRevertMigration not sent",
     # network:
     "network.after_allocation": "IpAllocated and PortsAllocated acknowledged; command "
                                 "offset not committed",

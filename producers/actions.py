@@ -261,13 +261,13 @@ def _check_move(conn: Connection[Any], app: AppState, ctx: Context, asked: Asked
 def server_action(server_id: str, request: Request, ctx: Auth, response: Response,
                   body: dict[str, Any] = Body(...)) -> Response:  # noqa: B008
     asked = _action_of(body)
-    if asked.admin_only and not ctx.is_admin:
-        raise ApiError(403, f"Policy doesn't allow {asked.admin_only} to be performed.")
     app = state_of(request)
     request_id = new_request_id(response)
     name = asked.rule.removesuffix("_hard")
     with app.pool.connection() as conn, conn.transaction():
-        (_, _, pending), _row = _locked(conn, app, ctx, server_id)
+        (_, _, pending), _row = _locked(conn, app, ctx, server_id)  # 404 before 403, as Nova
+        if asked.admin_only and not ctx.is_admin:
+            raise ApiError(403, f"Policy doesn't allow {asked.admin_only} to be performed.")
         server = LiveProjection(app.pool, app.settings.db_schema).instance(server_id)
         if server is None:  # accepted, not projected yet: still building
             raise ApiError(409, f"Cannot '{name}' instance {server_id} "

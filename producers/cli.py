@@ -219,24 +219,34 @@ def service_delete(
     _run(delete_one)
 
 
-def _power(server: str, body: dict[str, object], until: str, wait: bool,
-           timeout: float) -> None:
+def _power(server: str, body: dict[str, object], until: str | set[str], wait: bool,
+           timeout: float, ends: set[str] | None = None) -> None:
+    """POST the action; with `wait`, follow it until the server is in a vm_state of
+    `until` (success) or of `ends` (error, or a move rolled back) with no task."""
+    expected = {until} if isinstance(until, str) else until
     client = _client()
     try:
         found = client.find("server", server)
         after = last_seq(client, found["id"])
-        client.request("POST", f"/compute/v2.1/servers/{found['id']}/action", json=body)
+        answer = client.request("POST", f"/compute/v2.1/servers/{found['id']}/action",
+                                json=body)
+        password = answer.get("adminPass") if isinstance(answer, dict) else None
+        if password:
+            console.print(f"adminPass: {password}")
         if not wait:
             console.print(f"{found['id']}  {found['name']}  accepted")
             return
-        state = follow_action(client, found["id"], found["name"], {until, "error"}, after,
-                              timeout)
+        state = follow_action(client, found["id"], found["name"],
+                              expected | {"error"} | (ends or set()), after, timeout)
     except ApiFailure as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     shown = client.get(f"/compute/v2.1/servers/{found['id']}")["server"]
     console.print(f"[green]{shown['status']}[/green]  {found['name']}  {found['id']}")
-    if state != until:
+    if state not in expected:
+        fault = shown.get("fault", {}).get("message")
+        if fault:
+            err.print(f"[red]{fault}[/red]")
         raise typer.Exit(1)
 
 
@@ -260,3 +270,69 @@ def stop(server: SERVER, wait: WAIT = False, timeout: TIMEOUT = 120) -> None:
 def start(server: SERVER, wait: WAIT = False, timeout: TIMEOUT = 120) -> None:
     """Start a stopped server (os-start)."""
     _power(server, {"os-start": None}, "active", wait, timeout)
+
+
+BACK = {"active", "stopped"}  # where a move that was given up leaves the server
+
+
+def rescue(server: SERVER, image: Annotated[str | None, typer.Option(
+        help="Image id to boot the rescue disk from (default: the server's own).")] = None,
+           wait: WAIT = False, timeout: TIMEOUT = 120) -> None:
+    """Boot a server from a rescue disk, its own disk attached second (RESCUE)."""
+    _power(server, {"rescue": {"rescue_image_ref": image} if image else None}, "rescued",
+           wait, timeout)
+
+
+def unrescue(server: SERVER, wait: WAIT = False, timeout: TIMEOUT = 120) -> None:
+    """Boot a rescued server from its own disk again."""
+    _power(server, {"unrescue": None}, "active", wait, timeout)
+
+
+def resize(server: SERVER, flavor: Annotated[str, typer.Argument(help="Flavor name or id.")],
+           wait: WAIT = False, timeout: TIMEOUT = 300) -> None:
+    """Resize a server to another flavor, on another host: VERIFY_RESIZE until
+    confirm-resize or revert-resize (or the auto-confirm window)."""
+    client = _client()
+    try:
+        flavor_id = client.find("flavor", flavor)["id"]
+    except ApiFailure as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    _power(server, {"resize": {"flavorRef": flavor_id}}, "resized", wait, timeout, BACK)
+
+
+def confirm_resize(server: SERVER, wait: WAIT = False, timeout: TIMEOUT = 120) -> None:
+    """Keep the resized server: its old host lets go of it."""
+    _power(server, {"confirmResize": None}, BACK, wait, timeout)
+
+
+def revert_resize(server: SERVER, wait: WAIT = False, timeout: TIMEOUT = 120) -> None:
+    """Go back to the old flavor on the old host."""
+    _power(server, {"revertResize": None}, BACK, wait, timeout)
+
+
+HOST = Annotated[str | None, typer.Option(help="Destination host (admin); default: the "
+                                               "scheduler's choice.")]
+
+
+def migrate(server: SERVER, host: HOST = None, wait: WAIT = False,
+            timeout: TIMEOUT = 300) -> None:
+    """Cold-migrate a server (admin): the resize path with the same flavor."""
+    _power(server, {"migrate": {"host": host} if host else None}, "resized", wait, timeout,
+           BACK)
+
+
+def live_migrate(server: SERVER, host: HOST = None, wait: WAIT = False,
+                 timeout: TIMEOUT = 300) -> None:
+    """Live-migrate a running server (admin): it keeps running and keeps its addresses."""
+    _power(server, {"os-migrateLive": {"host": host, "block_migration": "auto"}}, "active",
+           wait, timeout)
+
+
+def evacuate(server: SERVER, host: HOST = None, wait: WAIT = False,
+             timeout: TIMEOUT = 300) -> None:
+    """Rebuild a server of a down host on another one (admin)."""
+    body: dict[str, object] = {"onSharedStorage": False}
+    if host:
+        body["host"] = host
+    _power(server, {"evacuate": body}, BACK, wait, timeout)

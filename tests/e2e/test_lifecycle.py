@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from tests.conftest import Infra
@@ -29,6 +30,7 @@ pytestmark = [pytest.mark.integration]
 
 DOWN_TIME_S = 4.0
 HOST_MB = 4096  # m1.large (8192) fits nowhere: NoValidHost on demand
+CONFIRM_WINDOW_S = 6.0  # resize_confirm_window: a move left unconfirmed is confirmed
 CONTROL = {"nova-scheduler", "nova-conductor", "nova-network", "novalog-projector"}
 
 
@@ -37,7 +39,9 @@ def cloud(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cl
     with running_cloud(infra, tmp_path_factory.mktemp("lifecycle") / "home", hosts=2,
                        extra_env={"NOVALOG_REPORT_INTERVAL_S": "0.5",
                                   "NOVALOG_SERVICE_DOWN_TIME_S": str(DOWN_TIME_S),
-                                  "NOVALOG_COMPUTE_MEMORY_MB": str(HOST_MB)}) as c:
+                                  "NOVALOG_COMPUTE_MEMORY_MB": str(HOST_MB),
+                                  "NOVALOG_RESIZE_CONFIRM_WINDOW_S": str(CONFIRM_WINDOW_S)},
+                       ) as c:
         c.raise_quotas()
         yield c
 
@@ -318,6 +322,245 @@ def test_reboot_stop_and_start_walk_novas_task_states(cloud: Cloud) -> None:
     assert replay.returncode == 0, replay.stdout + replay.stderr
 
 
+# -- moves: resize, confirm / revert, cold and live migration, evacuation; rescue ----------
+def delete_all(cloud: Cloud, host: str | None = None) -> None:
+    admin = cloud.client()
+    for found in admin.get("/compute/v2.1/servers/detail", all_tenants="1")["servers"]:
+        if host in (None, found["OS-EXT-SRV-ATTR:host"]):
+            assert admin.http.delete(f"/compute/v2.1/servers/{found['id']}", headers={
+                "X-Auth-Token": admin.token()}).status_code == 204
+            wait_deleted(cloud, found["id"])
+
+
+def host_claims(cloud: Cloud, server_id: str) -> dict[str, tuple[str, int]]:
+    """host -> (stage, memory MB) of the server's claims: what each tracker holds."""
+    with psycopg.connect(cloud.settings.require_database_url()) as conn:
+        return {r[0]: (r[1], r[2]) for r in conn.execute(
+            f'SELECT host, stage, memory_mb FROM "{cloud.settings.db_schema}".compute_claims '
+            "WHERE instance_uuid = %s", (server_id,))}
+
+
+def used_mb(cloud: Cloud) -> dict[str, int]:
+    return {h["service"]["host"]: h["memory_mb_used"] for h in
+            cloud.client().get("/compute/v2.1/os-hypervisors/detail")["hypervisors"]}
+
+
+def server(cloud: Cloud, server_id: str) -> dict[str, Any]:
+    return dict(cloud.client().get(f"/compute/v2.1/servers/{server_id}")["server"])
+
+
+def migrations(cloud: Cloud, server_id: str) -> list[dict[str, Any]]:
+    return list(cloud.client().get("/compute/v2.1/os-migrations",
+                                   instance_uuid=server_id)["migrations"])
+
+
+def on_host(cloud: Cloud, name: str, host: str) -> str:
+    server_id = boot(cloud, name, availability_zone=f"nova:{host}")
+    cloud.wait_servers([server_id])
+    return server_id
+
+
+def test_resize_walks_to_verify_resize_holding_both_hosts_then_confirm_frees_the_source(
+        cloud: Cloud) -> None:
+    delete_all(cloud)  # the hosts to themselves: each move's accounting is exact
+    server_id = on_host(cloud, "to-resize", "cmp1")
+    before = used_mb(cloud)
+    seq = events(cloud, server_id)[-1]["seq"]
+    result = cloud.cli("resize", server_id, "m1.small", "--wait")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert states_after(cloud, server_id, seq) == [
+        ("InstanceResizeRequested", "active", "resize_prep"),
+        ("InstanceMigrationStarted", "active", "resize_prep"),
+        ("InstanceMigrationScheduled", "active", "resize_prep"),
+        ("InstanceMigrationClaimed", "active", "resize_prep"),
+        ("InstanceResizeMigrating", "active", "resize_migrating"),
+        ("InstanceResizeMigrated", "active", "resize_migrated"),
+        ("InstanceResizeFinishing", "active", "resize_finish"),
+        ("InstanceResized", "resized", None)]
+    shown = server(cloud, server_id)
+    assert (shown["status"], shown["OS-EXT-SRV-ATTR:host"], shown["flavor"]["original_name"]
+            if "original_name" in shown["flavor"] else shown["flavor"]["id"]) in \
+        {("VERIFY_RESIZE", "cmp2", "m1.small"), ("VERIFY_RESIZE", "cmp2", "2")}
+    # both hosts hold the instance until the answer: the old guest off, the new one running
+    assert host_claims(cloud, server_id) == {"cmp1": ("outgoing", 512),
+                                             "cmp2": ("active", 2048)}
+    until("both hosts report it", lambda: used_mb(cloud) == {
+        "cmp1": before["cmp1"], "cmp2": before["cmp2"] + 2048})
+    assert (cloud.home / "compute" / "cmp2" / "instances" / server_id / "disk").exists()
+    assert [(m["status"], m["source_compute"], m["dest_compute"], m["migration_type"])
+            for m in migrations(cloud, server_id)] == [("finished", "cmp1", "cmp2", "resize")]
+    again = action(cloud, server_id, {"resize": {"flavorRef": "3"}})
+    assert again.status_code == 409
+    assert again.json()["conflictingRequest"]["message"] == \
+        f"Cannot 'resize' instance {server_id} while it is in vm_state resized"
+    result = cloud.cli("confirm-resize", server_id, "--wait")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert server(cloud, server_id)["status"] == "ACTIVE"
+    until("cmp1 let go", lambda: host_claims(cloud, server_id) == {"cmp2": ("active", 2048)})
+    until("usage moved", lambda: used_mb(cloud) == {"cmp1": before["cmp1"] - 512,
+                                                    "cmp2": before["cmp2"] + 2048})
+    assert not (cloud.home / "compute" / "cmp1" / "instances" / server_id).exists()
+    assert [m["status"] for m in migrations(cloud, server_id)] == ["confirmed"]
+    actions = cloud.client().get(f"/compute/v2.1/servers/{server_id}/os-instance-actions")
+    assert [a["action"] for a in actions["instanceActions"]] == \
+        ["confirmResize", "resize", "create"]
+    resize = next(a for a in actions["instanceActions"] if a["action"] == "resize")
+    steps = cloud.client().get(f"/compute/v2.1/servers/{server_id}/os-instance-actions/"
+                               f"{resize['request_id']}")["instanceAction"]["events"]
+    assert sorted((e["event"], e["result"]) for e in steps) == [
+        ("compute_finish_resize", "Success"), ("compute_prep_resize", "Success"),
+        ("compute_resize_instance", "Success"), ("conductor_migrate_server", "Success")]
+
+
+def test_bad_move_requests_are_refused_with_novas_words_and_publish_nothing(
+        cloud: Cloud) -> None:
+    server_id = on_host(cloud, "not-to-move", "cmp2")
+    seq = events(cloud, server_id)[-1]["seq"]
+    demo = cloud.client("demo", "demo", "demo")
+    refusals: list[tuple[dict[str, Any], int, str]] = [
+        ({"resize": {"flavorRef": "1"}}, 400, "When resizing, instances must change flavor!"),
+        ({"resize": {"flavorRef": "99"}}, 400, "Flavor 99 could not be found."),
+        ({"resize": {}}, 400, "Invalid input for field/attribute resize. Value: {}. "
+                              "'flavorRef' is a required property"),
+        ({"confirmResize": None}, 409,
+         f"Cannot 'confirmResize' instance {server_id} while it is in vm_state active"),
+        ({"unrescue": None}, 409,
+         f"Cannot 'unrescue' instance {server_id} while it is in vm_state active"),
+        ({"os-migrateLive": {"host": "cmp2", "block_migration": "auto"}}, 400,
+         f"Unable to migrate instance ({server_id}) to current host (cmp2)."),
+        ({"os-migrateLive": {"host": "cmp9", "block_migration": "auto"}}, 400,
+         "Compute host cmp9 could not be found."),
+        ({"evacuate": {"onSharedStorage": False}}, 400,
+         "Compute service of cmp2 is still in use."),
+        ({"migrate": {"host": "cmp2"}}, 400,
+         "Cannot migrate to the host where the server exists."),
+    ]
+    for body, status, message in refusals:
+        refused = action(cloud, server_id, body)
+        assert refused.status_code == status, (body, refused.text)
+        assert next(iter(refused.json().values()))["message"] == message
+    forbidden = demo.http.post(f"/compute/v2.1/servers/{server_id}/action",
+                               json={"migrate": None}, headers={"X-Auth-Token": demo.token()})
+    assert forbidden.status_code == 404  # another project's server
+    time.sleep(1)
+    assert states_after(cloud, server_id, seq) == []
+
+
+def test_revert_brings_the_server_back_and_cold_migrate_is_auto_confirmed(
+        cloud: Cloud) -> None:
+    server_id = on_host(cloud, "to-revert", "cmp1")
+    assert cloud.cli("stop", server_id, "--wait").returncode == 0
+    assert cloud.cli("resize", server_id, "m1.small", "--wait").returncode == 0
+    shown = server(cloud, server_id)
+    assert (shown["status"], shown["OS-EXT-STS:power_state"]) == ("VERIFY_RESIZE", 4)
+    seq = events(cloud, server_id)[-1]["seq"]
+    result = cloud.cli("revert-resize", server_id, "--wait")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert states_after(cloud, server_id, seq) == [
+        ("InstanceResizeRevertRequested", "resized", "resize_reverting"),
+        ("InstanceResizeReverted", "stopped", None)]  # it was stopped: it stays off
+    shown = server(cloud, server_id)
+    assert (shown["status"], shown["OS-EXT-SRV-ATTR:host"]) == ("SHUTOFF", "cmp1")
+    until("cmp2 let go", lambda: host_claims(cloud, server_id) == {"cmp1": ("stopped", 512)})
+    assert not (cloud.home / "compute" / "cmp2" / "instances" / server_id).exists()
+    assert [m["status"] for m in migrations(cloud, server_id)] == ["reverted"]
+    assert cloud.cli("start", server_id, "--wait").returncode == 0
+    # a cold migrate (admin): the same flavor, the scheduler's other host, and nobody
+    # answers: confirmed by the destination after resize_confirm_window
+    result = cloud.cli("migrate", server_id, "--wait")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert server(cloud, server_id)["OS-EXT-SRV-ATTR:host"] == "cmp2"
+    until("auto-confirmed", lambda: server(cloud, server_id)["status"] == "ACTIVE",
+          timeout=CONFIRM_WINDOW_S + 20)
+    until("cmp1 let go", lambda: host_claims(cloud, server_id) == {"cmp2": ("active", 512)})
+    assert [(m["migration_type"], m["status"]) for m in migrations(cloud, server_id)] == \
+        [("migration", "confirmed"), ("resize", "reverted")]
+    confirms = [e for e in events(cloud, server_id)
+                if e["event_type"] == "InstanceResizeConfirmRequested"]
+    assert [e["payload"]["automatic"] for e in confirms] == [True]
+
+
+def test_live_migration_keeps_the_server_running_and_its_addresses(cloud: Cloud) -> None:
+    server_id = on_host(cloud, "to-live-migrate", "cmp1")
+    addresses = server(cloud, server_id)["addresses"]
+    seq = events(cloud, server_id)[-1]["seq"]
+    result = cloud.cli("live-migrate", server_id, "--host", "cmp2", "--wait")
+    assert result.returncode == 0, result.stdout + result.stderr
+    until("source cleaned", lambda: states_after(cloud, server_id, seq)[-1][0] ==
+          "InstanceMigrationSourceCleaned")
+    steps = states_after(cloud, server_id, seq)
+    assert {vm for _, vm, _ in steps} == {"active"}  # vm_state unchanged throughout
+    assert [(k, t) for k, _, t in steps] == [
+        ("InstanceLiveMigrationRequested", "migrating"),
+        ("InstanceMigrationStarted", "migrating"),
+        ("InstanceMigrationScheduled", "migrating"),
+        ("InstanceMigrationClaimed", "migrating"),
+        ("InstanceLiveMigrationStarted", "migrating"),
+        ("InstanceLiveMigrated", None),
+        ("InstanceMigrationSourceCleaned", None)]
+    shown = server(cloud, server_id)
+    assert (shown["status"], shown["OS-EXT-SRV-ATTR:host"], shown["addresses"]) == \
+        ("ACTIVE", "cmp2", addresses)
+    until("source cleaned", lambda: host_claims(cloud, server_id) == {"cmp2": ("active", 512)})
+    assert not (cloud.home / "compute" / "cmp1" / "instances" / server_id).exists()
+    assert [m["status"] for m in migrations(cloud, server_id)] == ["completed"]
+    stopped = on_host(cloud, "stopped-stays", "cmp1")
+    assert cloud.cli("stop", stopped, "--wait").returncode == 0
+    refused = action(cloud, stopped, {"os-migrateLive": {"host": None,
+                                                         "block_migration": "auto"}})
+    assert refused.status_code == 409
+    assert refused.json()["conflictingRequest"]["message"] == \
+        f"Cannot 'os-migrateLive' instance {stopped} while it is in vm_state stopped"
+
+
+def test_rescue_boots_a_rescue_disk_first_and_unrescue_restores_the_guest(
+        cloud: Cloud) -> None:
+    server_id = on_host(cloud, "to-rescue", "cmp2")
+    answer = action(cloud, server_id, {"rescue": None})
+    assert answer.status_code == 200 and len(answer.json()["adminPass"]) >= 8
+    until("RESCUE", lambda: server(cloud, server_id)["status"] == "RESCUE")
+    directory = cloud.home / "compute" / "cmp2" / "instances" / server_id
+    xml = (directory / "libvirt.xml").read_text()
+    assert xml.index("disk.rescue") < xml.index(f"{server_id}/disk'")  # rescue disk first
+    assert [t for _, _, t in states_after(cloud, server_id, 0)][-2:] == ["rescuing", None]
+    result = cloud.cli("unrescue", server_id, "--wait")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert server(cloud, server_id)["status"] == "ACTIVE"
+    assert not (directory / "disk.rescue").exists()
+    assert "disk.rescue" not in (directory / "libvirt.xml").read_text()
+
+
+def test_evacuate_rebuilds_a_down_hosts_server_elsewhere_and_the_host_cleans_up_on_return(
+        cloud: Cloud) -> None:
+    server_id = on_host(cloud, "to-evacuate", "cmp1")
+    addresses = server(cloud, server_id)["addresses"]
+    compute = pid_of(cloud, "compute-cmp1")
+    os.kill(compute, signal.SIGSTOP)
+    try:
+        until("cmp1 down", lambda: services(cloud)[("nova-compute", "cmp1")]["state"]
+              == "down", timeout=DOWN_TIME_S + 10)
+        result = cloud.cli("evacuate", server_id, "--wait")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "adminPass" in result.stdout
+        shown = server(cloud, server_id)
+        assert (shown["status"], shown["OS-EXT-SRV-ATTR:host"], shown["addresses"]) == \
+            ("ACTIVE", "cmp2", addresses)
+        assert [t for _, _, t in states_after(cloud, server_id, 0)][-4:] == [
+            "rebuilding", "rebuild_block_device_mapping", "rebuild_spawning", None]
+        assert set(host_claims(cloud, server_id)) == {"cmp1", "cmp2"}  # cmp1 is not back
+    finally:
+        os.kill(compute, signal.SIGKILL)  # the host comes back as a new agent
+    until("cmp1 back", lambda: services(cloud)[("nova-compute", "cmp1")]["state"] == "up",
+          timeout=60)
+    until("cmp1 destroyed its copy", lambda: host_claims(cloud, server_id) ==
+          {"cmp2": ("active", 512)}, timeout=30)
+    assert not (cloud.home / "compute" / "cmp1" / "instances" / server_id).exists()
+    until("completed", lambda: [m["status"] for m in migrations(cloud, server_id)] ==
+          ["completed"])
+    replay = cloud.cli("replay", "--verify")
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+
+
 # -- service administration (kept last: the final test removes cmp1) --------------------
 def put_service(cloud: Cloud, action: str, user: str = "admin",
                 **body: str) -> httpx.Response:
@@ -361,22 +604,14 @@ def test_a_disabled_host_gets_no_new_builds_and_bad_requests_change_nothing(
 
 def test_a_host_is_deleted_only_when_empty_and_then_gone_everywhere(cloud: Cloud) -> None:
     admin = cloud.client()
-
-    def delete_all(host: str | None = None) -> None:
-        for server in admin.get("/compute/v2.1/servers/detail", all_tenants="1")["servers"]:
-            if host in (None, server["OS-EXT-SRV-ATTR:host"]):
-                assert admin.http.delete(f"/compute/v2.1/servers/{server['id']}", headers={
-                    "X-Auth-Token": admin.token()}).status_code == 204
-                wait_deleted(cloud, server["id"])
-
-    delete_all()  # room on cmp2 for what follows
+    delete_all(cloud)  # room on cmp2 for what follows
     on_cmp1 = boot(cloud, "pins-cmp1", availability_zone="nova:cmp1")
     cloud.wait_servers([on_cmp1])
     refused = cloud.cli("service", "delete", "cmp1")
     assert refused.returncode == 1
     assert "Unable to delete compute service that is hosting instances." in refused.stderr
     assert ("nova-compute", "cmp1") in services(cloud)
-    delete_all("cmp1")
+    delete_all(cloud, "cmp1")
     result = cloud.cli("service", "delete", "cmp1")
     assert result.returncode == 0, result.stdout + result.stderr
     assert ("nova-compute", "cmp1") not in services(cloud)
