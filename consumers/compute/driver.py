@@ -96,6 +96,10 @@ class LibvirtDriver:
         dump_to.write_text(dom.XMLDesc())  # what libvirt accepted, like Nova's libvirt.xml
         return dom
 
+    def define(self, xml: str) -> libvirt.virDomain:
+        """Define without starting (a stopped guest known again after a restart)."""
+        return self.conn.defineXML(xml)
+
     def destroy(self, instance_uuid: str) -> None:
         """Stop and undefine the instance's domain if it exists."""
         try:

@@ -97,16 +97,21 @@ class ComputeManager:
 
     def init_host(self) -> None:
         """Like Nova's init_host: every instance this host holds as active has its domain
-        running again (a restarted agent, or a hypervisor that lost its guests)."""
+        running again (a restarted agent, or a hypervisor that lost its guests); one that
+        is off here (stopped, or a resize's source) is defined again, and stays off."""
         self._destroy_evacuated_instances()
-        running = set(self.driver.instance_uuids())
-        for uuid in self.tracker.instances_at("active"):
-            if uuid in self._releasing:
-                continue
-            saved = self.cache.instance_dir(uuid) / "libvirt.xml"
-            if uuid not in running and saved.exists():
-                log.info("init_host: restoring the domain of %s", uuid)
-                self.driver.spawn(saved.read_text(), saved)
+        known = set(self.driver.instance_uuids())
+        for stage, start in (("active", True), ("stopped", False), ("outgoing", False)):
+            for uuid in self.tracker.instances_at(stage):
+                saved = self.cache.instance_dir(uuid) / "libvirt.xml"
+                if uuid in self._releasing or not saved.exists():
+                    continue
+                if start and self.driver.power_state_of(uuid) != states.RUNNING:
+                    log.info("init_host: starting the domain of %s again", uuid)
+                    self.driver.spawn(saved.read_text(), saved)
+                elif not start and uuid not in known:
+                    log.info("init_host: defining the domain of %s again (%s)", uuid, stage)
+                    self.driver.define(saved.read_text())
 
     def _destroy_evacuated_instances(self) -> None:
         """Nova's init_host step of the same name: an instance this host still holds that

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from novalog.faults import CRASH_POINTS
@@ -39,6 +40,16 @@ DELETE_SCENARIOS = [
     ("compute", "consume.after_inbox"), ("compute", "compute.after_destroy"),
     ("compute", "compute.after_release"),
 ]
+# crashes inside a move: one server on cmp1, moved with the crash armed, then deleted
+MOVE_SCENARIOS = [
+    ("compute.migration.after_claim", "resize-confirm"),
+    ("compute.resize.after_power_off", "resize-confirm"),
+    ("compute.migration.after_copy", "live"),
+    ("compute.migration.after_spawn", "resize-revert"),
+    ("compute.migration.after_spawn", "live"),
+    ("compute.migration.after_cleanup", "resize-confirm"),
+    ("compute.resize.after_revert_dest", "resize-revert"),
+]
 BATCH = 2
 
 
@@ -54,7 +65,8 @@ def cloud(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cl
 
 
 def test_every_crash_point_is_exercised() -> None:
-    assert {point for _, point in SCENARIOS + DELETE_SCENARIOS} == set(CRASH_POINTS)
+    assert {point for _, point in SCENARIOS + DELETE_SCENARIOS} | \
+        {point for point, _ in MOVE_SCENARIOS} == set(CRASH_POINTS)
 
 
 def api_ready(cloud: Cloud, timeout: float = 60) -> None:
@@ -156,6 +168,67 @@ def test_a_crash_inside_a_delete_leaves_nothing_behind(cloud: Cloud, role: str,
     plan.write_text("")
     assert marker.exists(), f"{role}:{point} never fired"
     wait_restarted(cloud, role, before)
+
+
+@pytest.mark.parametrize(("point", "move"), MOVE_SCENARIOS,
+                         ids=[f"{m}-{p}" for p, m in MOVE_SCENARIOS])
+def test_a_crash_inside_a_move_loses_nothing_and_leaves_one_guest(cloud: Cloud, point: str,
+                                                                   move: str) -> None:
+    client = cloud.client()
+    name = f"mv-{move}-{point.replace('.', '-').replace('_', '-')}"
+    created = client.request("POST", "/compute/v2.1/servers", json={"server": {
+        "name": name, "flavorRef": "1", "imageRef": cloud.image_id(),
+        "availability_zone": "nova:cmp1"}})
+    server_id = created["server"]["id"]
+    cloud.wait_servers([server_id])
+    addresses = client.get(f"/compute/v2.1/servers/{server_id}")["server"]["addresses"]
+    plan = Path(cloud.env["NOVALOG_CRASH_PLAN"])
+    before = restarts(cloud)
+    marker = cloud.home / "crashes" / f"compute-{point}"
+    marker.unlink(missing_ok=True)
+    plan.write_text(f"compute:{point}\n")
+    resize: tuple[str, ...] = ("resize", server_id, "m1.small")
+    steps: dict[str, list[tuple[str, ...]]] = {
+        "resize-confirm": [resize, ("confirm-resize", server_id)],
+        "resize-revert": [resize, ("revert-resize", server_id)],
+        "live": [("live-migrate", server_id)]}
+    for step in steps[move]:
+        result = cloud.cli(*step, "--wait", timeout=240)
+        assert result.returncode == 0, (step, result.stdout + result.stderr)
+    plan.write_text("")
+    assert marker.exists(), f"compute:{point} never fired"
+    wait_restarted(cloud, "compute", before)
+    host, memory = ("cmp1", 512) if move == "resize-revert" else \
+        ("cmp2", 2048 if move == "resize-confirm" else 512)
+    shown = client.get(f"/compute/v2.1/servers/{server_id}")["server"]
+    assert (shown["status"], shown["OS-EXT-SRV-ATTR:host"], shown["addresses"]) == \
+        ("ACTIVE", host, addresses)
+    deadline = time.monotonic() + 60
+    while (held := host_claims(cloud, server_id)) != {host: ("active", memory)} or \
+            dirs_of(cloud, server_id) != [host]:
+        assert time.monotonic() < deadline, (held, dirs_of(cloud, server_id))
+        time.sleep(0.3)
+    kinds = Counter(e["event_type"] for e in client.get(
+        f"/novalog/v1/servers/{server_id}/events")["events"])
+    assert max(kinds.values()) == 1, kinds  # nothing doubled
+    assert httpx.delete(f"{cloud.api_url}/compute/v2.1/servers/{server_id}",
+                        headers={"X-Auth-Token": client.token()}).status_code == 204
+    deadline = time.monotonic() + 60
+    while leftovers(cloud, {server_id}) or dirs_of(cloud, server_id):
+        assert time.monotonic() < deadline, leftovers(cloud, {server_id})
+        time.sleep(0.3)
+
+
+def host_claims(cloud: Cloud, server_id: str) -> dict[str, tuple[str, int]]:
+    with psycopg.connect(cloud.settings.require_database_url()) as conn:
+        return {r[0]: (r[1], r[2]) for r in conn.execute(
+            f'SELECT host, stage, memory_mb FROM "{cloud.settings.db_schema}".compute_claims '
+            "WHERE instance_uuid = %s", (server_id,))}
+
+
+def dirs_of(cloud: Cloud, server_id: str) -> list[str]:
+    return [h for h in cloud.compute_hosts()
+            if (cloud.home / "compute" / h / "instances" / server_id).exists()]
 
 
 def test_after_all_crashes_there_is_one_of_everything(cloud: Cloud) -> None:

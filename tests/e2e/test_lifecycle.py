@@ -414,6 +414,7 @@ def test_resize_walks_to_verify_resize_holding_both_hosts_then_confirm_frees_the
 
 def test_bad_move_requests_are_refused_with_novas_words_and_publish_nothing(
         cloud: Cloud) -> None:
+    delete_all(cloud)
     server_id = on_host(cloud, "not-to-move", "cmp2")
     seq = events(cloud, server_id)[-1]["seq"]
     demo = cloud.client("demo", "demo", "demo")
@@ -448,6 +449,7 @@ def test_bad_move_requests_are_refused_with_novas_words_and_publish_nothing(
 
 def test_revert_brings_the_server_back_and_cold_migrate_is_auto_confirmed(
         cloud: Cloud) -> None:
+    delete_all(cloud)
     server_id = on_host(cloud, "to-revert", "cmp1")
     assert cloud.cli("stop", server_id, "--wait").returncode == 0
     assert cloud.cli("resize", server_id, "m1.small", "--wait").returncode == 0
@@ -481,6 +483,7 @@ def test_revert_brings_the_server_back_and_cold_migrate_is_auto_confirmed(
 
 
 def test_live_migration_keeps_the_server_running_and_its_addresses(cloud: Cloud) -> None:
+    delete_all(cloud)
     server_id = on_host(cloud, "to-live-migrate", "cmp1")
     addresses = server(cloud, server_id)["addresses"]
     seq = events(cloud, server_id)[-1]["seq"]
@@ -515,6 +518,7 @@ def test_live_migration_keeps_the_server_running_and_its_addresses(cloud: Cloud)
 
 def test_rescue_boots_a_rescue_disk_first_and_unrescue_restores_the_guest(
         cloud: Cloud) -> None:
+    delete_all(cloud)
     server_id = on_host(cloud, "to-rescue", "cmp2")
     answer = action(cloud, server_id, {"rescue": None})
     assert answer.status_code == 200 and len(answer.json()["adminPass"]) >= 8
@@ -532,6 +536,7 @@ def test_rescue_boots_a_rescue_disk_first_and_unrescue_restores_the_guest(
 
 def test_evacuate_rebuilds_a_down_hosts_server_elsewhere_and_the_host_cleans_up_on_return(
         cloud: Cloud) -> None:
+    delete_all(cloud)
     server_id = on_host(cloud, "to-evacuate", "cmp1")
     addresses = server(cloud, server_id)["addresses"]
     compute = pid_of(cloud, "compute-cmp1")
@@ -571,6 +576,7 @@ def put_service(cloud: Cloud, action: str, user: str = "admin",
 
 def test_a_disabled_host_gets_no_new_builds_and_bad_requests_change_nothing(
         cloud: Cloud) -> None:
+    delete_all(cloud)
     refusals = [
         (put_service(cloud, "disable", "demo", host="cmp1", binary="nova-compute"), 403,
          "Policy doesn't allow os_compute_api:os-services:update to be performed."),
