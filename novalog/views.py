@@ -185,6 +185,34 @@ class Hypervisors(TypedDict):
     hypervisors: list[HypervisorView]
 
 
+class HostView(TypedDict):
+    """GET /os-hosts (Nova's, up to microversion 2.43)."""
+
+    host_name: str
+    service: str
+    zone: str
+
+
+class Hosts(TypedDict):
+    hosts: list[HostView]
+
+
+class HostResourceView(TypedDict):
+    host: str
+    project: str  # "(total)", "(used_now)", "(used_max)" or a project id
+    cpu: int
+    memory_mb: int
+    disk_gb: int
+
+
+class HostResource(TypedDict):
+    resource: HostResourceView
+
+
+class HostDetail(TypedDict):
+    host: list[HostResource]
+
+
 class MigrationView(TypedDict):
     """GET /os-migrations at 2.1 (Nova's fields), plus migration_type (2.23's)."""
 

@@ -364,6 +364,41 @@ def list_services(request: Request, _ctx: Auth, host: str | None = None,
         return {"services": service_rows(conn, down_time, host=host, binary=binary)}
 
 
+@router.get("/os-hosts", summary="Every host with its services (Nova's os-hosts, up to 2.43)")
+def list_hosts(request: Request, _ctx: Auth, zone: str | None = None) -> views.Hosts:
+    with state_of(request).pool.connection() as conn:
+        rows = conn.execute("SELECT host, service_binary, zone FROM services WHERE "
+                            "%(zone)s::text IS NULL OR zone = %(zone)s "
+                            "ORDER BY host, service_binary", {"zone": zone}).fetchall()
+    return {"hosts": [{"host_name": host, "service": binary.removeprefix("nova-"),
+                       "zone": zone} for host, binary, zone in rows]}
+
+
+@router.get("/os-hosts/{host}", summary="A compute host's resources: total, used now, "
+                                        "and per project (admin)")
+def show_host(host: str, request: Request, ctx: Auth) -> views.HostDetail:
+    if not ctx.is_admin:
+        raise ApiError(403, "Policy doesn't allow os_compute_api:os-hosts:show to be "
+                            "performed.")
+    with state_of(request).pool.connection() as conn:
+        node = conn.execute("SELECT vcpus, memory_mb, local_gb, vcpus_used, memory_mb_used, "
+                            "local_gb_used FROM compute_nodes WHERE host = %s",
+                            (host,)).fetchone()
+        if node is None:
+            raise ApiError(404, f"Compute host {host} could not be found.")
+        projects = conn.execute(
+            "SELECT project_id, SUM((flavor->>'vcpus')::int), SUM((flavor->>'memory_mb')::int),"
+            " SUM((flavor->>'root_gb')::int + (flavor->>'ephemeral_gb')::int) FROM servers "
+            "WHERE host = %s AND vm_state <> 'deleted' GROUP BY project_id ORDER BY project_id",
+            (host,)).fetchall()
+    used_max = [sum(int(p[i] or 0) for p in projects) for i in (1, 2, 3)]
+    rows = [("(total)", node[0], node[1], node[2]), ("(used_now)", node[3], node[4], node[5]),
+            ("(used_max)", *used_max), *projects]
+    return {"host": [{"resource": {"host": host, "project": str(r[0]), "cpu": int(r[1] or 0),
+                                   "memory_mb": int(r[2] or 0), "disk_gb": int(r[3] or 0)}}
+                     for r in rows]}
+
+
 def migration_number(migration_id: str) -> int:
     """Nova's integer id, derived from the conductor's migration uuid (stable on replay)."""
     return int(migration_id.replace("-", "")[:12], 16)
@@ -401,15 +436,18 @@ def list_migrations(request: Request, ctx: Auth, host: str | None = None,
 
 @router.get("/os-hypervisors/detail", summary="Compute nodes with their usage")
 def list_hypervisors(request: Request, _ctx: Auth) -> views.Hypervisors:
-    with state_of(request).pool.connection() as conn:
+    state = state_of(request)
+    since = datetime.now(UTC) - timedelta(seconds=state.settings.service_down_time_s)
+    with state.pool.connection() as conn:
         rows = conn.execute(
             "SELECT c.host, c.node, c.hypervisor_type, c.host_ip, c.vcpus, c.memory_mb, "
             "c.local_gb, c.vcpus_used, c.memory_mb_used, c.local_gb_used, c.running_vms, "
-            "s.disabled FROM compute_nodes c LEFT JOIN services s ON s.host = c.host "
-            "ORDER BY c.host").fetchall()
+            "s.disabled, s.last_heartbeat >= %s FROM compute_nodes c LEFT JOIN services s "
+            "ON s.host = c.host AND s.service_binary = 'nova-compute' ORDER BY c.host",
+            (since,)).fetchall()
     return {"hypervisors": [{
         "id": i + 1, "hypervisor_hostname": r[1], "hypervisor_type": r[2], "host_ip": r[3],
-        "state": "up", "status": "disabled" if r[11] else "enabled",
+        "state": "up" if r[12] else "down", "status": "disabled" if r[11] else "enabled",
         "vcpus": r[4], "memory_mb": r[5], "local_gb": r[6], "vcpus_used": r[7],
         "memory_mb_used": r[8], "local_gb_used": r[9], "running_vms": r[10],
         "service": {"host": r[0]}} for i, r in enumerate(rows)]}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from novalog.domain.instance import Instance, TransitionError, apply
 from novalog.kafka import Topics, scan_topic
@@ -55,6 +55,19 @@ def _spawned(event: Event) -> Details:
             "domain_name": p["domain_name"], "launched_at": p["launched_at"].isoformat()}
 
 
+def _migration_started(event: Event) -> Details:
+    m = payload_of(event, payloads.InstanceMigrationStarted)["migration"]
+    return {"migration_id": m["migration_id"], "kind": m["kind"], "source_host": m["source_host"],
+            "old_flavor": m["old_flavor"]["name"], "new_flavor": m["new_flavor"]["name"],
+            "requested_host": m["requested_host"], "old_vm_state": m["old_vm_state"]}
+
+
+def _arrived(event: Event) -> Details:
+    """A move's end (InstanceResized, ...Reverted, ...Evacuated, LiveMigrated)."""
+    disks = cast(list[payloads.Disk], event.payload["disks"])
+    return {**event.payload, "disks": [f"{d['device']}: {d['path']}" for d in disks]}
+
+
 # The events whose details are a digest, by type; any other shows its whole payload.
 DIGESTS: dict[str, Callable[[Event], Details]] = {
     "InstanceBuildRequested": _requested,
@@ -62,6 +75,9 @@ DIGESTS: dict[str, Callable[[Event], Details]] = {
     "InstanceBlockDevicesMapped": _block_devices_mapped,
     "InstanceNoValidHost": _no_valid_host,
     "InstanceSpawned": _spawned,
+    "InstanceMigrationStarted": _migration_started,
+    **dict.fromkeys(("InstanceResized", "InstanceResizeReverted", "InstanceLiveMigrated",
+                     "InstanceEvacuated"), _arrived),
 }
 
 

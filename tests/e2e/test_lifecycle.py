@@ -6,6 +6,7 @@ frozen role turns down in seconds.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -96,6 +97,9 @@ def test_a_compute_host_that_stops_heartbeating_gets_no_new_builds(cloud: Cloud)
         until("cmp1 down", lambda: services(cloud)[("nova-compute", "cmp1")]["state"]
               == "down", timeout=DOWN_TIME_S + 10)
         assert cloud.http().get("/healthz").status_code == 200  # a host is not the cloud
+        nodes = cloud.client().get("/compute/v2.1/os-hypervisors/detail")["hypervisors"]
+        assert {h["service"]["host"]: h["state"] for h in nodes} == {"cmp1": "down",
+                                                                    "cmp2": "up"}
         hosts = []
         for i in range(3):
             result = cloud.cli("boot", f"while-cmp1-down-{i}", "--flavor", "m1.tiny",
@@ -410,6 +414,37 @@ def test_resize_walks_to_verify_resize_holding_both_hosts_then_confirm_frees_the
     assert sorted((e["event"], e["result"]) for e in steps) == [
         ("compute_finish_resize", "Success"), ("compute_prep_resize", "Success"),
         ("compute_resize_instance", "Success"), ("conductor_migrate_server", "Success")]
+
+
+def test_a_delete_in_verify_resize_frees_both_hosts_and_audit_shows_the_move(
+        cloud: Cloud) -> None:
+    delete_all(cloud)
+    server_id = on_host(cloud, "resized-then-deleted", "cmp1")
+    assert cloud.cli("resize", server_id, "m1.small", "--wait").returncode == 0
+    assert set(host_claims(cloud, server_id)) == {"cmp1", "cmp2"}
+    audit = cloud.cli("audit", server_id, "--json")
+    assert audit.returncode == 0, audit.stderr
+    entries = json.loads(audit.stdout)
+    resized = [e for e in entries if e["event_type"] == "InstanceResized"]
+    assert [(e["vm_state"], e["host"], e["details"]["host"]) for e in resized] == \
+        [("resized", "cmp2", "cmp2")]
+    started = next(e for e in entries if e["event_type"] == "InstanceMigrationStarted")
+    assert (started["details"]["old_flavor"], started["details"]["new_flavor"]) == \
+        ("m1.tiny", "m1.small")
+    admin = cloud.client()
+    assert admin.http.delete(f"/compute/v2.1/servers/{server_id}",
+                             headers={"X-Auth-Token": admin.token()}).status_code == 204
+    wait_deleted(cloud, server_id)
+    until("both hosts let go", lambda: not host_claims(cloud, server_id) and
+          not leftovers(cloud, {server_id}))
+    assert not any((cloud.home / "compute" / h / "instances" / server_id).exists()
+                   for h in ("cmp1", "cmp2"))
+    hosts = admin.get("/compute/v2.1/os-hosts")["hosts"]
+    assert {"host_name": "cmp1", "service": "compute", "zone": "nova"} in hosts
+    assert {h["service"] for h in hosts} >= {"compute", "scheduler", "conductor"}
+    detail = admin.get("/compute/v2.1/os-hosts/cmp2")["host"]
+    assert [r["resource"]["project"] for r in detail][:3] == \
+        ["(total)", "(used_now)", "(used_max)"]
 
 
 def test_bad_move_requests_are_refused_with_novas_words_and_publish_nothing(
