@@ -243,10 +243,13 @@ def _power(server: str, body: dict[str, object], until: str | set[str], wait: bo
         raise typer.Exit(1) from None
     shown = client.get(f"/compute/v2.1/servers/{found['id']}")["server"]
     console.print(f"[green]{shown['status']}[/green]  {found['name']}  {found['id']}")
-    if state not in expected:
-        fault = shown.get("fault", {}).get("message")
+    given_up = [e["payload"]["reason"] for e in client.get(
+        f"/novalog/v1/servers/{found['id']}/events", after=after)["events"]
+        if e["event_type"] == "InstanceMigrationFailed"]
+    if state not in expected or given_up:  # a live move given up is ACTIVE where it was
+        fault = given_up[-1] if given_up else shown.get("fault", {}).get("message")
         if fault:
-            err.print(f"[red]{fault}[/red]")
+            err.print(f"[red]{fault}[/red]", soft_wrap=True)
         raise typer.Exit(1)
 
 

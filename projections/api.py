@@ -113,7 +113,7 @@ def server_view(request: Request, row: ServerRow, ctx: Context) -> views.ServerV
         view["OS-EXT-SRV-ATTR:hypervisor_hostname"] = row["node"]
         view["OS-EXT-SRV-ATTR:instance_name"] = f"instance-{row['uuid']}"
     fault = row["fault"]
-    if fault:
+    if fault and row["status"] in ("ERROR", "DELETED"):  # Nova's _fault_statuses
         view["fault"] = {"code": fault["code"], "message": fault["message"],
                          "created": fault.get("created")}
         details = fault.get("details")

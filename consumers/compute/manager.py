@@ -442,6 +442,11 @@ class ComputeManager:
         own until the move is confirmed, reverted or given up."""
         p = payload_of(event, payloads.PrepareMigration)
         uuid, m, build = p["instance_uuid"], p["migration"], p["build"]
+        if m["kind"] == "live-migration" and self._record(uuid) is None and \
+                self.driver.power_state_of(uuid) is not None:  # Nova's destination check
+            self._migration_failed(event, m, "prep", f"The instance {uuid} already exists "
+                                                     f"on {self.host}.")
+            return
         ports: dict[str, list[payloads.Port]] = {}
         for port in p["ports"]:
             ports.setdefault(port["network_id"], []).append(port)

@@ -54,3 +54,27 @@ def test_refused_claim_then_failed_spawn_end_active_on_the_third_host(cloud: Clo
     usage = {h["service"]["host"]: h["memory_mb_used"]
              for h in client.get("/compute/v2.1/os-hypervisors/detail")["hypervisors"]}
     assert usage["cmp1"] == 0 and usage["cmp2"] == 0  # claims released
+
+
+def test_a_live_migration_that_fails_on_the_destination_rolls_back(cloud: Cloud) -> None:
+    client = cloud.client()
+    server = client.find("server", "phoenix")  # ACTIVE on cmp3 (the test above)
+    for host, stage, reason in (("cmp1", "prep", "claim refused on cmp1 (test fault)"),
+                                ("cmp2", "finish", "spawn failed on cmp2 (test fault)")):
+        result = cloud.cli("live-migrate", server["id"], "--host", host, "--wait")
+        assert result.returncode == 1, result.stdout + result.stderr  # given up, said why
+        assert reason in result.stderr
+        shown = client.get(f"/compute/v2.1/servers/{server['id']}")["server"]
+        assert (shown["status"], shown["OS-EXT-SRV-ATTR:host"], shown["addresses"]) == \
+            ("ACTIVE", "cmp3", server["addresses"])  # the guest never stopped on cmp3
+        failed = [e["payload"] for e in client.get(
+            f"/novalog/v1/servers/{server['id']}/events")["events"]
+            if e["event_type"] == "InstanceMigrationFailed"]
+        assert (failed[-1]["stage"], failed[-1]["dest_host"], failed[-1]["rolled_back"]) == \
+            (stage, host, True)
+        assert not (cloud.home / "compute" / host / "instances" / server["id"]).exists()
+    migrations = client.get("/compute/v2.1/os-migrations", instance_uuid=server["id"])
+    assert [m["status"] for m in migrations["migrations"]] == ["failed", "failed"]
+    usage = {h["service"]["host"]: h["memory_mb_used"]
+             for h in client.get("/compute/v2.1/os-hypervisors/detail")["hypervisors"]}
+    assert usage == {"cmp1": 0, "cmp2": 0, "cmp3": 512}  # nothing held on the destinations
