@@ -69,12 +69,13 @@ class LiveProjection:
         return (rows[0][0], bool(rows[0][1])) if rows else None
 
     def unconfirmed_resizes(self, host: str, before: datetime) -> list[tuple[str, str, str]]:
-        """(uuid, migration id, request id) of resizes onto `host` that have waited in
-        VERIFY_RESIZE since before `before` (Nova's get_unconfirmed_by_dest_compute)."""
-        rows = self._rows("SELECT uuid, state->'migration'->>'migration_id', request_id "
-                          "FROM {live}.servers WHERE vm_state = 'resized' AND task_state IS NULL "
-                          "AND host = %s AND updated_at < %s "
-                          "AND state->'migration'->>'status' = 'finished'", (host, before))
+        """(uuid, migration id, request id) of resizes onto `host` whose migration has been
+        `finished` since before `before` (Nova's get_unconfirmed_by_dest_compute)."""
+        rows = self._rows("SELECT s.uuid, m.migration_id, s.request_id FROM {live}.migrations m "
+                          "JOIN {live}.servers s ON s.uuid = m.instance_uuid "
+                          "WHERE m.status = 'finished' AND m.dest_compute = %s "
+                          "AND m.updated_at < %s AND s.vm_state = 'resized' "
+                          "AND s.task_state IS NULL", (host, before))
         return [(str(u), str(m), str(r)) for u, m, r in rows]
 
     def delete_request(self, instance: str) -> str | None:

@@ -225,8 +225,8 @@ class MigrationView(TypedDict):
     dest_compute: str | None
     dest_node: str | None
     dest_host: str | None
-    old_instance_type_id: str
-    new_instance_type_id: str
+    old_instance_type_id: int | str
+    new_instance_type_id: int | str
     created_at: str | None
     updated_at: str | None
 

@@ -125,11 +125,11 @@ def _resize(value: Any) -> Asked:
 
 
 def _migrate(value: Any) -> Asked:
-    host = value.get("host") if isinstance(value, dict) else None
-    if value not in (None, {}) and not isinstance(host, str):
-        raise ApiError(400, f"Invalid input for field/attribute migrate. Value: {value}.")
-    return Asked("migrate", "InstanceResizeRequested", {"migrate": True, "host": host},
-                 admin_only="os_compute_api:os-migrate-server:migrate", host=host)
+    if value not in (None, {}):  # a destination is 2.56's; novalog advertises 2.1
+        raise ApiError(400, f"Invalid input for field/attribute migrate. Value: {value}. "
+                            f"{value!r} is not of type 'null'")
+    return Asked("migrate", "InstanceResizeRequested", {"migrate": True, "host": None},
+                 admin_only="os_compute_api:os-migrate-server:migrate")
 
 
 def _live_migrate(value: Any) -> Asked:
@@ -140,6 +140,9 @@ def _live_migrate(value: Any) -> Asked:
     if host is not None and not isinstance(host, str):
         raise ApiError(400, f"Invalid input for field/attribute host. Value: {host}.")
     block = value["block_migration"]
+    if block is False or str(block).lower() in ("false", "no", "0", "off"):
+        raise ApiError(400, "Shared storage live-migration requires either shared storage or "
+                            "boot-from-volume with no local disks.")  # novalog has neither
     return Asked("os-migrateLive", "InstanceLiveMigrationRequested",
                  {"host": host, "block_migration": block in (True, "auto") or
                   str(block).lower() in ("true", "yes", "1", "auto")},
@@ -149,9 +152,14 @@ def _live_migrate(value: Any) -> Asked:
 def _evacuate(value: Any) -> Asked:
     if not isinstance(value, dict):
         raise ApiError(400, f"Invalid input for field/attribute evacuate. Value: {value}.")
-    shared = bool(value.get("onSharedStorage", False))
+    if "onSharedStorage" not in value:
+        raise ApiError(400, f"Invalid input for field/attribute evacuate. Value: {value}. "
+                            "'onSharedStorage' is a required property")
+    shared = value["onSharedStorage"] in (True, "true", "True", "1", "yes")
     if shared and value.get("adminPass"):
         raise ApiError(400, "admin password can't be changed on existing disk")
+    if shared:  # the disks are on the lost host: novalog has no shared storage
+        raise ApiError(400, "Invalid state of instance files on shared storage")
     password = value.get("adminPass") or secrets.token_urlsafe(9)
     return Asked("evacuate", "InstanceEvacuateRequested",
                  {"host": value.get("host"), "on_shared_storage": shared}, status=200,
@@ -226,9 +234,8 @@ def _check_move(conn: Connection[Any], app: AppState, ctx: Context, asked: Asked
         elif not known:
             raise ApiError(400, f"Compute host {asked.host} could not be found.")
         elif asked.host == source:
-            raise ApiError(400, "Cannot migrate to the host where the server exists."
-                           if asked.rule == "migrate" else
-                           f"Unable to migrate instance ({uuid}) to current host ({source}).")
+            raise ApiError(400, f"Unable to migrate instance ({uuid}) to current host "
+                                f"({source}).")
     if asked.rule in ("confirmResize", "revertResize"):
         m = open_migration(server)
         if m is None or m["status"] != RESIZE_FINISHED:
@@ -280,6 +287,9 @@ def server_action(server_id: str, request: Request, ctx: Auth, response: Respons
         if refused:
             raise ApiError(409, refused)
         payload = asked.payload
+        if open_migration(server) is not None and asked.event_type not in ANSWERS:
+            raise ApiError(409, f"Cannot '{name}' instance {server_id} while it is in "
+                                f"task_state {server.task_state} (a move is not over)")
         if asked.event_type in MOVES:
             payload = _check_move(conn, app, ctx, asked, server)
         event = Publisher(app.producer, "api", app.settings.hostname).build(
@@ -291,6 +301,7 @@ def server_action(server_id: str, request: Request, ctx: Auth, response: Respons
     return Response(status_code=asked.status, headers=dict(response.headers))
 
 
+ANSWERS = frozenset({"InstanceResizeConfirmRequested", "InstanceResizeRevertRequested"})
 MOVES = frozenset({"InstanceResizeRequested", "InstanceLiveMigrationRequested",
                    "InstanceEvacuateRequested", "InstanceResizeConfirmRequested",
                    "InstanceResizeRevertRequested"})

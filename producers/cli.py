@@ -219,7 +219,7 @@ def service_delete(
     _run(delete_one)
 
 
-def _power(server: str, body: dict[str, object], until: str | set[str], wait: bool,
+def _act(server: str, body: dict[str, object], until: str | set[str], wait: bool,
            timeout: float, ends: set[str] | None = None) -> None:
     """POST the action; with `wait`, follow it until the server is in a vm_state of
     `until` (success) or of `ends` (error, or a move rolled back) with no task."""
@@ -262,17 +262,17 @@ def reboot(server: SERVER, hard: Annotated[bool, typer.Option(
         help="Destroy and start the domain (also from SHUTOFF or ERROR).")] = False,
            wait: WAIT = False, timeout: TIMEOUT = 120) -> None:
     """Reboot a server (SOFT from ACTIVE; --hard as Nova allows)."""
-    _power(server, {"reboot": {"type": "HARD" if hard else "SOFT"}}, "active", wait, timeout)
+    _act(server, {"reboot": {"type": "HARD" if hard else "SOFT"}}, "active", wait, timeout)
 
 
 def stop(server: SERVER, wait: WAIT = False, timeout: TIMEOUT = 120) -> None:
     """Shut a server off (os-stop): SHUTOFF, its resources kept."""
-    _power(server, {"os-stop": None}, "stopped", wait, timeout)
+    _act(server, {"os-stop": None}, "stopped", wait, timeout)
 
 
 def start(server: SERVER, wait: WAIT = False, timeout: TIMEOUT = 120) -> None:
     """Start a stopped server (os-start)."""
-    _power(server, {"os-start": None}, "active", wait, timeout)
+    _act(server, {"os-start": None}, "active", wait, timeout)
 
 
 BACK = {"active", "stopped"}  # where a move that was given up leaves the server
@@ -282,13 +282,13 @@ def rescue(server: SERVER, image: Annotated[str | None, typer.Option(
         help="Image id to boot the rescue disk from (default: the server's own).")] = None,
            wait: WAIT = False, timeout: TIMEOUT = 120) -> None:
     """Boot a server from a rescue disk, its own disk attached second (RESCUE)."""
-    _power(server, {"rescue": {"rescue_image_ref": image} if image else None}, "rescued",
+    _act(server, {"rescue": {"rescue_image_ref": image} if image else None}, "rescued",
            wait, timeout)
 
 
 def unrescue(server: SERVER, wait: WAIT = False, timeout: TIMEOUT = 120) -> None:
     """Boot a rescued server from its own disk again."""
-    _power(server, {"unrescue": None}, "active", wait, timeout)
+    _act(server, {"unrescue": None}, "active", wait, timeout)
 
 
 def resize(server: SERVER, flavor: Annotated[str, typer.Argument(help="Flavor name or id.")],
@@ -301,34 +301,33 @@ def resize(server: SERVER, flavor: Annotated[str, typer.Argument(help="Flavor na
     except ApiFailure as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
-    _power(server, {"resize": {"flavorRef": flavor_id}}, "resized", wait, timeout, BACK)
+    _act(server, {"resize": {"flavorRef": flavor_id}}, "resized", wait, timeout, BACK)
 
 
 def confirm_resize(server: SERVER, wait: WAIT = False, timeout: TIMEOUT = 120) -> None:
     """Keep the resized server: its old host lets go of it."""
-    _power(server, {"confirmResize": None}, BACK, wait, timeout)
+    _act(server, {"confirmResize": None}, BACK, wait, timeout)
 
 
 def revert_resize(server: SERVER, wait: WAIT = False, timeout: TIMEOUT = 120) -> None:
     """Go back to the old flavor on the old host."""
-    _power(server, {"revertResize": None}, BACK, wait, timeout)
+    _act(server, {"revertResize": None}, BACK, wait, timeout)
 
 
 HOST = Annotated[str | None, typer.Option(help="Destination host (admin); default: the "
                                                "scheduler's choice.")]
 
 
-def migrate(server: SERVER, host: HOST = None, wait: WAIT = False,
-            timeout: TIMEOUT = 300) -> None:
-    """Cold-migrate a server (admin): the resize path with the same flavor."""
-    _power(server, {"migrate": {"host": host} if host else None}, "resized", wait, timeout,
-           BACK)
+def migrate(server: SERVER, wait: WAIT = False, timeout: TIMEOUT = 300) -> None:
+    """Cold-migrate a server (admin): the resize path with the same flavor, to the
+    scheduler's choice of another host (a destination is microversion 2.56's)."""
+    _act(server, {"migrate": None}, "resized", wait, timeout, BACK)
 
 
 def live_migrate(server: SERVER, host: HOST = None, wait: WAIT = False,
                  timeout: TIMEOUT = 300) -> None:
     """Live-migrate a running server (admin): it keeps running and keeps its addresses."""
-    _power(server, {"os-migrateLive": {"host": host, "block_migration": "auto"}}, "active",
+    _act(server, {"os-migrateLive": {"host": host, "block_migration": "auto"}}, "active",
            wait, timeout)
 
 
@@ -338,4 +337,4 @@ def evacuate(server: SERVER, host: HOST = None, wait: WAIT = False,
     body: dict[str, object] = {"onSharedStorage": False}
     if host:
         body["host"] = host
-    _power(server, {"evacuate": body}, BACK, wait, timeout)
+    _act(server, {"evacuate": body}, BACK, wait, timeout)

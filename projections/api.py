@@ -399,6 +399,12 @@ def show_host(host: str, request: Request, ctx: Auth) -> views.HostDetail:
                      for r in rows]}
 
 
+def _flavor_number(flavorid: str) -> int | str:
+    """Nova answers the flavor's integer id; novalog's flavor ids are those numbers (an
+    admin's flavor with another id is answered as it is)."""
+    return int(flavorid) if flavorid.isdigit() else flavorid
+
+
 def migration_number(migration_id: str) -> int:
     """Nova's integer id, derived from the conductor's migration uuid (stable on replay)."""
     return int(migration_id.replace("-", "")[:12], 16)
@@ -429,8 +435,9 @@ def list_migrations(request: Request, ctx: Auth, host: str | None = None,
     return {"migrations": [{
         "id": migration_number(r[0]), "instance_uuid": r[1], "migration_type": r[2],
         "status": r[3], "source_compute": r[4], "source_node": r[5], "dest_compute": r[6],
-        "dest_node": r[7], "dest_host": r[8], "old_instance_type_id": r[9],
-        "new_instance_type_id": r[10], "created_at": _iso(r[11]), "updated_at": _iso(r[12]),
+        "dest_node": r[7], "dest_host": r[8], "old_instance_type_id": _flavor_number(r[9]),
+        "new_instance_type_id": _flavor_number(r[10]), "created_at": _iso(r[11]),
+        "updated_at": _iso(r[12]),
     } for r in rows]}
 
 

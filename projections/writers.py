@@ -309,21 +309,38 @@ def _step(start: str | None = None, finish: str | None = None,
     return step
 
 
-FAILED_STEP = {  # InstanceMigrationFailed's stage -> the step it fails, by kind
-    "scheduling": "conductor_migrate_server", "prep": "compute_prep_resize",
-    "migrate": "compute_resize_instance", "finish": "compute_finish_resize",
+# Nova's action event names of a move, by migration kind: the conductor's, and the step
+# each stage of InstanceMigrationFailed fails
+CONDUCTOR_STEP = {"resize": "conductor_migrate_server", "migration": "conductor_migrate_server",
+                  "live-migration": "conductor_live_migrate_instance",
+                  "evacuation": "rebuild_server"}
+FAILED_STEP = {
+    "resize": {"prep": "compute_prep_resize", "migrate": "compute_resize_instance",
+               "finish": "compute_finish_resize"},
+    "live-migration": {"prep": "compute_pre_live_migration",
+                       "migrate": "compute_live_migration", "finish": "compute_live_migration"},
+    "evacuation": {"prep": "compute_rebuild_instance", "finish": "compute_rebuild_instance"},
 }
-FAILED_LIVE_STEP = {"scheduling": "conductor_migrate_server",
-                    "prep": "compute_pre_live_migration", "finish": "compute_live_migration"}
+FAILED_STEP["migration"] = FAILED_STEP["resize"]
+
+
+def _kind(a: _Actions) -> str:
+    return a.s.migration["kind"] if a.s.migration else "resize"
+
+
+def _action_conductor(a: _Actions, e: Event) -> None:
+    step = CONDUCTOR_STEP[_kind(a)]
+    if e.event_type == "InstanceMigrationStarted":
+        a.start(step, a.s.attempt)
+    else:
+        a.finish(step, a.s.attempt, "Success")
 
 
 def _action_move_failed(a: _Actions, e: Event) -> None:
     p = payload_of(e, payloads.InstanceMigrationFailed)
-    m = a.s.migration
-    kind = m["kind"] if m else "resize"
-    steps = FAILED_LIVE_STEP if kind == "live-migration" else FAILED_STEP
-    step = "compute_rebuild_instance" if kind == "evacuation" and p["stage"] != "scheduling" \
-        else steps.get(p["stage"], p["stage"])
+    kind = _kind(a)
+    step = CONDUCTOR_STEP[kind] if p["stage"] == "scheduling" else \
+        FAILED_STEP[kind].get(p["stage"], p["stage"])
     a.finish(step, a.s.attempt, "Error", p["reason"], p["dest_host"])
     a.end("Error")
 
@@ -356,8 +373,8 @@ ACTION_STEPS: dict[str, Callable[[_Actions, Event], None]] = {
         "migrate" if e.payload.get("migrate") else "resize")(a, e),
     "InstanceLiveMigrationRequested": _begin("live-migration"),
     "InstanceEvacuateRequested": _begin("evacuate"),
-    "InstanceMigrationStarted": _step(start="conductor_migrate_server"),
-    "InstanceMigrationScheduled": _step(finish="conductor_migrate_server"),
+    "InstanceMigrationStarted": _action_conductor,
+    "InstanceMigrationScheduled": _action_conductor,
     "InstanceMigrationClaimed": _action_claimed,
     "InstanceMigrationFailed": _action_move_failed,
     "InstanceResizeMigrating": _step(start="compute_resize_instance"),

@@ -48,10 +48,13 @@ class ImageCache:
         self._lock = threading.Lock()
         self.fetches = 0  # how many times an image was actually copied in
 
+    def base_path(self, image: payloads.ImageToBoot) -> Path:
+        return self.base_dir / hashlib.sha1(image["id"].encode(),
+                                            usedforsecurity=False).hexdigest()
+
     def base_image(self, image: payloads.ImageToBoot) -> Path:
         """The cached copy of `image`, fetched and checksummed on first use only."""
-        target = self.base_dir / hashlib.sha1(image["id"].encode(),
-                                              usedforsecurity=False).hexdigest()
+        target = self.base_path(image)
         with self._lock:
             if target.exists():
                 return target
@@ -71,33 +74,53 @@ class ImageCache:
     def instance_dir(self, instance_uuid: str) -> Path:
         return self.instances_dir / instance_uuid
 
-    def prepare_disks(self, instance_uuid: str, image: payloads.ImageToBoot | None,
-                      flavor: payloads.Flavor) -> list[payloads.Disk]:
-        """Root overlay + ephemeral + swap, as novalog.instance.Disk records."""
+    def disk_layout(self, instance_uuid: str, image: payloads.ImageToBoot | None,
+                    flavor: payloads.Flavor) -> list[payloads.Disk]:
+        """Root overlay + ephemeral + swap, as Disk records, whether made yet or not."""
         directory = self.instance_dir(instance_uuid)
-        directory.mkdir(parents=True, exist_ok=True)
         disks: list[payloads.Disk] = []
         if image is not None:
-            base = self.base_image(image)
-            root = directory / "disk"
-            if not root.exists():
-                _qemu_img("create", "-q", "-f", "qcow2", "-F", image["disk_format"], "-b",
-                          str(base), str(root), f"{flavor['root_gb']}G")
-            disks.append(payloads.Disk(device="vda", path=str(root), format="qcow2",
-                                       size_gb=flavor["root_gb"], backing_file=str(base)))
+            disks.append(payloads.Disk(device="vda", path=str(directory / "disk"),
+                                       format="qcow2", size_gb=flavor["root_gb"],
+                                       backing_file=str(self.base_path(image))))
         if flavor.get("ephemeral_gb"):
-            disks.append(self._blank(directory / "disk.eph0", device_name(len(disks)),
-                                     flavor["ephemeral_gb"], f"{flavor['ephemeral_gb']}G"))
+            disks.append(payloads.Disk(device=device_name(len(disks)),
+                                       path=str(directory / "disk.eph0"), format="qcow2",
+                                       size_gb=flavor["ephemeral_gb"], backing_file=None))
         if flavor.get("swap_mb"):
-            size_gb = -(-flavor["swap_mb"] // 1024)
-            disks.append(self._blank(directory / "disk.swap", device_name(len(disks)), size_gb,
-                                     f"{flavor['swap_mb']}M"))
+            disks.append(payloads.Disk(device=device_name(len(disks)),
+                                       path=str(directory / "disk.swap"), format="qcow2",
+                                       size_gb=-(-flavor["swap_mb"] // 1024), backing_file=None))
+        return disks
+
+    def prepare_disks(self, instance_uuid: str, image: payloads.ImageToBoot | None,
+                      flavor: payloads.Flavor) -> list[payloads.Disk]:
+        """The disks of disk_layout, each made unless it exists (a re-delivered build)."""
+        self.instance_dir(instance_uuid).mkdir(parents=True, exist_ok=True)
+        disks = self.disk_layout(instance_uuid, image, flavor)
+        for disk in disks:
+            path = Path(disk["path"])
+            if path.exists():
+                continue
+            if disk["backing_file"] is not None and image is not None:
+                base = self.base_image(image)
+                _qemu_img("create", "-q", "-f", "qcow2", "-F", image["disk_format"], "-b",
+                          str(base), str(path), f"{flavor['root_gb']}G")
+            elif path.name == "disk.swap":
+                _qemu_img("create", "-q", "-f", "qcow2", str(path), f"{flavor['swap_mb']}M")
+            else:
+                _qemu_img("create", "-q", "-f", "qcow2", str(path), f"{disk['size_gb']}G")
         return disks
 
     def disks_of(self, instance_uuid: str, image: payloads.ImageToBoot | None,
                  flavor: payloads.Flavor) -> list[payloads.Disk]:
-        """The instance's disks as prepare_disks made them (the files exist)."""
-        return self.prepare_disks(instance_uuid, image, flavor)
+        """The instance's disks as prepare_disks made them; ImageError if one is missing
+        (never a blank disk in place of a guest's own)."""
+        disks = self.disk_layout(instance_uuid, image, flavor)
+        missing = [d["path"] for d in disks if not Path(d["path"]).exists()]
+        if missing:
+            raise ImageError(f"disks of {instance_uuid} missing: {', '.join(missing)}")
+        return disks
 
     def copy_disks(self, instance_uuid: str, dest_instances: Path, image: payloads.ImageToBoot
                    | None, flavor: payloads.Flavor) -> list[payloads.Disk]:
@@ -141,12 +164,6 @@ class ImageCache:
                       str(base), str(path))
         return payloads.Disk(device="vda", path=str(path), format="qcow2",
                              size_gb=-(-image["size"] // 2**30), backing_file=str(base))
-
-    def _blank(self, path: Path, device: str, size_gb: int, size: str) -> payloads.Disk:
-        if not path.exists():
-            _qemu_img("create", "-q", "-f", "qcow2", str(path), size)
-        return payloads.Disk(device=device, path=str(path), format="qcow2", size_gb=size_gb,
-                             backing_file=None)
 
     def remove(self, instance_uuid: str) -> None:
         shutil.rmtree(self.instance_dir(instance_uuid), ignore_errors=True)

@@ -37,6 +37,9 @@ from schemas.typed import payload_of
 log = logging.getLogger(__name__)
 
 BINARY = "nova-compute"
+EVACUATED = frozenset({"accepted", "pre-migrating", "done"})  # Nova's, at init_host
+SYNCED = frozenset({states.ACTIVE, states.STOPPED})  # what the power sync may correct
+BEFORE_COPY = frozenset({"pre-migrating", "migrating", "preparing", "running"})
 
 
 class BuildStepFailed(Exception):
@@ -114,29 +117,28 @@ class ComputeManager:
                     self.driver.define(saved.read_text())
 
     def _destroy_evacuated_instances(self) -> None:
-        """Nova's init_host step of the same name: an instance this host still holds that
-        the log has put elsewhere (evacuated while this host was down) loses its domain,
-        disks and claim here; its addresses went with it."""
+        """Nova's init_host step of the same name: the instances evacuated from this host
+        while it was down (an evacuation with this host as its source, accepted,
+        pre-migrating or done) lose their domain, disks and claim here; their addresses
+        went with them. A finished evacuation is then completed."""
         if self.projection is None:
             return
         correlation = f"req-{self.host}-init-host-{int(time.time())}"
         for uuid in self.tracker.instances():
             server = self.projection.instance(uuid)
-            if server is None or server.host == self.host:
+            m = server.migration if server else None
+            if m is None or m["kind"] != "evacuation" or m["source_host"] != self.host or \
+                    m["status"] not in EVACUATED:
                 continue
-            m = open_migration(server)
-            if m is not None and self.host in (m["source_host"], m["dest_host"]):
-                continue  # a move under way through this host
-            log.warning("init_host: %s is on %s now; destroying it here", uuid, server.host)
+            log.warning("init_host: %s was evacuated to %s; destroying it here", uuid,
+                        m["dest_host"])
             self._drop_here(uuid)
-            last = server.migration
-            if last is not None and last["kind"] == "evacuation" and \
-                    last["source_host"] == self.host:
+            if m["status"] == "done":
                 self.pub.emit(self.topics.instances, "InstanceMigrationSourceCleaned", uuid,
                               payloads.InstanceMigrationSourceCleaned(
-                                  migration_id=last["migration_id"], host=self.host),
+                                  migration_id=m["migration_id"], host=self.host),
                               correlation_id=correlation,
-                              event_id=derived_id(last["migration_id"], "source-cleaned"))
+                              event_id=derived_id(m["migration_id"], "source-cleaned"))
 
     def periodic(self) -> None:
         """Called by the consume loop after every poll."""
@@ -177,8 +179,9 @@ class ComputeManager:
         for stage in ("active", "stopped"):
             for uuid in self.tracker.instances_at(stage):
                 server = self.projection.server(uuid) if self.projection else None
-                if server is not None and server.task_state is not None:
-                    continue
+                if server is not None and (server.task_state is not None or
+                                           server.vm_state not in SYNCED):
+                    continue  # a task, a move waiting for confirm, a rescue: left alone
                 power = self.driver.power_state_of(uuid)
                 if power is None:
                     if uuid not in self._vanished:
@@ -447,6 +450,9 @@ class ComputeManager:
             self._migration_failed(event, m, "prep", f"The instance {uuid} already exists "
                                                      f"on {self.host}.")
             return
+        if uuid in self._releasing:  # let go of it first (a move back to a host just left)
+            self.pub.producer.flush()
+            self.flushed()
         ports: dict[str, list[payloads.Port]] = {}
         for port in p["ports"]:
             ports.setdefault(port["network_id"], []).append(port)
@@ -465,14 +471,16 @@ class ComputeManager:
     def migrate_instance(self, event: Event) -> None:
         """The source's part: a resize or cold migrate powers the guest off and copies
         its disks (Nova's migrate_disk_and_power_off); a live migration copies them while
-        the guest runs (block migration). Then the destination finishes."""
+        the guest runs (block migration). Then the destination finishes. A failure here
+        puts the guest back as it was and gives the move up (Nova's InstanceFaultRollback)."""
         p = payload_of(event, payloads.MigrateInstance)
         uuid, m = p["instance_uuid"], p["migration"]
         record = self._record(uuid)
-        if record is None:
-            log.info("migrate %s: no instance here any more (deleted meanwhile)", uuid)
+        if record is None or not self._may_move(uuid, m):
+            log.info("migrate %s: no such move to start here (deleted, or done already)", uuid)
             return
         cmd, mid, live = record.command, m["migration_id"], m["kind"] == "live-migration"
+        old, new = m["old_flavor"], m["new_flavor"]
         if live:
             self._instance_event("InstanceLiveMigrationStarted", uuid,
                                  payloads.InstanceLiveMigrationStarted(migration_id=mid,
@@ -481,14 +489,25 @@ class ComputeManager:
             self._instance_event("InstanceResizeMigrating", uuid,
                                  payloads.InstanceResizeMigrating(migration_id=mid,
                                                                   host=self.host), event)
-            if m["new_flavor"]["root_gb"] < m["old_flavor"]["root_gb"]:
+            if new["root_gb"] < old["root_gb"] or new["ephemeral_gb"] < old["ephemeral_gb"]:
                 self._migration_failed(event, m, "migrate", "Unable to resize disk down.")
                 return
-            self.tracker.set_stage(uuid, "outgoing")  # init_host and power sync leave it
-            self.driver.power_off(uuid)
-            crash_point("compute.resize.after_power_off")
-        disks = self.cache.copy_disks(uuid, Path(p["dest_instances_path"]), cmd["image"],
-                                      cmd["flavor"])
+        try:
+            if not live:
+                self.tracker.set_stage(uuid, "outgoing")  # init_host and power sync leave it
+                self.driver.power_off(uuid)
+                crash_point("compute.resize.after_power_off")
+            disks = self.cache.copy_disks(uuid, Path(p["dest_instances_path"]), cmd["image"],
+                                          cmd["flavor"])
+        except Exception as exc:
+            log.warning("%s of %s failed on its source %s: %s", m["kind"], uuid, self.host, exc)
+            if not live:  # as it was before the request
+                stopped = m["old_vm_state"] == states.STOPPED
+                self.tracker.set_stage(uuid, "stopped" if stopped else "active")
+                if not stopped:
+                    self.driver.power_on(uuid)
+            self._migration_failed(event, m, "migrate", str(exc))
+            return
         crash_point("compute.migration.after_copy")
         if not live:
             self._instance_event("InstanceResizeMigrated", uuid, payloads.InstanceResizeMigrated(
@@ -499,6 +518,16 @@ class ComputeManager:
                                                power_on=m["old_vm_state"] != states.STOPPED),
                       cause=event)
 
+    def _may_move(self, uuid: str, m: payloads.Migration) -> bool:
+        """The move is still the open one and has not got past the source (a re-delivered
+        command after the destination finished must not copy over its disks)."""
+        if self.projection is None:
+            return True
+        server = self.projection.instance(uuid)
+        current = open_migration(server, m["migration_id"]) if server else None
+        return server is not None and current is not None and \
+            server.task_state != states.DELETING and current["status"] in BEFORE_COPY
+
     def finish_migration(self, event: Event) -> None:
         """The destination's part: the guest defined with the new flavor on the disks
         copied in (or, for an evacuation, new ones from the image), started unless it was
@@ -506,8 +535,9 @@ class ComputeManager:
         p = payload_of(event, payloads.FinishMigration)
         uuid, m = p["instance_uuid"], p["migration"]
         record = self._record(uuid)
-        if record is None:
+        if record is None:  # given up or deleted: a copy that raced it leaves nothing here
             log.info("finish migration of %s: no claim here (given up or deleted)", uuid)
+            self.cache.remove(uuid)
             return
         cmd, mid, kind = record.command, m["migration_id"], m["kind"]
         evacuation = kind == "evacuation"

@@ -103,7 +103,7 @@ class HostView:
     deleted: OrderedDict[str, None] = field(default_factory=OrderedDict)
     removed: set[str] = field(default_factory=set)  # compute services an admin deleted
     _claims: dict[str, Claim] = field(default_factory=dict)
-    _moving: dict[str, payloads.Flavor] = field(default_factory=dict)  # by migration id
+    _moving: dict[str, payloads.Migration] = field(default_factory=dict)  # by instance
 
     def apply(self, event: Event) -> None:
         handler = VIEW_HANDLERS.get(event.event_type)
@@ -176,15 +176,15 @@ class HostView:
         self.record_placement(e.aggregate_id, payload_of(e, payloads.InstanceScheduled)["host"])
 
     def record_placement(self, instance: str, host: str, claim: Claim | None = None,
-                         moving: bool = False) -> None:
+                         keep: str | None = None) -> None:
         """Also called by the scheduler for its own decisions, before they come back.
-        `moving`: a migration's destination; the source keeps what it holds (its own
-        reports count it) until the move is confirmed, reverted or given up."""
+        `keep`: a move's source, which keeps what it holds (its own reports count it)
+        until the move is confirmed, reverted or given up."""
         if instance in self.deleted:  # a decision that lost the race with a delete
             return
         claim = claim or self._claims.get(instance)
         previous = self.placements.get(instance)
-        if previous and previous != host and previous in self.hosts and not moving:
+        if previous and previous not in (host, keep) and previous in self.hosts:
             self.hosts[previous] = self.hosts[previous].forget(instance)
         self.placements[instance] = host
         if claim is not None and host in self.hosts:
@@ -215,6 +215,7 @@ class HostView:
 
     def _on_InstanceDeleted(self, e: Event) -> None:
         uuid = e.aggregate_id
+        self._moving.pop(uuid, None)
         self._release(uuid)
         self._claims.pop(uuid, None)
         for members in self.groups.values():
@@ -225,13 +226,14 @@ class HostView:
 
     def _on_InstanceMigrationScheduled(self, e: Event) -> None:
         p = payload_of(e, payloads.InstanceMigrationScheduled)
-        flavor = self._moving.get(p["migration_id"])
-        self.record_placement(e.aggregate_id, p["host"], claim_of(flavor) if flavor else None,
-                              moving=True)
+        m = self._moving.get(e.aggregate_id)
+        if m is not None and m["migration_id"] == p["migration_id"]:
+            self.record_placement(e.aggregate_id, p["host"], claim_of(m["new_flavor"]),
+                                  keep=m["source_host"])
 
     def _on_InstanceMigrationStarted(self, e: Event) -> None:
         m = payload_of(e, payloads.InstanceMigrationStarted)["migration"]
-        self._moving[m["migration_id"]] = m["new_flavor"]
+        self._moving[e.aggregate_id] = m
 
     def _moved_back(self, instance: str, source: str, dest: str | None) -> None:
         """A move given up or reverted: the destination's share is forgotten (its next
@@ -244,16 +246,16 @@ class HostView:
 
     def _on_InstanceMigrationFailed(self, e: Event) -> None:
         p = payload_of(e, payloads.InstanceMigrationFailed)
-        self._moving.pop(p["migration_id"], None)
+        self._moving.pop(e.aggregate_id, None)
         self._moved_back(e.aggregate_id, p["source_host"], p["dest_host"])
 
     def _on_InstanceResizeReverted(self, e: Event) -> None:
         p = payload_of(e, payloads.InstanceResizeReverted)
-        self._moving.pop(p["migration_id"], None)
+        self._moving.pop(e.aggregate_id, None)
         self._moved_back(e.aggregate_id, p["host"], p["dest_host"])
 
     def _on_MoveEnded(self, e: Event) -> None:  # the instance stays on the destination
-        self._moving.pop(str(e.payload.get("migration_id")), None)
+        self._moving.pop(e.aggregate_id, None)
 
     def _on_ServerGroupCreated(self, e: Event) -> None:
         p = payload_of(e, payloads.ServerGroupCreated)

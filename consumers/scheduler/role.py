@@ -87,7 +87,7 @@ class Scheduler:
                                         host_subset_size=self.host_subset_size, rng=self.rng)
             if isinstance(result, Selection):
                 self.view.record_placement(uuid, result.host, claim_of(m["new_flavor"]),
-                                           moving=True)
+                                           keep=m["source_host"])
         if isinstance(result, Selection):
             self.pub.emit(self.topics.instances, "InstanceMigrationScheduled", uuid,
                           payloads.InstanceMigrationScheduled(

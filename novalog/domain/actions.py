@@ -55,7 +55,8 @@ def refusal(action: str, server_id: str, vm_state: str, task_state: str | None,
     name = action.removesuffix("_hard")
     if rule.vm_states is not None and vm_state not in rule.vm_states:
         return f"Cannot '{name}' instance {server_id} while it is in vm_state {vm_state}"
-    if rule.task_states is not None and task_state not in rule.task_states:
+    if (rule.task_states is None and task_state == s.DELETING) or (
+            rule.task_states is not None and task_state not in rule.task_states):
         return f"Cannot '{name}' instance {server_id} while it is in task_state {task_state}"
     if rule.must_have_launched and not launched:
         return f"Cannot '{name}' instance {server_id} while it is in launched_at None"

@@ -234,8 +234,8 @@ def _requested_action(action: str, task_state: str) -> Callable[[Instance, Event
     only on the request the state names, `action_request_id`)."""
     def requested(new: Instance, event: Event) -> Instance:
         if refusal(action, new.uuid, new.vm_state, new.task_state,
-                   new.launched_at is not None):
-            return new
+                   new.launched_at is not None) or open_migration(new) is not None:
+            return new  # (a move waiting for confirm / revert takes no other action)
         return replace(new, task_state=task_state, action_request_id=event.correlation_id)
     return requested
 
@@ -299,7 +299,7 @@ def _task(new: Instance, task_state: str | None) -> str | None:
     return s.DELETING if new.task_state == s.DELETING else task_state
 
 
-def _migration_step(step: str, task_state: str | None = None,
+def _migration_step(step: str | None, task_state: str | None = None,
                     ) -> Callable[[Instance, Event], Instance]:
     """A step of the open migration: its status (and the task state) move on. An event
     of another migration than the open one is history only."""
@@ -308,7 +308,7 @@ def _migration_step(step: str, task_state: str | None = None,
         if m is None:
             return new
         task = new.task_state if task_state is None else _task(new, task_state)
-        return replace(new, migration=_with_status(m, step), task_state=task)
+        return replace(new, migration=_with_status(m, step) if step else m, task_state=task)
     return moved
 
 
@@ -318,8 +318,8 @@ def _resize_requested(new: Instance, event: Event) -> Instance:
 
 
 def _migration_started(new: Instance, event: Event) -> Instance:
-    if new.action_request_id != event.correlation_id:
-        return new  # not the request in progress
+    if new.action_request_id != event.correlation_id or open_migration(new) is not None:
+        return new  # not the request in progress, or another move is not over
     return replace(new, migration=payload_of(event, payloads.InstanceMigrationStarted)[
         "migration"])
 
@@ -390,7 +390,7 @@ def _resize_confirmed(new: Instance, event: Event) -> Instance:
 def _source_cleaned(new: Instance, event: Event) -> Instance:
     m = new.migration  # an evacuation is done before its old host comes back to clean
     if m is None or m["migration_id"] != event.payload.get("migration_id") or \
-            m["kind"] != "evacuation":
+            m["kind"] != "evacuation" or m["status"] != "done":
         return new
     return replace(new, migration=_with_status(m, "cleaned"))
 
@@ -403,7 +403,9 @@ def _migration_failed(new: Instance, event: Event) -> Instance:
     if m is None:
         return new
     message = f"{m['kind']} of {new.uuid} failed at {p['stage']}: {p['reason']}"
-    closed = replace(new, migration=_with_status(m, "failed"), action_request_id=None)
+    status = "error" if p["stage"] == "scheduling" else \
+        MIGRATION_STATUS[m["kind"]]["failed"]  # Nova: a pre-check failure is an error
+    closed = replace(new, migration={**m, "status": status}, action_request_id=None)
     if not p["rolled_back"]:
         return replace(_errored(closed, 500, message), ports=new.ports, disks=new.disks)
     return replace(closed, vm_state=m["old_vm_state"], task_state=_task(new, None),
@@ -443,9 +445,8 @@ LIFECYCLE: dict[str, Callable[[Instance, Event], Instance]] = {
     "InstanceLiveMigrationStarted": _migration_step("migrating"),
     "InstanceLiveMigrated": _arrived("finished"),
     "InstanceMigrationSourceCleaned": _source_cleaned,
-    "InstanceRebuildBlockDeviceMapping": _migration_step("rebuilding",
-                                                         s.REBUILD_BLOCK_DEVICE_MAPPING),
-    "InstanceRebuildSpawning": _migration_step("rebuilding", s.REBUILD_SPAWNING),
+    "InstanceRebuildBlockDeviceMapping": _migration_step(None, s.REBUILD_BLOCK_DEVICE_MAPPING),
+    "InstanceRebuildSpawning": _migration_step(None, s.REBUILD_SPAWNING),
     "InstanceEvacuated": _arrived("finished"),
     "InstanceRescueRequested": _requested_action("rescue", s.RESCUING),
     "InstanceRescued": _action_done(s.RESCUED),

@@ -358,6 +358,17 @@ def migrations(cloud: Cloud, server_id: str) -> list[dict[str, Any]]:
                                    instance_uuid=server_id)["migrations"])
 
 
+def action_names(cloud: Cloud, server_id: str) -> list[tuple[str, list[str]]]:
+    """(action, its events' names sorted), newest action first, each finished Success."""
+    admin, out = cloud.client(), []
+    path = f"/compute/v2.1/servers/{server_id}/os-instance-actions"
+    for listed in admin.get(path)["instanceActions"]:
+        events = admin.get(f"{path}/{listed['request_id']}")["instanceAction"]["events"]
+        assert all(e["result"] == "Success" for e in events if listed["action"] != "create")
+        out.append((listed["action"], sorted({e["event"] for e in events})))
+    return out
+
+
 def on_host(cloud: Cloud, name: str, host: str) -> str:
     server_id = boot(cloud, name, availability_zone=f"nova:{host}")
     cloud.wait_servers([server_id])
@@ -468,8 +479,13 @@ def test_bad_move_requests_are_refused_with_novas_words_and_publish_nothing(
          "Compute host cmp9 could not be found."),
         ({"evacuate": {"onSharedStorage": False}}, 400,
          "Compute service of cmp2 is still in use."),
-        ({"migrate": {"host": "cmp2"}}, 400,
-         "Cannot migrate to the host where the server exists."),
+        ({"migrate": {"host": "cmp1"}}, 400, "Invalid input for field/attribute migrate. "
+         "Value: {'host': 'cmp1'}. {'host': 'cmp1'} is not of type 'null'"),
+        ({"evacuate": {"onSharedStorage": True}}, 400,
+         "Invalid state of instance files on shared storage"),
+        ({"os-migrateLive": {"host": None, "block_migration": False}}, 400,
+         "Shared storage live-migration requires either shared storage or boot-from-volume "
+         "with no local disks."),
     ]
     for body, status, message in refusals:
         refused = action(cloud, server_id, body)
@@ -542,6 +558,9 @@ def test_live_migration_keeps_the_server_running_and_its_addresses(cloud: Cloud)
     until("source cleaned", lambda: host_claims(cloud, server_id) == {"cmp2": ("active", 512)})
     assert not (cloud.home / "compute" / "cmp1" / "instances" / server_id).exists()
     assert [m["status"] for m in migrations(cloud, server_id)] == ["completed"]
+    assert action_names(cloud, server_id)[0] == ("live-migration", [
+        "compute_live_migration", "compute_pre_live_migration",
+        "conductor_live_migrate_instance"])
     stopped = on_host(cloud, "stopped-stays", "cmp1")
     assert cloud.cli("stop", stopped, "--wait").returncode == 0
     refused = action(cloud, stopped, {"os-migrateLive": {"host": None,
@@ -567,6 +586,10 @@ def test_rescue_boots_a_rescue_disk_first_and_unrescue_restores_the_guest(
     assert server(cloud, server_id)["status"] == "ACTIVE"
     assert not (directory / "disk.rescue").exists()
     assert "disk.rescue" not in (directory / "libvirt.xml").read_text()
+    assert server(cloud, server_id)["OS-EXT-STS:power_state"] == 1
+    assert action_names(cloud, server_id) == [
+        ("unrescue", ["compute_unrescue_instance"]), ("rescue", ["compute_rescue_instance"]),
+        ("create", ["compute__do_build_and_run_instance", "schedule_instances"])]
 
 
 def test_evacuate_rebuilds_a_down_hosts_server_elsewhere_and_the_host_cleans_up_on_return(
@@ -597,6 +620,8 @@ def test_evacuate_rebuilds_a_down_hosts_server_elsewhere_and_the_host_cleans_up_
     assert not (cloud.home / "compute" / "cmp1" / "instances" / server_id).exists()
     until("completed", lambda: [m["status"] for m in migrations(cloud, server_id)] ==
           ["completed"])
+    assert action_names(cloud, server_id)[0] == ("evacuate", [
+        "compute_rebuild_instance", "rebuild_server"])
     replay = cloud.cli("replay", "--verify")
     assert replay.returncode == 0, replay.stdout + replay.stderr
 

@@ -391,3 +391,17 @@ def test_rescue_and_unrescue() -> None:
     back = apply(apply(rescued, c.ev("InstanceUnrescueRequested")),
                  c.ev("InstanceUnrescued", host="cmp1", power_state=s.RUNNING))
     assert (back.vm_state, back.status) == (s.ACTIVE, "ACTIVE")
+
+
+def test_a_pending_delete_wins_over_an_evacuation_and_a_move_is_never_replaced() -> None:
+    c = Clock()
+    active = fold([requested(c), *attempt(c, "cmp1"), *build(c, "cmp1")])
+    assert active is not None
+    deleting = apply(active, delete_requested(c))
+    evac = apply(deleting, c.ev("InstanceEvacuateRequested", host=None, on_shared_storage=False))
+    assert (evac.task_state, evac.action_request_id) == (s.DELETING, None)
+    live = moved_to(c, apply(active, c.ev("InstanceLiveMigrationRequested", host=None,
+                                          block_migration=True)), "live-migration", FLAVOR)
+    other = {**migration("evacuation", FLAVOR), "migration_id": "m-2"}
+    again = apply(live, c.ev("InstanceMigrationStarted", migration=other))
+    assert again.migration == live.migration  # the open move stays the one in the state
