@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from novalog.kafka import EventProducer
+from projections.versions import PROJECTION_VERSION
 from schemas import Event, encode
 from tests.conftest import Infra
 from tests.e2e.conftest import Cloud, running_cloud
@@ -65,11 +66,12 @@ def test_poison_on_every_topic_is_dead_lettered_or_ignored_and_the_cloud_goes_on
         for value in values:
             producer.produce(f"{prefix}.{topic}", b"poison", value)
     producer.flush()
+    projector = f"projector-v{PROJECTION_VERSION}"  # the projector's group names its version
     expected = {  # (topic, what) -> consumers that must dead-letter it
-        ("instances", GARBAGE): {"projector-v1", "scheduler", "conductor"},
-        ("instances", unknown_fp): {"projector-v1", "scheduler", "conductor"},
-        ("hosts", GARBAGE): {"projector-v1"}, ("hosts", unknown_fp): {"projector-v1"},
-        ("catalog", GARBAGE): {"projector-v1"}, ("catalog", unknown_fp): {"projector-v1"},
+        ("instances", GARBAGE): {projector, "scheduler", "conductor"},
+        ("instances", unknown_fp): {projector, "scheduler", "conductor"},
+        ("hosts", GARBAGE): {projector}, ("hosts", unknown_fp): {projector},
+        ("catalog", GARBAGE): {projector}, ("catalog", unknown_fp): {projector},
         ("network", GARBAGE): {"network"}, ("network", unknown_fp): {"network"},
         ("compute.cmp1", GARBAGE): {"compute-cmp1"},
         ("compute.cmp1", unknown_fp): {"compute-cmp1"},
