@@ -262,30 +262,6 @@ def _action_deleted(a: _Actions, e: Event) -> None:
     a.end(None)
 
 
-def _action_power_requested(name: str) -> Callable[[_Actions, Event], None]:
-    def begin(a: _Actions, e: Event) -> None:
-        if a.s.action_request_id == e.correlation_id:  # the fold accepted it
-            a.begin(name)
-    return begin
-
-
-def _action_power_step(step: str) -> Callable[[_Actions, Event], None]:
-    def start(a: _Actions, e: Event) -> None:
-        a.start(step, a.s.attempt, str(e.payload.get("host")))
-    return start
-
-
-def _action_power_done(step: str, started: bool) -> Callable[[_Actions, Event], None]:
-    def done(a: _Actions, e: Event) -> None:
-        if e.causation_id is None:  # the power-state sync's observation: no action
-            return
-        if not started:
-            a.start(step, a.s.attempt, str(e.payload.get("host")))
-        a.finish(step, a.s.attempt, "Success")
-        a.end(None)
-    return done
-
-
 def _begin(name: str) -> Callable[[_Actions, Event], None]:
     """A request that starts action `name`, if the fold accepted it."""
     def begin(a: _Actions, e: Event) -> None:
@@ -297,8 +273,11 @@ def _begin(name: str) -> Callable[[_Actions, Event], None]:
 def _step(start: str | None = None, finish: str | None = None,
           end: bool = False) -> Callable[[_Actions, Event], None]:
     """An event that starts and / or finishes one of the action's steps (on the host the
-    event names), and may end the action."""
+    event names), and may end the action. An observation with no cause (the power-state
+    sync's) records no action."""
     def step(a: _Actions, e: Event) -> None:
+        if e.causation_id is None:
+            return
         host = e.payload.get("host")
         if start:
             a.start(start, a.s.attempt, str(host) if host else None)
@@ -362,13 +341,15 @@ ACTION_STEPS: dict[str, Callable[[_Actions, Event], None]] = {
     "InstanceDeleteRequested": _action_delete_requested,
     "InstanceTerminateStarted": _action_terminate_started,
     "InstanceDeleted": _action_deleted,
-    "InstanceRebootRequested": _action_power_requested("reboot"),
-    "InstanceRebootPending": _action_power_step("compute_reboot_instance"),
-    "InstanceRebooted": _action_power_done("compute_reboot_instance", started=True),
-    "InstanceStopRequested": _action_power_requested("stop"),
-    "InstanceStopped": _action_power_done("compute_stop_instance", started=False),
-    "InstanceStartRequested": _action_power_requested("start"),
-    "InstanceStarted": _action_power_done("compute_start_instance", started=False),
+    "InstanceRebootRequested": _begin("reboot"),
+    "InstanceRebootPending": _step(start="compute_reboot_instance"),
+    "InstanceRebooted": _step(finish="compute_reboot_instance", end=True),
+    "InstanceStopRequested": _begin("stop"),
+    "InstanceStopped": _step(start="compute_stop_instance", finish="compute_stop_instance",
+                             end=True),
+    "InstanceStartRequested": _begin("start"),
+    "InstanceStarted": _step(start="compute_start_instance", finish="compute_start_instance",
+                             end=True),
     "InstanceResizeRequested": lambda a, e: _begin(
         "migrate" if e.payload.get("migrate") else "resize")(a, e),
     "InstanceLiveMigrationRequested": _begin("live-migration"),
