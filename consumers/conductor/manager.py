@@ -105,12 +105,14 @@ class Conductor:
     def dispatch(self, event: Event) -> None:
         uuid, p = event.aggregate_id, payload_of(event, payloads.InstanceScheduled)
         request = self.requests.get(uuid)
-        self.pub.emit(self._compute_topic(p["host"]), "BuildAndRunInstance", uuid,
-                      self._build(uuid, request, p["host"], p["node"], p["attempt"],
-                                  request["flavor"]), cause=event)
+        build = self._build(uuid, request, p["host"], p["node"], p["attempt"], request["flavor"])
+        # the record first, then the cast: without transactions (Tansu) a host may answer
+        # before the batch is flushed, and the log should still read in causal order
         self.pub.emit(self.topics.instances, "InstanceBuildDispatched", uuid,
                       payloads.InstanceBuildDispatched(host=p["host"], node=p["node"],
                                                        attempt=p["attempt"]), cause=event)
+        self.pub.emit(self._compute_topic(p["host"]), "BuildAndRunInstance", uuid, build,
+                      cause=event)
 
     def _build(self, uuid: str, request: payloads.InstanceBuildRequested, host: str,
                node: str, attempt: int, flavor: payloads.Flavor) -> payloads.BuildAndRunInstance:

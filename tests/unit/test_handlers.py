@@ -115,8 +115,8 @@ def test_a_scheduled_build_is_dispatched_to_the_hosts_topic_with_what_compute_ne
     command = payload_of(build, payloads.BuildAndRunInstance)
     assert command["image"] is not None and command["image"]["location"] == "/i"
     assert command["networks"][0]["cidr"] == "10.0.0.0/24"
-    assert [e.event_type for e in sink.events()] == ["BuildAndRunInstance",
-                                                     "InstanceBuildDispatched"]
+    assert [e.event_type for e in sink.events()] == ["InstanceBuildDispatched",
+                                                     "BuildAndRunInstance"]
 
 
 def test_a_catalog_entry_not_projected_yet_is_a_retry_not_a_failure() -> None:
