@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from types import FrameType
 from typing import Annotated, Any
 
 import typer
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -305,3 +307,34 @@ def main() -> None:
     logging.captureWarnings(True)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     app()
+
+
+@app.command()
+def openrc(
+    user: Annotated[str, typer.Option(help="admin (project admin) or demo (project demo).")]
+    = "admin",
+    clouds_yaml: Annotated[bool, typer.Option(
+        "--clouds-yaml", help="Print a clouds.yaml (clouds novalog and novalog-demo) "
+                              "instead of shell exports.")] = False,
+) -> None:
+    """What the stock OpenStack clients need: `eval "$(novalog openrc)"`, then `openstack`."""
+    settings = _settings()
+    passwords = {"admin": settings.admin_password, "demo": settings.demo_password}
+    if user not in passwords:
+        raise _fail(ValueError(f"unknown user {user!r}: use admin or demo"))
+    base = settings.public_url or f"http://{settings.api_host}:{settings.api_port}"
+    auth = {"auth_url": f"{base}/identity/v3", "user_domain_name": "Default",
+            "project_domain_name": "Default"}
+    if clouds_yaml:
+        clouds = {name: {"auth": {**auth, "username": who, "password": passwords[who],
+                                  "project_name": who},
+                         "region_name": "RegionOne", "identity_api_version": 3}
+                  for name, who in (("novalog", "admin"), ("novalog-demo", "demo"))}
+        typer.echo(yaml.safe_dump({"clouds": clouds}, sort_keys=False), nl=False)
+        return
+    variables = {"OS_AUTH_URL": auth["auth_url"], "OS_USERNAME": user,
+                 "OS_PASSWORD": passwords[user], "OS_PROJECT_NAME": user,
+                 "OS_USER_DOMAIN_NAME": "Default", "OS_PROJECT_DOMAIN_NAME": "Default",
+                 "OS_IDENTITY_API_VERSION": "3", "OS_REGION_NAME": "RegionOne"}
+    for name, value in variables.items():
+        typer.echo(f"export {name}={shlex.quote(value)}")

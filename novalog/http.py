@@ -22,15 +22,20 @@ from psycopg_pool import PoolTimeout
 from novalog.db import DatabaseUnavailable, check_database
 from novalog.kafka import BrokerUnavailable, check_broker
 from novalog.settings import Settings
-from novalog.web import MAX_BODY_BYTES, ApiError, AppState, error_body
+from novalog.web import MAX_BODY_BYTES, ApiError, AppState, compute_microversion, dotted, error_body
 from producers.actions import router as actions_router
 from producers.identity import router as identity_router
 from producers.outbox import relay
 from producers.quotas import router as quotas_router
 from producers.servers import router as servers_router
 from producers.services import router as services_router
-from projections.api import history_router, services_health
+from projections.api import history_router
 from projections.api import router as query_router
+from projections.flavors import router as flavors_router
+from projections.hosts import router as hosts_router
+from projections.hosts import services_health
+from projections.images import router as images_router
+from projections.networks import router as networks_router
 
 
 def _location(loc: tuple[Any, ...]) -> str:
@@ -60,6 +65,21 @@ def create_app(settings: Settings) -> FastAPI:
                                                 f"limit is {MAX_BODY_BYTES} bytes."),
                                 status_code=400)
         return await call_next(request)
+
+    @app.middleware("http")
+    async def microversions(request: Request, call_next: Any) -> Any:
+        """Nova's microversion headers on the compute API: checked, then echoed."""
+        if not request.url.path.startswith("/compute"):
+            return await call_next(request)
+        try:
+            version = dotted(compute_microversion(request.headers))
+        except ApiError as exc:
+            return JSONResponse(error_body(exc.status, exc.message), status_code=exc.status)
+        response = await call_next(request)
+        response.headers["OpenStack-API-Version"] = f"compute {version}"
+        response.headers["X-OpenStack-Nova-API-Version"] = version
+        response.headers["Vary"] = "OpenStack-API-Version, X-OpenStack-Nova-API-Version"
+        return response
 
     @app.exception_handler(ApiError)
     def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
@@ -116,7 +136,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(services_router)
     app.include_router(quotas_router)
     app.include_router(query_router)
+    app.include_router(flavors_router)
+    app.include_router(hosts_router)
     app.include_router(history_router)
+    app.include_router(images_router)
+    app.include_router(networks_router)
     return app
 
 

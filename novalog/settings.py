@@ -9,6 +9,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 
 class SettingsError(ValueError):
@@ -61,6 +62,17 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int = 1,
     if not low <= value <= high:
         raise SettingsError(f"{name}={value} is outside {low}..{high}")
     return value
+
+
+def public_url(raw: str | None) -> str | None:
+    """NOVALOG_PUBLIC_URL: an http(s) base URL (a path prefix is kept, for a proxy)."""
+    if raw is None:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query \
+            or parts.fragment:
+        raise SettingsError(f"NOVALOG_PUBLIC_URL={raw!r}: use http(s)://host[:port][/prefix]")
+    return raw.rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -138,6 +150,7 @@ class Settings:
     postgres_port: int = 15432
     api_host: str = "127.0.0.1"
     api_port: int = 8774
+    public_url: str | None = None  # the base URL the catalog advertises; None: the request's
     hostname: str = field(default_factory=socket.gethostname)
     token_keys: tuple[str, ...] = field(default=(), repr=False)  # () : a key file in home
     token_ttl_s: int = 3600
@@ -190,6 +203,7 @@ class Settings:
             postgres_port=_int(e, "NOVALOG_POSTGRES_PORT", 15432, high=65535),
             api_host=e.get("NOVALOG_API_HOST", "127.0.0.1"),
             api_port=_int(e, "NOVALOG_API_PORT", 8774, high=65535),
+            public_url=public_url(e.get("NOVALOG_PUBLIC_URL") or None),
             hostname=e.get("NOVALOG_HOST") or socket.gethostname(),
             token_keys=tuple(k.strip() for k in e.get("NOVALOG_TOKEN_KEYS", "").split(",")
                              if k.strip()),
@@ -249,6 +263,7 @@ class Settings:
             "NOVALOG_HOME": str(self.home),
             "NOVALOG_API_HOST": self.api_host,
             "NOVALOG_API_PORT": str(self.api_port),
+            "NOVALOG_PUBLIC_URL": self.public_url or "",
             "NOVALOG_HOST": self.hostname,
             "NOVALOG_CACHE_DIR": str(self.cache_dir),
         }

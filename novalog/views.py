@@ -10,11 +10,20 @@ before Python 3.12).
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import NotRequired
+from datetime import UTC, datetime
+from typing import NotRequired, overload
 
-from pydantic import JsonValue
+from pydantic import ConfigDict, JsonValue
 from typing_extensions import TypedDict
+
+
+@overload
+def zulu(value: datetime) -> str: ...
+@overload
+def zulu(value: datetime | None) -> str | None: ...
+def zulu(value: datetime | None) -> str | None:
+    """A moment as Nova writes it: UTC, seconds, a Z."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
 
 
 class Link(TypedDict):
@@ -69,11 +78,13 @@ class ServerRef(TypedDict):
 
 class ServerRefs(TypedDict):
     servers: list[ServerRef]
+    servers_links: NotRequired[list[Link]]
 
 
 class ServerList(TypedDict):
     as_of: NotRequired[str]  # time travel (/novalog/v1/servers?as_of=)
     servers: list[ServerView]
+    servers_links: NotRequired[list[Link]]
 
 
 class OneServer(TypedDict):
@@ -144,6 +155,19 @@ class OneFlavor(TypedDict):
     flavor: FlavorView
 
 
+class ExtraSpecs(TypedDict):
+    extra_specs: dict[str, str]
+
+
+class FlavorTenant(TypedDict):
+    flavor_id: str
+    tenant_id: str
+
+
+class FlavorAccess(TypedDict):
+    flavor_access: list[FlavorTenant]
+
+
 class ServiceView(TypedDict):
     id: int
     binary: str
@@ -178,11 +202,52 @@ class HypervisorView(TypedDict):
     memory_mb_used: int
     local_gb_used: int
     running_vms: int
-    service: HostRef
+    free_ram_mb: int
+    free_disk_gb: int
+    service: HypervisorService
+
+
+class HypervisorService(TypedDict):
+    host: str
+    id: int
 
 
 class Hypervisors(TypedDict):
     hypervisors: list[HypervisorView]
+
+
+class HypervisorRef(TypedDict):
+    id: int
+    hypervisor_hostname: str
+    state: str
+    status: str
+
+
+class HypervisorRefs(TypedDict):
+    hypervisors: list[HypervisorRef]
+
+
+class OneHypervisor(TypedDict):
+    hypervisor: HypervisorView
+
+
+class Statistics(TypedDict):
+    count: int
+    vcpus: int
+    memory_mb: int
+    local_gb: int
+    vcpus_used: int
+    memory_mb_used: int
+    local_gb_used: int
+    running_vms: int
+    free_ram_mb: int
+    free_disk_gb: int
+    current_workload: int
+    disk_available_least: int
+
+
+class HypervisorStatistics(TypedDict):
+    hypervisor_statistics: Statistics
 
 
 class HostView(TypedDict):
@@ -253,31 +318,58 @@ class ServerEvents(TypedDict):
     events: list[ProjectedEvent]
 
 
-class ImageView(TypedDict):
+# Glance v2 and Neutron v2.0 (projections/images.py, networks.py; the client reads them)
+class ImageView(TypedDict, total=False):
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]  # the properties
     id: str
     name: str
     status: str
     disk_format: str
+    container_format: str
     size: int
+    virtual_size: int | None
+    checksum: str
+    os_hash_algo: str | None
+    os_hash_value: str | None
     min_disk: int
     min_ram: int
-    checksum: str
+    visibility: str
+    protected: bool
+    os_hidden: bool
+    owner: str | None
+    tags: list[str]
+    created_at: str
+    updated_at: str
+    self: str
+    file: str
+    schema: str
 
 
-class Images(TypedDict):
+class ImageList(TypedDict, total=False):
     images: list[ImageView]
+    first: str
+    next: str
+    schema: str
 
 
 class NetworkView(TypedDict):
     id: str
     name: str
-    subnets: list[str]
-    cidr: str
     status: str
-
-
-class Networks(TypedDict):
-    networks: list[NetworkView]
+    admin_state_up: bool
+    shared: bool
+    subnets: list[str]
+    tenant_id: str
+    project_id: str
+    mtu: int
+    ipv4_address_scope: None
+    ipv6_address_scope: None
+    is_default: bool
+    port_security_enabled: bool
+    availability_zones: list[str]
+    description: str
+    tags: list[str]
+    # router:external and provider:* are added as Neutron names them
 
 
 class AuditEntryView(TypedDict):

@@ -6,6 +6,7 @@ other; the app factory (novalog/http.py) assembles them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, NotRequired, TypedDict
@@ -21,9 +22,42 @@ from novalog.views import Link
 
 AUTH_REQUIRED = "The request you have made requires authentication."
 FAULT_NAMES = {400: "badRequest", 403: "forbidden", 404: "itemNotFound",
-               409: "conflictingRequest", 413: "overLimit", 429: "overLimit",
-               503: "serviceUnavailable"}
+               406: "notAcceptable", 409: "conflictingRequest", 413: "overLimit",
+               429: "overLimit", 501: "notImplemented", 503: "serviceUnavailable"}
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: far above any valid request (user data is <= 64 KiB)
+
+
+MIN_MICROVERSION = MAX_MICROVERSION = (2, 1)  # honoured completely; see docs/decisions.md
+
+
+def dotted(version: tuple[int, int]) -> str:
+    return f"{version[0]}.{version[1]}"
+
+
+def compute_microversion(headers: Mapping[str, str]) -> tuple[int, int]:
+    """The microversion a compute request asks for (OpenStack-API-Version: compute X.Y, or
+    the legacy X-OpenStack-Nova-API-Version), 'latest' being the maximum; none: 2.1.
+    ApiError 400 for a malformed one, 406 for one outside min..max, as Nova."""
+    raw = None
+    for part in headers.get("openstack-api-version", "").split(","):
+        service, _, value = part.strip().partition(" ")
+        if service.lower() == "compute":
+            raw = value.strip()
+    if raw is None:
+        raw = headers.get("x-openstack-nova-api-version")
+    if raw is None:
+        return MIN_MICROVERSION
+    if raw.lower() == "latest":
+        return MAX_MICROVERSION
+    major, dot, minor = raw.partition(".")
+    if not (dot and major.isdigit() and minor.isdigit()):
+        raise ApiError(400, f"Invalid API version request: {raw!r} is not of the form X.Y")
+    asked = (int(major), int(minor))
+    if not MIN_MICROVERSION <= asked <= MAX_MICROVERSION:
+        raise ApiError(406, f"Version {raw} is not supported by the API. Minimum is "
+                            f"{dotted(MIN_MICROVERSION)} and maximum is "
+                            f"{dotted(MAX_MICROVERSION)}.")
+    return asked
 
 
 class ApiError(Exception):
@@ -111,7 +145,18 @@ def authenticate(request: Request,
 Auth = Annotated[Context, Depends(authenticate)]
 
 
+def require_admin(ctx: Context, policy: str) -> None:
+    """Nova's default policy for admin-only APIs: 403 naming the rule otherwise."""
+    if not ctx.is_admin:
+        raise ApiError(403, f"Policy doesn't allow {policy} to be performed.")
+
+
+def public_base(request: Request) -> str:
+    """The base URL clients are told to use: NOVALOG_PUBLIC_URL, else the one they called."""
+    return state_of(request).settings.public_url or str(request.base_url).rstrip("/")
+
+
 def server_link(request: Request, server_id: str) -> list[Link]:
-    base = str(request.base_url).rstrip("/")
+    base = public_base(request)
     return [{"rel": "self", "href": f"{base}/compute/v2.1/servers/{server_id}"},
             {"rel": "bookmark", "href": f"{base}/compute/servers/{server_id}"}]

@@ -80,15 +80,20 @@ def quota_limits(conn: Connection[Any], project_id: str) -> dict[str, int]:
     return limits
 
 
+def quota_usage(conn: Connection[Any], project_id: str) -> dict[str, int]:
+    """What the project's instances hold now, per quota resource (USAGE_SQL)."""
+    row = conn.execute(USAGE_SQL, (project_id,)).fetchone()
+    assert row is not None
+    return {"instances": int(row[0]), "cores": int(row[1]), "ram": int(row[2])}
+
+
 def allowed_count(conn: Connection[Any], ctx: Context, flavor: payloads.Flavor,
                   min_count: int, max_count: int) -> int:
     """As many instances as quota allows, from max_count down to min_count, or 403."""
     limits = quota_limits(conn, ctx.project_id)
     if all(limit < 0 for limit in limits.values()):  # unlimited: nothing to count
         return max_count
-    row = conn.execute(USAGE_SQL, (ctx.project_id,)).fetchone()
-    assert row is not None
-    used = {"instances": int(row[0]), "cores": int(row[1]), "ram": int(row[2])}
+    used = quota_usage(conn, ctx.project_id)
     per = {"instances": 1, "cores": flavor["vcpus"], "ram": flavor["memory_mb"]}
     room = [(limits[r] - used[r]) // per[r] for r in per if limits[r] >= 0 and per[r] > 0]
     count = int(min([max_count, *room]))

@@ -13,9 +13,10 @@ from fastapi import APIRouter, Header, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from typing_extensions import TypedDict  # pydantic validates the response bodies
 
-from novalog.tokens import verify_password
+from novalog.tokens import Context, verify_password
 from novalog.views import Link
-from novalog.web import AUTH_REQUIRED, ApiError, Auth, state_of, token_service
+from novalog.web import AUTH_REQUIRED, ApiError, Auth, public_base, state_of, token_service
+from producers.catalog import entity_id
 
 router = APIRouter(prefix="/identity", tags=["identity"])
 
@@ -57,12 +58,15 @@ class Role(TypedDict):
 
 
 class Endpoint(TypedDict):
+    id: str
     interface: str
     region: str
+    region_id: str
     url: str
 
 
 class CatalogEntry(TypedDict):
+    id: str
     type: str
     name: str
     endpoints: list[Endpoint]
@@ -83,7 +87,22 @@ class IssuedToken(TypedDict):
 
 
 def _self_link(request: Request, path: str) -> str:
-    return str(request.base_url).rstrip("/") + path
+    return public_base(request) + path
+
+
+REGION = "RegionOne"
+# type, name, path under the base URL. Image and network are unversioned: the clients add
+# /v2 and /v2.0 themselves (../shared/OPENSTACK_CLIENTS.md section 1).
+SERVICES = [("identity", "keystone", "/identity"), ("compute", "nova", "/compute/v2.1"),
+            ("image", "glance", "/image"), ("network", "neutron", "/networking")]
+
+
+def catalog(base: str) -> list[CatalogEntry]:
+    """Every service novalog serves, public and internal at the same URL, one region."""
+    return [{"id": entity_id("service", kind), "type": kind, "name": name, "endpoints": [
+        {"id": entity_id("endpoint", f"{kind}/{interface}"), "interface": interface,
+         "region": REGION, "region_id": REGION, "url": base + path}
+        for interface in ("public", "internal")]} for kind, name, path in SERVICES]
 
 
 @router.get("", summary="Keystone version discovery")
@@ -195,30 +214,46 @@ def issue_token(body: AuthRequest, request: Request, response: Response) -> Issu
         raise ApiError(401, AUTH_REQUIRED)  # no role on that project: not authorised there
     token, ctx = token_service(request).issue(user[0], project[0], roles)
     response.headers["X-Subject-Token"] = token
-    base = str(request.base_url).rstrip("/")
-    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    return _token_body(request, ctx, (user[0], user[1]), (project[0], project[1]),
+                       datetime.now(UTC))
+
+
+def _token_body(request: Request, ctx: Context, user: tuple[str, str],
+                project: tuple[str, str], issued_at: datetime) -> IssuedToken:
+    def z(moment: datetime) -> str:
+        return moment.isoformat().replace("+00:00", "Z")
+
+    default: Domain = {"id": "default", "name": "Default"}
     return {"token": {
-        "methods": ["password"],
-        "issued_at": now,
-        "expires_at": ctx.expires_at.isoformat().replace("+00:00", "Z"),
-        "user": {"id": user[0], "name": user[1], "domain": {"id": "default", "name": "Default"}},
-        "project": {"id": project[0], "name": project[1],
-                    "domain": {"id": "default", "name": "Default"}},
-        "roles": [{"id": r, "name": r} for r in roles],
-        "catalog": [
-            {"type": "identity", "name": "keystone", "endpoints": [
-                {"interface": "public", "region": "RegionOne", "url": f"{base}/identity"}]},
-            {"type": "compute", "name": "nova", "endpoints": [
-                {"interface": "public", "region": "RegionOne", "url": f"{base}/compute/v2.1"}]},
-        ],
+        "methods": ["password"], "issued_at": z(issued_at), "expires_at": z(ctx.expires_at),
+        "user": {"id": user[0], "name": user[1], "domain": default},
+        "project": {"id": project[0], "name": project[1], "domain": default},
+        "roles": [{"id": r, "name": r} for r in ctx.roles],
+        "catalog": catalog(public_base(request)),
     }}
 
 
-@router.delete("/v3/auth/tokens", status_code=204, summary="Revoke a token",
-               responses={404: {"description": "X-Subject-Token is not a valid token"}})
-def revoke_token(request: Request, ctx: Auth,
-                 x_subject_token: Annotated[str | None, Header()] = None) -> Response:
-    """Revoke X-Subject-Token: one's own token, or anyone's for an admin (as Keystone)."""
+@router.get("/v3/auth/tokens", summary="Validate a token (X-Subject-Token)",
+            responses={404: {"description": "X-Subject-Token is not a valid token"}})
+def validate_token(request: Request, response: Response, ctx: Auth,
+                   x_subject_token: Annotated[str | None, Header()] = None) -> IssuedToken:
+    """One's own token, or anyone's for an admin, as Keystone's policy has it."""
+    target = _subject(request, ctx, x_subject_token)
+    with state_of(request).pool.connection() as conn:
+        revoked = conn.execute("SELECT 1 FROM revoked_tokens WHERE token_id = %s",
+                               (target.token_id,)).fetchone()
+        user = conn.execute("SELECT user_id, name FROM users WHERE user_id = %s",
+                            (target.user_id,)).fetchone()
+        project = conn.execute("SELECT project_id, name FROM projects WHERE project_id = %s",
+                               (target.project_id,)).fetchone()
+    if revoked or user is None or project is None:
+        raise ApiError(404, "Could not find token.")
+    response.headers["X-Subject-Token"] = x_subject_token or ""
+    issued = target.expires_at - token_service(request).ttl
+    return _token_body(request, target, (user[0], user[1]), (project[0], project[1]), issued)
+
+
+def _subject(request: Request, ctx: Context, x_subject_token: str | None) -> Context:
     if not x_subject_token:
         raise ApiError(400, "X-Subject-Token is required")
     try:
@@ -226,9 +261,116 @@ def revoke_token(request: Request, ctx: Auth,
     except ValueError:
         raise ApiError(404, "Could not find token.") from None
     if target.user_id != ctx.user_id and not ctx.is_admin:
-        raise ApiError(403, "You are not authorized to revoke that token.")
+        raise ApiError(403, "You are not authorized to perform the requested action.")
+    return target
+
+
+@router.delete("/v3/auth/tokens", status_code=204, summary="Revoke a token",
+               responses={404: {"description": "X-Subject-Token is not a valid token"}})
+def revoke_token(request: Request, ctx: Auth,
+                 x_subject_token: Annotated[str | None, Header()] = None) -> Response:
+    """Revoke X-Subject-Token: one's own token, or anyone's for an admin (as Keystone)."""
+    target = _subject(request, ctx, x_subject_token)
     with state_of(request).pool.connection() as conn:
         conn.execute("INSERT INTO revoked_tokens (token_id, expires_at) VALUES (%s, %s) "
                      "ON CONFLICT DO NOTHING", (target.token_id, target.expires_at))
         conn.execute("DELETE FROM revoked_tokens WHERE expires_at < now()")  # expired anyway
     return Response(status_code=204)
+
+
+class ProjectView(TypedDict):
+    id: str
+    name: str
+    domain_id: str
+    enabled: bool
+    description: str
+    is_domain: bool
+    parent_id: str
+    links: dict[str, str]
+
+
+class Projects(TypedDict):
+    projects: list[ProjectView]
+
+
+class UserView(TypedDict):
+    id: str
+    name: str
+    domain_id: str
+    enabled: bool
+    default_project_id: str | None
+    links: dict[str, str]
+
+
+class Users(TypedDict):
+    users: list[UserView]
+
+
+def _projects(request: Request, only: str | None, name: str | None) -> Projects:
+    with state_of(request).pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT project_id, name FROM projects WHERE (%(only)s::text IS NULL OR "
+            "project_id = %(only)s) AND (%(name)s::text IS NULL OR name = %(name)s) "
+            "ORDER BY name", {"only": only, "name": name}).fetchall()
+    return {"projects": [{
+        "id": r[0], "name": r[1], "domain_id": "default", "enabled": True, "description": "",
+        "is_domain": False, "parent_id": "default",
+        "links": {"self": _self_link(request, f"/identity/v3/projects/{r[0]}")}} for r in rows]}
+
+
+def _admin(ctx: Context) -> None:
+    if not ctx.is_admin:
+        raise ApiError(403, "You are not authorized to perform the requested action.")
+
+
+@router.get("/v3/projects", summary="Every project (admin)")
+def list_projects(request: Request, ctx: Auth, name: str | None = None) -> Projects:
+    _admin(ctx)
+    return _projects(request, None, name)
+
+
+@router.get("/v3/auth/projects", summary="The projects the caller may scope to")
+def my_projects(request: Request, ctx: Auth) -> Projects:
+    with state_of(request).pool.connection() as conn:
+        ids = [r[0] for r in conn.execute("SELECT DISTINCT project_id FROM role_assignments "
+                                          "WHERE user_id = %s", (ctx.user_id,)).fetchall()]
+    found = [_projects(request, pid, None)["projects"] for pid in ids]
+    return {"projects": sorted((p for ps in found for p in ps), key=lambda p: p["name"])}
+
+
+@router.get("/v3/projects/{project_id}", summary="One project (admin, or one's own)")
+def show_project(project_id: str, request: Request, ctx: Auth) -> dict[str, ProjectView]:
+    if project_id != ctx.project_id:
+        _admin(ctx)
+    found = _projects(request, project_id, None)["projects"]
+    if not found:
+        raise ApiError(404, f"Could not find project: {project_id}.")
+    return {"project": found[0]}
+
+
+def _users(request: Request, only: str | None, name: str | None) -> Users:
+    with state_of(request).pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT user_id, name, default_project_id FROM users WHERE (%(only)s::text IS NULL "
+            "OR user_id = %(only)s) AND (%(name)s::text IS NULL OR name = %(name)s) "
+            "ORDER BY name", {"only": only, "name": name}).fetchall()
+    return {"users": [{
+        "id": r[0], "name": r[1], "domain_id": "default", "enabled": True,
+        "default_project_id": r[2],
+        "links": {"self": _self_link(request, f"/identity/v3/users/{r[0]}")}} for r in rows]}
+
+
+@router.get("/v3/users", summary="Every user (admin)")
+def list_users(request: Request, ctx: Auth, name: str | None = None) -> Users:
+    _admin(ctx)
+    return _users(request, None, name)
+
+
+@router.get("/v3/users/{user_id}", summary="One user (admin, or oneself)")
+def show_user(user_id: str, request: Request, ctx: Auth) -> dict[str, UserView]:
+    if user_id != ctx.user_id:
+        _admin(ctx)
+    found = _users(request, user_id, None)["users"]
+    if not found:
+        raise ApiError(404, f"Could not find user: {user_id}.")
+    return {"user": found[0]}

@@ -16,7 +16,7 @@ from typing_extensions import TypedDict  # pydantic validates the response bodie
 from novalog.kafka import DeliveryError, Topics
 from novalog.publish import Publisher
 from novalog.service import service_id
-from novalog.web import ApiError, AppState, Auth, state_of
+from novalog.web import ApiError, AppState, Auth, require_admin, state_of
 from schemas import payloads
 
 router = APIRouter(prefix="/compute/v2.1", tags=["compute"])
@@ -39,12 +39,6 @@ class ServiceStatus(TypedDict, total=False):
 
 class ServiceUpdated(TypedDict):
     service: ServiceStatus
-
-
-def _admin(ctx_is_admin: bool, what: str) -> None:
-    if not ctx_is_admin:
-        raise ApiError(403, f"Policy doesn't allow os_compute_api:os-services:{what} to be "
-                            "performed.")
 
 
 def _publish(app: AppState, event_type: str, host: str, payload: dict[str, object],
@@ -74,7 +68,7 @@ def _service(app: AppState, host: str, binary: str) -> tuple[bool, str | None] |
                        404: {"description": "no such service, or no such action"}})
 def update_service(action: str, body: ServiceRef, request: Request,
                    ctx: Auth) -> ServiceUpdated:
-    _admin(ctx.is_admin, "update")
+    require_admin(ctx, "os_compute_api:os-services:update")
     if action not in ("disable", "disable-log-reason", "enable"):
         raise ApiError(404, "Unknown action")
     if body.binary != COMPUTE:
@@ -108,7 +102,7 @@ def update_service(action: str, body: ServiceRef, request: Request,
                           404: {"description": "no such service"},
                           409: {"description": "the host still has instances"}})
 def delete_service(service_id_: str, request: Request, ctx: Auth) -> Response:
-    _admin(ctx.is_admin, "delete")
+    require_admin(ctx, "os_compute_api:os-services:delete")
     if not service_id_.isdigit():
         raise ApiError(400, f"Invalid ID {service_id_} passed")
     app = state_of(request)

@@ -10,22 +10,29 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, TypedDict
+from urllib.parse import urlencode
 
-import psycopg
 from fastapi import APIRouter, Request
-from psycopg import Connection
 from psycopg.rows import class_row
-from psycopg_pool import ConnectionPool
 
 from novalog import views
 from novalog.domain import states
-from novalog.service import CONTROL_PLANE, service_id
-from novalog.settings import Settings
 from novalog.timeparse import parse_moment
 from novalog.tokens import Context
-from novalog.web import ApiError, Auth, server_link, state_of
+from novalog.views import Link, zulu
+from novalog.web import (
+    MAX_MICROVERSION,
+    MIN_MICROVERSION,
+    ApiError,
+    Auth,
+    dotted,
+    public_base,
+    require_admin,
+    server_link,
+    state_of,
+)
 from projections.history import ServerRow, StoredFault, as_row, cloud_as_of, server_as_of
 from schemas import payloads
 
@@ -34,10 +41,6 @@ router = APIRouter(prefix="/compute/v2.1", tags=["compute"])
 SERVER_COLUMNS = ("uuid, name, project_id, user_id, status, vm_state, task_state, power_state, "
                   "host, node, availability_zone, flavor, image, addresses, key_name, metadata, "
                   "reservation_id, launch_index, created_at, updated_at, launched_at, fault")
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
 
 
 class AcceptedRow(TypedDict):
@@ -95,13 +98,13 @@ def server_view(request: Request, row: ServerRow, ctx: Context) -> views.ServerV
         "metadata": row["metadata"], "hostId": host_id,
         "image": {"id": row["image"]["id"]} if row["image"] else "",
         "flavor": {"id": row["flavor"]["flavorid"]},
-        "created": _iso(row["created_at"]), "updated": _iso(row["updated_at"]),
+        "created": zulu(row["created_at"]), "updated": zulu(row["updated_at"]),
         "addresses": row["addresses"], "accessIPv4": "", "accessIPv6": "",
         "links": server_link(request, row["uuid"]),
         "OS-DCF:diskConfig": "MANUAL", "progress": 100 if row["status"] == "ACTIVE" else 0,
         "OS-EXT-AZ:availability_zone": row["availability_zone"] or "nova",
         "config_drive": "", "key_name": row["key_name"],
-        "OS-SRV-USG:launched_at": _iso(row["launched_at"]),
+        "OS-SRV-USG:launched_at": zulu(row["launched_at"]),
         "OS-SRV-USG:terminated_at": None,
         "OS-EXT-STS:vm_state": row["vm_state"], "OS-EXT-STS:task_state": row["task_state"],
         "OS-EXT-STS:power_state": row["power_state"],
@@ -145,7 +148,9 @@ def _changes_since(value: str) -> datetime:
 
 def list_rows(request: Request, ctx: Context) -> list[ServerRow]:
     params = request.query_params
-    all_tenants = ctx.is_admin and params.get("all_tenants", "0").lower() in ("1", "true")
+    all_tenants = params.get("all_tenants", "0").lower() in ("", "1", "true", "t", "yes")
+    if all_tenants:
+        require_admin(ctx, "os_compute_api:servers:index:get_all_tenants")
     where: list[str] = []
     args: list[Any] = []
     if not all_tenants:
@@ -191,22 +196,57 @@ def list_rows(request: Request, ctx: Context) -> list[ServerRow]:
 
 @router.get("", summary="Compute API version (microversions up to 2.1)")
 def compute_version(request: Request) -> views.ComputeVersionDoc:
-    base = str(request.base_url).rstrip("/")
-    return {"version": {"id": "v2.1", "status": "CURRENT", "version": "2.1",
-                        "min_version": "2.1", "updated": "2013-07-23T11:33:21Z",
+    base = public_base(request)
+    return {"version": {"id": "v2.1", "status": "CURRENT", "version": dotted(MAX_MICROVERSION),
+                        "min_version": dotted(MIN_MICROVERSION), "updated": "2013-07-23T11:33:21Z",
                         "links": [{"rel": "self", "href": f"{base}/compute/v2.1/"}]}}
 
 
-@router.get("/servers", summary="List servers (id, name, links)")
+MAX_LIMIT = 1000  # Nova's api.max_limit
+
+
+def _page(request: Request, rows: list[ServerRow], path: str,
+          ) -> tuple[list[ServerRow], list[Link]]:
+    """Nova's paging: `marker` (the last id seen, 400 when unknown), `limit` (capped at
+    max_limit), and a `next` link while a page is full."""
+    params = request.query_params
+    if params.get("marker"):
+        at = next((i for i, r in enumerate(rows) if r["uuid"] == params["marker"]), None)
+        if at is None:
+            raise ApiError(400, f"marker [{params['marker']}] not found")
+        rows = rows[at + 1:]
+    try:
+        limit = int(params.get("limit", MAX_LIMIT))
+    except ValueError:
+        raise ApiError(400, f"limit {params['limit']!r} is not an integer") from None
+    if limit < 0:
+        raise ApiError(400, "limit must be >= 0")
+    page, links = rows[:min(limit, MAX_LIMIT)], list[Link]()
+    if page and len(page) == min(limit, MAX_LIMIT) and len(rows) > len(page):
+        query = {k: v for k, v in params.items() if k != "marker"}
+        links.append({"rel": "next", "href": f"{public_base(request)}/compute/v2.1{path}?"
+                      + urlencode({**query, "marker": page[-1]["uuid"]})})
+    return page, links
+
+
+@router.get("/servers", summary="List servers (id, name, links; ?name= is a regex)")
 def list_servers(request: Request, ctx: Auth) -> views.ServerRefs:
-    return {"servers": [{"id": r["uuid"], "name": r["name"],
-                         "links": server_link(request, r["uuid"])}
-                        for r in list_rows(request, ctx)]}
+    rows, links = _page(request, list_rows(request, ctx), "/servers")
+    out: views.ServerRefs = {"servers": [{"id": r["uuid"], "name": r["name"],
+                                          "links": server_link(request, r["uuid"])}
+                                         for r in rows]}
+    if links:
+        out["servers_links"] = links
+    return out
 
 
 @router.get("/servers/detail", summary="List servers with details")
 def list_servers_detail(request: Request, ctx: Auth) -> views.ServerList:
-    return {"servers": [server_view(request, r, ctx) for r in list_rows(request, ctx)]}
+    rows, links = _page(request, list_rows(request, ctx), "/servers/detail")
+    out: views.ServerList = {"servers": [server_view(request, r, ctx) for r in rows]}
+    if links:
+        out["servers_links"] = links
+    return out
 
 
 def find_server(request: Request, ctx: Context, server_id: str, *,
@@ -244,7 +284,7 @@ def instance_actions(server_id: str, request: Request, ctx: Auth) -> views.Insta
     return {"instanceActions": [{
         "action": r["action"], "instance_uuid": r["instance_uuid"],
         "request_id": r["request_id"], "user_id": r["user_id"], "project_id": r["project_id"],
-        "start_time": _iso(r["start_time"]), "message": r["message"]} for r in rows]}
+        "start_time": zulu(r["start_time"]), "message": r["message"]} for r in rows]}
 
 
 @router.get("/servers/{server_id}/os-instance-actions/{request_id}",
@@ -267,197 +307,13 @@ def instance_action(server_id: str, request_id: str, request: Request,
     return {"instanceAction": {
         "action": action["action"], "instance_uuid": server_id, "request_id": request_id,
         "user_id": action["user_id"], "project_id": action["project_id"],
-        "start_time": _iso(action["start_time"]), "message": action["message"],
-        "events": [{"event": e["event"], "start_time": _iso(e["start_time"]),
-                    "finish_time": _iso(e["finish_time"]), "result": e["result"],
+        "start_time": zulu(action["start_time"]), "message": action["message"],
+        "events": [{"event": e["event"], "start_time": zulu(e["start_time"]),
+                    "finish_time": zulu(e["finish_time"]), "result": e["result"],
                     "traceback": e["details"], "host": e["host"],
                     "hostId": hashlib.sha224((action["project_id"] + (e["host"] or ""))
                                              .encode()).hexdigest() if e["host"] else ""}
                    for e in events]}}
-
-
-FLAVOR_COLUMNS = "flavorid, name, vcpus, memory_mb, root_gb, ephemeral_gb, swap_mb, is_public"
-
-
-def flavor_view(request: Request, r: tuple[Any, ...], detail: bool) -> views.FlavorView:
-    base = str(request.base_url).rstrip("/")
-    view: views.FlavorView = {"id": r[0], "name": r[1], "links": [
-        {"rel": "self", "href": f"{base}/compute/v2.1/flavors/{r[0]}"}]}
-    if detail:
-        view.update({"vcpus": r[2], "ram": r[3], "disk": r[4],
-                     "OS-FLV-EXT-DATA:ephemeral": r[5], "swap": r[6] or "",
-                     "os-flavor-access:is_public": r[7], "rxtx_factor": 1.0,
-                     "OS-FLV-DISABLED:disabled": False})
-    return view
-
-
-def _flavors(request: Request, detail: bool) -> views.Flavors:
-    with state_of(request).pool.connection() as conn:
-        rows = conn.execute(f"SELECT {FLAVOR_COLUMNS} FROM flavors ORDER BY memory_mb, flavorid"
-                            ).fetchall()
-    return {"flavors": [flavor_view(request, r, detail) for r in rows]}
-
-
-@router.get("/flavors", summary="List flavors")
-def list_flavors(request: Request, _ctx: Auth) -> views.Flavors:
-    return _flavors(request, detail=False)
-
-
-@router.get("/flavors/detail", summary="List flavors with details")
-def list_flavors_detail(request: Request, _ctx: Auth) -> views.Flavors:
-    return _flavors(request, detail=True)
-
-
-@router.get("/flavors/{flavor_id}", summary="Show a flavor")
-def show_flavor(flavor_id: str, request: Request, _ctx: Auth) -> views.OneFlavor:
-    with state_of(request).pool.connection() as conn:
-        row = conn.execute(f"SELECT {FLAVOR_COLUMNS} FROM flavors WHERE flavorid = %s",
-                           (flavor_id,)).fetchone()
-    if row is None:
-        raise ApiError(404, f"Flavor {flavor_id} could not be found.")
-    return {"flavor": flavor_view(request, row, True)}
-
-
-def service_rows(conn: Connection[Any], down_time: timedelta, *, host: str | None = None,
-                 binary: str | None = None) -> list[views.ServiceView]:
-    """Every service with Nova's up / down: the last heartbeat within `down_time`."""
-    now = datetime.now(UTC)
-    rows = conn.execute(
-        "SELECT host, service_binary, zone, disabled, disabled_reason, last_heartbeat, "
-        "updated_at FROM services WHERE (%(host)s::text IS NULL OR host = %(host)s) AND "
-        "(%(binary)s::text IS NULL OR service_binary = %(binary)s) "
-        "ORDER BY service_binary <> 'nova-compute', host, service_binary",
-        {"host": host, "binary": binary}).fetchall()
-    return [{
-        "id": service_id(r[0], r[1]), "binary": r[1], "host": r[0], "zone": r[2],
-        "status": "disabled" if r[3] else "enabled", "disabled_reason": r[4],
-        "state": "up" if r[5] and now - r[5] <= down_time else "down",
-        "updated_at": _iso(r[6]), "forced_down": False} for r in rows]
-
-
-def services_health(pool: ConnectionPool, settings: Settings) -> str:
-    """"ok" while every control-plane binary that ever registered has a service up (a
-    replica down beside one up is not an outage); compute hosts are counted, not judged."""
-    down_time = timedelta(seconds=settings.service_down_time_s)
-    try:
-        with pool.connection() as conn:
-            rows = service_rows(conn, down_time)
-    except psycopg.Error as exc:
-        return f"services unknown: {type(exc).__name__}"
-    up: dict[str, int] = {}
-    for row in rows:
-        up[row["binary"]] = up.get(row["binary"], 0) + (row["state"] == "up")
-    dead = [binary for binary, count in up.items()
-            if binary in CONTROL_PLANE and count == 0]
-    computes = [r for r in rows if r["binary"] == "nova-compute"]
-    summary = (f"{sum(1 for r in rows if r['state'] == 'up')} of {len(rows)} up; "
-               f"compute {sum(1 for r in computes if r['state'] == 'up')} of {len(computes)}")
-    return f"down: {', '.join(sorted(dead))} ({summary})" if dead else f"ok ({summary})"
-
-
-@router.get("/os-services", summary="Every service, up or down by heartbeat age")
-def list_services(request: Request, _ctx: Auth, host: str | None = None,
-                  binary: str | None = None) -> views.Services:
-    state = state_of(request)
-    down_time = timedelta(seconds=state.settings.service_down_time_s)
-    with state.pool.connection() as conn:
-        return {"services": service_rows(conn, down_time, host=host, binary=binary)}
-
-
-@router.get("/os-hosts", summary="Every host with its services (Nova's os-hosts, up to 2.43)")
-def list_hosts(request: Request, _ctx: Auth, zone: str | None = None) -> views.Hosts:
-    with state_of(request).pool.connection() as conn:
-        rows = conn.execute("SELECT host, service_binary, zone FROM services WHERE "
-                            "%(zone)s::text IS NULL OR zone = %(zone)s "
-                            "ORDER BY host, service_binary", {"zone": zone}).fetchall()
-    return {"hosts": [{"host_name": host, "service": binary.removeprefix("nova-"),
-                       "zone": zone} for host, binary, zone in rows]}
-
-
-@router.get("/os-hosts/{host}", summary="A compute host's resources: total, used now, "
-                                        "and per project (admin)")
-def show_host(host: str, request: Request, ctx: Auth) -> views.HostDetail:
-    if not ctx.is_admin:
-        raise ApiError(403, "Policy doesn't allow os_compute_api:os-hosts:show to be "
-                            "performed.")
-    with state_of(request).pool.connection() as conn:
-        node = conn.execute("SELECT vcpus, memory_mb, local_gb, vcpus_used, memory_mb_used, "
-                            "local_gb_used FROM compute_nodes WHERE host = %s",
-                            (host,)).fetchone()
-        if node is None:
-            raise ApiError(404, f"Compute host {host} could not be found.")
-        projects = conn.execute(
-            "SELECT project_id, SUM((flavor->>'vcpus')::int), SUM((flavor->>'memory_mb')::int),"
-            " SUM((flavor->>'root_gb')::int + (flavor->>'ephemeral_gb')::int) FROM servers "
-            "WHERE host = %s AND vm_state <> 'deleted' GROUP BY project_id ORDER BY project_id",
-            (host,)).fetchall()
-    used_max = [sum(int(p[i] or 0) for p in projects) for i in (1, 2, 3)]
-    rows = [("(total)", node[0], node[1], node[2]), ("(used_now)", node[3], node[4], node[5]),
-            ("(used_max)", *used_max), *projects]
-    return {"host": [{"resource": {"host": host, "project": str(r[0]), "cpu": int(r[1] or 0),
-                                   "memory_mb": int(r[2] or 0), "disk_gb": int(r[3] or 0)}}
-                     for r in rows]}
-
-
-def _flavor_number(flavorid: str) -> int | str:
-    """Nova answers the flavor's integer id; novalog's flavor ids are those numbers (an
-    admin's flavor with another id is answered as it is)."""
-    return int(flavorid) if flavorid.isdigit() else flavorid
-
-
-def migration_number(migration_id: str) -> int:
-    """Nova's integer id, derived from the conductor's migration uuid (stable on replay)."""
-    return int(migration_id.replace("-", "")[:12], 16)
-
-
-@router.get("/os-migrations", summary="Every move of an instance (admin)")
-def list_migrations(request: Request, ctx: Auth, host: str | None = None,
-                    status: str | None = None, instance_uuid: str | None = None,
-                    migration_type: str | None = None,
-                    source_compute: str | None = None) -> views.Migrations:
-    if not ctx.is_admin:
-        raise ApiError(403, "Policy doesn't allow os_compute_api:os-migrations:index to be "
-                            "performed.")
-    with state_of(request).pool.connection() as conn:
-        rows = conn.execute(
-            "SELECT m.migration_id, m.instance_uuid, m.migration_type, m.status, "
-            "m.source_compute, m.source_node, m.dest_compute, m.dest_node, c.host_ip, "
-            "m.old_flavor_id, m.new_flavor_id, m.created_at, m.updated_at FROM migrations m "
-            "LEFT JOIN compute_nodes c ON c.host = m.dest_compute WHERE "
-            "(%(host)s::text IS NULL OR %(host)s IN (m.source_compute, m.dest_compute)) AND "
-            "(%(status)s::text IS NULL OR m.status = %(status)s) AND "
-            "(%(uuid)s::text IS NULL OR m.instance_uuid = %(uuid)s) AND "
-            "(%(type)s::text IS NULL OR m.migration_type = %(type)s) AND "
-            "(%(source)s::text IS NULL OR m.source_compute = %(source)s) "
-            "ORDER BY m.created_at DESC, m.migration_id",
-            {"host": host, "status": status, "uuid": instance_uuid, "type": migration_type,
-             "source": source_compute}).fetchall()
-    return {"migrations": [{
-        "id": migration_number(r[0]), "instance_uuid": r[1], "migration_type": r[2],
-        "status": r[3], "source_compute": r[4], "source_node": r[5], "dest_compute": r[6],
-        "dest_node": r[7], "dest_host": r[8], "old_instance_type_id": _flavor_number(r[9]),
-        "new_instance_type_id": _flavor_number(r[10]), "created_at": _iso(r[11]),
-        "updated_at": _iso(r[12]),
-    } for r in rows]}
-
-
-@router.get("/os-hypervisors/detail", summary="Compute nodes with their usage")
-def list_hypervisors(request: Request, _ctx: Auth) -> views.Hypervisors:
-    state = state_of(request)
-    since = datetime.now(UTC) - timedelta(seconds=state.settings.service_down_time_s)
-    with state.pool.connection() as conn:
-        rows = conn.execute(
-            "SELECT c.host, c.node, c.hypervisor_type, c.host_ip, c.vcpus, c.memory_mb, "
-            "c.local_gb, c.vcpus_used, c.memory_mb_used, c.local_gb_used, c.running_vms, "
-            "s.disabled, s.last_heartbeat >= %s FROM compute_nodes c LEFT JOIN services s "
-            "ON s.host = c.host AND s.service_binary = 'nova-compute' ORDER BY c.host",
-            (since,)).fetchall()
-    return {"hypervisors": [{
-        "id": i + 1, "hypervisor_hostname": r[1], "hypervisor_type": r[2], "host_ip": r[3],
-        "state": "up" if r[12] else "down", "status": "disabled" if r[11] else "enabled",
-        "vcpus": r[4], "memory_mb": r[5], "local_gb": r[6], "vcpus_used": r[7],
-        "memory_mb_used": r[8], "local_gb_used": r[9], "running_vms": r[10],
-        "service": {"host": r[0]}} for i, r in enumerate(rows)]}
 
 
 history_router = APIRouter(tags=["novalog"])
@@ -514,32 +370,8 @@ def server_as_of_endpoint(server_id: str, request: Request, ctx: Auth,
     with state_of(request).pool.connection() as conn:
         state = server_as_of(conn, server_id, moment)
     if state is None or (state.project_id != ctx.project_id and not ctx.is_admin):
-        raise ApiError(404, f"Instance {server_id} could not be found as of {_iso(moment)}.")
+        raise ApiError(404, f"Instance {server_id} could not be found as of {zulu(moment)}.")
     return {"as_of": moment.isoformat(), "server": server_view(request, as_row(state), ctx)}
-
-
-@history_router.get("/image/v2/images", summary="Glance: list images (?name=)")
-def list_images(request: Request, _ctx: Auth, name: str | None = None) -> views.Images:
-    with state_of(request).pool.connection() as conn:
-        rows = conn.execute(
-            "SELECT image_id, name, status, disk_format, size, min_disk, min_ram, checksum "
-            "FROM images WHERE %s::text IS NULL OR name = %s ORDER BY name",
-            (name, name)).fetchall()
-    return {"images": [{"id": image_id, "name": image_name, "status": status,
-                        "disk_format": disk_format, "size": size, "min_disk": min_disk,
-                        "min_ram": min_ram, "checksum": checksum}
-                       for (image_id, image_name, status, disk_format, size, min_disk, min_ram,
-                            checksum) in rows]}
-
-
-@history_router.get("/networking/v2.0/networks", summary="Neutron: list networks (?name=)")
-def list_networks(request: Request, _ctx: Auth, name: str | None = None) -> views.Networks:
-    with state_of(request).pool.connection() as conn:
-        rows = conn.execute(
-            "SELECT network_id, name, cidr FROM networks WHERE %s::text IS NULL OR name = %s "
-            "ORDER BY name", (name, name)).fetchall()
-    return {"networks": [{"id": r[0], "name": r[1], "subnets": [], "cidr": r[2],
-                          "status": "ACTIVE"} for r in rows]}
 
 
 @history_router.get("/novalog/v1/servers/{server_id}/audit",

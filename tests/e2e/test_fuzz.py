@@ -46,7 +46,8 @@ def test_no_generated_request_gets_a_server_error(cloud: Cloud, token: str) -> N
             response = case.call(base_url=cloud.api_url, headers={"X-Auth-Token": token},
                                  timeout=30)
             SENT.append(response.status_code)
-            if response.status_code >= 500:
+            deliberate = response.status_code == 501 and case.path.endswith("/uptime")
+            if response.status_code >= 500 and not deliberate:  # uptime: Nova's "no driver"
                 failures.append(f"{case.as_curl_command()} -> {response.status_code}: "
                                 f"{response.text[:300]}")
 

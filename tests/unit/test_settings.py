@@ -101,3 +101,29 @@ def test_every_role_setting_comes_from_settings() -> None:
         Settings.from_env({"NOVALOG_MAX_ATTEMPTS": "0"})
     with pytest.raises(SettingsError, match="NOVALOG_COMPUTE_MEMORY_MB=64 is outside"):
         Settings.from_env({"NOVALOG_COMPUTE_MEMORY_MB": "64"})
+
+
+def test_the_public_url_is_an_http_base_or_refused() -> None:
+    assert Settings.from_env({}).public_url is None
+    assert Settings.from_env({"NOVALOG_PUBLIC_URL": "https://c.example:8443/nova/"}
+                             ).public_url == "https://c.example:8443/nova"
+    assert Settings.from_env({"NOVALOG_PUBLIC_URL": "http://10.0.0.5:8774"}
+                             ).as_env()["NOVALOG_PUBLIC_URL"] == "http://10.0.0.5:8774"
+    for bad in ("ftp://c.example", "c.example:8774", "http://c.example/?x=1", "http://"):
+        with pytest.raises(SettingsError, match="NOVALOG_PUBLIC_URL"):
+            Settings.from_env({"NOVALOG_PUBLIC_URL": bad})
+
+
+def test_compute_microversions_are_parsed_as_nova_does() -> None:
+    from novalog.web import ApiError, compute_microversion
+
+    assert compute_microversion({}) == (2, 1)
+    assert compute_microversion({"openstack-api-version": "image 2.5, compute 2.1"}) == (2, 1)
+    assert compute_microversion({"x-openstack-nova-api-version": "latest"}) == (2, 1)
+    for headers, status in (({"openstack-api-version": "compute 2.60"}, 406),
+                            ({"x-openstack-nova-api-version": "2.0"}, 406),
+                            ({"x-openstack-nova-api-version": "2"}, 400),
+                            ({"openstack-api-version": "compute x.y"}, 400)):
+        with pytest.raises(ApiError) as refused:
+            compute_microversion(headers)
+        assert refused.value.status == status
