@@ -25,8 +25,10 @@ from novalog.settings import Settings
 from novalog.web import MAX_BODY_BYTES, ApiError, AppState, compute_microversion, dotted, error_body
 from producers.actions import router as actions_router
 from producers.identity import router as identity_router
+from producers.keypairs import router as keypairs_write_router
 from producers.outbox import relay
 from producers.quotas import router as quotas_router
+from producers.server_groups import router as server_groups_write_router
 from producers.servers import router as servers_router
 from producers.services import router as services_router
 from projections.api import history_router
@@ -35,7 +37,9 @@ from projections.flavors import router as flavors_router
 from projections.hosts import router as hosts_router
 from projections.hosts import services_health
 from projections.images import router as images_router
+from projections.keypairs import router as keypairs_router
 from projections.networks import router as networks_router
+from projections.server_groups import router as server_groups_router
 
 
 def _location(loc: tuple[Any, ...]) -> str:
@@ -138,6 +142,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(query_router)
     app.include_router(flavors_router)
     app.include_router(hosts_router)
+    app.include_router(keypairs_router)
+    app.include_router(keypairs_write_router)
+    app.include_router(server_groups_router)
+    app.include_router(server_groups_write_router)
     app.include_router(history_router)
     app.include_router(images_router)
     app.include_router(networks_router)

@@ -318,6 +318,17 @@ class ServerEvents(TypedDict):
     events: list[ProjectedEvent]
 
 
+# os-server-groups (producers/server_groups.py answers a create, projections/ the reads)
+class ServerGroupView(TypedDict):
+    id: str
+    name: str
+    policies: list[str]
+    members: list[str]
+    metadata: dict[str, str]
+    project_id: str
+    user_id: str | None
+
+
 # Glance v2 and Neutron v2.0 (projections/images.py, networks.py; the client reads them)
 class ImageView(TypedDict, total=False):
     __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]  # the properties

@@ -6,17 +6,15 @@ metadata_items (a fixed 128, as Nova's default); `limits` shows the same, with u
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from typing_extensions import TypedDict  # pydantic validates the response bodies
 
-from novalog.kafka import DeliveryError, Topics
-from novalog.publish import Publisher
 from novalog.tokens import Context
-from novalog.web import ApiError, Auth, require_admin, state_of
+from novalog.web import Auth, require_admin, state_of
+from producers import facts
 from producers.admission import quota_limits, quota_usage
 from producers.catalog import DEFAULT_QUOTAS
 from producers.servers import MAX_METADATA_ITEMS
@@ -106,20 +104,9 @@ def update_quotas(project_id: str, body: QuotaSetBody, request: Request,
     require_admin(ctx, "os_compute_api:os-quota-sets:update")
     app = state_of(request)
     changes = body.quota_set.model_dump(exclude_none=True, exclude={"force"})
-    pub = Publisher(app.producer, "api", app.settings.hostname)
-    request_id = f"req-{time.time_ns()}"
-    for resource, limit in changes.items():
-        pub.emit(Topics(app.settings.topic_prefix).catalog, "QuotaSet", project_id,
-                 payloads.QuotaSet(project_id=project_id, resource=resource, limit=limit),
-                 correlation_id=request_id)
-    try:
-        app.producer.flush(10)
-    except DeliveryError as exc:
-        raise ApiError(503, f"The change could not be recorded ({exc}).") from None
-    deadline = time.monotonic() + 10  # answer with what the projection now says
-    while True:
-        with app.pool.connection() as conn:
-            limits = quota_limits(conn, project_id)
-        if all(limits[r] == v for r, v in changes.items()) or time.monotonic() > deadline:
-            return {"quota_set": limits}
-        time.sleep(0.05)
+    facts.publish(app, [("QuotaSet", project_id, payloads.QuotaSet(
+        project_id=project_id, resource=resource, limit=limit))
+        for resource, limit in changes.items()],
+        lambda conn: all(quota_limits(conn, project_id)[r] == v for r, v in changes.items()))
+    with app.pool.connection() as conn:
+        return {"quota_set": quota_limits(conn, project_id)}

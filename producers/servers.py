@@ -105,6 +105,12 @@ class CreateServerBody(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     server: ServerCreate
     scheduler_hints: SchedulerHints | None = Field(default=None, alias="os:scheduler_hints")
+    # the name openstackclient and novaclient send (Nova accepts both)
+    legacy_hints: SchedulerHints | None = Field(default=None, alias="OS-SCH-HNT:scheduler_hints")
+
+    @property
+    def hints(self) -> SchedulerHints | None:
+        return self.scheduler_hints or self.legacy_hints
 
 
 @dataclass(frozen=True)
@@ -327,7 +333,7 @@ def create_server(body: CreateServerBody, ctx: Auth, request: Request,
     request_id = f"req-{uuid.uuid4()}"
     response.headers["X-Openstack-Request-Id"] = request_id
     with app.pool.connection() as conn, conn.transaction():
-        plan = plan_build(conn, s, body.scheduler_hints, ctx, image_id)
+        plan = plan_build(conn, s, body.hints, ctx, image_id)
         admitted = admit(conn, Publisher(app.producer, "api", app.settings.hostname),
                          Topics(app.settings.topic_prefix), ctx, plan, counts, request_id)
     outbox.publish_accepted(app.pool, app.producer, admitted.event_ids, f"request {request_id}")

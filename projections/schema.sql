@@ -178,19 +178,22 @@ CREATE TABLE IF NOT EXISTS quotas (
 );
 
 CREATE TABLE IF NOT EXISTS keypairs (
-    user_id     text NOT NULL,
-    name        text NOT NULL,
-    public_key  text NOT NULL,
-    fingerprint text NOT NULL,
-    type        text NOT NULL,
+    user_id     text        NOT NULL,
+    name        text        NOT NULL,
+    public_key  text        NOT NULL,
+    fingerprint text        NOT NULL,
+    type        text        NOT NULL,
+    created_at  timestamptz NOT NULL,
     PRIMARY KEY (user_id, name)
 );
 
 CREATE TABLE IF NOT EXISTS server_groups (
     group_id   text PRIMARY KEY,
-    name       text NOT NULL,
-    policy     text NOT NULL,
-    project_id text NOT NULL
+    name       text        NOT NULL,
+    policy     text        NOT NULL,
+    project_id text        NOT NULL,
+    user_id    text,
+    created_at timestamptz NOT NULL
 );
 
 -- Nova's migrations (GET /os-migrations): every move of an instance, keyed by the

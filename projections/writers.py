@@ -536,13 +536,23 @@ CATALOG_UPSERTS: dict[str, tuple[str, list[str], list[str]]] = {
     "QuotaSet": ("quotas", ["project_id", "resource", "limit"], ["project_id", "resource"]),
     "KeypairCreated": ("keypairs", ["user_id", "name", "public_key", "fingerprint", "type"],
                        ["user_id", "name"]),
-    "ServerGroupCreated": ("server_groups", ["group_id", "name", "policy", "project_id"],
-                           ["group_id"]),
+    "ServerGroupCreated": ("server_groups", ["group_id", "name", "policy", "project_id",
+                                             "user_id"], ["group_id"]),
 }
+CATALOG_DELETES = {  # event type: (table, the key columns, from the payload)
+    "KeypairDeleted": ("keypairs", ["user_id", "name"]),
+    "ServerGroupDeleted": ("server_groups", ["group_id"]),
+}
+STAMPED = {"images", "keypairs", "server_groups"}  # created_at = the event's occurred_at
 
 
 def project_catalog_event(conn: Connection[Any], event: Event, _raw: bytes = b"") -> None:
     """Catalog facts are upserts keyed by the entity: re-delivery changes nothing."""
+    if event.event_type in CATALOG_DELETES:
+        table, key = CATALOG_DELETES[event.event_type]
+        conn.execute(f"DELETE FROM {table} WHERE " + " AND ".join(f"{k} = %s" for k in key),
+                     [event.payload[k] for k in key])
+        return
     spec = CATALOG_UPSERTS.get(event.event_type)
     if spec is None:
         return
@@ -550,7 +560,7 @@ def project_catalog_event(conn: Connection[Any], event: Event, _raw: bytes = b""
     columns = ["hard_limit" if f == "limit" else f for f in fields]
     values = [Jsonb(v) if isinstance(v, dict) else v
               for v in (event.payload[f] for f in fields)]
-    if table == "images":
+    if table in STAMPED:
         columns, values = [*columns, "created_at"], [*values, event.occurred_at]
     updates = [c for c in columns if c not in key]
     set_clause = ", ".join(f"{c} = excluded.{c}" for c in updates) if updates else None

@@ -88,6 +88,19 @@ class ServerGroupCreated(TypedDict):
     name: str
     policy: str
     project_id: str
+    user_id: str | None
+
+
+# A user's key pair is gone; servers booted with it keep their key_name.
+class KeypairDeleted(TypedDict):
+    user_id: str
+    name: str
+
+
+# A server group is gone; its members stay where they are, unconstrained.
+class ServerGroupDeleted(TypedDict):
+    group_id: str
+    project_id: str
 
 
 # What compute needs to fetch the image into its base-image cache.

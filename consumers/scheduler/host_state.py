@@ -261,6 +261,9 @@ class HostView:
         p = payload_of(e, payloads.ServerGroupCreated)
         self.group_policies[p["group_id"]] = p["policy"]
 
+    def _on_ServerGroupDeleted(self, e: Event) -> None:  # its members are free to go anywhere
+        self.group_policies.pop(payload_of(e, payloads.ServerGroupDeleted)["group_id"], None)
+
     def group_hosts(self, group: str) -> frozenset[str]:
         return frozenset(self.placements[i] for i in self.groups.get(group, set())
                          if i in self.placements)
@@ -283,6 +286,7 @@ VIEW_HANDLERS: dict[str, Callable[[HostView, Event], None]] = {
     "InstanceSpawned": HostView._on_InstanceSpawned,
     "InstanceDeleted": HostView._on_InstanceDeleted,
     "ServerGroupCreated": HostView._on_ServerGroupCreated,
+    "ServerGroupDeleted": HostView._on_ServerGroupDeleted,
     "InstanceMigrationStarted": HostView._on_InstanceMigrationStarted,
     "InstanceMigrationScheduled": HostView._on_InstanceMigrationScheduled,
     "InstanceMigrationFailed": HostView._on_InstanceMigrationFailed,

@@ -24,6 +24,7 @@ class RequestSpec:
     different_host: frozenset[str] = frozenset()
     group_policy: str | None = None
     group_hosts: frozenset[str] = frozenset()
+    group_members: frozenset[str] = frozenset()  # the group's other instances
     now: datetime | None = None
     service_down_time: timedelta = SERVICE_DOWN_TIME
 
@@ -47,6 +48,8 @@ def build_spec(instance_uuid: str, request: payloads.InstanceBuildRequested, vie
         different_host=frozenset(hints.get("different_host", [])),
         group_policy=view.group_policies.get(group) if group else None,
         group_hosts=view.group_hosts(group) - {view.placements.get(instance_uuid, "")}
+        if group else frozenset(),
+        group_members=frozenset(view.groups.get(group, set())) - {instance_uuid}
         if group else frozenset(),
         now=now,
         service_down_time=view.service_down_time,

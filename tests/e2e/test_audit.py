@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 import psycopg
 import pytest
 
+from projections.versions import PROJECTION_VERSION
 from tests.conftest import Infra
 from tests.e2e.conftest import Cloud, running_cloud
 
@@ -114,7 +115,8 @@ def test_a_projection_version_bump_is_built_and_swapped_in_while_the_api_answers
 
     asker = threading.Thread(target=keep_asking)
     asker.start()
-    env = {**cloud.env, "NOVALOG_PROJECTION_VERSION": "3"}
+    old, new = PROJECTION_VERSION, PROJECTION_VERSION + 1
+    env = {**cloud.env, "NOVALOG_PROJECTION_VERSION": str(new)}
     v2 = subprocess.Popen([sys.executable, "-m", "novalog", "run", "projector"], env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     schema = cloud.settings.db_schema
@@ -124,15 +126,15 @@ def test_a_projection_version_bump_is_built_and_swapped_in_while_the_api_answers
             while True:
                 row = conn.execute(f'SELECT schema_name FROM "{schema}".projection_versions '
                                    "WHERE state = 'active'").fetchone()
-                if row and row[0] == f"{schema}_p3":
+                if row and row[0] == f"{schema}_p{new}":
                     break
                 assert time.monotonic() < deadline, "the new version never went live"
                 time.sleep(0.2)
             states: dict[str, str] = dict(conn.execute(f'SELECT schema_name, state FROM "{schema}".'
                                        "projection_versions").fetchall())
-            assert states == {f"{schema}_p2": "retired", f"{schema}_p3": "active"}
+            assert states == {f"{schema}_p{old}": "retired", f"{schema}_p{new}": "active"}
             kept = conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s",
-                                (f"{schema}_p2",)).fetchone()
+                                (f"{schema}_p{old}",)).fetchone()
             assert kept == (1,)  # the old version is kept
     finally:
         stop.set()

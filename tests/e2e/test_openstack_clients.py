@@ -345,3 +345,83 @@ def test_a_member_sees_only_its_project_and_no_admin_views(cloud: Cloud) -> None
     run(cloud, "openstack", "server", "delete", "--wait", "demo-vm", user="demo",
         project="demo")
     run(cloud, "openstack", "server", "delete", "--wait", "admin-vm")
+
+
+def test_key_pairs_generated_imported_used_and_deleted(cloud: Cloud, tmp_path: Path) -> None:
+    """openstack keypair create (the client makes the key) and --public-key (imported);
+    Nova 2.1's own generation through the API; a server booted with one shows its
+    key_name; a second key pair of one name is a 409, a bad key a 400."""
+    made = run(cloud, "openstack", "keypair", "create", "made").stdout
+    assert "PRIVATE KEY-----" in made
+    public = tmp_path / "k.pub"
+    public.write_text(_ed25519_public())
+    imported = osc(cloud, "keypair", "create", "--public-key", str(public), "imported")
+    assert imported["name"] == "imported" and imported["fingerprint"].count(":") == 15
+    listed = {k["Name"]: k["Fingerprint"] for k in osc(cloud, "keypair", "list")}
+    assert set(listed) == {"made", "imported"} and listed["imported"] == \
+        imported["fingerprint"]
+    assert osc(cloud, "keypair", "list", user="demo", project="demo") == []  # the user's own
+    client = cloud.client()
+    generated = client.request("POST", "/compute/v2.1/os-keypairs",
+                               json={"keypair": {"name": "by-nova"}})["keypair"]
+    assert generated["private_key"].startswith("-----BEGIN RSA PRIVATE KEY-----")
+    assert generated["public_key"].startswith("ssh-rsa ")
+    duplicate = run(cloud, "openstack", "keypair", "create", "--public-key", str(public),
+                    "imported", ok=False)
+    assert duplicate.returncode == 1 and "409" in duplicate.stderr
+    bad = tmp_path / "bad.pub"
+    bad.write_text("ssh-rsa not-base64 x\n")
+    invalid = run(cloud, "openstack", "keypair", "create", "--public-key", str(bad), "bad",
+                  ok=False)
+    assert invalid.returncode == 1 and "Keypair data is invalid" in invalid.stderr
+    server = osc(cloud, "server", "create", "--flavor", "m1.tiny", "--image", "cirros",
+                 "--key-name", "imported", "--wait", "keyed")
+    assert server["key_name"] == "imported"
+    unknown = run(cloud, "openstack", "server", "create", "--flavor", "m1.tiny", "--image",
+                  "cirros", "--key-name", "nope", "unkeyed", ok=False)
+    assert unknown.returncode == 1 and "Invalid key_name provided" in unknown.stderr
+    for name in ("made", "imported", "by-nova"):
+        run(cloud, "openstack", "keypair", "delete", name)
+    assert osc(cloud, "keypair", "list") == []
+    assert osc(cloud, "server", "show", "keyed")["key_name"] == "imported"  # kept, as Nova
+    run(cloud, "openstack", "server", "delete", "--wait", "keyed")
+
+
+def _ed25519_public() -> str:
+    """An OpenSSH public key made by the cryptography library, as ssh-keygen would."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode() + " me\n"
+
+
+def test_server_groups_place_their_members(cloud: Cloud) -> None:
+    """anti-affinity: two members on the two hosts, a third has nowhere to go (ERROR,
+    No valid host); affinity: both on one host; the groups list their live members."""
+    apart = osc(cloud, "server", "group", "create", "--policy", "anti-affinity", "apart")
+    assert apart["policies"] == "anti-affinity" or apart["policies"] == ["anti-affinity"]
+    hosts = []
+    for name in ("apart-1", "apart-2"):
+        server = osc(cloud, "server", "create", "--flavor", "m1.tiny", "--image", "cirros",
+                     "--hint", f"group={apart['id']}", "--wait", name)
+        hosts.append(server["OS-EXT-SRV-ATTR:host"])
+    assert sorted(hosts) == ["cmp1", "cmp2"]
+    third = run(cloud, "openstack", "server", "create", "--flavor", "m1.tiny", "--image",
+                "cirros", "--hint", f"group={apart['id']}", "--wait", "apart-3", ok=False)
+    assert third.returncode == 1 and "Error creating server: apart-3" in third.stderr
+    assert "No valid host" in json.dumps(osc(cloud, "server", "show", "apart-3")["fault"])
+    together = osc(cloud, "server", "group", "create", "--policy", "affinity", "together")
+    placed = {osc(cloud, "server", "create", "--flavor", "m1.tiny", "--image", "cirros",
+                  "--hint", f"group={together['id']}", "--wait", name
+                  )["OS-EXT-SRV-ATTR:host"] for name in ("together-1", "together-2")}
+    assert len(placed) == 1
+    shown = osc(cloud, "server", "group", "show", "apart")
+    ids = {osc(cloud, "server", "show", n)["id"] for n in ("apart-1", "apart-2", "apart-3")}
+    assert set(shown["members"] if isinstance(shown["members"], list)
+               else shown["members"].split(", ")) == ids
+    assert osc(cloud, "server", "group", "list", user="demo", project="demo") == []
+    for name in ("apart-1", "apart-2", "apart-3", "together-1", "together-2"):
+        run(cloud, "openstack", "server", "delete", "--wait", name)
+    run(cloud, "openstack", "server", "group", "delete", "apart", "together")
+    assert osc(cloud, "server", "group", "list") == []

@@ -188,6 +188,28 @@ def test_the_view_knows_server_group_hosts() -> None:
     view.apply(ev("InstanceScheduled", "i-1", host="a", node="a", attempt=1, weighed_hosts=[]))
     assert view.group_hosts("g") == {"a"}
     assert view.group_policies["g"] == "anti-affinity"
+    view.apply(ev("ServerGroupDeleted", "g", group_id="g", project_id="p"))
+    assert "g" not in view.group_policies  # its members are no longer constrained
+
+
+def test_soft_group_policies_weigh_members_instead_of_filtering() -> None:
+    """soft-affinity prefers where the members are, soft-anti-affinity where they are not;
+    a host that holds them all is still a candidate (a weigher never refuses one)."""
+    members = frozenset({"m1", "m2"})
+    busy_crowded = host("crowded", instances=members, reported_memory_mb_used=4000)
+    near = weigh_hosts([busy_crowded, host("empty")],  # RAM alone would pick "empty"
+                       spec(group_policy="soft-affinity", group_members=members),
+                       default_weighers(soft_affinity=2.0))
+    assert [h.host for h, _ in near] == ["crowded", "empty"]
+    crowded = host("crowded", instances=members)
+    apart = weigh_hosts([crowded, host("empty", reported_memory_mb_used=4000)],
+                        spec(group_policy="soft-anti-affinity", group_members=members),
+                        default_weighers(soft_anti_affinity=2.0))  # RAM: "crowded"
+    assert [h.host for h, _ in apart] == ["empty", "crowded"]
+    plain = weigh_hosts([crowded, host("empty", reported_memory_mb_used=4000)],
+                        spec(group_policy="anti-affinity", group_members=members),
+                        default_weighers(soft_anti_affinity=2.0))
+    assert plain[0][0].host == "crowded"  # a hard policy is the filters' business
 
 
 def test_claim_of_counts_ephemeral_and_swap_as_disk() -> None:

@@ -7,16 +7,22 @@ import heapq
 
 from consumers.scheduler.host_state import HostState
 from consumers.scheduler.request_spec import RequestSpec
+from consumers.scheduler.weighers.affinity import (
+    ServerGroupSoftAffinityWeigher,
+    ServerGroupSoftAntiAffinityWeigher,
+)
 from consumers.scheduler.weighers.base import BaseWeigher
 from consumers.scheduler.weighers.build_failure import BuildFailureWeigher
 from consumers.scheduler.weighers.resources import CPUWeigher, DiskWeigher, RAMWeigher
 
 
 def default_weighers(ram: float = 1.0, cpu: float = 1.0, disk: float = 1.0,
-                     build_failure: float = 1000000.0) -> list[BaseWeigher]:
+                     build_failure: float = 1000000.0, soft_affinity: float = 1.0,
+                     soft_anti_affinity: float = 1.0) -> list[BaseWeigher]:
     """Positive multipliers spread (Nova's default); negative ones stack."""
     return [RAMWeigher(ram), CPUWeigher(cpu), DiskWeigher(disk),
-            BuildFailureWeigher(build_failure)]
+            BuildFailureWeigher(build_failure), ServerGroupSoftAffinityWeigher(soft_affinity),
+            ServerGroupSoftAntiAffinityWeigher(soft_anti_affinity)]
 
 
 def normalize(values: list[float]) -> list[float]:
