@@ -25,6 +25,7 @@ from novalog.settings import Settings
 from novalog.web import MAX_BODY_BYTES, ApiError, AppState, compute_microversion, dotted, error_body
 from producers.actions import router as actions_router
 from producers.identity import router as identity_router
+from producers.images import router as images_write_router
 from producers.keypairs import router as keypairs_write_router
 from producers.outbox import relay
 from producers.quotas import router as quotas_router
@@ -62,6 +63,9 @@ def create_app(settings: Settings) -> FastAPI:
             return JSONResponse(error_body(400, "NUL characters are not allowed in a request."),
                                 status_code=400)
         length = request.headers.get("content-length")
+        if request.method == "PUT" and request.url.path.startswith("/image/") and \
+                request.url.path.endswith("/file"):
+            return await call_next(request)  # image data: streamed, with its own cap
         body = await request.body() if length is None else b""
         size = int(length) if length and length.isdigit() else len(body)
         if size > MAX_BODY_BYTES:
@@ -148,6 +152,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(server_groups_write_router)
     app.include_router(history_router)
     app.include_router(images_router)
+    app.include_router(images_write_router)
     app.include_router(networks_router)
     return app
 

@@ -11,7 +11,7 @@ before Python 3.12).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import NotRequired, overload
+from typing import Any, NotRequired, overload
 
 from pydantic import ConfigDict, JsonValue
 from typing_extensions import TypedDict
@@ -337,9 +337,9 @@ class ImageView(TypedDict, total=False):
     status: str
     disk_format: str
     container_format: str
-    size: int
+    size: int | None
     virtual_size: int | None
-    checksum: str
+    checksum: str | None
     os_hash_algo: str | None
     os_hash_value: str | None
     min_disk: int
@@ -354,6 +354,24 @@ class ImageView(TypedDict, total=False):
     self: str
     file: str
     schema: str
+
+
+def image_view(row: dict[str, Any]) -> ImageView:
+    """Glance's image fields; the image's own properties are top-level, as Glance has them."""
+    view: ImageView = {
+        "id": row["image_id"], "name": row["name"], "status": row["status"],
+        "disk_format": row["disk_format"], "container_format": row["container_format"],
+        "size": row["size"] if row["status"] == "active" else None,
+        "virtual_size": row["virtual_size"], "checksum": row["checksum"] or None,
+        "os_hash_algo": "sha512" if row["os_hash_value"] else None,
+        "os_hash_value": row["os_hash_value"], "min_disk": row["min_disk"],
+        "min_ram": row["min_ram"], "visibility": row["visibility"], "protected": False,
+        "os_hidden": False, "owner": row["owner"], "tags": [],
+        "created_at": zulu(row["created_at"]),
+        "updated_at": zulu(row["updated_at"] or row["created_at"]),
+        "self": f"/v2/images/{row['image_id']}", "file": f"/v2/images/{row['image_id']}/file",
+        "schema": "/v2/schemas/image"}
+    return {**row["properties"], **view}
 
 
 class ImageList(TypedDict, total=False):

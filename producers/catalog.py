@@ -81,7 +81,7 @@ def catalog_events(settings: Settings, hash_password: Callable[[str], str],
         container_format="bare", size=len(data),
         checksum=hashlib.md5(data, usedforsecurity=False).hexdigest(), min_disk=0,
         min_ram=0, location=str(image), visibility="public",
-        properties={"hw_architecture": "x86_64"})))
+        properties={"hw_architecture": "x86_64"}, owner=None)))
     network_id = entity_id("network", "private")
     cidr = ipaddress.IPv4Network(settings.private_cidr)
     items.append(("networks", network_id, "NetworkCreated", payloads.NetworkCreated(

@@ -15,14 +15,19 @@ from fastapi import APIRouter, Query, Request
 from psycopg.rows import dict_row
 from typing_extensions import TypedDict
 
-from novalog.views import ImageList, ImageView, Link, zulu
+from novalog.tokens import Context
+from novalog.views import ImageList, ImageView, Link, image_view
 from novalog.web import ApiError, Auth, public_base, state_of
 
 router = APIRouter(prefix="/image", tags=["image"])
 
 DEFAULT_LIMIT, MAX_LIMIT = 25, 1000  # Glance's api_limit_max is 1000
 COLUMNS = ("image_id, name, status, disk_format, container_format, size, checksum, min_disk, "
-           "min_ram, visibility, properties, created_at")
+           "min_ram, visibility, properties, owner, os_hash_value, virtual_size, created_at, "
+           "updated_at")
+# Glance's visibility: public and community images for everyone; private and shared ones
+# for their owner's project (novalog has no image members); every image for an admin.
+VISIBLE = ("(%(admin)s OR visibility IN ('public', 'community') OR owner = %(project)s)")
 
 
 class ImageVersion(TypedDict):
@@ -33,21 +38,6 @@ class ImageVersion(TypedDict):
 
 class ImageVersions(TypedDict):
     versions: list[ImageVersion]
-
-
-def image_view(row: dict[str, Any]) -> ImageView:
-    """Glance's image fields; the image's own properties are top-level, as Glance has them."""
-    view: ImageView = {
-        "id": row["image_id"], "name": row["name"], "status": row["status"],
-        "disk_format": row["disk_format"], "container_format": row["container_format"],
-        "size": row["size"], "virtual_size": None, "checksum": row["checksum"],
-        "os_hash_algo": None, "os_hash_value": None, "min_disk": row["min_disk"],
-        "min_ram": row["min_ram"], "visibility": row["visibility"], "protected": False,
-        "os_hidden": False, "owner": None, "tags": [],
-        "created_at": zulu(row["created_at"]), "updated_at": zulu(row["created_at"]),
-        "self": f"/v2/images/{row['image_id']}", "file": f"/v2/images/{row['image_id']}/file",
-        "schema": "/v2/schemas/image"}
-    return {**row["properties"], **view}
 
 
 @router.get("", summary="Glance version discovery")
@@ -64,7 +54,7 @@ def _ids(raw: str | None) -> list[str] | None:
 
 
 @router.get("/v2/images", summary="List images (?name=, ?id=in:, ?status=, limit, marker)")
-def list_images(request: Request, _ctx: Auth, name: str | None = None,
+def list_images(request: Request, ctx: Auth, name: str | None = None,
                 id: str | None = None, status: str | None = None,
                 limit: int = Query(DEFAULT_LIMIT, ge=0), marker: str | None = None,
                 ) -> ImageList:
@@ -78,12 +68,14 @@ def list_images(request: Request, _ctx: Auth, name: str | None = None,
             if after is None:
                 raise ApiError(400, f"marker {marker} could not be found.")
         rows = cur.execute(
-            f"SELECT {COLUMNS} FROM images WHERE (%(name)s::text IS NULL OR name = %(name)s) "
+            f"SELECT {COLUMNS} FROM images WHERE {VISIBLE} AND "
+            "(%(name)s::text IS NULL OR name = %(name)s) "
             "AND (%(ids)s::text[] IS NULL OR image_id = ANY(%(ids)s)) "
             "AND (%(status)s::text IS NULL OR status = %(status)s) "
             "AND (%(after)s::text IS NULL OR (name, image_id) > (%(after)s, %(after_id)s)) "
             "ORDER BY name, image_id LIMIT %(limit)s",
             {"name": name, "ids": ids, "status": status, "limit": limit + 1,
+             "admin": ctx.is_admin, "project": ctx.project_id,
              "after": after["name"] if after else None,
              "after_id": after["image_id"] if after else None}).fetchall()
     page = [image_view(r) for r in rows[:limit]]
@@ -96,14 +88,21 @@ def list_images(request: Request, _ctx: Auth, name: str | None = None,
 
 @router.get("/v2/images/{image_id}", summary="Show one image (no envelope, as Glance)",
             responses={404: {"description": "no such image (a name is not an id)"}})
-def show_image(image_id: str, request: Request, _ctx: Auth) -> ImageView:
+def show_image(image_id: str, request: Request, ctx: Auth) -> ImageView:
+    row = find_image(request, ctx, image_id)
+    return image_view(row)
+
+
+def find_image(request: Request, ctx: Context, image_id: str) -> dict[str, Any]:
+    """The image's row, or Glance's 404 (a name, another project's private image)."""
     try:
         uuid.UUID(image_id)
     except ValueError:
         raise ApiError(404, f"No image found with ID {image_id}") from None
     with state_of(request).pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(f"SELECT {COLUMNS} FROM images WHERE image_id = %s",
-                          (image_id,)).fetchone()
+        row = cur.execute(f"SELECT {COLUMNS} FROM images WHERE image_id = %(id)s AND {VISIBLE}",
+                          {"id": image_id, "admin": ctx.is_admin,
+                           "project": ctx.project_id}).fetchone()
     if row is None:
         raise ApiError(404, f"No image found with ID {image_id}")
-    return image_view(row)
+    return row

@@ -135,7 +135,11 @@ CREATE TABLE IF NOT EXISTS images (
     location         text        NOT NULL,
     visibility       text        NOT NULL,
     properties       jsonb       NOT NULL,
-    created_at       timestamptz NOT NULL
+    owner            text,
+    os_hash_value    text,
+    virtual_size     bigint,
+    created_at       timestamptz NOT NULL,
+    updated_at       timestamptz
 );
 
 CREATE TABLE IF NOT EXISTS networks (

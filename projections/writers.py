@@ -523,8 +523,8 @@ CATALOG_UPSERTS: dict[str, tuple[str, list[str], list[str]]] = {
                       ["flavorid"]),
     "ImageRegistered": ("images", ["image_id", "name", "status", "disk_format",
                                    "container_format", "size", "checksum", "min_disk",
-                                   "min_ram", "location", "visibility", "properties"],
-                        ["image_id"]),
+                                   "min_ram", "location", "visibility", "properties",
+                                   "owner"], ["image_id"]),
     "NetworkCreated": ("networks", ["network_id", "name", "cidr", "gateway_ip",
                                     "allocation_start", "allocation_end", "project_id",
                                     "shared"], ["network_id"]),
@@ -542,6 +542,7 @@ CATALOG_UPSERTS: dict[str, tuple[str, list[str], list[str]]] = {
 CATALOG_DELETES = {  # event type: (table, the key columns, from the payload)
     "KeypairDeleted": ("keypairs", ["user_id", "name"]),
     "ServerGroupDeleted": ("server_groups", ["group_id"]),
+    "ImageDeleted": ("images", ["image_id"]),
 }
 STAMPED = {"images", "keypairs", "server_groups"}  # created_at = the event's occurred_at
 
@@ -552,6 +553,14 @@ def project_catalog_event(conn: Connection[Any], event: Event, _raw: bytes = b""
         table, key = CATALOG_DELETES[event.event_type]
         conn.execute(f"DELETE FROM {table} WHERE " + " AND ".join(f"{k} = %s" for k in key),
                      [event.payload[k] for k in key])
+        return
+    if event.event_type == "ImageUploaded":  # data stored: active (a no-op once deleted)
+        p = payload_of(event, payloads.ImageUploaded)
+        conn.execute("UPDATE images SET status = 'active', size = %s, checksum = %s, "
+                     "os_hash_value = %s, virtual_size = %s, location = %s, updated_at = %s "
+                     "WHERE image_id = %s",
+                     (p["size"], p["checksum"], p["os_hash_value"], p["virtual_size"],
+                      p["location"], event.occurred_at, p["image_id"]))
         return
     spec = CATALOG_UPSERTS.get(event.event_type)
     if spec is None:

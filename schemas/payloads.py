@@ -32,6 +32,7 @@ class ImageRegistered(TypedDict):
     location: str
     visibility: str
     properties: dict[str, str]
+    owner: str | None
 
 
 class NetworkCreated(TypedDict):
@@ -101,6 +102,21 @@ class KeypairDeleted(TypedDict):
 class ServerGroupDeleted(TypedDict):
     group_id: str
     project_id: str
+
+
+# An image's data is stored: it is active and bootable from now on.
+class ImageUploaded(TypedDict):
+    image_id: str
+    size: int
+    checksum: str
+    os_hash_value: str
+    virtual_size: int | None
+    location: str
+
+
+# An image is gone; cached base copies on the hosts are left to them.
+class ImageDeleted(TypedDict):
+    image_id: str
 
 
 # What compute needs to fetch the image into its base-image cache.

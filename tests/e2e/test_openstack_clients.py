@@ -8,6 +8,7 @@ the assertions read what the clients print (-f json), not only their exit codes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -425,3 +426,33 @@ def test_server_groups_place_their_members(cloud: Cloud) -> None:
         run(cloud, "openstack", "server", "delete", "--wait", name)
     run(cloud, "openstack", "server", "group", "delete", "apart", "together")
     assert osc(cloud, "server", "group", "list") == []
+
+
+def test_an_operator_adds_an_image_boots_it_and_deletes_it(cloud: Cloud, tmp_path: Path) -> None:
+    """image create --file: queued, uploaded, checksummed, active; a server boots from
+    it; data of another format than the one declared is refused; a member cannot
+    delete the cloud's image; deleting removes the record and the data."""
+    disk = tmp_path / "mine.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+    data = disk.read_bytes()
+    image = osc(cloud, "image", "create", "--file", str(disk), "--disk-format", "qcow2",
+                "--container-format", "bare", "mine")
+    assert image["status"] == "active" and image["size"] == len(data)
+    assert image["checksum"] == hashlib.md5(data, usedforsecurity=False).hexdigest()
+    assert image["virtual_size"] == 64 << 20 and image["visibility"] == "shared"
+    assert (cloud.home / "images" / image["id"]).read_bytes() == data
+    assert "mine" not in [i["Name"] for i in osc(cloud, "image", "list", user="demo",
+                                                 project="demo")]  # shared: the owner's
+    server = osc(cloud, "server", "create", "--flavor", "m1.tiny", "--image", "mine",
+                 "--wait", "on-mine")
+    assert server["status"] == "ACTIVE" and server["image"].startswith("mine")
+    wrong = run(cloud, "openstack", "image", "create", "--file", str(disk), "--disk-format",
+                "raw", "wrong", ok=False)
+    assert wrong.returncode == 1 and "the data is qcow2" in wrong.stderr
+    refused = run(cloud, "openstack", "image", "delete", "cirros", user="demo",
+                  project="demo", ok=False)
+    assert refused.returncode == 1
+    run(cloud, "openstack", "server", "delete", "--wait", "on-mine")
+    run(cloud, "openstack", "image", "delete", "mine")  # "wrong": the SDK deleted it
+    assert [i["Name"] for i in osc(cloud, "image", "list")] == ["cirros"]
+    assert not (cloud.home / "images" / image["id"]).exists()
