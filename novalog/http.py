@@ -27,6 +27,7 @@ from producers.actions import router as actions_router
 from producers.identity import router as identity_router
 from producers.images import router as images_write_router
 from producers.keypairs import router as keypairs_write_router
+from producers.networks import router as networks_write_router
 from producers.outbox import relay
 from producers.quotas import router as quotas_router
 from producers.server_groups import router as server_groups_write_router
@@ -154,6 +155,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(images_router)
     app.include_router(images_write_router)
     app.include_router(networks_router)
+    app.include_router(networks_write_router)
     return app
 
 

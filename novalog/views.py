@@ -16,6 +16,8 @@ from typing import Any, NotRequired, overload
 from pydantic import ConfigDict, JsonValue
 from typing_extensions import TypedDict
 
+from novalog.idempotency import derived_id
+
 
 @overload
 def zulu(value: datetime) -> str: ...
@@ -399,6 +401,54 @@ class NetworkView(TypedDict):
     description: str
     tags: list[str]
     # router:external and provider:* are added as Neutron names them
+
+
+class AllocationPool(TypedDict):
+    start: str
+    end: str
+
+
+class SubnetView(TypedDict):
+    id: str
+    name: str
+    network_id: str
+    tenant_id: str
+    project_id: str
+    cidr: str
+    gateway_ip: str
+    ip_version: int
+    enable_dhcp: bool
+    allocation_pools: list[AllocationPool]
+    dns_nameservers: list[str]
+    host_routes: list[str]
+    description: str
+    tags: list[str]
+
+
+def subnet_id(network_id: str) -> str:
+    return derived_id("subnet", network_id)
+
+
+def network_view(r: dict[str, Any]) -> dict[str, Any]:
+    owner = r["project_id"] or ""
+    view: NetworkView = {
+        "id": r["network_id"], "name": r["name"], "status": "ACTIVE", "admin_state_up": True,
+        "shared": r["shared"], "subnets": [subnet_id(r["network_id"])] if r["cidr"] else [],
+        "tenant_id": owner,
+        "project_id": owner, "mtu": 1500, "ipv4_address_scope": None,
+        "ipv6_address_scope": None, "is_default": False, "port_security_enabled": False,
+        "availability_zones": ["nova"], "description": "", "tags": []}
+    return {**view, "router:external": False, "provider:network_type": "flat"}
+
+
+def subnet_view(r: dict[str, Any]) -> SubnetView:
+    owner = r["project_id"] or ""
+    return {"id": subnet_id(r["network_id"]), "name": r["subnet_name"] or f"{r['name']}-subnet",
+            "network_id": r["network_id"], "tenant_id": owner, "project_id": owner,
+            "cidr": r["cidr"], "gateway_ip": r["gateway_ip"], "ip_version": 4,
+            "enable_dhcp": True,
+            "allocation_pools": [{"start": r["allocation_start"], "end": r["allocation_end"]}],
+            "dns_nameservers": [], "host_routes": [], "description": "", "tags": []}
 
 
 class AuditEntryView(TypedDict):

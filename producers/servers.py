@@ -198,10 +198,11 @@ def boot_image_id(s: ServerCreate) -> str:
     raise ApiError(400, "Missing imageRef attribute")
 
 
-def image_record(conn: Connection[Any], image_id: str) -> CatalogImage:
-    row = _one(conn, "SELECT image_id, name, status, min_disk, min_ram, size, properties "
-                     "FROM images WHERE image_id = %s", image_id)
-    if row is None:
+def image_record(conn: Connection[Any], image_id: str, ctx: Context) -> CatalogImage:
+    row = _one(conn, "SELECT image_id, name, status, min_disk, min_ram, size, properties, "
+                     "visibility, owner FROM images WHERE image_id = %s", image_id)
+    if row is None or not (row[7] in ("public", "community") or row[8] == ctx.project_id
+                           or ctx.is_admin):
         raise ApiError(400, "Can not find requested image")
     if row[2] != "active":
         raise ApiError(400, f"Image {image_id} is not active.")
@@ -229,8 +230,8 @@ def check_flavor_fits_image(flavor: payloads.Flavor, image: CatalogImage) -> Non
         raise ApiError(400, "Flavor's disk is too small for requested image.")
 
 
-def requested_networks(conn: Connection[Any],
-                       s: ServerCreate) -> list[payloads.RequestedNetwork]:
+def requested_networks(conn: Connection[Any], s: ServerCreate,
+                       ctx: Context) -> list[payloads.RequestedNetwork]:
     if s.networks == "none":
         return []
     if s.networks in (None, "auto") or s.networks == []:
@@ -248,10 +249,12 @@ def requested_networks(conn: Connection[Any],
         if not _is_uuid(net.uuid):
             raise ApiError(400, f"Bad networks format: network uuid is not in proper format "
                                 f"({net.uuid})")
-        row = _one(conn, "SELECT network_id, cidr FROM networks WHERE network_id = %s",
-                   net.uuid)
-        if row is None:
+        row = _one(conn, "SELECT network_id, cidr, shared, project_id FROM networks "
+                   "WHERE network_id = %s", net.uuid)
+        if row is None or not (row[2] or row[3] == ctx.project_id or ctx.is_admin):
             raise ApiError(400, f"Network {net.uuid} could not be found.")
+        if not row[1]:  # created, no subnet yet: Neutron would give the port no address
+            raise ApiError(400, f"Network {net.uuid} has no subnet: no address to give.")
         if any(o["network_id"] == net.uuid for o in out):
             raise ApiError(400, f"Duplicate networks ({net.uuid}) are not allowed")
         if net.fixed_ip is not None:
@@ -366,9 +369,9 @@ def plan_build(conn: Connection[Any], s: ServerCreate, hints: SchedulerHints | N
                ctx: Context, image_id: str) -> BuildPlan:
     """Everything the request names, looked up and checked: what each instance will be."""
     flavor = flavor_record(conn, s.flavorRef)
-    image = image_record(conn, image_id)
+    image = image_record(conn, image_id, ctx)
     check_flavor_fits_image(flavor, image)
-    networks = requested_networks(conn, s)
+    networks = requested_networks(conn, s, ctx)
     if s.key_name is not None and _one(
             conn, "SELECT 1 FROM keypairs WHERE user_id = %s AND name = %s",
             ctx.user_id, s.key_name) is None:

@@ -15,9 +15,8 @@ from fastapi import APIRouter, Request
 from psycopg.rows import dict_row
 from typing_extensions import TypedDict
 
-from novalog.idempotency import derived_id
 from novalog.tokens import Context
-from novalog.views import Link, NetworkView
+from novalog.views import Link, SubnetView, network_view, subnet_id, subnet_view
 from novalog.web import ApiError, Auth, public_base, state_of
 
 router = APIRouter(prefix="/networking", tags=["network"])
@@ -31,28 +30,6 @@ class NetworkVersion(TypedDict):
 
 class NetworkVersions(TypedDict):
     versions: list[NetworkVersion]
-
-
-class AllocationPool(TypedDict):
-    start: str
-    end: str
-
-
-class SubnetView(TypedDict):
-    id: str
-    name: str
-    network_id: str
-    tenant_id: str
-    project_id: str
-    cidr: str
-    gateway_ip: str
-    ip_version: int
-    enable_dhcp: bool
-    allocation_pools: list[AllocationPool]
-    dns_nameservers: list[str]
-    host_routes: list[str]
-    description: str
-    tags: list[str]
 
 
 class FixedIp(TypedDict):
@@ -77,10 +54,6 @@ class PortView(TypedDict):
     tags: list[str]
 
 
-def subnet_id(network_id: str) -> str:
-    return derived_id("subnet", network_id)
-
-
 def _visible(ctx: Context) -> tuple[str, dict[str, Any]]:
     """The WHERE clause of the networks a caller may see: shared ones and its project's."""
     return ("(%(admin)s OR shared OR project_id = %(project)s)",
@@ -97,27 +70,6 @@ def _networks(request: Request, ctx: Context, **filters: str | None) -> list[dic
     with state_of(request).pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         return cur.execute("SELECT * FROM networks WHERE " + " AND ".join(where) +
                            " ORDER BY name, network_id", args).fetchall()
-
-
-def network_view(r: dict[str, Any]) -> dict[str, Any]:
-    owner = r["project_id"] or ""
-    view: NetworkView = {
-        "id": r["network_id"], "name": r["name"], "status": "ACTIVE", "admin_state_up": True,
-        "shared": r["shared"], "subnets": [subnet_id(r["network_id"])], "tenant_id": owner,
-        "project_id": owner, "mtu": 1500, "ipv4_address_scope": None,
-        "ipv6_address_scope": None, "is_default": False, "port_security_enabled": False,
-        "availability_zones": ["nova"], "description": "", "tags": []}
-    return {**view, "router:external": False, "provider:network_type": "flat"}
-
-
-def subnet_view(r: dict[str, Any]) -> SubnetView:
-    owner = r["project_id"] or ""
-    return {"id": subnet_id(r["network_id"]), "name": f"{r['name']}-subnet",
-            "network_id": r["network_id"], "tenant_id": owner, "project_id": owner,
-            "cidr": r["cidr"], "gateway_ip": r["gateway_ip"], "ip_version": 4,
-            "enable_dhcp": True,
-            "allocation_pools": [{"start": r["allocation_start"], "end": r["allocation_end"]}],
-            "dns_nameservers": [], "host_routes": [], "description": "", "tags": []}
 
 
 def _not_found(kind: str, ident: str) -> ApiError:
@@ -158,7 +110,8 @@ def show_network(network_id: str, request: Request, ctx: Auth) -> dict[str, dict
 def list_subnets(request: Request, ctx: Auth, name: str | None = None,
                  network_id: str | None = None, id: str | None = None,
                  ) -> dict[str, list[SubnetView]]:
-    subnets = [subnet_view(r) for r in _networks(request, ctx, network_id=network_id)]
+    subnets = [subnet_view(r) for r in _networks(request, ctx, network_id=network_id)
+               if r["cidr"]]  # a network created without its subnet yet
     return {"subnets": [s for s in subnets if (name is None or s["name"] == name) and
                         (id is None or s["id"] == id)]}
 

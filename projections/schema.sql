@@ -150,7 +150,8 @@ CREATE TABLE IF NOT EXISTS networks (
     allocation_start text    NOT NULL,
     allocation_end   text    NOT NULL,
     project_id       text,
-    shared           boolean NOT NULL
+    shared           boolean NOT NULL,
+    subnet_name      text  -- null: the bootstrap's, named <network>-subnet
 );
 
 CREATE TABLE IF NOT EXISTS projects (

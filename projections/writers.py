@@ -543,6 +543,7 @@ CATALOG_DELETES = {  # event type: (table, the key columns, from the payload)
     "KeypairDeleted": ("keypairs", ["user_id", "name"]),
     "ServerGroupDeleted": ("server_groups", ["group_id"]),
     "ImageDeleted": ("images", ["image_id"]),
+    "NetworkDeleted": ("networks", ["network_id"]),
 }
 STAMPED = {"images", "keypairs", "server_groups"}  # created_at = the event's occurred_at
 
@@ -561,6 +562,13 @@ def project_catalog_event(conn: Connection[Any], event: Event, _raw: bytes = b""
                      "WHERE image_id = %s",
                      (p["size"], p["checksum"], p["os_hash_value"], p["virtual_size"],
                       p["location"], event.occurred_at, p["image_id"]))
+        return
+    if event.event_type == "SubnetCreated":
+        sub = payload_of(event, payloads.SubnetCreated)
+        conn.execute("UPDATE networks SET cidr = %s, gateway_ip = %s, allocation_start = %s, "
+                     "allocation_end = %s, subnet_name = %s WHERE network_id = %s",
+                     (sub["cidr"], sub["gateway_ip"], sub["allocation_start"],
+                      sub["allocation_end"], sub["name"], sub["network_id"]))
         return
     spec = CATALOG_UPSERTS.get(event.event_type)
     if spec is None:

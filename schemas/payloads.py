@@ -119,6 +119,22 @@ class ImageDeleted(TypedDict):
     image_id: str
 
 
+# A network's one IPv4 subnet: from now on its servers get addresses from it.
+class SubnetCreated(TypedDict):
+    network_id: str
+    subnet_id: str
+    name: str
+    cidr: str
+    gateway_ip: str
+    allocation_start: str
+    allocation_end: str
+
+
+# A network no server uses is gone.
+class NetworkDeleted(TypedDict):
+    network_id: str
+
+
 # What compute needs to fetch the image into its base-image cache.
 class ImageToBoot(TypedDict):
     id: str

@@ -456,3 +456,34 @@ def test_an_operator_adds_an_image_boots_it_and_deletes_it(cloud: Cloud, tmp_pat
     run(cloud, "openstack", "image", "delete", "mine")  # "wrong": the SDK deleted it
     assert [i["Name"] for i in osc(cloud, "image", "list")] == ["cirros"]
     assert not (cloud.home / "images" / image["id"]).exists()
+
+
+def test_an_admin_adds_a_network_and_servers_get_addresses_on_it(cloud: Cloud) -> None:
+    net = osc(cloud, "network", "create", "net2")
+    assert net["subnets"] in ([], "", None)
+    nosub = run(cloud, "openstack", "server", "create", "--flavor", "m1.tiny", "--image",
+                "cirros", "--network", "net2", "nosub", ok=False)
+    assert nosub.returncode == 1 and "has no subnet" in nosub.stderr
+    subnet = osc(cloud, "subnet", "create", "--network", "net2", "--subnet-range",
+                 "10.1.0.0/24", "sub2")
+    assert (subnet["cidr"], subnet["gateway_ip"], subnet["name"]) == \
+        ("10.1.0.0/24", "10.1.0.1", "sub2")
+    again = run(cloud, "openstack", "subnet", "create", "--network", "net2",
+                "--subnet-range", "10.2.0.0/24", "sub3", ok=False)
+    assert again.returncode == 1 and "409" in again.stderr
+    member = run(cloud, "openstack", "network", "create", "mine", user="demo",
+                 project="demo", ok=False)
+    assert member.returncode == 1 and "403" in member.stderr
+    assert "net2" not in [n["Name"] for n in osc(cloud, "network", "list", user="demo",
+                                                 project="demo")]  # admin's, not shared
+    server = osc(cloud, "server", "create", "--flavor", "m1.tiny", "--image", "cirros",
+                 "--network", "net2", "--network", "private", "--wait", "two-nics")
+    assert server["addresses"]["net2"][0].startswith("10.1.0.")
+    assert server["addresses"]["private"][0].startswith("10.0.0.")
+    ports = osc(cloud, "port", "list", "--server", "two-nics")
+    assert len(ports) == 2
+    busy = run(cloud, "openstack", "network", "delete", "net2", ok=False)
+    assert busy.returncode == 1 and "still in use" in busy.stderr
+    run(cloud, "openstack", "server", "delete", "--wait", "two-nics")
+    run(cloud, "openstack", "network", "delete", "net2")
+    assert [n["Name"] for n in osc(cloud, "network", "list")] == ["private"]
