@@ -24,6 +24,7 @@ from novalog.kafka import BrokerUnavailable, check_broker
 from novalog.settings import Settings
 from novalog.web import MAX_BODY_BYTES, ApiError, AppState, compute_microversion, dotted, error_body
 from producers.actions import router as actions_router
+from producers.flavors import router as flavors_write_router
 from producers.identity import router as identity_router
 from producers.images import router as images_write_router
 from producers.keypairs import router as keypairs_write_router
@@ -146,6 +147,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(quotas_router)
     app.include_router(query_router)
     app.include_router(flavors_router)
+    app.include_router(flavors_write_router)
     app.include_router(hosts_router)
     app.include_router(keypairs_router)
     app.include_router(keypairs_write_router)

@@ -149,6 +149,21 @@ FlavorView = TypedDict("FlavorView", {
 })
 
 
+FLAVOR_COLUMNS = "flavorid, name, vcpus, memory_mb, root_gb, ephemeral_gb, swap_mb, is_public"
+
+
+def flavor_view(base: str, r: tuple[Any, ...], detail: bool) -> FlavorView:
+    """Nova 2.1's flavor from a row of FLAVOR_COLUMNS; `base`: the public base URL."""
+    view: FlavorView = {"id": r[0], "name": r[1], "links": [
+        {"rel": "self", "href": f"{base}/compute/v2.1/flavors/{r[0]}"}]}
+    if detail:
+        view.update({"vcpus": r[2], "ram": r[3], "disk": r[4],
+                     "OS-FLV-EXT-DATA:ephemeral": r[5], "swap": r[6] or "",
+                     "os-flavor-access:is_public": r[7], "rxtx_factor": 1.0,
+                     "OS-FLV-DISABLED:disabled": False})
+    return view
+
+
 class Flavors(TypedDict):
     flavors: list[FlavorView]
 

@@ -16,19 +16,7 @@ from novalog.web import ApiError, Auth, public_base, require_admin, state_of
 router = APIRouter(prefix="/compute/v2.1", tags=["compute"])
 
 
-FLAVOR_COLUMNS = "flavorid, name, vcpus, memory_mb, root_gb, ephemeral_gb, swap_mb, is_public"
-
-
-def flavor_view(request: Request, r: tuple[Any, ...], detail: bool) -> views.FlavorView:
-    base = public_base(request)
-    view: views.FlavorView = {"id": r[0], "name": r[1], "links": [
-        {"rel": "self", "href": f"{base}/compute/v2.1/flavors/{r[0]}"}]}
-    if detail:
-        view.update({"vcpus": r[2], "ram": r[3], "disk": r[4],
-                     "OS-FLV-EXT-DATA:ephemeral": r[5], "swap": r[6] or "",
-                     "os-flavor-access:is_public": r[7], "rxtx_factor": 1.0,
-                     "OS-FLV-DISABLED:disabled": False})
-    return view
+FLAVOR_COLUMNS = views.FLAVOR_COLUMNS
 
 
 def _is_public(raw: str | None, ctx: Context) -> bool | None:
@@ -57,7 +45,7 @@ def _flavors(request: Request, ctx: Context, detail: bool) -> views.Flavors:
             f"SELECT {FLAVOR_COLUMNS} FROM flavors WHERE (%s::boolean IS NULL OR is_public = %s)"
             " AND memory_mb >= %s AND root_gb >= %s ORDER BY flavorid",
             (public, public, min_ram, min_disk)).fetchall()
-    return {"flavors": [flavor_view(request, r, detail) for r in rows]}
+    return {"flavors": [views.flavor_view(public_base(request), r, detail) for r in rows]}
 
 
 @router.get("/flavors", summary="List flavors (?is_public=, ?minRam=, ?minDisk=)")
@@ -81,9 +69,11 @@ def _flavor_row(request: Request, flavor_id: str, columns: str) -> tuple[Any, ..
 
 @router.get("/flavors/{flavor_id}", summary="Show a flavor",
             responses={404: {"description": "no such flavor id (a name is not an id)"}})
-def show_flavor(flavor_id: str, request: Request, _ctx: Auth) -> views.OneFlavor:
-    return {"flavor": flavor_view(request, _flavor_row(request, flavor_id, FLAVOR_COLUMNS),
-                                  True)}
+def show_flavor(flavor_id: str, request: Request, ctx: Auth) -> views.OneFlavor:
+    row = _flavor_row(request, flavor_id, FLAVOR_COLUMNS)
+    if not row[7] and not ctx.is_admin:  # a private flavor: the admin's (no access lists)
+        raise ApiError(404, f"Flavor {flavor_id} could not be found.")
+    return {"flavor": views.flavor_view(public_base(request), row, True)}
 
 
 @router.get("/flavors/{flavor_id}/os-extra_specs", summary="A flavor's extra specs")

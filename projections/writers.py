@@ -544,6 +544,7 @@ CATALOG_DELETES = {  # event type: (table, the key columns, from the payload)
     "ServerGroupDeleted": ("server_groups", ["group_id"]),
     "ImageDeleted": ("images", ["image_id"]),
     "NetworkDeleted": ("networks", ["network_id"]),
+    "FlavorDeleted": ("flavors", ["flavorid"]),
 }
 STAMPED = {"images", "keypairs", "server_groups"}  # created_at = the event's occurred_at
 
@@ -562,6 +563,11 @@ def project_catalog_event(conn: Connection[Any], event: Event, _raw: bytes = b""
                      "WHERE image_id = %s",
                      (p["size"], p["checksum"], p["os_hash_value"], p["virtual_size"],
                       p["location"], event.occurred_at, p["image_id"]))
+        return
+    if event.event_type == "FlavorExtraSpecsSet":
+        specs = payload_of(event, payloads.FlavorExtraSpecsSet)
+        conn.execute("UPDATE flavors SET extra_specs = %s WHERE flavorid = %s",
+                     (Jsonb(specs["extra_specs"]), specs["flavorid"]))
         return
     if event.event_type == "SubnetCreated":
         sub = payload_of(event, payloads.SubnetCreated)

@@ -135,6 +135,17 @@ class NetworkDeleted(TypedDict):
     network_id: str
 
 
+# A flavor's extra specs, all of them, as they are now (set or unset by an admin).
+class FlavorExtraSpecsSet(TypedDict):
+    flavorid: str
+    extra_specs: dict[str, str]
+
+
+# A flavor can no longer be chosen; servers of it keep their embedded copy.
+class FlavorDeleted(TypedDict):
+    flavorid: str
+
+
 # What compute needs to fetch the image into its base-image cache.
 class ImageToBoot(TypedDict):
     id: str

@@ -487,3 +487,28 @@ def test_an_admin_adds_a_network_and_servers_get_addresses_on_it(cloud: Cloud) -
     run(cloud, "openstack", "server", "delete", "--wait", "two-nics")
     run(cloud, "openstack", "network", "delete", "net2")
     assert [n["Name"] for n in osc(cloud, "network", "list")] == ["private"]
+
+
+def test_an_admin_manages_flavors(cloud: Cloud) -> None:
+    flavor = osc(cloud, "flavor", "create", "--ram", "256", "--vcpus", "1", "--disk", "1",
+                 "--property", "hw:cpu_policy=shared", "m1.nano")
+    assert (flavor["ram"], flavor["properties"]) in (
+        (256, {"hw:cpu_policy": "shared"}), (256, "hw:cpu_policy='shared'"))
+    taken = run(cloud, "openstack", "flavor", "create", "--ram", "1", "--vcpus", "1",
+                "m1.nano", ok=False)
+    assert taken.returncode == 1 and "409" in taken.stderr
+    run(cloud, "openstack", "flavor", "set", "--property", "quota:disk=1", "m1.nano")
+    run(cloud, "openstack", "flavor", "unset", "--property", "hw:cpu_policy", "m1.nano")
+    specs = cloud.client().get(f"/compute/v2.1/flavors/{flavor['id']}/os-extra_specs")
+    assert specs == {"extra_specs": {"quota:disk": "1"}}
+    member = run(cloud, "openstack", "flavor", "create", "--ram", "1", "--vcpus", "1", "x",
+                 user="demo", project="demo", ok=False)
+    assert member.returncode == 1 and "403" in member.stderr
+    server = osc(cloud, "server", "create", "--flavor", "m1.nano", "--image", "cirros",
+                 "--wait", "nano")
+    assert server["status"] == "ACTIVE"
+    run(cloud, "openstack", "flavor", "delete", "m1.nano")
+    assert "m1.nano" not in [f["Name"] for f in osc(cloud, "flavor", "list")]
+    shown = cloud.client().get(f"/compute/v2.1/servers/{server['id']}")["server"]
+    assert shown["flavor"]["id"] == flavor["id"] and shown["status"] == "ACTIVE"
+    run(cloud, "openstack", "server", "delete", "--wait", "nano")

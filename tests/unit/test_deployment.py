@@ -65,3 +65,16 @@ def test_the_image_installs_what_libvirt_python_needs_and_the_project() -> None:
     for folder in ("schemas", "novalog", "producers", "consumers", "projections"):
         assert f"COPY {folder} ./{folder}" in dockerfile
     assert "pip install --no-cache-dir ." in dockerfile
+
+
+def test_the_app_builds_and_documents_every_route() -> None:
+    """Building the app compiles every request model (a bad pattern fails here, not at
+    `novalog up`); the OpenAPI document names the clients' endpoints."""
+    from novalog.http import create_app
+    from novalog.settings import Settings
+
+    paths = create_app(Settings()).openapi()["paths"]
+    for path in ("/identity/v3/auth/tokens", "/compute/v2.1/flavors", "/compute/v2.1/os-keypairs",
+                 "/compute/v2.1/os-server-groups", "/image/v2/images/{image_id}/file",
+                 "/networking/v2.0/subnets", "/compute/v2.1/os-hypervisors/statistics"):
+        assert path in paths, path
