@@ -36,9 +36,12 @@ def owner_lock(app: AppState, owner: str) -> Iterator[Connection[Any]]:
 
 
 def publish(app: AppState, facts: list[tuple[str, str, Payload]],
-            projected: Callable[[Connection[Any]], bool]) -> None:
+            projected: Callable[[Connection[Any]], bool],
+            conn: Connection[Any] | None = None) -> None:
     """Emit (event type, key, payload) facts on the catalog topic, wait for the broker's
-    acknowledgement (503 otherwise), then until `projected` is true of the projection."""
+    acknowledgement (503 otherwise), then until `projected` is true of the projection.
+    `conn`: the owner_lock's connection, to poll with (each statement sees new commits),
+    so a lock holder never waits for a second connection from the pool."""
     pub = Publisher(app.producer, "api", app.settings.hostname)
     request_id = f"req-{uuid.uuid4()}"
     for event_type, key, payload in facts:
@@ -50,9 +53,13 @@ def publish(app: AppState, facts: list[tuple[str, str, Payload]],
         raise ApiError(503, f"The change could not be recorded ({exc}).") from None
     deadline = time.monotonic() + PROJECTED_WITHIN_S
     while True:
-        with app.pool.connection() as conn:
+        if conn is not None:
             if projected(conn):
                 return
+        else:
+            with app.pool.connection() as polling:
+                if projected(polling):
+                    return
         if time.monotonic() > deadline:
             raise ApiError(503, "The change was recorded but is not visible yet; "
                                 "read it again shortly.")

@@ -75,7 +75,7 @@ def create_flavor(body: FlavorBody, request: Request, ctx: Auth) -> views.OneFla
         facts.publish(app, [("FlavorCreated", flavorid, payloads.FlavorCreated(
             flavorid=flavorid, name=f.name, vcpus=f.vcpus, memory_mb=f.ram, root_gb=f.disk,
             ephemeral_gb=f.ephemeral, swap_mb=int(swap), is_public=f.is_public,
-            extra_specs={}))], lambda c: _specs(c, flavorid) is not None)
+            extra_specs={}))], lambda c: _specs(c, flavorid) is not None, conn)
         row = conn.execute(f"SELECT {views.FLAVOR_COLUMNS} FROM flavors WHERE flavorid = %s",
                            (flavorid,)).fetchone()
     assert row is not None
@@ -92,7 +92,7 @@ def delete_flavor(flavor_id: str, request: Request, ctx: Auth) -> Response:
             raise ApiError(404, f"Flavor {flavor_id} could not be found.")
         facts.publish(app, [("FlavorDeleted", flavor_id,
                              payloads.FlavorDeleted(flavorid=flavor_id))],
-                      lambda c: _specs(c, flavor_id) is None)
+                      lambda c: _specs(c, flavor_id) is None, conn)
     return Response(status_code=202)
 
 
@@ -112,7 +112,7 @@ def _set_specs(request: Request, flavor_id: str, change: dict[str, str | None],
             else:
                 specs[key] = value
         facts.publish(app, [("FlavorExtraSpecsSet", flavor_id, payloads.FlavorExtraSpecsSet(
-            flavorid=flavor_id, extra_specs=specs))], lambda c: _specs(c, flavor_id) == specs)
+            flavorid=flavor_id, extra_specs=specs))], lambda c: _specs(c, flavor_id) == specs, conn)
     return specs
 
 

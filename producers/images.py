@@ -89,7 +89,7 @@ def create_image(body: ImageCreate, request: Request, ctx: Auth) -> dict[str, An
             disk_format=body.disk_format or "raw", container_format=body.container_format
             or "bare", size=0, checksum="", min_disk=body.min_disk, min_ram=body.min_ram,
             location="", visibility=body.visibility, properties=properties,
-            owner=ctx.project_id))], lambda c: _row(c, image_id) is not None)
+            owner=ctx.project_id))], lambda c: _row(c, image_id) is not None, conn)
     now = datetime.now(UTC)
     return dict(image_view({
         "image_id": image_id, "name": body.name or "", "status": "queued",
@@ -127,8 +127,9 @@ async def upload_image(image_id: str, request: Request, ctx: Auth) -> Response:
     if status != "queued":
         raise ApiError(409, f"Image status transition from {status} to saving is not "
                             "allowed")
-    target = _store(app) / image_id
-    partial = target.with_suffix(f".part{uuid.uuid4().hex[:8]}")
+    # a file per upload: two racing uploads each publish the checksum of their own file
+    target = _store(app) / f"{image_id}.{uuid.uuid4().hex[:8]}"
+    partial = target.parent / f"{target.name}.part"
     md5, sha512, size = hashlib.md5(usedforsecurity=False), hashlib.sha512(), 0
     try:
         with open(partial, "wb") as out:
@@ -166,5 +167,6 @@ def delete_image(image_id: str, request: Request, ctx: Auth) -> Response:
         require_admin(ctx, "delete_image")
     facts.publish(app, [("ImageDeleted", image_id, payloads.ImageDeleted(image_id=image_id))],
                   lambda c: _row(c, image_id) is None)
-    (_store(app) / image_id).unlink(missing_ok=True)
+    for data in _store(app).glob(f"{image_id}.*"):
+        data.unlink(missing_ok=True)
     return Response(status_code=204)

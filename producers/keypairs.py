@@ -102,7 +102,7 @@ def create_keypair(body: KeypairBody, request: Request, ctx: Auth) -> CreatedKey
             raise ApiError(403, "Quota exceeded, too many key pairs.")
         facts.publish(app, [("KeypairCreated", f"{ctx.user_id}/{name}", payloads.KeypairCreated(
             name=name, user_id=ctx.user_id, public_key=public, fingerprint=print_,
-            type="ssh"))], lambda c: _exists(c, ctx.user_id, name))
+            type="ssh"))], lambda c: _exists(c, ctx.user_id, name), conn)
     view: CreatedKeypair = {"name": name, "public_key": public, "fingerprint": print_,
                             "user_id": ctx.user_id}
     if private is not None:
@@ -125,5 +125,5 @@ def delete_keypair(name: str, request: Request, ctx: Auth) -> Response:
             raise ApiError(404, f"Keypair {name} not found for user {ctx.user_id}")
         facts.publish(app, [("KeypairDeleted", f"{ctx.user_id}/{name}",
                              payloads.KeypairDeleted(user_id=ctx.user_id, name=name))],
-                      lambda c: not _exists(c, ctx.user_id, name))
+                      lambda c: not _exists(c, ctx.user_id, name), conn)
     return Response(status_code=202)

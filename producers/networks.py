@@ -129,7 +129,7 @@ def create_subnet(body: SubnetBody, request: Request, ctx: Auth) -> dict[str, An
             network_id=sub.network_id, subnet_id=subnet_id(sub.network_id),
             name=sub.name, cidr=str(net), gateway_ip=gateway, allocation_start=first,
             allocation_end=last))],
-            lambda c: bool((_network(c, sub.network_id) or {}).get("cidr")))
+            lambda c: bool((_network(c, sub.network_id) or {}).get("cidr")), conn)
         return {"subnet": subnet_view(_network(conn, sub.network_id) or {})}
 
 
@@ -151,5 +151,5 @@ def delete_network(network_id: str, request: Request, ctx: Auth) -> Response:
                                 f"There are one or more ports still in use on the network.")
         facts.publish(app, [("NetworkDeleted", network_id,
                              payloads.NetworkDeleted(network_id=network_id))],
-                      lambda c: _network(c, network_id) is None)
+                      lambda c: _network(c, network_id) is None, conn)
     return Response(status_code=204)

@@ -65,7 +65,7 @@ def create_server_group(body: ServerGroupBody, request: Request,
         facts.publish(app, [("ServerGroupCreated", group_id, payloads.ServerGroupCreated(
             group_id=group_id, name=group.name, policy=group.policies[0],
             project_id=ctx.project_id, user_id=ctx.user_id))],
-            lambda c: _exists(c, group_id))
+            lambda c: _exists(c, group_id), conn)
     return {"server_group": {"id": group_id, "name": group.name,
                              "policies": list(group.policies), "members": [], "metadata": {},
                              "project_id": ctx.project_id, "user_id": ctx.user_id}}
