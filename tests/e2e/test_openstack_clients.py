@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -381,7 +382,17 @@ def test_key_pairs_generated_imported_used_and_deleted(cloud: Cloud, tmp_path: P
     unknown = run(cloud, "openstack", "server", "create", "--flavor", "m1.tiny", "--image",
                   "cirros", "--key-name", "nope", "unkeyed", ok=False)
     assert unknown.returncode == 1 and "Invalid key_name provided" in unknown.stderr
-    for name in ("made", "imported", "by-nova"):
+    racing = [cloud.client() for _ in range(4)]  # four creates of one name at once
+    for c in racing:
+        c.token()
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda c: c.http.post(
+            "/compute/v2.1/os-keypairs", headers={"X-Auth-Token": c.token()},
+            json={"keypair": {"name": "raced", "public_key": _ed25519_public()}}).status_code,
+            racing))
+    assert sorted(answers) == [200, 409, 409, 409]
+    assert [k["Name"] for k in osc(cloud, "keypair", "list")].count("raced") == 1
+    for name in ("made", "imported", "by-nova", "raced"):
         run(cloud, "openstack", "keypair", "delete", name)
     assert osc(cloud, "keypair", "list") == []
     assert osc(cloud, "server", "show", "keyed")["key_name"] == "imported"  # kept, as Nova
