@@ -10,10 +10,10 @@ restarts it.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 
+from novalog.idempotency import stable_number
 from novalog.kafka import EventProducer, Topics
 from novalog.publish import Publisher
 from novalog.settings import Settings
@@ -64,5 +64,4 @@ class ServiceReporter:
 def service_id(host: str, binary: str) -> int:
     """A service's id in `os-services`: stable for (host, binary), so the same in every
     replay of the log (Nova's are database sequence numbers; a replay could reorder those)."""
-    digest = hashlib.sha256(f"{host}\0{binary}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+    return stable_number(host, binary)

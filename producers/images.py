@@ -76,7 +76,7 @@ def _owned(conn: Connection[Any], ctx: Context, image_id: str) -> tuple[Any, ...
 def create_image(body: ImageCreate, request: Request, ctx: Auth) -> dict[str, Any]:
     if body.visibility in ("public", "community"):
         require_admin(ctx, f"publicize_image ({body.visibility})")
-    properties = {k: v for k, v in (body.model_extra or {}).items()}
+    properties = dict(body.model_extra or {})
     if any(not isinstance(v, str) for v in properties.values()):
         raise ApiError(400, "Image properties must be strings.")
     image_id = str(body.id or uuid.uuid4())

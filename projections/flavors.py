@@ -16,7 +16,6 @@ from novalog.web import ApiError, Auth, public_base, require_admin, state_of
 router = APIRouter(prefix="/compute/v2.1", tags=["compute"])
 
 
-FLAVOR_COLUMNS = views.FLAVOR_COLUMNS
 
 
 def _is_public(raw: str | None, ctx: Context) -> bool | None:
@@ -42,8 +41,9 @@ def _flavors(request: Request, ctx: Context, detail: bool) -> views.Flavors:
         raise ApiError(400, "Invalid minRam or minDisk filter: not an integer") from None
     with state_of(request).pool.connection() as conn:
         rows = conn.execute(
-            f"SELECT {FLAVOR_COLUMNS} FROM flavors WHERE (%s::boolean IS NULL OR is_public = %s)"
-            " AND memory_mb >= %s AND root_gb >= %s ORDER BY flavorid",
+            f"SELECT {views.FLAVOR_COLUMNS} FROM flavors WHERE "
+            "(%s::boolean IS NULL OR is_public = %s) AND memory_mb >= %s AND root_gb >= %s "
+            "ORDER BY flavorid",
             (public, public, min_ram, min_disk)).fetchall()
     return {"flavors": [views.flavor_view(public_base(request), r, detail) for r in rows]}
 
@@ -70,7 +70,7 @@ def _flavor_row(request: Request, flavor_id: str, columns: str) -> tuple[Any, ..
 @router.get("/flavors/{flavor_id}", summary="Show a flavor",
             responses={404: {"description": "no such flavor id (a name is not an id)"}})
 def show_flavor(flavor_id: str, request: Request, ctx: Auth) -> views.OneFlavor:
-    row = _flavor_row(request, flavor_id, FLAVOR_COLUMNS)
+    row = _flavor_row(request, flavor_id, views.FLAVOR_COLUMNS)
     if not row[7] and not ctx.is_admin:  # a private flavor: the admin's (no access lists)
         raise ApiError(404, f"Flavor {flavor_id} could not be found.")
     return {"flavor": views.flavor_view(public_base(request), row, True)}

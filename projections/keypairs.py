@@ -6,11 +6,10 @@ Nova's bookkeeping fields. The id is derived from (user, name), stable across re
 
 from __future__ import annotations
 
-import hashlib
-
 from fastapi import APIRouter, Request
 from typing_extensions import TypedDict
 
+from novalog.idempotency import stable_number
 from novalog.views import zulu
 from novalog.web import ApiError, Auth, state_of
 
@@ -47,11 +46,6 @@ class OneKeypair(TypedDict):
     keypair: KeypairView
 
 
-def _number(user_id: str, name: str) -> int:
-    digest = hashlib.sha256(f"{user_id}\0{name}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
-
-
 @router.get("/os-keypairs", summary="One's key pairs")
 def list_keypairs(request: Request, ctx: Auth) -> Keypairs:
     with state_of(request).pool.connection() as conn:
@@ -69,7 +63,7 @@ def show_keypair(name: str, request: Request, ctx: Auth) -> OneKeypair:
                            "WHERE user_id = %s AND name = %s", (ctx.user_id, name)).fetchone()
     if row is None:
         raise ApiError(404, f"Keypair {name} not found for user {ctx.user_id}")
-    return {"keypair": {"id": _number(ctx.user_id, name), "name": row[0],
+    return {"keypair": {"id": stable_number(ctx.user_id, name), "name": row[0],
                         "public_key": row[1], "fingerprint": row[2], "user_id": ctx.user_id,
                         "created_at": zulu(row[3]), "updated_at": None, "deleted": False,
                         "deleted_at": None}}
