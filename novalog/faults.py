@@ -56,6 +56,13 @@ CRASH_POINTS = {
                                        "dropped, its event not emitted",
     "compute.resize.after_revert_dest": "a revert's destination guest gone; "
                                         "FinishRevertMigration not sent",
+    "compute.volume.after_attach": "the volume plugged into the domain; the claim row and "
+                                   "VolumeAttached not written",
+    "compute.volume.after_detach": "the volume unplugged; the claim row and VolumeDetached "
+                                   "not written",
+    # volume:
+    "volume.after_create": "the volume's file made; VolumeCreated not emitted",
+    "volume.after_delete": "the volume's file removed; VolumeDeleted not emitted",
     # network:
     "network.after_allocation": "IpAllocated and PortsAllocated acknowledged; command "
                                 "offset not committed",

@@ -34,6 +34,8 @@ from producers.quotas import router as quotas_router
 from producers.server_groups import router as server_groups_write_router
 from producers.servers import router as servers_router
 from producers.services import router as services_router
+from producers.volumes import compute_router as attach_write_router
+from producers.volumes import router as volumes_write_router
 from projections.api import history_router
 from projections.api import router as query_router
 from projections.flavors import router as flavors_router
@@ -43,6 +45,8 @@ from projections.images import router as images_router
 from projections.keypairs import router as keypairs_router
 from projections.networks import router as networks_router
 from projections.server_groups import router as server_groups_router
+from projections.volumes import compute_router as attach_router
+from projections.volumes import router as volumes_router
 
 
 def _location(loc: tuple[Any, ...]) -> str:
@@ -152,6 +156,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(keypairs_router)
     app.include_router(keypairs_write_router)
     app.include_router(server_groups_router)
+    app.include_router(volumes_router)
+    app.include_router(volumes_write_router)
+    app.include_router(attach_router)
+    app.include_router(attach_write_router)
     app.include_router(server_groups_write_router)
     app.include_router(history_router)
     app.include_router(images_router)

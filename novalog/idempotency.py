@@ -65,3 +65,15 @@ class Inbox:
             cur.executemany(
                 "INSERT INTO inbox (consumer, event_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                 [(self.consumer, i) for i in ids])
+
+
+def build_volume_id(instance_uuid: str, index: int) -> str:
+    """The volume a build makes for its block device mapping `index` (image or blank to
+    volume): the same on every attempt, so a rescheduled build finds the one made."""
+    return derived_id(instance_uuid, f"block-device-{index}")
+
+
+def boot_attachment_id(volume_id: str, instance_uuid: str) -> str:
+    """The attachment of a volume a server boots with: the API's reservation and the
+    compute host's attach name the same one."""
+    return derived_id(volume_id, f"attachment-{instance_uuid}")

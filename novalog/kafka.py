@@ -53,6 +53,11 @@ class Topics:
         return f"{self.prefix}.network"
 
     @property
+    def volumes(self) -> str:
+        """Block storage: every fact about every volume, keyed by volume id."""
+        return f"{self.prefix}.volumes"
+
+    @property
     def dead_letters(self) -> str:
         return f"{self.prefix}.dead-letters"
 
@@ -62,7 +67,8 @@ class Topics:
 
     def core(self) -> list[str]:
         """Topics that exist before any compute host does."""
-        return [self.instances, self.hosts, self.catalog, self.network, self.dead_letters]
+        return [self.instances, self.hosts, self.catalog, self.network, self.volumes,
+                self.dead_letters]
 
 
 def client_config(settings: Settings) -> dict[str, Any]:

@@ -6,6 +6,7 @@ one place; nothing relies on the connection's search_path to find it.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -16,7 +17,7 @@ from psycopg_pool import ConnectionPool
 from novalog.consume import TransientError
 from novalog.db import live_schema
 from novalog.domain.instance import Instance, from_json
-from schemas import payloads
+from schemas import Event, payloads
 
 
 class ServerState(NamedTuple):
@@ -28,6 +29,16 @@ class ServerState(NamedTuple):
     attempt: int
     launched: bool = False
     action_request_id: str | None = None  # the request whose task is in progress
+
+
+class VolumeRecord(NamedTuple):
+    """What the volume role and the conductor need of a projected volume."""
+
+    volume_id: str
+    status: str
+    size_gb: int
+    image_id: str | None
+    connection: payloads.VolumeConnection | None
 
 
 class LiveProjection:
@@ -48,6 +59,39 @@ class LiveProjection:
         partition: what it says of the instance is then at least as new as the event."""
         return bool(self._rows("SELECT 1 FROM {live}.instance_events WHERE event_id = %s",
                                (event_id,)))
+
+    def volume_folded(self, event_id: str) -> bool:
+        return bool(self._rows("SELECT 1 FROM {live}.volume_events WHERE event_id = %s",
+                               (event_id,)))
+
+    def wait_folded(self, event: Event, timeout_s: float = 10.0) -> None:
+        """Until the projection has folded `event` (an instance or a volume fact): what it
+        says of the aggregate is then at least as new. TransientError after `timeout_s`,
+        so the consume loop tries the event again."""
+        check = self.volume_folded if event.event_type.startswith("Volume") else self.folded
+        deadline = time.monotonic() + timeout_s
+        while not check(event.event_id):
+            if time.monotonic() > deadline:
+                raise TransientError(f"the projection has not folded {event.event_type} "
+                                     f"{event.event_id} within {timeout_s:.0f}s")
+            time.sleep(0.02)
+
+    def volume(self, volume_id: str) -> VolumeRecord | None:
+        rows = self._rows("SELECT volume_id, status, size_gb, image_id, connection "
+                          "FROM {live}.volumes WHERE volume_id = %s", (volume_id,))
+        return VolumeRecord(*rows[0]) if rows else None
+
+    def attached_volumes(self, instance: str) -> list[payloads.BlockDeviceMapping]:
+        """The instance's volumes as block device mappings (a move carries them along)."""
+        rows = self._rows(
+            "SELECT a.volume_id, v.connection, a.device FROM {live}.volume_attachments a "
+            "JOIN {live}.volumes v ON v.volume_id = a.volume_id WHERE a.instance_uuid = %s "
+            "AND a.attach_status IN ('attaching', 'attached') ORDER BY a.device", (instance,))
+        return [payloads.BlockDeviceMapping(
+            source_type="volume", destination_type="volume", uuid=volume_id,
+            boot_index=0 if device == "vda" else None, volume_size=None, guest_format=None,
+            delete_on_termination=False, volume_id=volume_id, connection=connection,
+            device=device) for volume_id, connection, device in rows]
 
     def server(self, instance: str) -> ServerState | None:
         rows = self._rows("SELECT vm_state, task_state, host, attempt, launched_at IS NOT NULL, "

@@ -50,6 +50,8 @@ ROLES: dict[str, Role] = {
              "nova-conductor: dispatches builds, reschedules, times out stuck builds"),
         Role("network", "consumers.network.role:serve",
              "IP and MAC allocation per network"),
+        Role("volume", "consumers.volume.role:serve",
+             "cinder-volume: volumes as files ($NOVALOG_HOME/volumes), made and removed"),
         Role("compute", "consumers.compute.role:serve",
              "nova-compute for one host (NOVALOG_COMPUTE_HOST): claims, disks, libvirt"),
     ]
@@ -72,7 +74,7 @@ def plan(settings: Settings, hosts: int = 4, replicas: int = 1) -> list[RoleInst
     """The processes of a stack: every role, `hosts` compute agents, `replicas` of the
     replicated roles."""
     out: list[RoleInstance] = []
-    for role in ("projector", "network", "scheduler", "conductor"):
+    for role in ("projector", "network", "volume", "scheduler", "conductor"):
         count = replicas if role in REPLICATED else 1
         for i in range(1, count + 1):
             # replicas on one machine are distinct services, as on distinct hosts in Nova

@@ -24,8 +24,10 @@ BINARIES = {
     "network": "nova-network",
     "projector": "novalog-projector",
     "compute": "nova-compute",
+    "volume": "cinder-volume",
 }
-CONTROL_PLANE = ("nova-scheduler", "nova-conductor", "nova-network", "novalog-projector")
+CONTROL_PLANE = ("nova-scheduler", "nova-conductor", "nova-network", "novalog-projector",
+                 "cinder-volume")
 
 
 class ServiceReporter:

@@ -166,6 +166,11 @@ class Settings:
     resize_confirm_window_s: float = 0.0  # Nova's resize_confirm_window (0: never automatic)
     compute: ComputeSettings = field(default_factory=ComputeSettings)
 
+    @property
+    def volumes_dir(self) -> Path:
+        """The file backend's volumes (hosts reach them by path: shared across machines)."""
+        return self.home / "volumes"
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read NOVALOG_* (and the two infrastructure URLs); bad values raise SettingsError."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg import Connection
 from psycopg.types.json import Jsonb
 
+from novalog.idempotency import boot_attachment_id
 from novalog.kafka import Topics
 from novalog.publish import Publisher
 from novalog.tokens import Context
@@ -58,6 +59,13 @@ def admit(conn: Connection[Any], pub: Publisher, topics: Topics, ctx: Context,
                           correlation_id=request_id)
         outbox.add(conn, topics.instances, event)
         event_ids.append(event.event_id)
+        for volume_id in [b["volume_id"] for b in request["block_device_mapping"]
+                          if b["source_type"] == "volume" and b["volume_id"]]:
+            reserved = pub.build("VolumeReserved", volume_id, payloads.VolumeReserved(
+                volume_id=volume_id, attachment_id=boot_attachment_id(volume_id, server_id),
+                instance_uuid=server_id), correlation_id=request_id)
+            outbox.add(conn, topics.volumes, reserved)  # Nova's attachment_create at boot
+            event_ids.append(reserved.event_id)
     return Admission(reservation_id, ids, event_ids)
 
 

@@ -37,20 +37,26 @@ def owner_lock(app: AppState, owner: str) -> Iterator[Connection[Any]]:
 
 def publish(app: AppState, facts: list[tuple[str, str, Payload]],
             projected: Callable[[Connection[Any]], bool],
-            conn: Connection[Any] | None = None) -> None:
-    """Emit (event type, key, payload) facts on the catalog topic, wait for the broker's
-    acknowledgement (503 otherwise), then until `projected` is true of the projection.
-    `conn`: the owner_lock's connection, to poll with (each statement sees new commits),
-    so a lock holder never waits for a second connection from the pool."""
+            conn: Connection[Any] | None = None, topic: str | None = None) -> None:
+    """Emit (event type, key, payload) facts on the catalog topic (or `topic`), wait for
+    the broker's acknowledgement (503 otherwise), then until `projected` is true of the
+    projection. `conn`: the owner_lock's connection, to poll with (each statement sees
+    new commits), so a lock holder never waits for a second connection from the pool."""
     pub = Publisher(app.producer, "api", app.settings.hostname)
     request_id = f"req-{uuid.uuid4()}"
     for event_type, key, payload in facts:
-        pub.emit(Topics(app.settings.topic_prefix).catalog, event_type, key, payload,
+        pub.emit(topic or Topics(app.settings.topic_prefix).catalog, event_type, key, payload,
                  correlation_id=request_id)
     try:
         app.producer.flush(10)
     except DeliveryError as exc:
         raise ApiError(503, f"The change could not be recorded ({exc}).") from None
+    wait_projected(app, projected, conn)
+
+
+def wait_projected(app: AppState, projected: Callable[[Connection[Any]], bool],
+                   conn: Connection[Any] | None = None) -> None:
+    """Until `projected` is true of the projection (503 after PROJECTED_WITHIN_S)."""
     deadline = time.monotonic() + PROJECTED_WITHIN_S
     while True:
         if conn is not None:
@@ -64,3 +70,21 @@ def publish(app: AppState, facts: list[tuple[str, str, Payload]],
             raise ApiError(503, "The change was recorded but is not visible yet; "
                                 "read it again shortly.")
         time.sleep(0.02)
+
+
+@contextmanager
+def held_locks(conn: Connection[Any], keys: list[str]) -> Iterator[None]:
+    """Session advisory locks on `keys` (sorted: no deadlock between two holders) for as
+    long as the block runs, across transactions: a change that goes through the outbox
+    is published after its transaction, and the lock must outlast it until the
+    projection shows it. A connection that dies lets go of them with its session."""
+    ordered = sorted(set(keys))
+    conn.autocommit = True  # each `conn.transaction()` in the block then really commits
+    try:
+        for key in ordered:
+            conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"facts/{key}",))
+        yield
+    finally:
+        for key in reversed(ordered):
+            conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"facts/{key}",))
+        conn.autocommit = False

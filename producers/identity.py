@@ -93,15 +93,20 @@ def _self_link(request: Request, path: str) -> str:
 REGION = "RegionOne"
 # type, name, path under the base URL. Image and network are unversioned: the clients add
 # /v2 and /v2.0 themselves (../shared/OPENSTACK_CLIENTS.md section 1).
+# Block storage is versioned with the project in the path, as Cinder's catalogs have it
+# (Keystone substitutes %(project_id)s), under both type names the clients look for.
 SERVICES = [("identity", "keystone", "/identity"), ("compute", "nova", "/compute/v2.1"),
-            ("image", "glance", "/image"), ("network", "neutron", "/networking")]
+            ("image", "glance", "/image"), ("network", "neutron", "/networking"),
+            ("block-storage", "cinder", "/volume/v3/%(project_id)s"),
+            ("volumev3", "cinderv3", "/volume/v3/%(project_id)s")]
 
 
-def catalog(base: str) -> list[CatalogEntry]:
+def catalog(base: str, project_id: str = "") -> list[CatalogEntry]:
     """Every service novalog serves, public and internal at the same URL, one region."""
     return [{"id": entity_id("service", kind), "type": kind, "name": name, "endpoints": [
         {"id": entity_id("endpoint", f"{kind}/{interface}"), "interface": interface,
-         "region": REGION, "region_id": REGION, "url": base + path}
+         "region": REGION, "region_id": REGION,
+         "url": base + path.replace("%(project_id)s", project_id)}
         for interface in ("public", "internal")]} for kind, name, path in SERVICES]
 
 
@@ -229,7 +234,7 @@ def _token_body(request: Request, ctx: Context, user: tuple[str, str],
         "user": {"id": user[0], "name": user[1], "domain": default},
         "project": {"id": project[0], "name": project[1], "domain": default},
         "roles": [{"id": r, "name": r} for r in ctx.roles],
-        "catalog": catalog(public_base(request)),
+        "catalog": catalog(public_base(request), project[0]),
     }}
 
 

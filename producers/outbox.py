@@ -44,14 +44,16 @@ def publish(pool: ConnectionPool, producer: EventProducer, event_ids: list[str] 
     with pool.connection() as conn, conn.transaction():
         if event_ids is not None:
             rows = conn.execute("SELECT event_id, topic, key, value FROM outbox WHERE "
-                                "event_id = ANY(%s) FOR UPDATE SKIP LOCKED",
+                                "event_id = ANY(%s) ORDER BY seq FOR UPDATE SKIP LOCKED",
                                 (event_ids,)).fetchall()
         else:
             rows = conn.execute("SELECT event_id, topic, key, value FROM outbox WHERE "
                                 "created_at < now() - make_interval(secs => %s) "
-                                "ORDER BY created_at LIMIT 1000 FOR UPDATE SKIP LOCKED",
+                                "ORDER BY seq LIMIT 1000 FOR UPDATE SKIP LOCKED",
                                 (older_than_s,)).fetchall()
-        for _, topic, key, value in rows:
+        for i, (_, topic, key, value) in enumerate(rows):
+            if i and topic != rows[i - 1][1]:
+                producer.flush(10)  # a fact is on the log before the command it leads to
             producer.produce(topic, bytes(key), bytes(value))
         producer.flush(10)
         if rows:

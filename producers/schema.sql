@@ -28,8 +28,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     topic      text        NOT NULL,
     key        bytea       NOT NULL,
     value      bytea       NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
+    created_at timestamptz NOT NULL DEFAULT now(),
+    seq        bigserial  -- insertion order: a fact goes out before the command it leads to
 );
+ALTER TABLE outbox ADD COLUMN IF NOT EXISTS seq bigserial;
 
 -- Identity: revoked tokens (until they would have expired anyway) and failed logins
 -- (brute-force lockout); shared by every API replica.

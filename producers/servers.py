@@ -30,8 +30,9 @@ from novalog.publish import Publisher
 from novalog.tokens import Context
 from novalog.views import Link, NameRef
 from novalog.web import ApiError, Auth, server_link, state_of
-from producers import outbox
+from producers import facts, outbox
 from producers.admission import admit
+from producers.volumes import check_volume_quota
 from schemas import payloads
 
 router = APIRouter(prefix="/compute/v2.1", tags=["compute"])
@@ -176,26 +177,98 @@ def check_name(name: str) -> None:
                             "whitespace.")
 
 
-def boot_image_id(s: ServerCreate) -> str:
-    """The image to boot: imageRef, or the boot_index 0 image of block_device_mapping_v2."""
+def boot_image_id(s: ServerCreate) -> str | None:
+    """The image to boot from a local disk: imageRef, or the boot_index 0 image of
+    block_device_mapping_v2; None to boot from a volume (the boot_index 0 mapping's)."""
     if s.block_device_mapping and s.block_device_mapping_v2:
         raise ApiError(400, "Using different block_device_mapping syntaxes is not allowed")
+    if s.block_device_mapping:
+        raise ApiError(400, "Block Device Mapping is Invalid: the legacy block_device_mapping "
+                            "is not supported; use block_device_mapping_v2.")
+    bdms = s.block_device_mapping_v2 or []
+    boot = [b for b in bdms if str(b.boot_index) == "0"]
+    if len(boot) > 1:
+        raise ApiError(400, "Boot sequence for the instance and image/block device mapping "
+                            "combination is not valid.")
+    for bdm in bdms:
+        check_mapping(bdm)
+    if boot and boot[0].destination_type == "volume":
+        return None
     if s.imageRef:
         if not _is_uuid(s.imageRef):
             raise ApiError(400, "Invalid imageRef provided.")
         return s.imageRef
-    for bdm in s.block_device_mapping_v2 or []:
-        if str(bdm.boot_index) == "0":
-            if bdm.source_type == "image" and bdm.destination_type == "local" and bdm.uuid:
-                if not _is_uuid(bdm.uuid):
-                    raise ApiError(400, "Invalid imageRef provided.")
-                return bdm.uuid
-            raise ApiError(400, "Block Device Mapping is Invalid: booting from a volume is "
-                                "not supported (novalog has no block storage service).")
-    if s.block_device_mapping:
-        raise ApiError(400, "Block Device Mapping is Invalid: booting from a volume is not "
-                            "supported (novalog has no block storage service).")
+    if boot and boot[0].uuid:
+        if not _is_uuid(boot[0].uuid):
+            raise ApiError(400, "Invalid imageRef provided.")
+        return boot[0].uuid
     raise ApiError(400, "Missing imageRef attribute")
+
+
+def check_mapping(b: BlockDeviceMappingV2) -> None:
+    """Nova's checks of one block_device_mapping_v2 entry, as far as novalog serves them:
+    image or blank to a new volume, an existing volume, the image to the local root."""
+    invalid = "Block Device Mapping is Invalid: "
+    if b.source_type == "snapshot":
+        raise ApiError(400, invalid + "snapshots are not supported (novalog has none).")
+    if b.destination_type == "local":
+        if b.source_type != "image" or str(b.boot_index) != "0":
+            raise ApiError(400, invalid + "a local disk other than the image's root is not "
+                                          "supported (ephemeral and swap come from the "
+                                          "flavor).")
+        return
+    if b.source_type in ("image", "volume") and not (b.uuid and _is_uuid(b.uuid)):
+        raise ApiError(400, invalid + f"a {b.source_type} mapping needs the {b.source_type}'s "
+                                      "uuid.")
+    if b.source_type == "image" and not b.volume_size:
+        raise ApiError(400, "Images with destination_type 'volume' need to have a non-zero "
+                            "size specified")
+    if b.source_type == "blank" and not b.volume_size:
+        raise ApiError(400, "Blank volumes (source: 'blank', dest: 'volume') need to have "
+                            "non-zero size")
+
+
+def check_volumes(conn: Connection[Any], s: ServerCreate, ctx: Context,
+                  flavor: payloads.Flavor, image_id: str | None, max_count: int) -> None:
+    """The volumes a request names: an image to copy exists and fits, an existing volume
+    is the project's and available, the new ones fit the volume quota; a flavor without a
+    disk boots only from a volume (Nova's policy, admins excepted)."""
+    bdms = [b for b in s.block_device_mapping_v2 or [] if b.destination_type == "volume"]
+    if image_id is not None and flavor["root_gb"] == 0 and not ctx.is_admin:
+        raise ApiError(403, "Only volume-backed servers are allowed for flavors with zero "
+                            "disk.")
+    new = [b for b in bdms if b.source_type in ("image", "blank")]
+    for b in new:
+        if b.source_type == "image" and b.uuid:
+            image = image_record(conn, b.uuid, ctx)
+            need = max(image["min_disk"] * 2**30, image["size"])
+            if (b.volume_size or 0) * 2**30 < need:
+                raise ApiError(400, f"Volume is smaller than the minimum size specified in "
+                                    f"image metadata. Volume size is "
+                                    f"{(b.volume_size or 0) * 2**30} bytes, minimum size is "
+                                    f"{need} bytes.")
+    if new:
+        check_volume_quota(conn, ctx.project_id, len(new) * max_count,
+                           sum(b.volume_size or 0 for b in new))
+    for b in bdms:
+        if b.source_type != "volume":
+            continue
+        row = _one(conn, "SELECT status, project_id FROM volumes WHERE volume_id = %s", b.uuid)
+        if row is None or row[1] != ctx.project_id:
+            raise ApiError(400, f"Block Device Mapping is Invalid: failed to get volume "
+                                f"{b.uuid}.")
+        if row[0] != "available":
+            raise ApiError(400, f"Invalid volume: volume {b.uuid} status must be available, "
+                                f"but current status is: {row[0]}")
+        if max_count > 1:
+            raise ApiError(400, f"Block Device Mapping is Invalid: volume {b.uuid} can be "
+                                "attached to one server only (no multiattach).")
+
+
+def source_volumes(s: ServerCreate) -> list[str]:
+    """The existing volumes a request boots with (each reserved for the server)."""
+    return [b.uuid for b in s.block_device_mapping_v2 or []
+            if b.source_type == "volume" and b.destination_type == "volume" and b.uuid]
 
 
 def image_record(conn: Connection[Any], image_id: str, ctx: Context) -> CatalogImage:
@@ -335,11 +408,18 @@ def create_server(body: CreateServerBody, ctx: Auth, request: Request,
     counts, image_id = validate(s)
     request_id = f"req-{uuid.uuid4()}"
     response.headers["X-Openstack-Request-Id"] = request_id
-    with app.pool.connection() as conn, conn.transaction():
-        plan = plan_build(conn, s, body.hints, ctx, image_id)
-        admitted = admit(conn, Publisher(app.producer, "api", app.settings.hostname),
-                         Topics(app.settings.topic_prefix), ctx, plan, counts, request_id)
-    outbox.publish_accepted(app.pool, app.producer, admitted.event_ids, f"request {request_id}")
+    volumes = source_volumes(s)
+    with app.pool.connection() as conn, facts.held_locks(conn, [f"volume/{v}" for v in volumes]):
+        with conn.transaction():
+            plan = plan_build(conn, s, body.hints, ctx, image_id, counts[1])
+            admitted = admit(conn, Publisher(app.producer, "api", app.settings.hostname),
+                             Topics(app.settings.topic_prefix), ctx, plan, counts, request_id)
+        outbox.publish_accepted(app.pool, app.producer, admitted.event_ids,
+                                f"request {request_id}")
+        if volumes:  # held until the projection shows them reserved
+            facts.wait_projected(app, lambda c: c.execute(
+                "SELECT count(*) FROM volumes WHERE volume_id = ANY(%s) AND status <> "
+                "'available'", (volumes,)).fetchone() == (len(volumes),), conn)
     if s.return_reservation_id:
         return {"reservation_id": admitted.reservation_id}
     first = admitted.server_ids[0]
@@ -350,7 +430,7 @@ def create_server(body: CreateServerBody, ctx: Auth, request: Request,
                        "adminPass": s.adminPass or secrets.token_urlsafe(9)}}
 
 
-def validate(s: ServerCreate) -> tuple[tuple[int, int], str]:
+def validate(s: ServerCreate) -> tuple[tuple[int, int], str | None]:
     """The checks that need nothing but the request: (min, max) count and the image id."""
     check_name(s.name)
     max_count = s.max_count or s.min_count
@@ -366,11 +446,14 @@ def validate(s: ServerCreate) -> tuple[tuple[int, int], str]:
 
 
 def plan_build(conn: Connection[Any], s: ServerCreate, hints: SchedulerHints | None,
-               ctx: Context, image_id: str) -> BuildPlan:
-    """Everything the request names, looked up and checked: what each instance will be."""
+               ctx: Context, image_id: str | None, max_count: int = 1) -> BuildPlan:
+    """Everything the request names, looked up and checked: what each instance will be.
+    Booted from a volume, the instance has no image of its own (Nova's image "")."""
     flavor = flavor_record(conn, s.flavorRef)
-    image = image_record(conn, image_id, ctx)
-    check_flavor_fits_image(flavor, image)
+    image = image_record(conn, image_id, ctx) if image_id is not None else None
+    if image is not None:
+        check_flavor_fits_image(flavor, image)
+    check_volumes(conn, s, ctx, flavor, image_id, max_count)
     networks = requested_networks(conn, s, ctx)
     if s.key_name is not None and _one(
             conn, "SELECT 1 FROM keypairs WHERE user_id = %s AND name = %s",
@@ -381,13 +464,15 @@ def plan_build(conn: Connection[Any], s: ServerCreate, hints: SchedulerHints | N
         source_type=b.source_type, destination_type=b.destination_type, uuid=b.uuid,
         volume_size=b.volume_size, guest_format=b.guest_format,
         delete_on_termination=b.delete_on_termination,
-        boot_index=int(b.boot_index) if b.boot_index not in (None, "") else None)
+        boot_index=int(b.boot_index) if b.boot_index not in (None, "") else None,
+        volume_id=b.uuid if b.source_type == "volume" else None, connection=None, device=None)
         for b in s.block_device_mapping_v2 or []]
     return BuildPlan(payloads.InstanceBuildRequested(
         name=s.name, project_id=ctx.project_id, user_id=ctx.user_id,
         reservation_id=f"r-{secrets.token_hex(4)}", launch_index=0, flavor=flavor,
         image=payloads.Image(id=image["id"], name=image["name"], min_disk=image["min_disk"],
-                             min_ram=image["min_ram"], properties=image["properties"]),
+                             min_ram=image["min_ram"], properties=image["properties"])
+        if image is not None else None,
         networks=networks, block_device_mapping=bdm, key_name=s.key_name,
         metadata=s.metadata, user_data=s.user_data,
         availability_zone=target.zone, forced_host=target.host,

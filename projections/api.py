@@ -40,7 +40,10 @@ router = APIRouter(prefix="/compute/v2.1", tags=["compute"])
 
 SERVER_COLUMNS = ("uuid, name, project_id, user_id, status, vm_state, task_state, power_state, "
                   "host, node, availability_zone, flavor, image, addresses, key_name, metadata, "
-                  "reservation_id, launch_index, created_at, updated_at, launched_at, fault")
+                  "reservation_id, launch_index, created_at, updated_at, launched_at, fault, "
+                  "(SELECT COALESCE(jsonb_agg(a.volume_id ORDER BY a.device), '[]') FROM "
+                  "volume_attachments a WHERE a.instance_uuid = servers.uuid AND "
+                  "a.attach_status <> 'reserved') AS volumes_attached")
 
 
 class AcceptedRow(TypedDict):
@@ -109,7 +112,8 @@ def server_view(request: Request, row: ServerRow, ctx: Context) -> views.ServerV
         "OS-EXT-STS:vm_state": row["vm_state"], "OS-EXT-STS:task_state": row["task_state"],
         "OS-EXT-STS:power_state": row["power_state"],
         "security_groups": [{"name": "default"}],
-        "os-extended-volumes:volumes_attached": [],
+        "os-extended-volumes:volumes_attached": [
+            {"id": v} for v in row.get("volumes_attached", [])],
     }
     if ctx.is_admin:
         view["OS-EXT-SRV-ATTR:host"] = row["host"]

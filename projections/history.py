@@ -12,7 +12,7 @@ are wrong besides.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from psycopg import Connection
 
@@ -57,6 +57,7 @@ class ServerRow(TypedDict):
     updated_at: datetime
     launched_at: datetime | None
     fault: StoredFault | Fault | None
+    volumes_attached: NotRequired[list[str]]  # ids, device order (the live projection's)
 
 
 def fold_rows(raws: list[bytes]) -> Instance | None:

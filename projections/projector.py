@@ -52,7 +52,8 @@ class Projector:
         self.group_id = group_id
         self.checkpoint = TrackOffsets(pool)
         self.runner: Runner[Connection[Any]] = Runner(
-            settings, name=group_id, topics=[topics.instances, topics.hosts, topics.catalog],
+            settings, name=group_id, topics=[topics.instances, topics.hosts, topics.catalog,
+                                     topics.volumes],
             handle=self._project_batch, checkpoint=self.checkpoint, producer=producer,
             batch_size=batch_size, dead_letters=dead_letters)
 
@@ -91,8 +92,12 @@ class Projector:
                 instances.add(event, record.value or b"", state)
             return
         writer = WRITERS.get(family)
-        if writer is not None:  # commands and network facts are not projected
-            writer(conn, event, record.value or b"")
+        if writer is None:  # commands and network facts are not projected
+            return
+        try:
+            writer(conn, event, record.value or b"")  # a volume fold refuses before writing
+        except TransitionError as exc:
+            self.runner.refuse(record, f"refused by the fold: {exc}")
 
     def close(self) -> None:
         self.runner.close()

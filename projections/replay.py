@@ -26,7 +26,8 @@ from projections import versions
 from projections.projector import Projector
 
 Progress = Callable[[int, int], None]  # (records done, records to do)
-VOLATILE = {"instance_events": ["seq"]}  # insertion order across partitions, not content
+# insertion order across partitions, not content
+VOLATILE = {"instance_events": ["seq"], "volume_events": ["seq"]}
 
 
 @dataclass

@@ -219,3 +219,51 @@ CREATE TABLE IF NOT EXISTS migrations (
     updated_at     timestamptz NOT NULL
 );
 CREATE INDEX IF NOT EXISTS migrations_by_instance ON migrations (instance_uuid, created_at);
+
+-- Block storage (Cinder's volumes and attachments): the fold of the volumes topic
+-- (novalog/domain/volume.py). A deleted volume's row goes; its events stay.
+CREATE TABLE IF NOT EXISTS volumes (
+    volume_id         text PRIMARY KEY,
+    project_id        text        NOT NULL,
+    user_id           text        NOT NULL,
+    name              text,
+    description       text,
+    size_gb           int         NOT NULL,
+    status            text        NOT NULL,
+    volume_type       text        NOT NULL,
+    availability_zone text        NOT NULL,
+    image_id          text,
+    bootable          boolean     NOT NULL,
+    metadata          jsonb       NOT NULL,
+    connection        jsonb,  -- how a host reaches it (Cinder's connection_info)
+    reason            text,
+    created_at        timestamptz NOT NULL,
+    updated_at        timestamptz NOT NULL,
+    state             jsonb       NOT NULL  -- the whole fold, read back to apply the next event
+);
+CREATE INDEX IF NOT EXISTS volumes_by_project ON volumes (project_id, created_at);
+
+CREATE TABLE IF NOT EXISTS volume_attachments (
+    attachment_id text PRIMARY KEY,
+    volume_id     text        NOT NULL,
+    instance_uuid text        NOT NULL,
+    attach_status text        NOT NULL,  -- reserved, attaching, attached, detaching
+    host          text,
+    device        text,
+    attached_at   timestamptz
+);
+CREATE INDEX IF NOT EXISTS volume_attachments_by_instance ON volume_attachments (instance_uuid);
+CREATE INDEX IF NOT EXISTS volume_attachments_by_volume ON volume_attachments (volume_id);
+
+CREATE TABLE IF NOT EXISTS volume_events (
+    event_id    text PRIMARY KEY,  -- first wins: a re-delivered event is ignored
+    volume_id   text        NOT NULL,
+    seq         bigserial,
+    event_type  text        NOT NULL,
+    occurred_at timestamptz NOT NULL,
+    status      text        NOT NULL,  -- after the event
+    producer    text        NOT NULL,
+    request_id  text        NOT NULL,
+    raw         bytea       NOT NULL   -- the event exactly as on the log (time travel)
+);
+CREATE INDEX IF NOT EXISTS volume_events_by_volume ON volume_events (volume_id, seq);

@@ -22,11 +22,12 @@ from psycopg import Connection, sql
 from novalog.db import live_schema
 
 SCHEMA_FILE = Path(__file__).resolve().parent / "schema.sql"
-PROJECTION_VERSION = 3  # bump when schema.sql or a writer changes what is projected
+PROJECTION_VERSION = 4  # bump when schema.sql or a writer changes what is projected
 VIEW_TABLES = [
     "servers", "instance_events", "instance_actions", "instance_action_events",
     "compute_nodes", "services", "flavors", "images", "networks", "projects", "users",
-    "role_assignments", "quotas", "keypairs", "server_groups", "migrations",
+    "role_assignments", "quotas", "keypairs", "server_groups", "migrations", "volumes",
+    "volume_attachments", "volume_events",
 ]
 
 POINTER_DDL = """

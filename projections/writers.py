@@ -18,6 +18,7 @@ from psycopg.types.json import Jsonb
 from novalog.domain.instance import Instance, apply, from_json, to_json
 from novalog.domain.states import DELETED
 from novalog.views import Addresses
+from projections.volume_writers import project_volume_event
 from schemas import Event, payloads
 from schemas.typed import payload_of
 
@@ -595,4 +596,4 @@ def project_catalog_event(conn: Connection[Any], event: Event, _raw: bytes = b""
 
 
 WRITERS: dict[str, Writer] = {"instance": project_instance_event, "host": project_host_event,
-                              "catalog": project_catalog_event}
+                              "catalog": project_catalog_event, "volume": project_volume_event}

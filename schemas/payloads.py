@@ -178,6 +178,7 @@ class BuildAndRunInstance(TypedDict):
     attempt: int
     name: str
     project_id: str
+    user_id: str
     flavor: Flavor
     image: ImageToBoot | None
     networks: list[NetworkToAttach]
@@ -386,6 +387,9 @@ class BlockDeviceMapping(TypedDict):
     volume_size: int | None
     guest_format: str | None
     delete_on_termination: bool
+    volume_id: str | None
+    connection: VolumeConnection | None
+    device: str | None
 
 
 # nova-api accepted POST /servers: vm_state building, task_state scheduling.
@@ -864,4 +868,150 @@ class PortsAllocationFailed(TypedDict):
     instance_uuid: str
     host: str
     attempt: int
+    reason: str
+
+
+# The build that asked for the volume, to answer on its host's topic.
+class BuildRef(TypedDict):
+    instance_uuid: str
+    host: str
+    attempt: int
+
+
+# A new volume, status creating: from the Block Storage API, or from a compute host building
+# a server from an image onto a volume (for_build).
+class VolumeRequested(TypedDict):
+    volume_id: str
+    project_id: str
+    user_id: str
+    name: str | None
+    description: str | None
+    size_gb: int
+    volume_type: str
+    availability_zone: str
+    image_id: str | None
+    metadata: dict[str, str]
+    for_build: BuildRef | None
+
+
+# How a host reaches a volume (Cinder's connection_info): a file, for the file backend.
+class VolumeConnection(TypedDict):
+    driver_volume_type: str
+    path: str
+    format: str
+
+
+# The backend made the volume: status available.
+class VolumeCreated(TypedDict):
+    volume_id: str
+    size_gb: int
+    bootable: bool
+    connection: VolumeConnection
+    backend: str
+
+
+# The backend could not make the volume: status error.
+class VolumeCreateFailed(TypedDict):
+    volume_id: str
+    reason: str
+
+
+# Status deleting (only from available or error).
+class VolumeDeleteRequested(TypedDict):
+    volume_id: str
+
+
+# The backend removed the volume; it is gone.
+class VolumeDeleted(TypedDict):
+    volume_id: str
+
+
+# Status error_deleting.
+class VolumeDeleteFailed(TypedDict):
+    volume_id: str
+    reason: str
+
+
+# An attachment is made for a server (Cinder's attachment_create): status reserved.
+class VolumeReserved(TypedDict):
+    volume_id: str
+    attachment_id: str
+    instance_uuid: str
+
+
+# The server's host connects the volume: status attaching.
+class VolumeAttaching(TypedDict):
+    volume_id: str
+    attachment_id: str
+    instance_uuid: str
+    host: str
+
+
+# The volume is in the server's domain: status in-use.
+class VolumeAttached(TypedDict):
+    volume_id: str
+    attachment_id: str
+    instance_uuid: str
+    host: str
+    device: str
+
+
+# The attach did not happen: the attachment is gone, status available.
+class VolumeAttachFailed(TypedDict):
+    volume_id: str
+    attachment_id: str
+    instance_uuid: str
+    reason: str
+
+
+# A detach was asked for: status detaching.
+class VolumeDetaching(TypedDict):
+    volume_id: str
+    attachment_id: str
+    instance_uuid: str
+
+
+# The volume left the server's domain: the attachment is gone, status available.
+class VolumeDetached(TypedDict):
+    volume_id: str
+    attachment_id: str
+    instance_uuid: str
+    host: str | None
+
+
+# Command to the server's compute host (its topic): hot-plug the volume.
+class AttachVolume(TypedDict):
+    instance_uuid: str
+    host: str
+    volume_id: str
+    attachment_id: str
+    connection: VolumeConnection
+    size_gb: int
+    device: str | None
+
+
+# Command to the server's compute host: unplug the volume.
+class DetachVolume(TypedDict):
+    instance_uuid: str
+    host: str
+    volume_id: str
+    attachment_id: str
+
+
+# The volume role's answer to a build's VolumeRequested, on the host's topic.
+class BuildVolumeReady(TypedDict):
+    instance_uuid: str
+    host: str
+    attempt: int
+    volume_id: str
+    connection: VolumeConnection
+    size_gb: int
+
+
+# The volume a build asked for could not be made (or is gone).
+class BuildVolumeFailed(TypedDict):
+    instance_uuid: str
+    host: str
+    attempt: int
+    volume_id: str
     reason: str

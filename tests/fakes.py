@@ -14,7 +14,7 @@ from typing import Any
 from novalog.consume import Record
 from novalog.domain.instance import Instance
 from novalog.publish import Publisher
-from novalog.read_model import LiveProjection, ServerState
+from novalog.read_model import LiveProjection, ServerState, VolumeRecord
 from schemas import Event, encode, payloads
 
 
@@ -64,6 +64,17 @@ class FakeProjection(LiveProjection):
         self.instances: dict[str, Instance] = {}  # the whole fold, where a test needs it
         self.deletes: dict[str, str] = {}  # instance -> the DELETE's request id
         self.folded_ids: set[str] | None = None  # None: every event is folded at once
+        self.volumes: dict[str, VolumeRecord] = {}
+        self.attached: dict[str, list[payloads.BlockDeviceMapping]] = {}  # by instance
+
+    def volume_folded(self, event_id: str) -> bool:
+        return self.folded(event_id)
+
+    def volume(self, volume_id: str) -> VolumeRecord | None:
+        return self.volumes.get(volume_id)
+
+    def attached_volumes(self, instance: str) -> list[payloads.BlockDeviceMapping]:
+        return self.attached.get(instance, [])
 
     def folded(self, event_id: str) -> bool:
         return self.folded_ids is None or event_id in self.folded_ids

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from xml.etree import ElementTree
 from xml.sax.saxutils import escape, quoteattr
 
 import libvirt
@@ -39,14 +40,27 @@ def domain_name(instance_uuid: str) -> str:
     return f"instance-{instance_uuid}"
 
 
+def _disk_files(domain: ElementTree.Element) -> dict[str, str]:
+    """device -> source file of a domain definition's disks."""
+    out = {}
+    for disk in domain.iterfind("devices/disk"):
+        source, target = disk.find("source"), disk.find("target")
+        if source is not None and target is not None:
+            out[str(target.get("dev"))] = str(source.get("file"))
+    return out
+
+
+def disk_element(device: str, path: str, fmt: str) -> str:
+    return (f"<disk type='file' device='disk'><driver name='qemu' type={quoteattr(fmt)}/>"
+            f"<source file={quoteattr(path)}/><target dev={quoteattr(device)} bus='virtio'/>"
+            f"</disk>")
+
+
 def domain_xml(instance_uuid: str, name: str, flavor: payloads.Flavor,
                disks: list[payloads.Disk], ports: list[payloads.Port],
                console_log: Path) -> str:
     """What Nova's libvirt driver would define, reduced to what a boot needs."""
-    disk_xml = "".join(
-        f"<disk type='file' device='disk'><driver name='qemu' type={quoteattr(d['format'])}/>"
-        f"<source file={quoteattr(d['path'])}/><target dev={quoteattr(d['device'])} "
-        f"bus='virtio'/></disk>" for d in disks)
+    disk_xml = "".join(disk_element(d["device"], d["path"], d["format"]) for d in disks)
     nic_xml = "".join(
         f"<interface type='ethernet'><mac address={quoteattr(p['mac_address'])}/>"
         f"<model type='virtio'/></interface>" for p in ports)
@@ -154,6 +168,68 @@ class LibvirtDriver:
 
     def instance_uuids(self) -> list[str]:
         return sorted(d.UUIDString() for d in self.conn.listAllDomains())
+
+    # -- volumes: hot-plug where libvirt can, the persistent definition where it cannot ----
+    def attach_disk(self, instance_uuid: str, path: str, fmt: str, dump_to: Path) -> str:
+        """Plug the file in as the next free virtio disk (live and in the persistent
+        definition, as Nova's attach does) and return its device; the device it has when
+        it is plugged in already (a repeated attach). The test driver cannot hot-plug
+        (no virDomainAttachDeviceFlags): there the persistent definition takes the disk,
+        which the guest sees from its next boot."""
+        dom = self.conn.lookupByUUIDString(instance_uuid)
+        config = ElementTree.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        targets = _disk_files(config)
+        for dev, source in targets.items():
+            if source == path:
+                return str(dev)
+        device = next(name for name in (f"vd{c}" for c in "bcdefghijklmnopqrstuvwxyz")
+                      if name not in targets)
+        xml = disk_element(device, path, fmt)
+        flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        if dom.isActive():
+            flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+        try:
+            dom.attachDeviceFlags(xml, flags)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+                raise
+            devices = config.find("devices")
+            assert devices is not None
+            devices.append(ElementTree.fromstring(xml))
+            dom = self.conn.defineXML(ElementTree.tostring(config, encoding="unicode"))
+        dump_to.write_text(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        return device
+
+    def detach_disk(self, instance_uuid: str, path: str, dump_to: Path) -> None:
+        """Unplug the file (live and persistent); nothing when it is not there."""
+        try:
+            dom = self.conn.lookupByUUIDString(instance_uuid)
+        except libvirt.libvirtError:
+            return  # no domain: nothing holds the volume
+        config = ElementTree.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        devices = config.find("devices")
+        assert devices is not None
+        found = [d for d in devices.iterfind("disk")
+                 if d.find("source") is not None and d.find("source").get("file") == path]  # type: ignore[union-attr]
+        if not found:
+            return
+        flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        if dom.isActive():
+            flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+        try:
+            dom.detachDeviceFlags(ElementTree.tostring(found[0], encoding="unicode"), flags)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+                raise
+            devices.remove(found[0])
+            dom = self.conn.defineXML(ElementTree.tostring(config, encoding="unicode"))
+        dump_to.write_text(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+
+    def disk_sources(self, instance_uuid: str, inactive: bool = True) -> dict[str, str]:
+        """device -> file of the domain's disks (its persistent definition by default)."""
+        dom = self.conn.lookupByUUIDString(instance_uuid)
+        xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0)
+        return _disk_files(ElementTree.fromstring(xml))
 
     def close(self) -> None:
         with self._lock:

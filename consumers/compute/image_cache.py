@@ -6,32 +6,14 @@ made is reused, so a re-delivered build does not make a second one.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
-import subprocess
 import threading
 from pathlib import Path
 
+from novalog.image_files import ImageError, cached_name, fetch_verified, qemu_img
 from schemas import payloads
 
-
-class ImageError(Exception):
-    """The image could not be fetched or does not match its checksum."""
-
-
-def _qemu_img(*args: str) -> None:
-    result = subprocess.run(["qemu-img", *args], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise ImageError(f"qemu-img {' '.join(args)}: {result.stderr.strip()}")
-
-
-def md5_of(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+__all__ = ["ImageCache", "ImageError", "device_name"]
 
 
 def device_name(index: int) -> str:
@@ -49,26 +31,14 @@ class ImageCache:
         self.fetches = 0  # how many times an image was actually copied in
 
     def base_path(self, image: payloads.ImageToBoot) -> Path:
-        return self.base_dir / hashlib.sha1(image["id"].encode(),
-                                            usedforsecurity=False).hexdigest()
+        return self.base_dir / cached_name(image["id"])
 
     def base_image(self, image: payloads.ImageToBoot) -> Path:
         """The cached copy of `image`, fetched and checksummed on first use only."""
         target = self.base_path(image)
         with self._lock:
-            if target.exists():
-                return target
-            self.base_dir.mkdir(parents=True, exist_ok=True)
-            source = Path(image["location"])
-            if not source.is_file():
-                raise ImageError(f"image {image['id']} not found at {source}")
-            partial = target.with_suffix(f".part{os.getpid()}")
-            shutil.copyfile(source, partial)
-            if md5_of(partial) != image["checksum"]:
-                partial.unlink()
-                raise ImageError(f"image {image['id']} does not match its checksum")
-            partial.rename(target)
-            self.fetches += 1
+            if fetch_verified(image["id"], image["location"], image["checksum"], target):
+                self.fetches += 1
         return target
 
     def instance_dir(self, instance_uuid: str) -> Path:
@@ -76,19 +46,22 @@ class ImageCache:
 
     def disk_layout(self, instance_uuid: str, image: payloads.ImageToBoot | None,
                     flavor: payloads.Flavor) -> list[payloads.Disk]:
-        """Root overlay + ephemeral + swap, as Disk records, whether made yet or not."""
+        """Root overlay + ephemeral + swap, as Disk records, whether made yet or not. With
+        no image the root disk is a volume (boot from volume): it is vda, local disks
+        follow it."""
         directory = self.instance_dir(instance_uuid)
         disks: list[payloads.Disk] = []
+        first = 0 if image is not None else 1
         if image is not None:
             disks.append(payloads.Disk(device="vda", path=str(directory / "disk"),
                                        format="qcow2", size_gb=flavor["root_gb"],
                                        backing_file=str(self.base_path(image))))
         if flavor.get("ephemeral_gb"):
-            disks.append(payloads.Disk(device=device_name(len(disks)),
+            disks.append(payloads.Disk(device=device_name(first + len(disks)),
                                        path=str(directory / "disk.eph0"), format="qcow2",
                                        size_gb=flavor["ephemeral_gb"], backing_file=None))
         if flavor.get("swap_mb"):
-            disks.append(payloads.Disk(device=device_name(len(disks)),
+            disks.append(payloads.Disk(device=device_name(first + len(disks)),
                                        path=str(directory / "disk.swap"), format="qcow2",
                                        size_gb=-(-flavor["swap_mb"] // 1024), backing_file=None))
         return disks
@@ -104,12 +77,12 @@ class ImageCache:
                 continue
             if disk["backing_file"] is not None and image is not None:
                 base = self.base_image(image)
-                _qemu_img("create", "-q", "-f", "qcow2", "-F", image["disk_format"], "-b",
+                qemu_img("create", "-q", "-f", "qcow2", "-F", image["disk_format"], "-b",
                           str(base), str(path), f"{flavor['root_gb']}G")
             elif path.name == "disk.swap":
-                _qemu_img("create", "-q", "-f", "qcow2", str(path), f"{flavor['swap_mb']}M")
+                qemu_img("create", "-q", "-f", "qcow2", str(path), f"{flavor['swap_mb']}M")
             else:
-                _qemu_img("create", "-q", "-f", "qcow2", str(path), f"{disk['size_gb']}G")
+                qemu_img("create", "-q", "-f", "qcow2", str(path), f"{disk['size_gb']}G")
         return disks
 
     def disks_of(self, instance_uuid: str, image: payloads.ImageToBoot | None,
@@ -147,12 +120,12 @@ class ImageCache:
         root = directory / "disk"
         if image is not None and root.exists():
             base = self.base_image(image)
-            _qemu_img("rebase", "-u", "-f", "qcow2", "-F", image["disk_format"], "-b",
+            qemu_img("rebase", "-u", "-f", "qcow2", "-F", image["disk_format"], "-b",
                       str(base), str(root))
-            _qemu_img("resize", "-q", "-f", "qcow2", str(root), f"{flavor['root_gb']}G")
+            qemu_img("resize", "-q", "-f", "qcow2", str(root), f"{flavor['root_gb']}G")
         ephemeral = directory / "disk.eph0"
         if ephemeral.exists() and flavor.get("ephemeral_gb"):
-            _qemu_img("resize", "-q", "-f", "qcow2", str(ephemeral), f"{flavor['ephemeral_gb']}G")
+            qemu_img("resize", "-q", "-f", "qcow2", str(ephemeral), f"{flavor['ephemeral_gb']}G")
         return self.prepare_disks(instance_uuid, image, flavor)
 
     def rescue_disk(self, instance_uuid: str, image: payloads.ImageToBoot) -> payloads.Disk:
@@ -160,7 +133,7 @@ class ImageCache:
         base = self.base_image(image)
         path = self.instance_dir(instance_uuid) / "disk.rescue"
         if not path.exists():
-            _qemu_img("create", "-q", "-f", "qcow2", "-F", image["disk_format"], "-b",
+            qemu_img("create", "-q", "-f", "qcow2", "-F", image["disk_format"], "-b",
                       str(base), str(path))
         return payloads.Disk(device="vda", path=str(path), format="qcow2",
                              size_gb=-(-image["size"] // 2**30), backing_file=str(base))

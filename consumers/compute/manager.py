@@ -22,6 +22,7 @@ from consumers.compute.driver import LibvirtDriver, domain_name, domain_xml
 from consumers.compute.image_cache import ImageCache
 from consumers.compute.image_cache import device_name as _device
 from consumers.compute.resource_tracker import BuildRecord, ResourceTracker
+from consumers.compute.volumes import VolumeOps, volume_disks
 from novalog.consume import Record
 from novalog.domain import states
 from novalog.domain.claims import claim_of
@@ -59,7 +60,7 @@ class ComputeIdentity:
     resize_confirm_window_s: float = 0.0  # Nova's resize_confirm_window: 0, never automatic
 
 
-class ComputeManager:
+class ComputeManager(VolumeOps):
     WANTS: ClassVar[frozenset[str]]  # = the keys of HANDLERS, below
 
     def __init__(self, ident: ComputeIdentity, tracker: ResourceTracker, driver: LibvirtDriver,
@@ -307,14 +308,34 @@ class ComputeManager:
         ports = [port for n in cmd["networks"] for port in record.ports.get(n["network_id"], [])]
         self._instance_event("InstanceNetworkAllocated", uuid, payloads.InstanceNetworkAllocated(
             host=host, attempt=attempt, ports=ports), cause)
+        self.tracker.set_stage(uuid, "block_device_mapping")
+        self._instance_event("InstanceBlockDeviceMappingStarted", uuid,
+                             payloads.InstanceBlockDeviceMappingStarted(host=host,
+                                                                        attempt=attempt), cause)
+        if self.request_build_volumes(record, cause):
+            self._spawn(self._record(uuid) or record, cause)
+
+    def build_volume_ready(self, event: Event) -> None:
+        record = self.volume_arrived(event)
+        if record is not None:
+            self._spawn(record, event)
+
+    def build_volume_gone(self, event: Event) -> None:
+        failed = self.build_volume_failed(event)
+        if failed is not None:
+            self._fail(failed[0], event, BuildStepFailed("block_device_mapping", failed[1],
+                                                         retryable=False))
+
+    def _spawn(self, record: BuildRecord, cause: Event) -> None:
+        """Disks (local ones made, volumes attached), then the domain defined and started."""
+        cmd, uuid = record.command, record.instance_uuid
+        host, attempt = self.host, record.attempt
+        ports = [port for n in cmd["networks"] for port in record.ports.get(n["network_id"], [])]
         try:
-            self.tracker.set_stage(uuid, "block_device_mapping")
-            self._instance_event("InstanceBlockDeviceMappingStarted", uuid,
-                                 payloads.InstanceBlockDeviceMappingStarted(host=host,
-                                                                            attempt=attempt),
-                                 cause)
             try:
                 disks = self.cache.prepare_disks(uuid, cmd["image"], cmd["flavor"])
+                disks = sorted(disks + self.attach_build_volumes(record, disks, cause),
+                               key=lambda d: d["device"])
             except Exception as exc:
                 raise BuildStepFailed("block_device_mapping", str(exc), retryable=True) from exc
             crash_point("compute.after_disks")
@@ -351,6 +372,7 @@ class ComputeManager:
             self.driver.destroy(uuid)
         except Exception:
             log.exception("could not destroy the domain of %s", uuid)
+        self.release_volumes(self._record(uuid) or record, cause, delete=False)
         self._release(uuid, record, cause, f"build failed on {self.host}: {failure.reason}")
         self._instance_event("InstanceBuildFailed", uuid, payloads.InstanceBuildFailed(
             host=self.host, attempt=record.attempt, stage=failure.stage,
@@ -401,6 +423,8 @@ class ComputeManager:
             host=self.host, attempt=attempt), event)
         self.driver.destroy(uuid)
         crash_point("compute.after_destroy")
+        if record is not None:
+            self.release_volumes(record, event, delete=True)
         self._release(uuid, record, event, f"instance deleted on {self.host}")
         crash_point("compute.after_release")
         self._instance_event("InstanceDeleted", uuid, payloads.InstanceDeleted(
@@ -554,6 +578,7 @@ class ComputeManager:
                 self._instance_event("InstanceRebuildSpawning", uuid,
                                      payloads.InstanceRebuildSpawning(migration_id=mid,
                                                                       host=self.host), event)
+            disks = sorted(disks + self.adopt_volumes(record, event), key=lambda d: d["device"])
             directory = self.cache.instance_dir(uuid)
             self.driver.spawn(domain_xml(uuid, cmd["name"], cmd["flavor"], disks, ports,
                                          directory / "console.log"), directory / "libvirt.xml")
@@ -617,6 +642,7 @@ class ComputeManager:
         power = self.driver.power_state(uuid) if stopped else self.driver.power_on(uuid)
         self.tracker.set_stage(uuid, "stopped" if stopped else "active")
         disks = self.cache.disks_of(uuid, record.command["image"], record.command["flavor"])
+        self.volumes_here(record, event)
         self._instance_event("InstanceResizeReverted", uuid, payloads.InstanceResizeReverted(
             migration_id=m["migration_id"], host=self.host, node=self.host, power_state=power,
             disks=disks, dest_host=str(m["dest_host"])), event)
@@ -652,7 +678,8 @@ class ComputeManager:
         image = p["image"] or cmd["image"]
         own = self.cache.disks_of(uuid, cmd["image"], cmd["flavor"])
         disks = [self.cache.rescue_disk(uuid, image)] if image else []
-        disks += [{**d, "device": _device(len(disks) + i)} for i, d in enumerate(own)]
+        disks += [{**d, "device": _device(len(disks) + i)}
+                  for i, d in enumerate(own + volume_disks(record))]
         ports = [port for n in cmd["networks"] for port in record.ports.get(n["network_id"], [])]
         saved = directory / "unrescue.xml"
         if not saved.exists():
@@ -696,5 +723,9 @@ HANDLERS: dict[str, Callable[[ComputeManager, Event], None]] = {
     "FinishRevertMigration": ComputeManager.finish_revert_migration,
     "RescueInstance": ComputeManager.rescue_instance,
     "UnrescueInstance": ComputeManager.unrescue_instance,
+    "BuildVolumeReady": ComputeManager.build_volume_ready,
+    "BuildVolumeFailed": ComputeManager.build_volume_gone,
+    "AttachVolume": ComputeManager.attach_volume,
+    "DetachVolume": ComputeManager.detach_volume,
 }
 ComputeManager.WANTS = frozenset(HANDLERS)

@@ -7,10 +7,11 @@ serialised and the last free resources go to exactly one of them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
+from typing_extensions import TypedDict
 
 from novalog.domain.claims import Claim
 from schemas import payloads
@@ -50,6 +51,15 @@ class BuildRecord:
     stage: str
     command: payloads.BuildAndRunInstance
     ports: dict[str, list[payloads.Port]]  # by network id
+    volumes: dict[str, VolumeDisk] = field(default_factory=dict)  # by volume id
+
+
+class VolumeDisk(TypedDict):
+    """A volume in the instance's domain: its disk, and what a delete does with it."""
+
+    disk: payloads.Disk
+    attachment_id: str
+    delete_on_termination: bool
 
 
 class ResourceTracker:
@@ -111,9 +121,9 @@ class ResourceTracker:
     def get(self, instance: str) -> BuildRecord | None:
         with self.pool.connection() as conn:
             row = conn.execute(
-                "SELECT attempt, stage, command, ports FROM compute_claims "
+                "SELECT attempt, stage, command, ports, volumes FROM compute_claims "
                 "WHERE host = %s AND instance_uuid = %s", (self.host, instance)).fetchone()
-        return BuildRecord(instance, row[0], row[1], row[2], row[3]) if row else None
+        return BuildRecord(instance, row[0], row[1], row[2], row[3], row[4]) if row else None
 
     def add_ports(self, instance: str, network_id: str,
                   ports: list[payloads.Port]) -> BuildRecord | None:
@@ -123,6 +133,18 @@ class ResourceTracker:
                 "UPDATE compute_claims SET ports = ports || %s WHERE host = %s "
                 "AND instance_uuid = %s", (Jsonb({network_id: ports}), self.host, instance))
         return self.get(instance)
+
+    def add_volume(self, instance: str, volume_id: str, volume: VolumeDisk) -> None:
+        with self.pool.connection() as conn:
+            conn.execute(
+                "UPDATE compute_claims SET volumes = volumes || %s WHERE host = %s "
+                "AND instance_uuid = %s", (Jsonb({volume_id: volume}), self.host, instance))
+
+    def remove_volume(self, instance: str, volume_id: str) -> None:
+        with self.pool.connection() as conn:
+            conn.execute(
+                "UPDATE compute_claims SET volumes = volumes - %s WHERE host = %s "
+                "AND instance_uuid = %s", (volume_id, self.host, instance))
 
     def set_stage(self, instance: str, stage: str) -> None:
         with self.pool.connection() as conn:

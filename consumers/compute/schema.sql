@@ -25,6 +25,8 @@ CREATE TABLE IF NOT EXISTS compute_claims (
     stage         text        NOT NULL,
     command       jsonb       NOT NULL,  -- the BuildAndRunInstance payload
     ports         jsonb       NOT NULL DEFAULT '{}',  -- network id -> ports, as replies arrive
+    volumes       jsonb       NOT NULL DEFAULT '{}',  -- volume id -> its disk, once attached
     created_at    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (host, instance_uuid)
 );
+ALTER TABLE compute_claims ADD COLUMN IF NOT EXISTS volumes jsonb NOT NULL DEFAULT '{}';

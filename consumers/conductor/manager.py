@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 from novalog.consume import Record, TransientError
 from novalog.domain import states
 from novalog.domain.instance import MIGRATION_STATUS, Instance, open_migration
-from novalog.idempotency import derived_id
+from novalog.idempotency import build_volume_id, derived_id
 from novalog.kafka import Topics
 from novalog.publish import Publisher
 from novalog.read_model import BuildRequests, LiveProjection
@@ -105,7 +105,8 @@ class Conductor:
     def dispatch(self, event: Event) -> None:
         uuid, p = event.aggregate_id, payload_of(event, payloads.InstanceScheduled)
         request = self.requests.get(uuid)
-        build = self._build(uuid, request, p["host"], p["node"], p["attempt"], request["flavor"])
+        build = self._build(uuid, request, p["host"], p["node"], p["attempt"], request["flavor"],
+                            moving=False)
         # the record first, then the cast: without transactions (Tansu) a host may answer
         # before the batch is flushed, and the log should still read in causal order
         self.pub.emit(self.topics.instances, "InstanceBuildDispatched", uuid,
@@ -115,17 +116,47 @@ class Conductor:
                       cause=event)
 
     def _build(self, uuid: str, request: payloads.InstanceBuildRequested, host: str,
-               node: str, attempt: int, flavor: payloads.Flavor) -> payloads.BuildAndRunInstance:
-        """What a host needs to run the instance: its request, the image and networks."""
+               node: str, attempt: int, flavor: payloads.Flavor,
+               moving: bool) -> payloads.BuildAndRunInstance:
+        """What a host needs to run the instance: its request, the image, networks and
+        block devices (a move takes the volumes attached now)."""
         image = self._image(request["image"]["id"]) if request["image"] else None
         networks = [self._network(n["network_id"], n["fixed_ip"])
                     for n in request["networks"]]
         return payloads.BuildAndRunInstance(
             instance_uuid=uuid, host=host, node=node, attempt=attempt, name=request["name"],
-            project_id=request["project_id"], flavor=flavor, image=image, networks=networks,
-            block_device_mapping=request["block_device_mapping"],
+            project_id=request["project_id"], user_id=request["user_id"], flavor=flavor,
+            image=image, networks=networks,
+            block_device_mapping=self._block_devices(uuid, request, moving),
             key_name=request["key_name"], user_data=request["user_data"],
             metadata=request["metadata"])
+
+    def _block_devices(self, uuid: str, request: payloads.InstanceBuildRequested,
+                       moving: bool) -> list[payloads.BlockDeviceMapping]:
+        """The request's mappings, each volume named and an existing one's connection
+        filled in (Nova's BDM volume_id and connection_info); for a move, the volumes
+        attached now, keeping the request's delete_on_termination."""
+        wanted: list[payloads.BlockDeviceMapping] = []
+        for index, bdm in enumerate(request["block_device_mapping"]):
+            if bdm["destination_type"] != "volume":
+                wanted.append(bdm)
+                continue
+            volume_id = bdm["uuid"] if bdm["source_type"] == "volume" else \
+                build_volume_id(uuid, index)
+            assert volume_id is not None
+            connection = None
+            if bdm["source_type"] == "volume":
+                volume = self.projection.volume(volume_id)
+                if volume is None or volume.connection is None:
+                    raise TransientError(f"volume {volume_id} is not in the projection yet")
+                connection = volume.connection
+            wanted.append({**bdm, "volume_id": volume_id, "connection": connection})
+        if not moving:
+            return wanted
+        keep = {b["volume_id"]: b["delete_on_termination"] for b in wanted if b["volume_id"]}
+        return [b for b in wanted if b["destination_type"] != "volume"] + [
+            {**a, "delete_on_termination": keep.get(a["volume_id"] or "", False)}
+            for a in self.projection.attached_volumes(uuid)]
 
     def _image(self, image_id: str) -> payloads.ImageToBoot:
         image = self.projection.image(image_id)
@@ -168,14 +199,9 @@ class Conductor:
                                                terminated_at=datetime.now(UTC)),
                       cause=cause, correlation_id=request_id)
 
-    def _wait_folded(self, event: Event, timeout_s: float = 10.0) -> None:
+    def _wait_folded(self, event: Event) -> None:
         """Until the projection has folded `event`: it then knows where the instance is."""
-        deadline = time.monotonic() + timeout_s
-        while not self.projection.folded(event.event_id):
-            if time.monotonic() > deadline:
-                raise TransientError(f"the projection has not folded {event.event_type} "
-                                     f"{event.event_id} within {timeout_s:.0f}s")
-            time.sleep(0.02)
+        self.projection.wait_folded(event)
 
     # -- reboot, stop, start, rescue, unrescue -------------------------------------------
     def _accepted(self, event: Event) -> Instance | None:
@@ -250,7 +276,7 @@ class Conductor:
         instance, m = moving
         p = payload_of(event, payloads.InstanceMigrationScheduled)
         build = self._build(instance.uuid, self.requests.get(instance.uuid), p["host"],
-                            p["node"], instance.attempt, m["new_flavor"])
+                            p["node"], instance.attempt, m["new_flavor"], moving=True)
         self.pub.emit(self._compute_topic(p["host"]), "PrepareMigration", instance.uuid,
                       payloads.PrepareMigration(instance_uuid=instance.uuid, host=p["host"],
                                                 node=p["node"], migration=m, build=build,

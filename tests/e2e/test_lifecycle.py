@@ -32,7 +32,8 @@ pytestmark = [pytest.mark.integration]
 DOWN_TIME_S = 4.0
 HOST_MB = 4096  # m1.large (8192) fits nowhere: NoValidHost on demand
 CONFIRM_WINDOW_S = 6.0  # resize_confirm_window: a move left unconfirmed is confirmed
-CONTROL = {"nova-scheduler", "nova-conductor", "nova-network", "novalog-projector"}
+CONTROL = {"nova-scheduler", "nova-conductor", "nova-network", "novalog-projector",
+           "cinder-volume"}
 
 
 @pytest.fixture(scope="module")

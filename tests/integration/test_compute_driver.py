@@ -13,11 +13,12 @@ import libvirt
 import pytest
 
 from consumers.compute.driver import LibvirtDriver, domain_xml, host_definition
-from consumers.compute.image_cache import ImageCache, ImageError, md5_of
+from consumers.compute.image_cache import ImageCache, ImageError
 from consumers.compute.manager import ComputeIdentity, ComputeManager
 from consumers.compute.resource_tracker import HostTotals, ResourceTracker
 from novalog.db import make_pool
 from novalog.domain.claims import claim_of
+from novalog.image_files import md5_of
 from novalog.kafka import Topics
 from novalog.migrations import migrate
 from novalog.read_model import ServerState
@@ -107,7 +108,8 @@ def test_the_power_state_sync_follows_what_libvirt_says(settings: Settings,
     for uid in (off, gone, busy):
         command = payloads.BuildAndRunInstance(
             instance_uuid=uid, host="cmpx", node="cmpx", attempt=1, name=uid[:8],
-            project_id="p", flavor=FLAVOR, image=None, networks=[], block_device_mapping=[],
+            project_id="p", user_id="u", flavor=FLAVOR, image=None, networks=[],
+            block_device_mapping=[],
             key_name=None, user_data=None, metadata={})
         assert tracker.claim(uid, 1, claim_of(FLAVOR), command).accepted
         tracker.set_stage(uid, "active")

@@ -192,8 +192,8 @@ def test_a_placement_after_a_delete_is_never_dispatched() -> None:
 
 
 def test_a_delete_waits_for_the_projection_to_fold_it() -> None:
-    c, sink, projection, _ = conductor()
+    _c, sink, projection, _ = conductor()
     projection.folded_ids = set()
     with pytest.raises(TransientError, match="has not folded InstanceDeleteRequested"):
-        c._wait_folded(delete_requested("i-lagging"), timeout_s=0.05)
+        projection.wait_folded(delete_requested("i-lagging"), timeout_s=0.05)
     assert sink.events() == []

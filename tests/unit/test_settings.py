@@ -52,7 +52,7 @@ def test_missing_infrastructure_says_how_to_get_it() -> None:
 def test_topic_names_follow_the_design() -> None:
     t = Topics("novalog")
     assert t.core() == ["novalog.instances", "novalog.hosts", "novalog.catalog",
-                        "novalog.network", "novalog.dead-letters"]
+                        "novalog.network", "novalog.volumes", "novalog.dead-letters"]
     assert t.compute("cmp1") == "novalog.compute.cmp1"
 
 

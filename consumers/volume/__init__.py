@@ -1,0 +1,1 @@
+"""The volume role: Cinder's volume service (create, delete) over a pluggable backend."""
