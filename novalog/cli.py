@@ -275,10 +275,12 @@ def _register_verbs() -> None:
         stop,
         unrescue,
     )
+    from producers.volume_cli import volume_app
     from projections.cli import audit_command, list_servers, replay_command, show_server
 
     app.add_typer(bench_app, name="bench")
     app.add_typer(service_app, name="service")
+    app.add_typer(volume_app, name="volume")
     app.command("dead-letters")(dead_letters_command)
     app.command("replay")(replay_command)
     app.command("audit")(audit_command)

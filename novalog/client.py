@@ -31,6 +31,7 @@ class NovalogClient:
         self.http = httpx.Client(base_url=base_url, timeout=timeout)
         self.credentials = (username, password, project)
         self._token: str | None = None
+        self._project_id = ""
 
     @classmethod
     def from_env(cls, settings: Settings) -> NovalogClient:
@@ -48,7 +49,14 @@ class NovalogClient:
             response = self.http.post("/identity/v3/auth/tokens", json=body)
             self._check(response)
             self._token = response.headers["X-Subject-Token"]
+            self._project_id = response.json()["token"]["project"]["id"]
         return self._token
+
+    @property
+    def project_id(self) -> str:
+        """The token's project (Block Storage paths name it)."""
+        self.token()
+        return self._project_id
 
     @staticmethod
     def _check(response: httpx.Response) -> None:

@@ -31,6 +31,23 @@ class VolumeAttachment(TypedDict):
     device: str | None
 
 
+def dev_path(device: str | None) -> str | None:
+    """The guest device as Nova and Cinder show it (/dev/vdb); the domain's target is vdb."""
+    return f"/dev/{device}" if device else None
+
+
+def next_device(conn: Connection[Any], server_id: str) -> str:
+    """The device an attach will most likely get: the first virtio name after the
+    server's disks and volumes (the compute host picks from the domain itself)."""
+    row = conn.execute("SELECT state->'disks' FROM servers WHERE uuid = %s",
+                       (server_id,)).fetchone()
+    used = {d["device"] for d in (row[0] if row and row[0] else [])}
+    used |= {r[0] for r in conn.execute("SELECT device FROM volume_attachments WHERE "
+                                        "instance_uuid = %s AND device IS NOT NULL",
+                                        (server_id,)).fetchall()}
+    return next(f"vd{c}" for c in "bcdefghijklmnopqrstuvwxyz" if f"vd{c}" not in used)
+
+
 def check_project(ctx: Context, project_id: str) -> None:
     """Cinder's paths name the project; a member may only use their own."""
     if project_id != ctx.project_id and not ctx.is_admin:
@@ -56,7 +73,8 @@ def attachments_of(conn: Connection[Any], volume_ids: list[str]) -> dict[str, li
             continue  # Cinder lists an attachment once it is complete
         out.setdefault(vid, []).append({
             "id": vid, "attachment_id": aid, "volume_id": vid, "server_id": server,
-            "host_name": host, "device": device, "attached_at": zulu(at) if at else None})
+            "host_name": host, "device": dev_path(device),
+            "attached_at": zulu(at) if at else None})
     return out
 
 
@@ -79,22 +97,23 @@ def volume_view(row: tuple[Any, ...], attachments: list[Json], base: str) -> Jso
     return view
 
 
-def volume_rows(conn: Connection[Any], ctx: Context, project_id: str,
-                name: str | None = None, status: str | None = None,
+def volume_rows(conn: Connection[Any], project_id: str | None, name: str | None = None,
+                status: str | None = None,
                 volume_id: str | None = None) -> list[tuple[Any, ...]]:
-    """The project's volumes (an admin's all_tenants aside), with Cinder's filters."""
+    """The project's volumes (every project's for None: an admin's all_tenants), newest
+    first, with Cinder's filters."""
     rows: list[tuple[Any, ...]] = conn.execute(
-        f"SELECT {COLUMNS} FROM volumes WHERE project_id = %(project)s "
-        "AND (%(name)s::text IS NULL OR name = %(name)s) "
+        f"SELECT {COLUMNS} FROM volumes WHERE (%(project)s::text IS NULL OR "
+        "project_id = %(project)s) AND (%(name)s::text IS NULL OR name = %(name)s) "
         "AND (%(status)s::text IS NULL OR status = %(status)s) "
-        "AND (%(id)s::text IS NULL OR volume_id = %(id)s) ORDER BY created_at DESC",
+        "AND (%(id)s::text IS NULL OR volume_id = %(id)s) ORDER BY created_at DESC, volume_id",
         {"project": project_id, "name": name, "status": status, "id": volume_id}).fetchall()
     return rows
 
 
 def find_volume(conn: Connection[Any], ctx: Context, project_id: str,
                 volume_id: str) -> tuple[Any, ...]:
-    rows = volume_rows(conn, ctx, project_id, volume_id=volume_id)
+    rows = volume_rows(conn, project_id, volume_id=volume_id)
     if not rows:
         raise ApiError(404, f"Volume {volume_id} could not be found.")
     return rows[0]
@@ -128,7 +147,7 @@ def server_attachments(conn: Connection[Any], server_id: str) -> list[VolumeAtta
     rows = conn.execute("SELECT attachment_id, volume_id, device FROM volume_attachments "
                         "WHERE instance_uuid = %s AND attach_status <> 'reserved' "
                         "ORDER BY device NULLS LAST", (server_id,)).fetchall()
-    return [{"id": vid, "volumeId": vid, "serverId": server_id, "device": device}
+    return [{"id": vid, "volumeId": vid, "serverId": server_id, "device": dev_path(device)}
             for _aid, vid, device in rows]
 
 

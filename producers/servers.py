@@ -217,9 +217,10 @@ def check_mapping(b: BlockDeviceMappingV2) -> None:
                                           "supported (ephemeral and swap come from the "
                                           "flavor).")
         return
-    if b.source_type in ("image", "volume") and not (b.uuid and _is_uuid(b.uuid)):
-        raise ApiError(400, invalid + f"a {b.source_type} mapping needs the {b.source_type}'s "
-                                      "uuid.")
+    if b.source_type in ("image", "volume") and not b.uuid:
+        raise ApiError(400, invalid + "Missing device UUID.")
+    if b.source_type in ("image", "volume") and not _is_uuid(b.uuid or ""):
+        raise ApiError(400, invalid + f"failed to get {b.source_type} {b.uuid}.")
     if b.source_type == "image" and not b.volume_size:
         raise ApiError(400, "Images with destination_type 'volume' need to have a non-zero "
                             "size specified")
@@ -253,13 +254,16 @@ def check_volumes(conn: Connection[Any], s: ServerCreate, ctx: Context,
     for b in bdms:
         if b.source_type != "volume":
             continue
-        row = _one(conn, "SELECT status, project_id FROM volumes WHERE volume_id = %s", b.uuid)
+        row = _one(conn, "SELECT status, project_id, bootable FROM volumes "
+                         "WHERE volume_id = %s", b.uuid)
         if row is None or row[1] != ctx.project_id:
             raise ApiError(400, f"Block Device Mapping is Invalid: failed to get volume "
                                 f"{b.uuid}.")
+        if str(b.boot_index) == "0" and not row[2]:
+            raise ApiError(400, f"Block Device {b.uuid} is not bootable.")
         if row[0] != "available":
-            raise ApiError(400, f"Invalid volume: volume {b.uuid} status must be available, "
-                                f"but current status is: {row[0]}")
+            raise ApiError(400, f"Invalid volume: Volume {b.uuid} status must be available or "
+                                f"downloading to reserve, but the current status is {row[0]}.")
         if max_count > 1:
             raise ApiError(400, f"Block Device Mapping is Invalid: volume {b.uuid} can be "
                                 "attached to one server only (no multiattach).")

@@ -24,7 +24,9 @@ from novalog.tokens import Context
 from novalog.volume_views import (
     Json,
     check_project,
+    dev_path,
     find_volume,
+    next_device,
     server_attachments,
     server_of,
     show,
@@ -208,10 +210,17 @@ def attach_volume(server_id: str, body: AttachmentBody, request: Request, ctx: A
         if vm_state not in ATTACHABLE_VM_STATES or task_state is not None or host is None:
             raise ApiError(409, f"Cannot 'attach_volume' instance {server_id} while it is in "
                                 f"vm_state {vm_state}")
+        holders = [r[0] for r in conn.execute(
+            "SELECT instance_uuid FROM volume_attachments WHERE volume_id = %s ORDER BY 1",
+            (volume_id,)).fetchall()]
+        if holders:
+            raise ApiError(400, f"Invalid volume: volume {volume_id} is already attached to "
+                                f"instances: {' '.join(holders)}")
         if row[0] != vol.AVAILABLE or row[2] is None:
-            raise ApiError(400, f"Invalid volume: volume {volume_id} status must be "
-                                f"available, but current status is: {row[0]}")
-        attachment_id = str(uuid.uuid4())
+            raise ApiError(400, f"Invalid input received: Invalid volume: Volume {volume_id} "
+                                f"status must be available or downloading to reserve, but the "
+                                f"current status is {row[0]}.")
+        attachment_id, device = str(uuid.uuid4()), next_device(conn, server_id)
         _send(app, conn, [
             (topics.volumes, "VolumeReserved", volume_id, payloads.VolumeReserved(
                 volume_id=volume_id, attachment_id=attachment_id, instance_uuid=server_id)),
@@ -221,7 +230,7 @@ def attach_volume(server_id: str, body: AttachmentBody, request: Request, ctx: A
                 device=body.volumeAttachment.device))],
             lambda c: _status(c, volume_id) != vol.AVAILABLE)
     return {"volumeAttachment": {"id": volume_id, "volumeId": volume_id,
-                                 "serverId": server_id, "device": None}}
+                                 "serverId": server_id, "device": dev_path(device)}}
 
 
 @compute_router.delete("/servers/{server_id}/os-volume_attachments/{volume_id}",
@@ -236,13 +245,13 @@ def detach_volume(server_id: str, volume_id: str, request: Request, ctx: Auth) -
     with app.pool.connection() as conn, facts.held_locks(conn, [f"volume/{volume_id}"]):
         vm_state, task_state, host, _project = _server(conn, ctx, server_id)
         if not any(a["volumeId"] == volume_id for a in server_attachments(conn, server_id)):
-            raise ApiError(404, f"Volume {volume_id} is not attached to {server_id}.")
+            raise ApiError(404, f"Instance {server_id} is not attached to volume {volume_id}")
         row = conn.execute("SELECT attachment_id, attach_status, device FROM "
                            "volume_attachments WHERE volume_id = %s AND instance_uuid = %s",
                            (volume_id, server_id)).fetchone()
         assert row is not None
         if row[2] == "vda":
-            raise ApiError(403, "Can't detach root device volume")
+            raise ApiError(400, "Cannot detach a root device volume")
         if vm_state not in ATTACHABLE_VM_STATES or task_state is not None or host is None:
             raise ApiError(409, f"Cannot 'detach_volume' instance {server_id} while it is in "
                                 f"vm_state {vm_state}")

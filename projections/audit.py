@@ -124,3 +124,33 @@ def server_history(settings: Settings, server_id: str) -> list[AuditEntryView]:
             "request_id": event.correlation_id, "event_id": event.event_id,
             "partition": partition, "offset": offset, "details": details_of(event)})
     return entries
+
+
+def volume_history(settings: Settings,
+                   volume_id: str) -> tuple[str | None, list[dict[str, object]]]:
+    """The volume's project and every event of it on the volumes topic, in log order, with
+    its status and attachments after each (the projection's fold, without trusting it)."""
+    from novalog.domain import volume as fold
+
+    topic = Topics(settings.topic_prefix).volumes
+    state: fold.Volume | None = None
+    seen: set[str] = set()
+    entries: list[dict[str, object]] = []
+    for partition, offset, event in read_topic(settings, topic,
+                                               lambda e: e.aggregate_id == volume_id):
+        duplicate = event.event_id in seen
+        seen.add(event.event_id)
+        if not duplicate and event.event_type in fold.FOLDED:
+            with contextlib.suppress(TransitionError):  # shown; the state does not move
+                state = fold.apply(state, event)
+        role, _, host = event.producer.partition("@")
+        entries.append({
+            "occurred_at": event.occurred_at.isoformat(),
+            "event_type": event.event_type + (" (duplicate)" if duplicate else ""),
+            "status": state.status if state else None,
+            "attachments": [f"{a.instance_uuid}:{a.attach_status}"
+                            + (f":{a.device}" if a.device else "")
+                            for a in state.attachments] if state else [],
+            "role": role, "host": host, "request_id": event.correlation_id,
+            "event_id": event.event_id, "partition": partition, "offset": offset})
+    return (state.project_id if state else None), entries

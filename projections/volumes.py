@@ -8,8 +8,12 @@ Cinder hides it. Only microversion 3.0 is offered.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
 
+from fastapi import APIRouter, Query, Request
+
+from novalog.domain import volume as fold
+from novalog.timeparse import parse_moment
 from novalog.tokens import Context
 from novalog.volume_views import (
     DEFAULT_TYPE_ID,
@@ -26,6 +30,8 @@ from novalog.volume_views import (
     volume_view,
 )
 from novalog.web import ApiError, Auth, public_base, state_of
+from projections.audit import volume_history
+from schemas import decode
 
 router = APIRouter(prefix="/volume", tags=["block-storage"])
 compute_router = APIRouter(prefix="/compute/v2.1", tags=["compute"])
@@ -43,26 +49,45 @@ def version_v3(request: Request) -> Json:
 
 
 def _views(request: Request, ctx: Context, project_id: str, name: str | None,
-           status: str | None) -> list[Json]:
+           status: str | None, all_tenants: str | None, marker: str | None,
+           limit: int | None) -> Json:
+    """A page of volumes (Cinder's marker and limit), with the link to the next one."""
     check_project(ctx, project_id)
+    everyone = ctx.is_admin and (all_tenants or "").lower() in ("1", "true")
     with state_of(request).pool.connection() as conn:
-        rows = volume_rows(conn, ctx, project_id, name=name, status=status)
-        attached = attachments_of(conn, [r[0] for r in rows])
+        rows = volume_rows(conn, None if everyone else project_id, name=name, status=status)
+        if marker is not None:
+            ids = [r[0] for r in rows]
+            if marker not in ids:
+                raise ApiError(400, f"Marker {marker} could not be found.")
+            rows = rows[ids.index(marker) + 1:]
+        page = rows[:limit] if limit is not None else rows
+        attached = attachments_of(conn, [r[0] for r in page])
     base = public_base(request)
-    return [volume_view(r, attached.get(r[0], []), base) for r in rows]
+    out: Json = {"volumes": [volume_view(r, attached.get(r[0], []), base) for r in page]}
+    if limit is not None and len(rows) > limit:
+        out["volumes_links"] = [{"rel": "next", "href": (
+            f"{base}/volume/v3/{project_id}/volumes/detail?limit={limit}&marker={page[-1][0]}")}]
+    return out
 
 
 @router.get("/v3/{project_id}/volumes/detail", summary="The project's volumes, in detail")
 def list_volumes_detail(project_id: str, request: Request, ctx: Auth,
-                        name: str | None = None, status: str | None = None) -> Json:
-    return {"volumes": _views(request, ctx, project_id, name, status)}
+                        name: str | None = None, status: str | None = None,
+                        all_tenants: str | None = None, marker: str | None = None,
+                        limit: Annotated[int | None, Query(ge=1)] = None) -> Json:
+    return _views(request, ctx, project_id, name, status, all_tenants, marker, limit)
 
 
 @router.get("/v3/{project_id}/volumes", summary="The project's volumes")
 def list_volumes(project_id: str, request: Request, ctx: Auth, name: str | None = None,
-                 status: str | None = None) -> Json:
-    return {"volumes": [{"id": v["id"], "name": v["name"], "links": v["links"]}
-                        for v in _views(request, ctx, project_id, name, status)]}
+                 status: str | None = None, all_tenants: str | None = None,
+                 marker: str | None = None,
+                 limit: Annotated[int | None, Query(ge=1)] = None) -> Json:
+    page = _views(request, ctx, project_id, name, status, all_tenants, marker, limit)
+    page["volumes"] = [{"id": v["id"], "name": v["name"], "links": v["links"]}
+                       for v in page["volumes"]]
+    return page
 
 
 @router.get("/v3/{project_id}/volumes/{volume_id}", summary="One volume",
@@ -142,3 +167,36 @@ def show_attachment(server_id: str, volume_id: str, request: Request, ctx: Auth)
     if not found:
         raise ApiError(404, f"Volume {volume_id} is not attached to {server_id}.")
     return {"volumeAttachment": found[0]}
+
+
+# -- audit and time travel (novalog's own API, beside the servers') ------------------
+@router.get("/v3/{project_id}/volumes/{volume_id}/audit",
+            summary="A volume's complete history straight from the volumes topic")
+def volume_audit(project_id: str, volume_id: str, request: Request, ctx: Auth) -> Json:
+    check_project(ctx, project_id)
+    project, entries = volume_history(state_of(request).settings, volume_id)
+    if project != project_id:
+        raise ApiError(404, f"Volume {volume_id} could not be found.")
+    return {"events": entries}
+
+
+@router.get("/v3/{project_id}/volumes/{volume_id}/as-of",
+            summary="A volume as it was at a past moment (a fold of its projected events)")
+def volume_as_of(project_id: str, volume_id: str, request: Request, ctx: Auth,
+                 at: str) -> Json:
+    check_project(ctx, project_id)
+    try:
+        moment = parse_moment(at)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    with state_of(request).pool.connection() as conn:
+        rows = conn.execute("SELECT raw FROM volume_events WHERE volume_id = %s ORDER BY seq",
+                            (volume_id,)).fetchall()
+    state = fold.fold([decode(bytes(r[0])) for r in rows], until=moment)
+    if state is None or state.project_id != project_id:
+        raise ApiError(404, f"Volume {volume_id} could not be found as of {moment.isoformat()}.")
+    return {"as_of": moment.isoformat(), "volume": {
+        "id": state.volume_id, "name": state.name or "", "status": state.status,
+        "size": state.size_gb, "attachments": [
+            {"server_id": a.instance_uuid, "attach_status": a.attach_status,
+             "device": a.device} for a in state.attachments]}}
