@@ -84,14 +84,16 @@ class LiveProjection:
     def attached_volumes(self, instance: str) -> list[payloads.BlockDeviceMapping]:
         """The instance's volumes as block device mappings (a move carries them along)."""
         rows = self._rows(
-            "SELECT a.volume_id, v.connection, a.device FROM {live}.volume_attachments a "
+            "SELECT a.volume_id, v.connection, a.device, a.attachment_id "
+            "FROM {live}.volume_attachments a "
             "JOIN {live}.volumes v ON v.volume_id = a.volume_id WHERE a.instance_uuid = %s "
             "AND a.attach_status IN ('attaching', 'attached') ORDER BY a.device", (instance,))
         return [payloads.BlockDeviceMapping(
             source_type="volume", destination_type="volume", uuid=volume_id,
             boot_index=0 if device == "vda" else None, volume_size=None, guest_format=None,
             delete_on_termination=False, volume_id=volume_id, connection=connection,
-            device=device) for volume_id, connection, device in rows]
+            device=device, attachment_id=attachment_id)
+            for volume_id, connection, device, attachment_id in rows]
 
     def server(self, instance: str) -> ServerState | None:
         rows = self._rows("SELECT vm_state, task_state, host, attempt, launched_at IS NOT NULL, "

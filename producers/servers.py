@@ -469,7 +469,8 @@ def plan_build(conn: Connection[Any], s: ServerCreate, hints: SchedulerHints | N
         volume_size=b.volume_size, guest_format=b.guest_format,
         delete_on_termination=b.delete_on_termination,
         boot_index=int(b.boot_index) if b.boot_index not in (None, "") else None,
-        volume_id=b.uuid if b.source_type == "volume" else None, connection=None, device=None)
+        volume_id=b.uuid if b.source_type == "volume" else None, connection=None, device=None,
+        attachment_id=None)
         for b in s.block_device_mapping_v2 or []]
     return BuildPlan(payloads.InstanceBuildRequested(
         name=s.name, project_id=ctx.project_id, user_id=ctx.user_id,

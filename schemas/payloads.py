@@ -390,6 +390,7 @@ class BlockDeviceMapping(TypedDict):
     volume_id: str | None
     connection: VolumeConnection | None
     device: str | None
+    attachment_id: str | None
 
 
 # nova-api accepted POST /servers: vm_state building, task_state scheduling.

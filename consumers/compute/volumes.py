@@ -154,7 +154,7 @@ class VolumeOps:
                 continue
             self.tracker.add_volume(uuid, volume_id, VolumeDisk(
                 disk=_disk(bdm["connection"], bdm["volume_size"] or 0, bdm["device"]),
-                attachment_id=boot_attachment_id(volume_id, uuid),
+                attachment_id=bdm["attachment_id"] or boot_attachment_id(volume_id, uuid),
                 delete_on_termination=bdm["delete_on_termination"]))
         record = self._record(uuid) or record
         self.volumes_here(record, cause)

@@ -253,3 +253,32 @@ def test_the_novalog_volume_verbs_and_a_replay_agree(cloud: Cloud) -> None:
     deleted = cloud.cli("volume", "delete", "cli-vol", "--wait")
     assert deleted.returncode == 0 and "deleted" in deleted.stdout, deleted.stderr
     assert cloud.cli("delete", "cli-vm", "--wait").returncode == 0
+
+
+def test_volumes_move_with_their_server_and_a_delete_lets_them_go(cloud: Cloud) -> None:
+    """A live migration and a resize carry the attached volume to the destination, on the
+    same device; the attachment then names the new host."""
+    osc(cloud, "volume", "create", "--size", "1", "mv")
+    volume = until_volume(cloud, "mv", "available")
+    boot = cloud.cli("boot", "mover", "--flavor", "m1.tiny", "--image", "cirros", "--wait")
+    assert boot.returncode == 0, boot.stdout + boot.stderr
+    run(cloud, "openstack", "server", "add", "volume", "mover", "mv")
+    until_volume(cloud, "mv", "in-use")
+    path = str(volume_file(cloud, volume["id"]))
+    for step in (("live-migrate", "mover"), ("resize", "mover", "m1.small"),
+                 ("confirm-resize", "mover")):
+        before = osc(cloud, "server", "show", "mover")["OS-EXT-SRV-ATTR:host"]
+        moved = cloud.cli(*step, "--wait", timeout=240)
+        assert moved.returncode == 0, (step, moved.stdout + moved.stderr)
+        server = osc(cloud, "server", "show", "mover")
+        if step[0] != "confirm-resize":
+            assert server["OS-EXT-SRV-ATTR:host"] != before, step
+        assert domain_disks(cloud, server)["vdb"] == path, step
+        deadline = time.monotonic() + 30
+        while (shown := osc(cloud, "volume", "show", "mv"))["attachments"][0].get(
+                "host_name") != server["OS-EXT-SRV-ATTR:host"]:
+            assert time.monotonic() < deadline, (step, shown["attachments"])
+            time.sleep(0.3)
+    run(cloud, "openstack", "server", "delete", "--wait", "mover")
+    assert until_volume(cloud, "mv", "available")["attachments"] == []
+    run(cloud, "openstack", "volume", "delete", "mv")

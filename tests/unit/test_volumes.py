@@ -16,7 +16,8 @@ from novalog.domain import volume as v
 from novalog.domain.instance import TransitionError
 from novalog.kafka import Topics
 from novalog.read_model import VolumeRecord
-from schemas import Event
+from schemas import Event, payloads
+from schemas.typed import payload_of
 from tests.fakes import FakeProjection, InMemorySink, publisher, record_of
 
 VID, SERVER = str(uuid.uuid4()), str(uuid.uuid4())
@@ -113,14 +114,14 @@ def test_cinder_volume_makes_a_file_once_and_answers_the_build(tmp_path: Path) -
     path = tmp_path / f"volume-{VID}"
     assert path.is_file()
     [created] = sink.events("VolumeCreated")
-    assert created.payload["connection"]["path"] == str(path)
+    connection = payload_of(created, payloads.VolumeCreated)["connection"]
+    assert connection["path"] == str(path)
     [ready] = sink.events("BuildVolumeReady")
     assert sink.topics_of("BuildVolumeReady") == ["t.compute.cmp1"]
     assert ready.payload["connection"] == created.payload["connection"]
     m.handle(request, record_of(request))  # re-delivered before the projection moved on
     assert [e.event_id for e in sink.events("VolumeCreated")] == [created.event_id] * 2
-    projection.volumes[VID] = VolumeRecord(VID, "available", 1, None,
-                                           created.payload["connection"])
+    projection.volumes[VID] = VolumeRecord(VID, "available", 1, None, connection)
     m.handle(request, record_of(request))  # asked again: no second create, an answer
     assert len(sink.events("VolumeCreated")) == 2 and len(sink.events("BuildVolumeReady")) == 3
 
@@ -133,7 +134,7 @@ def test_a_deleted_volume_is_never_made_again(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
     assert sink.events("VolumeCreated") == []
     [failed] = sink.events("BuildVolumeFailed")
-    assert "gone" in failed.payload["reason"]
+    assert "gone" in payload_of(failed, payloads.BuildVolumeFailed)["reason"]
 
 
 def test_delete_removes_the_file_only_when_the_volume_is_deleting(tmp_path: Path) -> None:
