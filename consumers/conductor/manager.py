@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 from novalog.consume import Record, TransientError
 from novalog.domain import states
 from novalog.domain.instance import MIGRATION_STATUS, Instance, open_migration
-from novalog.idempotency import build_volume_id, derived_id
+from novalog.idempotency import boot_attachment_id, build_volume_id, derived_id
 from novalog.kafka import Topics
 from novalog.publish import Publisher
 from novalog.read_model import BuildRequests, LiveProjection
@@ -98,8 +98,26 @@ class Conductor:
                                                 f"{p['reason']}", p["retryable"])
 
     def _ended(self, event: Event) -> None:
+        if event.event_type != "InstanceSpawned":
+            self._release_volumes(event)
         self.requests.forget(event.aggregate_id)
         self.tried.pop(event.aggregate_id, None)
+
+    def _release_volumes(self, event: Event) -> None:
+        """An instance that ends without a host's help (NoValidHost, an error, a local
+        delete) lets go of the existing volumes the API reserved for it (Nova's conductor
+        deletes those attachments); where a host held them, it released them first and
+        this repeats it harmlessly."""
+        uuid = event.aggregate_id
+        for bdm in self.requests.get(uuid)["block_device_mapping"]:
+            volume_id = bdm["uuid"]
+            if bdm["source_type"] != "volume" or volume_id is None:
+                continue
+            self.pub.emit(self.topics.volumes, "VolumeDetached", volume_id,
+                          payloads.VolumeDetached(
+                              volume_id=volume_id,
+                              attachment_id=boot_attachment_id(volume_id, uuid),
+                              instance_uuid=uuid, host=None), cause=event, what=(volume_id,))
 
     # -- dispatch --------------------------------------------------------------------------
     def dispatch(self, event: Event) -> None:

@@ -20,6 +20,7 @@ import httpx
 import psycopg
 import pytest
 
+from novalog.client import ApiFailure
 from novalog.faults import CRASH_POINTS
 from tests.conftest import Infra
 from tests.e2e.conftest import Cloud, assert_one_of_everything, leftovers, running_cloud
@@ -50,6 +51,13 @@ MOVE_SCENARIOS = [
     ("compute.migration.after_cleanup", "resize-confirm"),
     ("compute.resize.after_revert_dest", "resize-revert"),
 ]
+# crashes inside volume work: a volume created, attached, detached, deleted, one step armed
+VOLUME_SCENARIOS = [
+    ("volume", "volume.after_create", "create"),
+    ("compute", "compute.volume.after_attach", "attach"),
+    ("compute", "compute.volume.after_detach", "detach"),
+    ("volume", "volume.after_delete", "delete"),
+]
 BATCH = 2
 
 
@@ -66,7 +74,8 @@ def cloud(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cl
 
 def test_every_crash_point_is_exercised() -> None:
     assert {point for _, point in SCENARIOS + DELETE_SCENARIOS} | \
-        {point for point, _ in MOVE_SCENARIOS} == set(CRASH_POINTS)
+        {point for point, _ in MOVE_SCENARIOS} | \
+        {point for _, point, _ in VOLUME_SCENARIOS} == set(CRASH_POINTS)
 
 
 def api_ready(cloud: Cloud, timeout: float = 60) -> None:
@@ -211,6 +220,71 @@ def test_a_crash_inside_a_move_loses_nothing_and_leaves_one_guest(cloud: Cloud, 
     kinds = Counter(e["event_type"] for e in client.get(
         f"/novalog/v1/servers/{server_id}/events")["events"])
     assert max(kinds.values()) == 1, kinds  # nothing doubled
+    assert httpx.delete(f"{cloud.api_url}/compute/v2.1/servers/{server_id}",
+                        headers={"X-Auth-Token": client.token()}).status_code == 204
+    deadline = time.monotonic() + 60
+    while leftovers(cloud, {server_id}) or dirs_of(cloud, server_id):
+        assert time.monotonic() < deadline, leftovers(cloud, {server_id})
+        time.sleep(0.3)
+
+
+@pytest.mark.parametrize(("role", "point", "armed"), VOLUME_SCENARIOS,
+                         ids=[f"volume-{p}" for _, p, _ in VOLUME_SCENARIOS])
+def test_a_crash_inside_volume_work_doubles_nothing_and_loses_nothing(
+        cloud: Cloud, role: str, point: str, armed: str) -> None:
+    client = cloud.client()
+    base = f"/volume/v3/{client.project_id}"
+    name = f"vol-{armed}"
+    server_id = client.request("POST", "/compute/v2.1/servers", json={"server": {
+        "name": name, "flavorRef": "1", "imageRef": cloud.image_id(),
+        "availability_zone": "nova:cmp1"}})["server"]["id"]
+    cloud.wait_servers([server_id])
+    plan = Path(cloud.env["NOVALOG_CRASH_PLAN"])
+    before = restarts(cloud)
+    marker = cloud.home / "crashes" / f"{role}-{point}"
+    marker.unlink(missing_ok=True)
+    volume_id = ""
+
+    def status() -> str | None:
+        try:
+            return str(client.get(f"{base}/volumes/{volume_id}")["volume"]["status"])
+        except ApiFailure as exc:
+            assert exc.status == 404
+            return None
+
+    for step, settled in (("create", "available"), ("attach", "in-use"),
+                          ("detach", "available"), ("delete", None)):
+        if step == armed:
+            plan.write_text(f"{role}:{point}\n")
+        if step == "create":
+            volume_id = client.request("POST", f"{base}/volumes", json={"volume": {
+                "size": 1, "name": name}})["volume"]["id"]
+        elif step == "attach":
+            client.request("POST", f"/compute/v2.1/servers/{server_id}/os-volume_attachments",
+                           json={"volumeAttachment": {"volumeId": volume_id}})
+        elif step == "detach":
+            client.request("DELETE", f"/compute/v2.1/servers/{server_id}/"
+                                     f"os-volume_attachments/{volume_id}")
+        else:
+            client.request("DELETE", f"{base}/volumes/{volume_id}")
+        deadline = time.monotonic() + 90
+        while (now := status()) != settled:
+            assert now != "error" and time.monotonic() < deadline, (step, now)
+            time.sleep(0.3)
+        plan.write_text("")
+    assert marker.exists(), f"{role}:{point} never fired"
+    wait_restarted(cloud, role, before)
+    with psycopg.connect(cloud.settings.require_database_url()) as conn:
+        kinds = Counter(r[0] for r in conn.execute(
+            f'SELECT event_type FROM "{cloud.settings.db_schema}_live".volume_events '
+            "WHERE volume_id = %s", (volume_id,)))
+    assert kinds == dict.fromkeys([
+        "VolumeRequested", "VolumeCreated", "VolumeReserved", "VolumeAttaching",
+        "VolumeAttached", "VolumeDetaching", "VolumeDetached", "VolumeDeleteRequested",
+        "VolumeDeleted"], 1), kinds  # nothing doubled, nothing lost
+    assert not (cloud.home / "volumes" / f"volume-{volume_id}").exists()
+    domain = (cloud.home / "compute" / "cmp1" / "instances" / server_id / "libvirt.xml")
+    assert "volume-" not in domain.read_text()  # no disk left half-attached
     assert httpx.delete(f"{cloud.api_url}/compute/v2.1/servers/{server_id}",
                         headers={"X-Auth-Token": client.token()}).status_code == 204
     deadline = time.monotonic() + 60

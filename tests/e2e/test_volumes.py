@@ -26,7 +26,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def cloud(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
-    with running_cloud(infra, tmp_path_factory.mktemp("volumes") / "home", hosts=2) as c:
+    with running_cloud(infra, tmp_path_factory.mktemp("volumes") / "home", hosts=2,
+                       extra_env={"NOVALOG_COMPUTE_MEMORY_MB": "8192"}) as c:  # no m1.xlarge
         c.raise_quotas()
         yield c
 
@@ -282,3 +283,24 @@ def test_volumes_move_with_their_server_and_a_delete_lets_them_go(cloud: Cloud) 
     run(cloud, "openstack", "server", "delete", "--wait", "mover")
     assert until_volume(cloud, "mv", "available")["attachments"] == []
     run(cloud, "openstack", "volume", "delete", "mv")
+
+
+def test_a_volume_from_an_image_is_released_by_a_build_that_finds_no_host(
+        cloud: Cloud) -> None:
+    import json
+    import subprocess
+
+    osc(cloud, "volume", "create", "--image", "cirros", "--size", "1", "boot-vol")
+    volume = until_volume(cloud, "boot-vol", "available")
+    assert volume["bootable"] is True
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json",
+                                      str(volume_file(cloud, volume["id"]))],
+                                     capture_output=True, text=True, check=True).stdout)
+    assert (info["format"], info["virtual-size"]) == ("qcow2", 2**30)
+    failed = run(cloud, "openstack", "server", "create", "--flavor", "m1.xlarge", "--volume",
+                 "boot-vol", "--network", "private", "--wait", "too-big", ok=False)
+    assert failed.returncode == 1
+    assert osc(cloud, "server", "show", "too-big")["status"] == "ERROR"
+    assert until_volume(cloud, "boot-vol", "available")["attachments"] == []
+    run(cloud, "openstack", "server", "delete", "--wait", "too-big")
+    run(cloud, "openstack", "volume", "delete", "boot-vol")
