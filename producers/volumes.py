@@ -33,7 +33,7 @@ from novalog.volume_views import (
     volume_limits,
     volume_usage,
 )
-from novalog.web import ApiError, AppState, Auth, state_of
+from novalog.web import ApiError, AppState, Auth, require_admin, state_of
 from producers import facts, outbox
 from schemas import payloads
 
@@ -132,6 +132,32 @@ def create_volume(project_id: str, body: VolumeCreateBody, request: Request,
             for_build=None))], lambda c: _status(c, volume_id) is not None, conn,
             topic=Topics(app.settings.topic_prefix).volumes)
     return show(request, ctx, project_id, volume_id)
+
+
+class VolumeQuotaValues(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # snapshots, backups...: not enforced here
+    volumes: int | None = Field(default=None, ge=-1, le=2**31 - 1)
+    gigabytes: int | None = Field(default=None, ge=-1, le=2**31 - 1)
+
+
+class VolumeQuotaBody(BaseModel):
+    quota_set: VolumeQuotaValues
+
+
+@router.put("/v3/{project_id}/os-quota-sets/{target}",
+            summary="Change a project's volumes / gigabytes quota (admin)")
+def update_volume_quotas(project_id: str, target: str, body: VolumeQuotaBody,
+                         request: Request, ctx: Auth) -> Json:
+    check_project(ctx, project_id)
+    require_admin(ctx, "volume_extension:quotas:update")
+    app = state_of(request)
+    changes = body.quota_set.model_dump(exclude_none=True)
+    facts.publish(app, [("QuotaSet", target, payloads.QuotaSet(
+        project_id=target, resource=resource, limit=limit))
+        for resource, limit in changes.items()],
+        lambda conn: all(volume_limits(conn, target)[r] == v for r, v in changes.items()))
+    with app.pool.connection() as conn:
+        return {"quota_set": volume_limits(conn, target)}
 
 
 def _status(conn: Connection[Any], volume_id: str) -> str | None:

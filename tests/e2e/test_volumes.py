@@ -195,6 +195,9 @@ def test_bad_volume_requests_get_cinder_and_nova_errors_and_change_nothing(
     refused(admin, "POST", f"{base}/volumes", 413, "VolumeSizeExceedsAvailableQuota: "
             "Requested volume or snapshot exceeds allowed gigabytes quota. Requested 2000G, "
             "quota is 1000G", volume={"size": 2000, "name": "huge"})
+    run(cloud, "openstack", "quota", "set", "--gigabytes", "1", "demo")  # Cinder's quota
+    refused(demo, "POST", f"{demo_base}/volumes", 413, "Requested 1G, quota is 1G and 1G has "
+            "been consumed.", volume={"size": 1, "name": "one-too-many"})
     refused(admin, "POST", f"{base}/volumes", 400, "Volume size must be specified",
             volume={"name": "sizeless"})
     refused(admin, "DELETE", f"{base}/volumes/00000000-0000-0000-0000-000000000000", 404,
