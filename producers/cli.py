@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -77,6 +77,10 @@ def boot(
     network: Annotated[list[str] | None, typer.Option(
         help="Network name or id (repeatable; default: private).")] = None,
     count: Annotated[int, typer.Option(min=1, max=1000, help="How many servers.")] = 1,
+    boot_from_volume: Annotated[int | None, typer.Option(
+        min=1, help="Boot from a new volume of this many GB made from the image.")] = None,
+    delete_on_termination: Annotated[bool, typer.Option(
+        help="With --boot-from-volume: the volume goes with the server.")] = False,
     wait: Annotated[bool, typer.Option(help="Follow the build until ACTIVE or ERROR.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 300,
 ) -> None:
@@ -86,10 +90,16 @@ def boot(
         f = client.find("flavor", flavor)
         i = client.find("image", image)
         nets = [{"uuid": client.find("network", n)["id"]} for n in network or []]
-        body = {"server": {
+        body: dict[str, Any] = {"server": {
             "name": name, "flavorRef": f["id"], "imageRef": i["id"], "min_count": count,
             "max_count": count, "networks": nets or "auto",
             **({"return_reservation_id": True} if count > 1 else {})}}
+        if boot_from_volume:  # what openstack server create --boot-from-volume sends
+            body["server"]["imageRef"] = ""
+            body["server"]["block_device_mapping_v2"] = [{
+                "uuid": i["id"], "boot_index": 0, "source_type": "image",
+                "destination_type": "volume", "volume_size": boot_from_volume,
+                "delete_on_termination": delete_on_termination}]
         created: ServerCreated | ReservationCreated = client.request(
             "POST", "/compute/v2.1/servers", json=body)
         ids = _server_ids(client, created, count)

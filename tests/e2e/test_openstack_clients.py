@@ -197,15 +197,20 @@ def test_openstacksdk_creates_waits_lists_and_deletes(cloud: Cloud) -> None:
 
 
 def test_identity_catalog_validation_and_directory(cloud: Cloud) -> None:
-    """The catalog holds identity, compute, image and network, public and internal;
-    a token validates with GET and is gone after DELETE; projects and users list."""
+    """The catalog holds identity, compute, image, network and block storage (under both
+    type names), public and internal; a token validates with GET and is gone after
+    DELETE; projects and users list."""
     catalog = {e["Type"]: e for e in osc(cloud, "catalog", "list")}
-    assert set(catalog) == {"identity", "compute", "image", "network"}
+    assert set(catalog) == {"identity", "compute", "image", "network", "block-storage",
+                            "volumev3"}
     endpoints = {(kind, e["interface"], e["region"], e["url"])
                  for kind, entry in catalog.items() for e in entry["Endpoints"]}
     assert ("image", "public", "RegionOne", f"{cloud.api_url}/image") in endpoints
     assert ("compute", "internal", "RegionOne", f"{cloud.api_url}/compute/v2.1") in endpoints
-    assert len(endpoints) == 8
+    project = cloud.client().project_id  # Keystone substitutes it, as in Cinder's entry
+    assert ("volumev3", "public", "RegionOne", f"{cloud.api_url}/volume/v3/{project}") \
+        in endpoints
+    assert len(endpoints) == 12
     assert {p["Name"] for p in osc(cloud, "project", "list")} == {"admin", "demo"}
     assert {u["Name"] for u in osc(cloud, "user", "list")} == {"admin", "demo"}
     denied = run(cloud, "openstack", "user", "list", user="demo", project="demo", ok=False)

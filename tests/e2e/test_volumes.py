@@ -303,7 +303,12 @@ def test_a_volume_from_an_image_is_released_by_a_build_that_finds_no_host(
     failed = run(cloud, "openstack", "server", "create", "--flavor", "m1.xlarge", "--volume",
                  "boot-vol", "--network", "private", "--wait", "too-big", ok=False)
     assert failed.returncode == 1
-    assert osc(cloud, "server", "show", "too-big")["status"] == "ERROR"
+    server = osc(cloud, "server", "show", "too-big")
+    assert server["status"] == "ERROR"
     assert until_volume(cloud, "boot-vol", "available")["attachments"] == []
+    refused = run(cloud, "openstack", "server", "add", "volume", "too-big", "boot-vol",
+                  ok=False)  # Nova's state check: an ERROR server takes no volume
+    assert f"Cannot 'attach_volume' instance {server['id']} while it is in vm_state error" \
+        in refused.stderr
     run(cloud, "openstack", "server", "delete", "--wait", "too-big")
     run(cloud, "openstack", "volume", "delete", "boot-vol")
