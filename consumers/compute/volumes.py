@@ -171,19 +171,21 @@ class VolumeOps:
                     device=v["disk"]["device"]), cause, self.host)
 
     def release_volumes(self, record: BuildRecord, cause: Event, delete: bool) -> None:
-        """Every volume of the instance detached (its domain is gone); at a delete, those
-        marked delete_on_termination deleted too."""
+        """Every volume the instance holds detached (its domain is gone): those in its
+        domain or made ready for it, and the existing ones it was built with; at a
+        delete, those marked delete_on_termination deleted too. A volume its build
+        asked for and never got is not the host's to release (it may not exist)."""
         uuid = record.instance_uuid
-        mapped = dict(volume_mappings(record))
-        for volume_id in sorted(set(mapped) | set(record.volumes)):
-            known = record.volumes.get(volume_id)
-            attachment_id = known["attachment_id"] if known else \
-                boot_attachment_id(volume_id, uuid)
+        held = {v: (known["attachment_id"], known["delete_on_termination"])
+                for v, known in record.volumes.items()}
+        for volume_id, bdm in volume_mappings(record):
+            if bdm["connection"] is not None and volume_id not in held:
+                held[volume_id] = (bdm["attachment_id"] or boot_attachment_id(volume_id, uuid),
+                                   bdm["delete_on_termination"])
+        for volume_id, (attachment_id, doomed) in sorted(held.items()):
             self._volume_fact("VolumeDetached", volume_id, payloads.VolumeDetached(
                 volume_id=volume_id, attachment_id=attachment_id, instance_uuid=uuid,
                 host=self.host), cause, "released")
-            doomed = known["delete_on_termination"] if known else \
-                mapped[volume_id]["delete_on_termination"]
             if delete and doomed:
                 self._volume_fact("VolumeDeleteRequested", volume_id,
                                   payloads.VolumeDeleteRequested(volume_id=volume_id), cause)

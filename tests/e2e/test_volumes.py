@@ -221,6 +221,12 @@ def test_bad_volume_requests_get_cinder_and_nova_errors_and_change_nothing(
             server={**bfv, "block_device_mapping_v2": [{
                 "uuid": mine["volume"]["id"], "source_type": "volume",
                 "destination_type": "volume", "boot_index": 0}]})
+    osc(cloud, "flavor", "create", "--ram", "256", "--vcpus", "1", "--disk", "0", "zero")
+    refused(demo, "POST", "/compute/v2.1/servers", 403, "Only volume-backed servers are "
+            "allowed for flavors with zero disk.", server={
+                "name": "nope", "flavorRef": osc(cloud, "flavor", "show", "zero")["id"],
+                "imageRef": cloud.image_id(), "networks": "auto"})
+    run(cloud, "openstack", "flavor", "delete", "zero")
     assert volume_events(cloud) == before  # nothing refused was published
     assert {v["name"]: v["status"] for v in admin.get(f"{base}/volumes/detail")["volumes"]} \
         == {"a": "available"}
