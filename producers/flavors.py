@@ -63,7 +63,7 @@ def create_flavor(body: FlavorBody, request: Request, ctx: Auth) -> views.OneFla
     require_admin(ctx, "os_compute_api:os-flavor-manage:create")
     f = body.flavor
     swap = 0 if f.swap in ("", None) else f.swap
-    if not isinstance(swap, int) and not str(swap).isdigit():
+    if (not isinstance(swap, int) and not str(swap).isdigit()) or not 0 <= int(swap) <= INT32:
         raise ApiError(400, f"Invalid input for field/attribute swap. Value: {f.swap}.")
     flavorid = str(uuid.uuid4()) if f.id in (None, "auto") else str(f.id)
     app = state_of(request)
