@@ -11,18 +11,12 @@ from rich.console import Console
 from rich.table import Table
 
 from novalog.client import ApiFailure, NovalogClient
-from novalog.settings import Settings
+from producers.cli import _run, console
 
-console = Console()
-err = Console(stderr=True)
 volume_app = typer.Typer(help="Volumes: create, list, show, delete, attach, detach, history.")
 VOLUME = Annotated[str, typer.Argument(help="Volume name or id.")]
 WAIT = Annotated[bool, typer.Option(help="Wait until the volume's status settles.")]
 SETTLED = {"available", "in-use", "error", "error_deleting"}
-
-
-def _client() -> NovalogClient:
-    return NovalogClient.from_env(Settings.from_env())
 
 
 def _base(client: NovalogClient) -> str:
@@ -64,14 +58,6 @@ def _settle(client: NovalogClient, volume_id: str, gone_ok: bool = False,
 def _row(v: dict[str, Any]) -> list[str]:
     attached = ", ".join(f"{a['server_id']} on {a['device']}" for a in v["attachments"])
     return [v["id"], v["name"], v["status"], str(v["size"]), v["bootable"], attached]
-
-
-def _run(action: Any) -> None:
-    try:
-        action(_client())
-    except ApiFailure as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
 
 
 @volume_app.command("create")
