@@ -63,12 +63,21 @@ def up(
     replicas: Annotated[int, typer.Option(min=1, max=8,
                                           help="Replicas of scheduler, conductor and "
                                                "projector.")] = 1,
+    qemu_hosts: Annotated[int, typer.Option(
+        "--qemu-hosts", min=0, max=16,
+        help="Real QEMU compute hosts (qemu1..qemuN); `novalog hypervisor setup` first."
+    )] = 0,
+    qemu_uri: Annotated[list[str] | None, typer.Option(
+        "--qemu-uri", help="libvirt URI of the QEMU hosts (repeat: the i-th for qemu<i>, "
+                           "the last for the rest).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for a detached start.")] = 120,
 ) -> None:
     """Start the broker, Postgres (embedded unless configured) and every role."""
     settings = _settings()
     if detach:
-        _up_detached(settings, timeout, ["--hosts", str(hosts), "--replicas", str(replicas)])
+        _up_detached(settings, timeout, ["--hosts", str(hosts), "--replicas", str(replicas),
+                                         "--qemu-hosts", str(qemu_hosts),
+                                         *[a for u in qemu_uri or [] for a in ("--qemu-uri", u)]])
         return
     configure_logging("supervisor")
     stopping: list[int] = []
@@ -78,7 +87,9 @@ def up(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    supervisor = Supervisor(settings, plan(settings, hosts, replicas), prepare_cloud(hosts))
+    uris = tuple(qemu_uri or ("qemu:///system",))
+    supervisor = Supervisor(settings, plan(settings, hosts, replicas, qemu_hosts, uris),
+                            prepare_cloud(hosts + qemu_hosts))
     try:
         supervisor.start()
     except (StackError, SettingsError, TimeoutError) as exc:
@@ -228,6 +239,31 @@ def run(role: Annotated[str, typer.Argument(help=f"One of: {', '.join(sorted(ROL
         raise _fail(exc) from None
 
 
+hypervisor_app = typer.Typer(help="The real hypervisor: QEMU behind libvirt on this machine.",
+                             no_args_is_help=True)
+app.add_typer(hypervisor_app, name="hypervisor")
+
+
+@hypervisor_app.command("setup")
+def hypervisor_setup(
+    uri: Annotated[str, typer.Option(help="qemu:///system (as root) or qemu:///session.")]
+    = "qemu:///system",
+) -> None:
+    """Install QEMU and libvirt (Debian packages), start libvirtd / virtlogd without
+    systemd and prove it with a throw-away domain. Idempotent; exit 2 when it cannot."""
+    from novalog.hypervisor import SetupError, setup
+
+    try:
+        report, proof = setup(uri, lambda line: console.print(line))
+    except SetupError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    for what, changed in report.steps:
+        console.print(f"{'[green]changed[/green]' if changed else 'ok     '}  {what}")
+    console.print(proof)
+    console.print("hypervisor ready" + ("" if report.changed else "; nothing changed"))
+
+
 @app.command()
 def bootstrap() -> None:
     """Publish the default catalog (flavors, cirros, private network, admin and demo)
@@ -262,8 +298,10 @@ def _register_verbs() -> None:
     from producers.cli import (
         boot,
         confirm_resize,
+        console_log,
         delete,
         evacuate,
+        image_app,
         live_migrate,
         migrate,
         reboot,
@@ -281,6 +319,8 @@ def _register_verbs() -> None:
     app.add_typer(bench_app, name="bench")
     app.add_typer(service_app, name="service")
     app.add_typer(volume_app, name="volume")
+    app.add_typer(image_app, name="image")
+    app.command("console-log")(console_log)
     app.command("dead-letters")(dead_letters_command)
     app.command("replay")(replay_command)
     app.command("audit")(audit_command)

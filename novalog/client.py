@@ -70,8 +70,8 @@ class NovalogClient:
         raise ApiFailure(response.status_code, message)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.http.request(method, path, headers={"X-Auth-Token": self.token()},
-                                     **kwargs)
+        headers = {**kwargs.pop("headers", {}), "X-Auth-Token": self.token()}
+        response = self.http.request(method, path, headers=headers, **kwargs)
         self._check(response)
         return response.json() if response.content else None
 

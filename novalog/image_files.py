@@ -18,6 +18,12 @@ class ImageError(Exception):
     """The image could not be fetched or does not match its checksum."""
 
 
+def qemu_format(disk_format: str) -> str:
+    """qemu-img's name for a Glance disk format: an AMI root disk (and an AKI kernel or
+    ARI ramdisk) is raw data."""
+    return "raw" if disk_format in ("aki", "ari", "ami") else disk_format
+
+
 def qemu_img(*args: str) -> None:
     result = subprocess.run(["qemu-img", *args], capture_output=True, text=True)
     if result.returncode != 0:

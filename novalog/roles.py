@@ -70,9 +70,11 @@ class RoleInstance:
     phase: int = 0  # 1 = started after the catalog is bootstrapped (the API)
 
 
-def plan(settings: Settings, hosts: int = 4, replicas: int = 1) -> list[RoleInstance]:
-    """The processes of a stack: every role, `hosts` compute agents, `replicas` of the
-    replicated roles."""
+def plan(settings: Settings, hosts: int = 4, replicas: int = 1, qemu_hosts: int = 0,
+         qemu_uris: tuple[str, ...] = ("qemu:///system",)) -> list[RoleInstance]:
+    """The processes of a stack: every role, `hosts` simulated compute agents (cmp1..),
+    `qemu_hosts` real ones (qemu1.., the i-th on the i-th URI, the last one repeated),
+    `replicas` of the replicated roles."""
     out: list[RoleInstance] = []
     for role in ("projector", "network", "volume", "scheduler", "conductor"):
         count = replicas if role in REPLICATED else 1
@@ -83,6 +85,13 @@ def plan(settings: Settings, hosts: int = 4, replicas: int = 1) -> list[RoleInst
     for i in range(1, hosts + 1):
         out.append(RoleInstance(f"compute-cmp{i}", "compute",
                                 env=(("NOVALOG_COMPUTE_HOST", f"cmp{i}"),)))
+    uris = qemu_uris or ("qemu:///system",)
+    for i in range(1, qemu_hosts + 1):
+        uri = uris[min(i, len(uris)) - 1]
+        sharing = sum(1 for j in range(1, qemu_hosts + 1) if uris[min(j, len(uris)) - 1] == uri)
+        out.append(RoleInstance(f"compute-qemu{i}", "compute", env=(
+            ("NOVALOG_COMPUTE_HOST", f"qemu{i}"), ("NOVALOG_LIBVIRT_URI", uri),
+            ("NOVALOG_COMPUTE_SHARES", str(sharing)))))
     out.append(RoleInstance("api", "api", ROLES["api"].listens(settings), phase=1))
     return out
 

@@ -82,11 +82,14 @@ class ComputeSettings:
     host: str | None = None  # set by `novalog up` for each agent
     vcpus: int = 8
     memory_mb: int = 16384
-    disk_gb: int = 200
+    disk_gb: int | None = None  # None: 200 on the test driver, the file system's on QEMU
     libvirt_uri: str | None = None  # None: the test driver with a host of these figures
     cpu_allocation_ratio: float = 4.0
     ram_allocation_ratio: float = 1.0
     disk_allocation_ratio: float = 1.0
+    shares: int = 1  # compute hosts sharing this real machine: each reports 1/shares of it
+    shutdown_timeout_s: float = 60.0  # Nova's shutdown_timeout
+    soft_reboot_wait_s: float = 120.0  # Nova's [libvirt] wait_soft_reboot_seconds
 
     @classmethod
     def from_env(cls, e: Mapping[str, str]) -> ComputeSettings:
@@ -94,11 +97,14 @@ class ComputeSettings:
             host=e.get("NOVALOG_COMPUTE_HOST") or None,
             vcpus=env_int(e, "NOVALOG_COMPUTE_VCPUS", 8),
             memory_mb=env_int(e, "NOVALOG_COMPUTE_MEMORY_MB", 16384, low=128),
-            disk_gb=env_int(e, "NOVALOG_COMPUTE_DISK_GB", 200),
+            disk_gb=env_int(e, "NOVALOG_COMPUTE_DISK_GB", 0) or None,
             libvirt_uri=e.get("NOVALOG_LIBVIRT_URI") or None,
             cpu_allocation_ratio=env_float(e, "NOVALOG_CPU_ALLOCATION_RATIO", 4.0),
             ram_allocation_ratio=env_float(e, "NOVALOG_RAM_ALLOCATION_RATIO", 1.0),
             disk_allocation_ratio=env_float(e, "NOVALOG_DISK_ALLOCATION_RATIO", 1.0),
+            shares=env_int(e, "NOVALOG_COMPUTE_SHARES", 1, low=1),
+            shutdown_timeout_s=env_float(e, "NOVALOG_SHUTDOWN_TIMEOUT_S", 60.0),
+            soft_reboot_wait_s=env_float(e, "NOVALOG_SOFT_REBOOT_WAIT_S", 120.0),
         )
 
     def require_host(self) -> str:

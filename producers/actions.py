@@ -9,6 +9,7 @@ down; the conductor decides where the action is carried out (docs/lifecycle.md).
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import uuid
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from fastapi import APIRouter, Body, Request, Response
 from fastapi.responses import JSONResponse
 from psycopg import Connection
 
+from novalog.consoles import console_log_path, console_output
 from novalog.domain import states
 from novalog.domain.actions import NOT_RESIZED, RESIZE_FINISHED, refusal
 from novalog.domain.instance import Instance, open_migration
@@ -267,6 +269,8 @@ def _check_move(conn: Connection[Any], app: AppState, ctx: Context, asked: Asked
                         409: {"description": "not allowed from the server's state"}})
 def server_action(server_id: str, request: Request, ctx: Auth, response: Response,
                   body: dict[str, Any] = Body(...)) -> Response:  # noqa: B008
+    if "os-getConsoleOutput" in body and len(body) == 1:
+        return _console_output(server_id, request, ctx, body["os-getConsoleOutput"])
     asked = _action_of(body)
     app = state_of(request)
     request_id = new_request_id(response)
@@ -299,6 +303,41 @@ def server_action(server_id: str, request: Request, ctx: Auth, response: Respons
     if asked.body is not None:
         return JSONResponse(asked.body, status_code=asked.status, headers=dict(response.headers))
     return Response(status_code=asked.status, headers=dict(response.headers))
+
+
+def _console_length(value: Any) -> int | None:
+    """Nova's schema: an integer (or a string of one) >= -1, or null; -1 is everything."""
+    raw = value.get("length") if isinstance(value, dict) else None
+    if not isinstance(value, dict) or set(value) - {"length"} or isinstance(raw, bool) or \
+            not (raw is None or isinstance(raw, int) or
+                 (isinstance(raw, str) and re.fullmatch(r"-?[0-9]+", raw))):
+        raise ApiError(400, f"Invalid input for field/attribute os-getConsoleOutput. "
+                            f"Value: {value}.")
+    length = None if raw is None else int(raw)
+    if length is not None and length < -1:
+        raise ApiError(400, f"Invalid input for field/attribute length. Value: {raw}. "
+                            f"{length} is less than the minimum of -1")
+    return None if length == -1 else length
+
+
+def _console_output(server_id: str, request: Request, ctx: Auth,
+                    value: Any) -> JSONResponse:
+    """Nova's os-getConsoleOutput: the guest's serial console, read where its host wrote
+    it (a read: nothing is published). 409 while the instance has no host or is being
+    deleted or migrated."""
+    length = _console_length(value)
+    app = state_of(request)
+    with app.pool.connection() as conn:
+        _row, server = _locked(conn, app, ctx, server_id)
+        pending = _row[2]
+    if server is None or server.host is None:
+        raise ApiError(409, f"Instance {server_id} is not ready")
+    if pending is not None or server.task_state in (states.DELETING, states.MIGRATING):
+        task = states.DELETING if pending is not None else server.task_state
+        raise ApiError(409, f"Cannot 'get_console_output' instance {server_id} while it is "
+                            f"in task_state {task}")
+    path = console_log_path(app.settings.home, server.host, server_id)
+    return JSONResponse({"output": console_output(path, length)})
 
 
 ANSWERS = frozenset({"InstanceResizeConfirmRequested", "InstanceResizeRevertRequested"})

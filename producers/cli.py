@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
+import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -348,3 +349,61 @@ def evacuate(server: SERVER, host: HOST = None, wait: WAIT = False,
     if host:
         body["host"] = host
     _act(server, {"evacuate": body}, BACK, wait, timeout)
+
+
+image_app = typer.Typer(help="Images beyond Glance's API: the tiny real guest.",
+                        no_args_is_help=True)
+
+
+@image_app.command("build-tiny")
+def build_tiny(register: Annotated[bool, typer.Option(
+        help="Register it in the running cloud's image catalog (as admin, public).")]
+        = True) -> None:
+    """Build a bootable guest from Debian packages (kernel + busybox initramfs that
+    prints its uuid and name, then stays up) and register it as `tiny`."""
+    from producers.tiny_image import BuildError, build
+    from producers.tiny_image import register as register_tiny
+
+    settings = Settings.from_env()
+    try:
+        files = build(settings.home / "build" / "tiny", lambda line: console.print(line))
+        console.print(f"kernel {files.kernel} ({files.kernel.stat().st_size >> 20} MiB), "
+                      f"initramfs {files.ramdisk} ({files.ramdisk.stat().st_size >> 10} KiB)")
+        if not register:
+            return
+        try:
+            image_id, changed = register_tiny(_client(), files)
+        except httpx.TransportError as exc:
+            raise BuildError(f"the API does not answer ({exc}): `novalog up` first, or "
+                             "--no-register") from None
+    except BuildError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"image tiny {image_id} " + ("registered" if changed else
+                                                "already registered; nothing changed"))
+
+
+def console_log(server: SERVER, lines: Annotated[int | None, typer.Option(
+        "--lines", help="Only the last N lines (Nova's `length`).")] = None,
+                follow: Annotated[bool, typer.Option(
+                    "--follow", "-f", help="Keep printing what the guest prints.")] = False,
+                interval: Annotated[float, typer.Option(
+                    help="Seconds between two reads with --follow.")] = 1.0) -> None:
+    """The guest's serial console, as `openstack console log show` reads it."""
+    def show(client: NovalogClient) -> None:
+        found = client.find("server", server)
+        path = f"/compute/v2.1/servers/{found['id']}/action"
+        body: dict[str, object] = {"os-getConsoleOutput": {"length": lines}}
+        seen = ""
+        while True:
+            text = str(client.request("POST", path, json=body)["output"])
+            if not text.startswith(seen):  # a restarted guest's log, or a window moved
+                seen = ""
+            typer.echo(text[len(seen):], nl=False)
+            seen = text
+            if not follow:
+                return
+            body = {"os-getConsoleOutput": {"length": None}}
+            time.sleep(interval)
+
+    _run(show)

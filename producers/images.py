@@ -34,7 +34,8 @@ from schemas import payloads
 router = APIRouter(prefix="/image", tags=["image"])
 
 IMAGE_SIZE_CAP = 1 << 40  # Glance's image_size_cap: 1 TiB
-DiskFormat = Literal["qcow2", "raw"]  # what the compute hosts' image cache can back with
+DiskFormat = Literal["qcow2", "raw", "aki", "ari", "ami"]  # what compute hosts can boot
+AMAZON = frozenset({"aki", "ari", "ami"})  # a kernel, a ramdisk, a machine: raw data
 
 
 class ImageCreate(BaseModel):
@@ -44,7 +45,7 @@ class ImageCreate(BaseModel):
     name: str | None = Field(default=None, max_length=255)
     id: uuid.UUID | None = None
     disk_format: DiskFormat | None = None
-    container_format: Literal["bare"] | None = None
+    container_format: Literal["bare", "aki", "ari", "ami"] | None = None
     visibility: Literal["public", "private", "shared", "community"] = "shared"
     min_disk: int = Field(default=0, ge=0, le=2**31 - 1)
     min_ram: int = Field(default=0, ge=0, le=2**31 - 1)
@@ -76,6 +77,11 @@ def _owned(conn: Connection[Any], ctx: Context, image_id: str) -> tuple[Any, ...
 def create_image(body: ImageCreate, request: Request, ctx: Auth) -> dict[str, Any]:
     if body.visibility in ("public", "community"):
         require_admin(ctx, f"publicize_image ({body.visibility})")
+    if (body.disk_format in AMAZON or body.container_format in AMAZON) and \
+            body.disk_format != body.container_format:
+        raise ApiError(400, "Invalid mix of disk and container formats. When setting a disk "
+                            "or container format to one of 'aki', 'ari', or 'ami', the "
+                            "container and disk formats must match.")
     properties = dict(body.model_extra or {})
     if any(not isinstance(v, str) for v in properties.values()):
         raise ApiError(400, "Image properties must be strings.")
@@ -142,7 +148,7 @@ async def upload_image(image_id: str, request: Request, ctx: Auth) -> Response:
                 sha512.update(chunk)
                 out.write(chunk)
         found, virtual = await run_in_threadpool(_inspect, partial)
-        if found != disk_format:
+        if found != ("raw" if disk_format in AMAZON else disk_format):
             raise ApiError(400, f"Image format detection failed: the data is {found}, the "
                                 f"image says {disk_format}.")
         os.replace(partial, target)

@@ -2,12 +2,18 @@
 
 The default URI is libvirt's test driver with a host definition file (CPUs,
 memory), so many simulated hosts run on one machine through the real libvirt
-API. `qemu:///system` (TCG when KVM is absent) is a change of NOVALOG_LIBVIRT_URI.
+API. `qemu:///system` (TCG: KVM guests hang on these machines) is a change of
+NOVALOG_LIBVIRT_URI. Several compute hosts may share one real libvirt (qemu1 and
+qemu2 on one machine): each domain then names its owner in novalog's metadata, and
+a host lists, counts and destroys only its own.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape, quoteattr
@@ -18,6 +24,11 @@ from novalog.domain import states
 from schemas import payloads
 
 NOVA_NS = "http://openstack.org/xmlns/libvirt/nova/1.1"
+NOVALOG_NS = "https://novalog.dev/xmlns/libvirt/1"
+SHUTDOWN_RETRY_S = 10.0  # Nova's shutdown_retry_interval: the guest is asked again
+
+log = logging.getLogger(__name__)
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # raised, not printed too
 
 
 POWER_STATES = {
@@ -56,10 +67,30 @@ def disk_element(device: str, path: str, fmt: str) -> str:
             f"</disk>")
 
 
+@dataclass(frozen=True)
+class DirectBoot:
+    """Nova's boot from an image with kernel_id / ramdisk_id: QEMU loads them itself."""
+
+    kernel: str
+    ramdisk: str | None
+    cmdline: str
+
+
+def os_xml(boot: DirectBoot | None) -> str:
+    if boot is None:
+        return "<os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>"
+    initrd = f"<initrd>{escape(boot.ramdisk)}</initrd>" if boot.ramdisk else ""
+    return (f"<os><type arch='x86_64' machine='pc'>hvm</type>"
+            f"<kernel>{escape(boot.kernel)}</kernel>{initrd}"
+            f"<cmdline>{escape(boot.cmdline)}</cmdline></os>")
+
+
 def domain_xml(instance_uuid: str, name: str, flavor: payloads.Flavor,
                disks: list[payloads.Disk], ports: list[payloads.Port],
-               console_log: Path) -> str:
-    """What Nova's libvirt driver would define, reduced to what a boot needs."""
+               console_log: Path, host: str, boot: DirectBoot | None = None) -> str:
+    """What Nova's libvirt driver would define, reduced to what a boot needs: TCG, ACPI
+    (without it a guest's power-off never ends the domain), the serial console appended
+    to a file (a reboot adds to it), no balloon, the instance uuid as the domain's."""
     disk_xml = "".join(disk_element(d["device"], d["path"], d["format"]) for d in disks)
     nic_xml = "".join(
         f"<interface type='ethernet'><mac address={quoteattr(p['mac_address'])}/>"
@@ -70,37 +101,99 @@ def domain_xml(instance_uuid: str, name: str, flavor: payloads.Flavor,
         f"<metadata><nova:instance xmlns:nova='{NOVA_NS}'><nova:name>{escape(name)}</nova:name>"
         f"<nova:flavor name={quoteattr(flavor['name'])}><nova:memory>{flavor['memory_mb']}"
         f"</nova:memory><nova:vcpus>{flavor['vcpus']}</nova:vcpus></nova:flavor>"
-        f"</nova:instance></metadata>"
+        f"</nova:instance><novalog:instance xmlns:novalog='{NOVALOG_NS}'>"
+        f"<novalog:host>{escape(host)}</novalog:host></novalog:instance></metadata>"
         f"<memory unit='MiB'>{flavor['memory_mb']}</memory><vcpu>{flavor['vcpus']}</vcpu>"
-        f"<os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>"
+        f"{os_xml(boot)}"
         f"<features><acpi/><apic/></features><clock offset='utc'/>"
         f"<on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot>"
         f"<on_crash>destroy</on_crash>"
         f"<devices>{disk_xml}{nic_xml}<serial type='file'>"
-        f"<source path={quoteattr(str(console_log))}/></serial>"
+        f"<source path={quoteattr(str(console_log))} append='on'/></serial>"
         f"<memballoon model='none'/></devices></domain>"
     )
 
 
-class LibvirtDriver:
-    """One lazily opened connection, used from the agent's thread only."""
+_EVENT_LOOP: list[threading.Thread] = []  # libvirt's default event loop, one per process
 
-    def __init__(self, uri: str) -> None:
+
+def _start_event_loop() -> None:
+    """libvirt delivers domain events only to a process that runs its event loop, which
+    must be registered before the connection is opened."""
+    if _EVENT_LOOP:
+        return
+    libvirt.virEventRegisterDefaultImpl()
+
+    def run() -> None:
+        while True:
+            libvirt.virEventRunDefaultImpl()
+
+    thread = threading.Thread(target=run, name="libvirt-events", daemon=True)
+    thread.start()
+    _EVENT_LOOP.append(thread)
+
+
+class LibvirtDriver:
+    """One lazily opened connection, used from the agent's thread only. `host` is the
+    compute host it serves: on a shared (real) libvirt, the owner written into each
+    domain it defines and the only one whose domains it touches."""
+
+    def __init__(self, uri: str, host: str = "") -> None:
         self.uri = uri
+        self.host = host
+        self.shared = not uri.startswith("test:")  # a real hypervisor, maybe other hosts'
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
+        self._changed: set[str] = set()  # uuids with a lifecycle event since the last drain
 
     @property
     def conn(self) -> libvirt.virConnect:
         with self._lock:
             if self._conn is None:
+                if self.shared:
+                    _start_event_loop()
                 self._conn = libvirt.open(self.uri)
+                if self.shared:  # a guest that powers itself off is seen at once
+                    self._conn.domainEventRegisterAny(
+                        None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None)
             return self._conn
 
+    def _lifecycle(self, _conn: libvirt.virConnect, dom: libvirt.virDomain, _event: int,
+                   _detail: int, _opaque: object) -> None:
+        with self._lock:
+            self._changed.add(dom.UUIDString())
+
+    def changed_domains(self) -> set[str]:
+        """The domains libvirt reported a start, stop, crash or shutdown of since the last
+        call (what Nova's handle_lifecycle_event syncs at once)."""
+        with self._lock:
+            out, self._changed = self._changed, set()
+        return out
+
+    def hypervisor_type(self) -> str:
+        """As libvirt names it: QEMU, or TEST for a simulated host."""
+        return str(self.conn.getType())
+
     def host_resources(self) -> tuple[int, int]:
-        """(vCPUs, memory MB) as libvirt reports the host."""
+        """(vCPUs, memory MB) as libvirt reports the host: the whole machine's memory for
+        a real one (getInfo counts only NUMA node 0's on some machines)."""
         info = self.conn.getInfo()
-        return int(info[2]), int(info[1])
+        if not self.shared:
+            return int(info[2]), int(info[1])
+        total_kib = self.conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS)["total"]
+        return int(info[2]), int(total_kib) // 1024
+
+    def owner_of(self, dom: libvirt.virDomain) -> str | None:
+        """The compute host a domain belongs to, from its novalog metadata."""
+        try:
+            xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NOVALOG_NS)
+        except libvirt.libvirtError:
+            return None
+        found = ElementTree.fromstring(xml).find("host")
+        return found.text if found is not None else None
+
+    def _owned(self, dom: libvirt.virDomain) -> bool:
+        return not self.shared or self.owner_of(dom) == self.host
 
     def spawn(self, xml: str, dump_to: Path) -> libvirt.virDomain:
         """Define (idempotent: same uuid and name) and start unless already running."""
@@ -115,33 +208,60 @@ class LibvirtDriver:
         return self.conn.defineXML(xml)
 
     def destroy(self, instance_uuid: str) -> None:
-        """Stop and undefine the instance's domain if it exists."""
+        """Stop and undefine the instance's domain if it exists and is this host's (after
+        a move on one machine, the destination's domain has the same uuid)."""
         try:
             dom = self.conn.lookupByUUIDString(instance_uuid)
         except libvirt.libvirtError:
+            return
+        if not self._owned(dom):
+            log.info("domain of %s belongs to %s now; left alone", instance_uuid,
+                     self.owner_of(dom))
             return
         if dom.isActive():
             dom.destroy()
         dom.undefine()
 
-    def reboot(self, instance_uuid: str, hard: bool) -> int:
-        """SOFT: the guest is asked to reboot (ACPI); HARD: the domain is destroyed and
-        started again, as Nova's libvirt driver does. Returns the power state after."""
+    def _shut_down(self, dom: libvirt.virDomain, timeout_s: float) -> bool:
+        """Nova's _clean_shutdown: ask the guest (ACPI power button), again every
+        SHUTDOWN_RETRY_S, until it is off or the timeout passes; whether it went off."""
+        deadline = time.monotonic() + timeout_s
+        asked = 0.0
+        while dom.isActive():
+            now = time.monotonic()
+            if now >= deadline:
+                return False
+            if now - asked >= SHUTDOWN_RETRY_S:
+                try:
+                    dom.shutdown()
+                except libvirt.libvirtError:
+                    if not dom.isActive():
+                        break
+                    raise
+                asked = now
+            time.sleep(0.1)
+        return True
+
+    def reboot(self, instance_uuid: str, hard: bool, timeout_s: float = 120.0) -> int:
+        """Nova's libvirt reboot. SOFT: the guest is asked to shut down (ACPI) and started
+        again once it is off; if it does not go off within the timeout, a hard reboot.
+        HARD: the domain is destroyed and started again. Returns the power state after."""
         dom = self.conn.lookupByUUIDString(instance_uuid)
-        if hard or not dom.isActive():
-            if dom.isActive():
-                dom.destroy()
-            dom.create()
-        else:
-            dom.reboot(0)
+        if not hard and dom.isActive() and not self._shut_down(dom, timeout_s):
+            log.warning("%s did not shut down within %.0f s; rebooting it hard",
+                        instance_uuid, timeout_s)
+        if dom.isActive():
+            dom.destroy()
+        dom.create()
         return self.power_state(instance_uuid)
 
-    def power_off(self, instance_uuid: str) -> int:
+    def power_off(self, instance_uuid: str, timeout_s: float = 60.0) -> int:
+        """A clean shutdown within Nova's shutdown_timeout, else the domain destroyed."""
         dom = self.conn.lookupByUUIDString(instance_uuid)
-        if dom.isActive():
-            dom.shutdown()  # a clean shutdown; the test driver shuts off at once
-            if dom.isActive():
-                dom.destroy()
+        if dom.isActive() and not self._shut_down(dom, timeout_s):
+            log.warning("%s did not shut down within %.0f s; powering it off", instance_uuid,
+                        timeout_s)
+            dom.destroy()
         return self.power_state(instance_uuid)
 
     def power_on(self, instance_uuid: str) -> int:
@@ -151,9 +271,11 @@ class LibvirtDriver:
         return self.power_state(instance_uuid)
 
     def power_state_of(self, instance_uuid: str) -> int | None:
-        """The domain's power state, or None when libvirt has no such domain."""
+        """The domain's power state, or None when libvirt has no such domain of ours."""
         try:
-            return self.power_state(instance_uuid)
+            dom = self.conn.lookupByUUIDString(instance_uuid)
+            return POWER_STATES.get(dom.state()[0], states.NOSTATE) if self._owned(dom) \
+                else None
         except libvirt.libvirtError:
             return None
 
@@ -163,11 +285,15 @@ class LibvirtDriver:
         return POWER_STATES.get(state, states.NOSTATE)
 
     def running_count(self) -> int:
-        """Active domains, counted by libvirt (no listing: reported twice per boot)."""
-        return int(self.conn.numOfDomains())
+        """Active domains, counted by libvirt (no listing on a host's own test driver:
+        reported twice per boot)."""
+        if not self.shared:
+            return int(self.conn.numOfDomains())
+        return sum(1 for d in self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+                   if self._owned(d))
 
     def instance_uuids(self) -> list[str]:
-        return sorted(d.UUIDString() for d in self.conn.listAllDomains())
+        return sorted(d.UUIDString() for d in self.conn.listAllDomains() if self._owned(d))
 
     # -- volumes: hot-plug where libvirt can, the persistent definition where it cannot ----
     def attach_disk(self, instance_uuid: str, path: str, fmt: str, dump_to: Path) -> str:

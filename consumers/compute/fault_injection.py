@@ -26,17 +26,13 @@ class RefusingTracker(ResourceTracker):
 class FailingDriver(LibvirtDriver):
     """Every spawn fails, after the disks are made (fault `fail_spawn`)."""
 
-    def __init__(self, uri: str, host: str) -> None:
-        super().__init__(uri)
-        self.host = host
-
     def spawn(self, xml: str, dump_to: Path) -> libvirt.virDomain:
         raise RuntimeError(f"spawn failed on {self.host} (test fault)")
 
 
 def driver_for(host: str, uri: str) -> LibvirtDriver:
     """The host's libvirt driver, or one whose spawns fail where a test asks."""
-    return FailingDriver(uri, host) if faults.active("fail_spawn", host) else LibvirtDriver(uri)
+    return (FailingDriver if faults.active("fail_spawn", host) else LibvirtDriver)(uri, host)
 
 
 def tracker_for(host: str, tracker: ResourceTracker) -> ResourceTracker:

@@ -10,7 +10,7 @@ import shutil
 import threading
 from pathlib import Path
 
-from novalog.image_files import ImageError, cached_name, fetch_verified, qemu_img
+from novalog.image_files import ImageError, cached_name, fetch_verified, qemu_format, qemu_img
 from schemas import payloads
 
 __all__ = ["ImageCache", "ImageError", "device_name"]
@@ -77,8 +77,8 @@ class ImageCache:
                 continue
             if disk["backing_file"] is not None and image is not None:
                 base = self.base_image(image)
-                qemu_img("create", "-q", "-f", "qcow2", "-F", image["disk_format"], "-b",
-                          str(base), str(path), f"{flavor['root_gb']}G")
+                qemu_img("create", "-q", "-f", "qcow2", "-F", qemu_format(image["disk_format"]),
+                         "-b", str(base), str(path), f"{flavor['root_gb']}G")
             elif path.name == "disk.swap":
                 qemu_img("create", "-q", "-f", "qcow2", str(path), f"{flavor['swap_mb']}M")
             else:
@@ -120,7 +120,7 @@ class ImageCache:
         root = directory / "disk"
         if image is not None and root.exists():
             base = self.base_image(image)
-            qemu_img("rebase", "-u", "-f", "qcow2", "-F", image["disk_format"], "-b",
+            qemu_img("rebase", "-u", "-f", "qcow2", "-F", qemu_format(image["disk_format"]), "-b",
                       str(base), str(root))
             qemu_img("resize", "-q", "-f", "qcow2", str(root), f"{flavor['root_gb']}G")
         ephemeral = directory / "disk.eph0"
@@ -133,7 +133,7 @@ class ImageCache:
         base = self.base_image(image)
         path = self.instance_dir(instance_uuid) / "disk.rescue"
         if not path.exists():
-            qemu_img("create", "-q", "-f", "qcow2", "-F", image["disk_format"], "-b",
+            qemu_img("create", "-q", "-f", "qcow2", "-F", qemu_format(image["disk_format"]), "-b",
                       str(base), str(path))
         return payloads.Disk(device="vda", path=str(path), format="qcow2",
                              size_gb=-(-image["size"] // 2**30), backing_file=str(base))

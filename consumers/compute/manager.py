@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import ClassVar
+from urllib.parse import quote
 from uuid import uuid4
 
-from consumers.compute.driver import LibvirtDriver, domain_name, domain_xml
-from consumers.compute.image_cache import ImageCache
+from consumers.compute.driver import DirectBoot, LibvirtDriver, domain_name, domain_xml
+from consumers.compute.image_cache import ImageCache, ImageError
 from consumers.compute.image_cache import device_name as _device
 from consumers.compute.resource_tracker import BuildRecord, ResourceTracker
 from consumers.compute.volumes import VolumeOps, volume_disks
@@ -41,6 +42,7 @@ BINARY = "nova-compute"
 EVACUATED = frozenset({"accepted", "pre-migrating", "done"})  # Nova's, at init_host
 SYNCED = frozenset({states.ACTIVE, states.STOPPED})  # what the power sync may correct
 BEFORE_COPY = frozenset({"pre-migrating", "migrating", "preparing", "running"})
+NOVA_CMDLINE = "root=/dev/vda console=tty0 console=ttyS0"  # Nova's, for a kernel image
 
 
 class BuildStepFailed(Exception):
@@ -58,6 +60,8 @@ class ComputeIdentity:
     resource_report_interval_s: float = 60.0
     sync_power_state_interval_s: float = 600.0  # Nova's sync_power_state_interval
     resize_confirm_window_s: float = 0.0  # Nova's resize_confirm_window: 0, never automatic
+    shutdown_timeout_s: float = 60.0  # Nova's shutdown_timeout: a clean stop, then off
+    soft_reboot_wait_s: float = 120.0  # Nova's [libvirt] wait_soft_reboot_seconds
 
 
 class ComputeManager(VolumeOps):
@@ -93,7 +97,8 @@ class ComputeManager(VolumeOps):
         self.pub.emit(self.topics.hosts, "ComputeServiceStarted", self.host,
                       payloads.ComputeServiceStarted(
                           host=self.host, binary=BINARY, zone=self.ident.zone,
-                          hypervisor_type="QEMU", hypervisor_hostname=self.host,
+                          hypervisor_type=self.driver.hypervisor_type(),
+                          hypervisor_hostname=self.host,
                           host_ip=self.ident.host_ip, version="novalog"),
                       correlation_id=self._start_correlation)
         self.report_resources()
@@ -150,6 +155,9 @@ class ComputeManager(VolumeOps):
             self.report_resources()
         if now - self._last_sync >= self.ident.sync_power_state_interval_s:
             self.sync_power_states()
+        changed = self.driver.changed_domains()
+        if changed:  # Nova's handle_lifecycle_event: those guests synced now
+            self._sync_instances(changed, f"req-{self.host}-lifecycle-{int(time.time())}")
         if self.ident.resize_confirm_window_s and now - self._last_poll >= min(
                 10.0, self.ident.resize_confirm_window_s):
             self.poll_unconfirmed_resizes()
@@ -177,31 +185,37 @@ class ComputeManager(VolumeOps):
         reported (power_state 0); nothing changes while a task is in progress."""
         self._last_sync = time.monotonic()
         correlation = f"req-{self.host}-power-sync-{int(time.time())}"
-        for stage in ("active", "stopped"):
-            for uuid in self.tracker.instances_at(stage):
-                server = self.projection.server(uuid) if self.projection else None
-                if server is not None and (server.task_state is not None or
-                                           server.vm_state not in SYNCED):
-                    continue  # a task, a move waiting for confirm, a rescue: left alone
-                power = self.driver.power_state_of(uuid)
-                if power is None:
-                    if uuid not in self._vanished:
-                        self._vanished.add(uuid)
-                        log.warning("power sync: the domain of %s is gone", uuid)
-                        self._sync_event("InstancePowerStateChanged", uuid,
-                                         payloads.InstancePowerStateChanged(
-                                             host=self.host, power_state=states.NOSTATE),
-                                         correlation)
-                    continue
-                self._vanished.discard(uuid)
-                if stage == "active" and power in (states.SHUTDOWN, states.CRASHED):
-                    log.warning("power sync: %s is shut off; it is stopped now", uuid)
-                    self.tracker.set_stage(uuid, "stopped")
-                    self._sync_event("InstanceStopped", uuid, payloads.InstanceStopped(
-                        host=self.host, power_state=power), correlation)
-                elif stage == "stopped" and power == states.RUNNING:
-                    log.warning("power sync: %s runs while stopped; stopping it", uuid)
-                    self.driver.power_off(uuid)
+        self._sync_instances(self.tracker.instances_at("active") +
+                             self.tracker.instances_at("stopped"), correlation)
+
+    def _sync_instances(self, uuids: Iterable[str], correlation: str) -> None:
+        for uuid in uuids:
+            record = self._record(uuid)
+            if record is None or record.stage not in ("active", "stopped"):
+                continue  # not ours, or a build or a move under way here
+            server = self.projection.server(uuid) if self.projection else None
+            if server is not None and (server.task_state is not None or
+                                       server.vm_state not in SYNCED):
+                continue  # a task, a move waiting for confirm, a rescue: left alone
+            power = self.driver.power_state_of(uuid)
+            if power is None:
+                if uuid not in self._vanished:
+                    self._vanished.add(uuid)
+                    log.warning("power sync: the domain of %s is gone", uuid)
+                    self._sync_event("InstancePowerStateChanged", uuid,
+                                     payloads.InstancePowerStateChanged(
+                                         host=self.host, power_state=states.NOSTATE),
+                                     correlation)
+                continue
+            self._vanished.discard(uuid)
+            if record.stage == "active" and power in (states.SHUTDOWN, states.CRASHED):
+                log.warning("power sync: %s is shut off; it is stopped now", uuid)
+                self.tracker.set_stage(uuid, "stopped")
+                self._sync_event("InstanceStopped", uuid, payloads.InstanceStopped(
+                    host=self.host, power_state=power), correlation)
+            elif record.stage == "stopped" and power == states.RUNNING:
+                log.warning("power sync: %s runs while stopped; stopping it", uuid)
+                self.driver.power_off(uuid, self.ident.shutdown_timeout_s)
 
     def _sync_event(self, kind: str, uuid: str, payload: Mapping[str, object],
                     correlation: str) -> None:
@@ -226,7 +240,7 @@ class ComputeManager(VolumeOps):
                           cpu_allocation_ratio=t.cpu_allocation_ratio,
                           ram_allocation_ratio=t.ram_allocation_ratio,
                           disk_allocation_ratio=t.disk_allocation_ratio,
-                          cpu_arch="x86_64", hypervisor_type="QEMU",
+                          cpu_arch="x86_64", hypervisor_type=self.driver.hypervisor_type(),
                           instance_uuids=u.instances),
                       correlation_id=cause.correlation_id if cause else self._start_correlation,
                       event_id=str(uuid4()))  # a snapshot, not a consequence: never de-duplicated
@@ -347,10 +361,8 @@ class ComputeManager(VolumeOps):
                                  payloads.InstanceSpawningStarted(host=host, attempt=attempt),
                                  cause)
             try:
-                directory = self.cache.instance_dir(uuid)
-                xml = domain_xml(uuid, cmd["name"], cmd["flavor"], disks, ports,
-                                 directory / "console.log")
-                self.driver.spawn(xml, directory / "libvirt.xml")
+                xml = self._domain_xml(uuid, cmd, disks, ports)
+                self.driver.spawn(xml, self.cache.instance_dir(uuid) / "libvirt.xml")
             except Exception as exc:
                 raise BuildStepFailed("spawning", str(exc), retryable=True) from exc
             crash_point("compute.after_define")
@@ -362,6 +374,34 @@ class ComputeManager(VolumeOps):
             host=host, attempt=attempt, node=host, domain_name=domain_name(uuid),
             power_state=states.RUNNING, launched_at=datetime.now(UTC)), cause)
         self.report_resources(cause=cause)
+
+    def _domain_xml(self, uuid: str, cmd: payloads.BuildAndRunInstance,
+                    disks: list[payloads.Disk], ports: list[payloads.Port],
+                    image: payloads.ImageToBoot | None = None) -> str:
+        return domain_xml(uuid, cmd["name"], cmd["flavor"], disks, ports,
+                          self.cache.instance_dir(uuid) / "console.log", self.host,
+                          self._direct_boot(uuid, cmd["name"], image or cmd["image"]))
+
+    def _direct_boot(self, uuid: str, name: str,
+                     image: payloads.ImageToBoot | None) -> DirectBoot | None:
+        """An image with kernel_id (and ramdisk_id) boots them directly, as Nova's libvirt
+        driver does, with the image's os_command_line. novalog adds the instance's uuid
+        and name (percent-encoded) for the guest to say who it is."""
+        props = image["properties"] if image else {}
+        if not props.get("kernel_id"):
+            return None
+        kernel = self.cache.base_image(self._catalog_image(props["kernel_id"]))
+        ramdisk = props.get("ramdisk_id")
+        initrd = str(self.cache.base_image(self._catalog_image(ramdisk))) if ramdisk else None
+        cmdline = props.get("os_command_line") or NOVA_CMDLINE
+        return DirectBoot(str(kernel), initrd, f"{cmdline} novalog.uuid={uuid} "
+                                               f"novalog.name={quote(name, safe='')}")
+
+    def _catalog_image(self, image_id: str) -> payloads.ImageToBoot:
+        found = self.projection.image(image_id) if self.projection else None
+        if found is None:
+            raise ImageError(f"image {image_id} (a kernel or ramdisk) is not in the catalog")
+        return found
 
     def _fail(self, record: BuildRecord, cause: Event, failure: BuildStepFailed) -> None:
         """Release everything the build took, then say so."""
@@ -440,14 +480,14 @@ class ComputeManager(VolumeOps):
             host=self.host, hard=hard), event)
         self._instance_event("InstanceRebootStarted", uuid, payloads.InstanceRebootStarted(
             host=self.host, hard=hard), event)
-        power = self.driver.reboot(uuid, hard)
+        power = self.driver.reboot(uuid, hard, self.ident.soft_reboot_wait_s)
         self.tracker.set_stage(uuid, "active")  # a hard reboot also starts a stopped guest
         self._instance_event("InstanceRebooted", uuid, payloads.InstanceRebooted(
             host=self.host, hard=hard, power_state=power), event)
 
     def stop_instance(self, event: Event) -> None:
         uuid = payload_of(event, payloads.StopInstance)["instance_uuid"]
-        power = self.driver.power_off(uuid)
+        power = self.driver.power_off(uuid, self.ident.shutdown_timeout_s)
         self.tracker.set_stage(uuid, "stopped")  # init_host leaves it off after a restart
         self._instance_event("InstanceStopped", uuid, payloads.InstanceStopped(
             host=self.host, power_state=power), event)
@@ -519,7 +559,7 @@ class ComputeManager(VolumeOps):
         try:
             if not live:
                 self.tracker.set_stage(uuid, "outgoing")  # init_host and power sync leave it
-                self.driver.power_off(uuid)
+                self.driver.power_off(uuid, self.ident.shutdown_timeout_s)
                 crash_point("compute.resize.after_power_off")
             disks = self.cache.copy_disks(uuid, Path(p["dest_instances_path"]), cmd["image"],
                                           cmd["flavor"])
@@ -579,11 +619,10 @@ class ComputeManager(VolumeOps):
                                      payloads.InstanceRebuildSpawning(migration_id=mid,
                                                                       host=self.host), event)
             disks = sorted(disks + self.adopt_volumes(record, event), key=lambda d: d["device"])
-            directory = self.cache.instance_dir(uuid)
-            self.driver.spawn(domain_xml(uuid, cmd["name"], cmd["flavor"], disks, ports,
-                                         directory / "console.log"), directory / "libvirt.xml")
+            self.driver.spawn(self._domain_xml(uuid, cmd, disks, ports),
+                              self.cache.instance_dir(uuid) / "libvirt.xml")
             if not p["power_on"]:
-                self.driver.power_off(uuid)
+                self.driver.power_off(uuid, self.ident.shutdown_timeout_s)
         except Exception as exc:
             log.warning("%s of %s failed on %s: %s", kind, uuid, self.host, exc)
             self._drop_here(uuid)
@@ -639,6 +678,9 @@ class ComputeManager(VolumeOps):
             log.info("finish revert of %s: no instance here any more", uuid)
             return
         stopped = m["old_vm_state"] == states.STOPPED
+        saved = self.cache.instance_dir(uuid) / "libvirt.xml"
+        if self.driver.power_state_of(uuid) is None and saved.exists():
+            self.driver.define(saved.read_text())  # one libvirt: the destination undefined it
         power = self.driver.power_state(uuid) if stopped else self.driver.power_on(uuid)
         self.tracker.set_stage(uuid, "stopped" if stopped else "active")
         disks = self.cache.disks_of(uuid, record.command["image"], record.command["flavor"])
@@ -685,8 +727,8 @@ class ComputeManager(VolumeOps):
         if not saved.exists():
             (directory / "libvirt.xml").replace(saved)
         self.driver.destroy(uuid)
-        self.driver.spawn(domain_xml(uuid, cmd["name"], cmd["flavor"], disks, ports,
-                                     directory / "console.log"), directory / "libvirt.xml")
+        self.driver.spawn(self._domain_xml(uuid, cmd, disks, ports, image),
+                          directory / "libvirt.xml")
         self.tracker.set_stage(uuid, "rescued")
         self._instance_event("InstanceRescued", uuid, payloads.InstanceRescued(
             host=self.host, power_state=self.driver.power_state(uuid)), event)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from consumers.compute.fault_injection import driver_for, tracker_for
 from consumers.compute.image_cache import ImageCache
 from consumers.compute.manager import ComputeIdentity, ComputeManager
 from consumers.compute.resource_tracker import HostTotals, ResourceTracker
+from novalog.consoles import instances_dir
 from novalog.consume import ConsumeLoop
 from novalog.db import make_pool
 from novalog.idempotency import Inbox
@@ -37,17 +39,24 @@ def serve(settings: Settings, stop: threading.Event) -> None:
     state_dir = settings.home / "compute" / host
     driver = driver_for(host, libvirt_uri(config, state_dir))
     vcpus, memory_mb = driver.host_resources()
-    totals = HostTotals(vcpus, memory_mb, config.disk_gb, config.cpu_allocation_ratio,
+    disk_gb = config.disk_gb or 200
+    if driver.shared:  # a real machine: its memory and disk, shared by its compute hosts
+        memory_mb //= config.shares
+        disk_gb = config.disk_gb or shutil.disk_usage(settings.home).total // 2**30 // \
+            config.shares
+    totals = HostTotals(vcpus, memory_mb, disk_gb, config.cpu_allocation_ratio,
                         config.ram_allocation_ratio, config.disk_allocation_ratio)
     pool = make_pool(settings)
     producer = EventProducer(settings)
     manager = ComputeManager(
         ComputeIdentity(host, report_interval_s=settings.report_interval_s,
                         sync_power_state_interval_s=settings.sync_power_state_interval_s,
-                        resize_confirm_window_s=settings.resize_confirm_window_s),
+                        resize_confirm_window_s=settings.resize_confirm_window_s,
+                        shutdown_timeout_s=config.shutdown_timeout_s,
+                        soft_reboot_wait_s=config.soft_reboot_wait_s),
         tracker_for(host, ResourceTracker(pool, host, totals)), driver,
-        ImageCache(state_dir / "instances"), Publisher(producer, "compute", host), topics,
-        LiveProjection(pool, settings.db_schema))
+        ImageCache(instances_dir(settings.home, host)), Publisher(producer, "compute", host),
+        topics, LiveProjection(pool, settings.db_schema))
     group = f"compute-{host}"
     loop = ConsumeLoop(settings, group_id=group, topics=[topics.compute(host)],
                        handler=manager.handle, producer=producer, inbox=Inbox(pool, group),

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Protocol
 
-from novalog.image_files import cached_name, fetch_verified, qemu_img
+from novalog.image_files import cached_name, fetch_verified, qemu_format, qemu_img
 from schemas import payloads
 
 
@@ -72,8 +72,8 @@ class FileDriver:
             with self._lock:
                 fetch_verified(image["id"], image["location"], image["checksum"], base)
             partial = target.with_suffix(".part")
-            qemu_img("convert", "-q", "-f", image["disk_format"], "-O", "qcow2", str(base),
-                     str(partial))
+            qemu_img("convert", "-q", "-f", qemu_format(image["disk_format"]), "-O", "qcow2",
+                     str(base), str(partial))
             qemu_img("resize", "-q", "-f", "qcow2", str(partial), f"{size_gb}G")
             partial.rename(target)
         return self._connection(volume_id)

@@ -66,14 +66,14 @@ def test_a_bad_checksum_is_refused_and_caches_nothing(tmp_path) -> None:
 
 def test_spawn_defines_and_starts_a_domain_idempotently_and_destroy_removes_it(tmp_path):
     (tmp_path / "host.xml").write_text(host_definition(8, 16384))
-    driver = LibvirtDriver(f"test://{tmp_path / 'host.xml'}")
+    driver = LibvirtDriver(f"test://{tmp_path / 'host.xml'}", "cmpx")
     assert driver.host_resources() == (8, 16384)
     uuid_ = str(uuid.uuid4())
     port: payloads.Port = {"port_id": "p", "network_id": "n", "network_name": "private",
                            "mac_address": "fa:16:3e:00:00:09", "ip_address": "10.0.0.9"}
     disks: list[payloads.Disk] = [{"device": "vda", "path": str(tmp_path / "disk"),
                                    "format": "qcow2", "size_gb": 1, "backing_file": None}]
-    xml = domain_xml(uuid_, "vm<1>", FLAVOR, disks, [port], tmp_path / "console.log")
+    xml = domain_xml(uuid_, "vm<1>", FLAVOR, disks, [port], tmp_path / "console.log", "cmpx")
     driver.spawn(xml, tmp_path / "libvirt.xml")
     driver.spawn(xml, tmp_path / "libvirt.xml")  # again: still one running domain
     dom = driver.conn.lookupByUUIDString(uuid_)
@@ -97,7 +97,7 @@ def test_the_power_state_sync_follows_what_libvirt_says(settings: Settings,
     migrate(settings, schema)
     pool = make_pool(replace(settings, db_schema=schema))
     (tmp_path / "host.xml").write_text(host_definition(8, 16384))
-    driver = LibvirtDriver(f"test://{tmp_path / 'host.xml'}")
+    driver = LibvirtDriver(f"test://{tmp_path / 'host.xml'}", "cmpx")
     tracker = ResourceTracker(pool, "cmpx", HostTotals(8, 16384, 100, 4.0, 1.0, 1.0))
     tracker.register()
     sink, projection = InMemorySink(), FakeProjection()
@@ -113,7 +113,7 @@ def test_the_power_state_sync_follows_what_libvirt_says(settings: Settings,
             key_name=None, user_data=None, metadata={})
         assert tracker.claim(uid, 1, claim_of(FLAVOR), command).accepted
         tracker.set_stage(uid, "active")
-        driver.spawn(domain_xml(uid, uid[:8], FLAVOR, [], [], tmp_path / f"{uid}.log"),
+        driver.spawn(domain_xml(uid, uid[:8], FLAVOR, [], [], tmp_path / f"{uid}.log", "cmpx"),
                      tmp_path / f"{uid}.xml")
     projection.servers[busy] = ServerState("active", "rebooting", "cmpx", 1)
     driver.conn.lookupByUUIDString(off).destroy()  # shut off behind novalog's back
