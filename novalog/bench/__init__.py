@@ -19,7 +19,7 @@ from rich.progress import Progress
 
 from novalog.bench import report, synthetic
 from novalog.bench.harness import BenchStack, Profiler, Sampler
-from novalog.bench.load import Load, Outcome
+from novalog.bench.load import Load, Outcome, percentiles
 from novalog.bench.report import (
     BrokerFigures,
     BrokersResult,
@@ -29,6 +29,7 @@ from novalog.bench.report import (
     SchedulerResult,
 )
 from novalog.bench.synthetic import boot_events, scheduler_decisions
+from novalog.client import ApiFailure
 from producers.catalog import entity_id
 
 __all__ = ["app", "boot_events", "scheduler_decisions"]
@@ -73,12 +74,17 @@ def _roles_of(stack: BenchStack) -> set[str]:
 def run_load(scenario: str, parameters: dict[str, float], hosts: int, replicas: int,
              drive: Callable[[Load, Progress], None], timeout: float, output: Path,
              poll_s: float = 0.05, sample_s: float = 0.5, warm_up: bool = True,
-             profile: bool = False) -> LoadResult:
+             profile: bool = False, qemu_hosts: int = 0,
+             prepare: Callable[[BenchStack], str] | None = None,
+             extra: Callable[[LoadResult], None] | None = None) -> LoadResult:
     """Start a stack, boot one server to warm it up, then drive the load while sampling
-    every process; write and print what was measured."""
-    console.print(f"[bold]{scenario}[/bold]: starting a stack with {hosts} hosts ...")
-    with BenchStack(hosts=hosts, replicas=replicas) as stack:
-        load = Load(stack.client(timeout=120), poll_s=poll_s)
+    every process; write and print what was measured. `prepare` readies the stack and
+    names the image to boot (cirros without it); `extra` adds the drive's own figures."""
+    console.print(f"[bold]{scenario}[/bold]: starting a stack with {hosts} hosts"
+                  + (f" and {qemu_hosts} QEMU hosts" if qemu_hosts else "") + " ...")
+    with BenchStack(hosts=hosts, replicas=replicas, qemu_hosts=qemu_hosts) as stack:
+        image = prepare(stack) if prepare else "cirros"
+        load = Load(stack.client(timeout=120), image=image, poll_s=poll_s)
         unlimited_quota(load)
         result: LoadResult = {"scenario": scenario, "parameters": parameters}
         if warm_up:  # group joins and first connections: paid once per stack, shown apart
@@ -123,6 +129,8 @@ def run_load(scenario: str, parameters: dict[str, float], hosts: int, replicas: 
     if profile:
         result["profile"] = profiler.summary()
         _print_profile(result["profile"], result["cpu_seconds"])
+    if extra is not None:
+        extra(result)
     return _finish(result, outcome.latencies(), samples, output)
 
 
@@ -170,12 +178,69 @@ def burst_drive(count: int, concurrency: int) -> Callable[[Load, Progress], None
     return drive
 
 
+def qemu_serial_drive(count: int, marker_ms: list[float]) -> Callable[[Load, Progress], None]:
+    """Each boot of `tiny` on the QEMU host: POST -> ACTIVE as for any boot, then POST ->
+    the guest's marker on its console; then the server is deleted (and its QEMU process
+    gone) before the next POST, so one guest at a time runs."""
+    from producers.tiny_image import MARKER
+
+    def drive(load: Load, bar: Progress) -> None:
+        task = bar.add_task("serial boots of a real guest", total=count)
+        for i in range(count):
+            boot = load.post(f"qemu-{i}")
+            load.wait_one(boot, timeout=120)
+            path = f"/compute/v2.1/servers/{boot.server_id}/action"
+            deadline = time.perf_counter() + 120
+            while boot.status == "ACTIVE" and time.perf_counter() < deadline:
+                output = load.client.request("POST", path, json={
+                    "os-getConsoleOutput": {"length": None}})["output"]
+                if f"{MARKER} uuid={boot.server_id}" in output:
+                    marker_ms.append((time.perf_counter() - boot.posted_at) * 1000)
+                    break
+                time.sleep(0.05)
+            load.client.request("DELETE", f"/compute/v2.1/servers/{boot.server_id}")
+            while time.perf_counter() < deadline + 60:
+                try:
+                    load.client.get(f"/compute/v2.1/servers/{boot.server_id}")
+                except ApiFailure:
+                    break
+                time.sleep(0.1)
+            bar.advance(task)
+
+    return drive
+
+
+def _tiny_image(stack: BenchStack) -> str:
+    """The tiny guest built (kept under the user's NOVALOG_HOME) and registered."""
+    from producers.tiny_image import build, register
+
+    files = build(stack.base.home / "build" / "tiny", console.print)
+    register(stack.client(timeout=120), files)
+    return "tiny"
+
+
 @app.command()
-def serial(count: Annotated[int, typer.Option(min=1, help="Boots, one at a time.")] = 100,
-           hosts: Hosts = 4, output: Output = DEFAULT_OUTPUT) -> None:
+def serial(count: Annotated[int | None, typer.Option(
+        min=1, help="Boots, one at a time (default 100; 10 with --qemu).")] = None,
+           hosts: Hosts = 4, qemu: Annotated[bool, typer.Option(
+               help="Boot the real tiny guest on one QEMU host instead (`novalog "
+                    "hypervisor setup` first); also times POST -> its console marker.")]
+           = False, output: Output = DEFAULT_OUTPUT) -> None:
     """POST -> ACTIVE latency of one boot at a time (the next POST after ACTIVE)."""
-    run_load("serial", {"count": count, "hosts": hosts}, hosts, 1, serial_drive(count), 60,
-             output)
+    if not qemu:
+        count = count or 100
+        run_load("serial", {"count": count, "hosts": hosts}, hosts, 1, serial_drive(count),
+                 60, output)
+        return
+    count = count or 10
+    marker_ms: list[float] = []
+    run_load("serial-qemu", {"count": count, "qemu_hosts": 1}, 1, 1,
+             qemu_serial_drive(count, marker_ms), 120, output, qemu_hosts=1,
+             prepare=_tiny_image, extra=lambda r: _marker_figures(r, marker_ms))
+
+
+def _marker_figures(result: LoadResult, marker_ms: list[float]) -> None:
+    result["console_marker_ms"] = percentiles(marker_ms)
 
 
 @app.command()

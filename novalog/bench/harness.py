@@ -136,6 +136,7 @@ class BenchStack:
 
     hosts: int = 10
     replicas: int = 1
+    qemu_hosts: int = 0  # real QEMU hosts beside the simulated ones (serial --qemu)
     roles: bool = True  # False: only the broker and Postgres (the replay bench)
     base: Settings = field(default_factory=Settings.from_env)
     settings: Settings = field(init=False)
@@ -155,9 +156,11 @@ class BenchStack:
 
     def __enter__(self) -> BenchStack:
         os.environ.update(HOST_ENV)  # inherited by the compute agents and the bootstrap
-        roles = plan(self.settings, self.hosts, self.replicas) if self.roles else []
-        self.supervisor = Supervisor(self.settings, roles,
-                                     prepare_cloud(self.hosts) if self.roles else None)
+        roles = plan(self.settings, self.hosts, self.replicas, self.qemu_hosts) \
+            if self.roles else []
+        self.supervisor = Supervisor(
+            self.settings, roles,
+            prepare_cloud(self.hosts + self.qemu_hosts) if self.roles else None)
         self.supervisor.start()
         self.settings = self.supervisor.settings  # now with the broker and database
         self._watch = threading.Thread(target=self._watch_loop, name="supervisor",

@@ -14,7 +14,7 @@ from typing import Any, NotRequired, Required, TypedDict
 from rich.console import Console
 from rich.table import Table
 
-from novalog.bench.load import LoadSummary
+from novalog.bench.load import LoadSummary, Percentiles
 
 console = Console()
 
@@ -61,6 +61,7 @@ class LoadResult(TypedDict, total=False):
     charts: list[str]
     keeps_up: bool  # rate
     memory_growth_mb_per_1000_boots: dict[str, float]  # soak
+    console_marker_ms: Percentiles  # serial --qemu: POST -> the guest's marker on its console
 
 
 class ReplayResult(TypedDict):
@@ -159,6 +160,10 @@ def load_table(result: LoadResult) -> Table:
         ("CPU ms per boot, roles + broker + Postgres",
          str(result["cpu_ms_per_boot"]["roles_and_infrastructure"])),
     ]
+    if "console_marker_ms" in result:
+        marker = result["console_marker_ms"]
+        rows.insert(3, ("POST -> guest's console marker p50 / p95 / max ms",
+                        f"{marker['p50']} / {marker['p95']} / {marker['max']}"))
     if "keeps_up" in result:
         rows.append(("keeps up with the offered rate", str(result["keeps_up"])))
     if "first_boot_ms" in result:

@@ -104,7 +104,8 @@ class Cloud:
 
 @contextmanager
 def running_cloud(infra: Infra, home: Path, *, hosts: int = 4, replicas: int = 1,
-                  extra_env: dict[str, str] | None = None) -> Iterator[Cloud]:
+                  extra_env: dict[str, str] | None = None,
+                  up_args: tuple[str, ...] = ()) -> Iterator[Cloud]:
     tag = uuid.uuid4().hex[:8]
     key = Fernet.generate_key().decode()
     port = free_port()
@@ -119,7 +120,7 @@ def running_cloud(infra: Infra, home: Path, *, hosts: int = 4, replicas: int = 1
     env["OS_PASSWORD"] = env.get("NOVALOG_ADMIN_PASSWORD", "admin")  # the CLI logs in as admin
     log = open(home.parent / f"up-{tag}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "novalog", "up", "--hosts", str(hosts),
-                             "--replicas", str(replicas)], env=env, stdout=log,
+                             "--replicas", str(replicas), *up_args], env=env, stdout=log,
                             stderr=subprocess.STDOUT)
     settings = Settings.from_env(env)
     cloud = Cloud(env, home, f"http://127.0.0.1:{port}", settings, key, proc)
