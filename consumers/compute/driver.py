@@ -184,9 +184,12 @@ class LibvirtDriver:
         return int(info[2]), int(total_kib) // 1024
 
     def owner_of(self, dom: libvirt.virDomain) -> str | None:
-        """The compute host a domain belongs to, from its novalog metadata."""
+        """The compute host a domain belongs to, from the novalog metadata of its persistent
+        definition (a move's destination redefines a running domain: the live one keeps
+        the source's until the next start)."""
         try:
-            xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NOVALOG_NS)
+            xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NOVALOG_NS,
+                               libvirt.VIR_DOMAIN_AFFECT_CONFIG)
         except libvirt.libvirtError:
             return None
         found = ElementTree.fromstring(xml).find("host")
