@@ -4,8 +4,9 @@ The default URI is libvirt's test driver with a host definition file (CPUs,
 memory), so many simulated hosts run on one machine through the real libvirt
 API. `qemu:///system` (TCG: KVM guests hang on these machines) is a change of
 NOVALOG_LIBVIRT_URI. Several compute hosts may share one real libvirt (qemu1 and
-qemu2 on one machine): each domain then names its owner in novalog's metadata, and
-a host lists, counts and destroys only its own.
+qemu2 on one machine, or two deployments' qemu1): each domain then names its owner
+(deployment / host) in novalog's metadata, and a host lists, counts and destroys
+only its own.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def os_xml(boot: DirectBoot | None) -> str:
 
 def domain_xml(instance_uuid: str, name: str, flavor: payloads.Flavor,
                disks: list[payloads.Disk], ports: list[payloads.Port],
-               console_log: Path, host: str, boot: DirectBoot | None = None) -> str:
+               console_log: Path, owner: str, boot: DirectBoot | None = None) -> str:
     """What Nova's libvirt driver would define, reduced to what a boot needs: TCG, ACPI
     (without it a guest's power-off never ends the domain), the serial console appended
     to a file (a reboot adds to it), no balloon, the instance uuid as the domain's."""
@@ -102,7 +103,7 @@ def domain_xml(instance_uuid: str, name: str, flavor: payloads.Flavor,
         f"<nova:flavor name={quoteattr(flavor['name'])}><nova:memory>{flavor['memory_mb']}"
         f"</nova:memory><nova:vcpus>{flavor['vcpus']}</nova:vcpus></nova:flavor>"
         f"</nova:instance><novalog:instance xmlns:novalog='{NOVALOG_NS}'>"
-        f"<novalog:host>{escape(host)}</novalog:host></novalog:instance></metadata>"
+        f"<novalog:owner>{escape(owner)}</novalog:owner></novalog:instance></metadata>"
         f"<memory unit='MiB'>{flavor['memory_mb']}</memory><vcpu>{flavor['vcpus']}</vcpu>"
         f"{os_xml(boot)}"
         f"<features><acpi/><apic/></features><clock offset='utc'/>"
@@ -112,6 +113,36 @@ def domain_xml(instance_uuid: str, name: str, flavor: payloads.Flavor,
         f"<source path={quoteattr(str(console_log))} append='on'/></serial>"
         f"<memballoon model='none'/></devices></domain>"
     )
+
+
+def owner_of(dom: libvirt.virDomain) -> str | None:
+    """The owner in the novalog metadata of the domain's persistent definition (a move's
+    destination redefines a running domain: the live one keeps the source's until the
+    next start); None for a domain novalog did not define."""
+    try:
+        xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NOVALOG_NS,
+                           libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+    except libvirt.libvirtError:
+        return None
+    found = ElementTree.fromstring(xml).find("owner")
+    return found.text if found is not None else None
+
+
+def destroy_deployment(uri: str, deployment: str) -> list[str]:
+    """Destroy and undefine every domain a deployment's hosts own on this libvirt (a
+    bench's or a test's cloud torn down with guests still running); their uuids."""
+    conn = libvirt.open(uri)
+    gone = []
+    try:
+        for dom in conn.listAllDomains():
+            if (owner_of(dom) or "").startswith(f"{deployment}/"):
+                if dom.isActive():
+                    dom.destroy()
+                dom.undefine()
+                gone.append(dom.UUIDString())
+    finally:
+        conn.close()
+    return gone
 
 
 _EVENT_LOOP: list[threading.Thread] = []  # libvirt's default event loop, one per process
@@ -135,12 +166,14 @@ def _start_event_loop() -> None:
 
 class LibvirtDriver:
     """One lazily opened connection, used from the agent's thread only. `host` is the
-    compute host it serves: on a shared (real) libvirt, the owner written into each
-    domain it defines and the only one whose domains it touches."""
+    compute host it serves and `deployment` the cloud (its topic prefix): on a shared
+    (real) libvirt, `owner` is written into each domain it defines, and only the
+    domains it owns are touched."""
 
-    def __init__(self, uri: str, host: str = "") -> None:
+    def __init__(self, uri: str, host: str = "", deployment: str = "") -> None:
         self.uri = uri
         self.host = host
+        self.owner = f"{deployment}/{host}" if deployment else host
         self.shared = not uri.startswith("test:")  # a real hypervisor, maybe other hosts'
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
@@ -184,19 +217,11 @@ class LibvirtDriver:
         return int(info[2]), int(total_kib) // 1024
 
     def owner_of(self, dom: libvirt.virDomain) -> str | None:
-        """The compute host a domain belongs to, from the novalog metadata of its persistent
-        definition (a move's destination redefines a running domain: the live one keeps
-        the source's until the next start)."""
-        try:
-            xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NOVALOG_NS,
-                               libvirt.VIR_DOMAIN_AFFECT_CONFIG)
-        except libvirt.libvirtError:
-            return None
-        found = ElementTree.fromstring(xml).find("host")
-        return found.text if found is not None else None
+        """The deployment / host a domain belongs to."""
+        return owner_of(dom)
 
     def _owned(self, dom: libvirt.virDomain) -> bool:
-        return not self.shared or self.owner_of(dom) == self.host
+        return not self.shared or owner_of(dom) == self.owner
 
     def spawn(self, xml: str, dump_to: Path) -> libvirt.virDomain:
         """Define (idempotent: same uuid and name) and start unless already running."""

@@ -30,9 +30,10 @@ class FailingDriver(LibvirtDriver):
         raise RuntimeError(f"spawn failed on {self.host} (test fault)")
 
 
-def driver_for(host: str, uri: str) -> LibvirtDriver:
+def driver_for(host: str, uri: str, deployment: str) -> LibvirtDriver:
     """The host's libvirt driver, or one whose spawns fail where a test asks."""
-    return (FailingDriver if faults.active("fail_spawn", host) else LibvirtDriver)(uri, host)
+    driver = FailingDriver if faults.active("fail_spawn", host) else LibvirtDriver
+    return driver(uri, host, deployment)
 
 
 def tracker_for(host: str, tracker: ResourceTracker) -> ResourceTracker:

@@ -379,7 +379,7 @@ class ComputeManager(VolumeOps):
                     disks: list[payloads.Disk], ports: list[payloads.Port],
                     image: payloads.ImageToBoot | None = None) -> str:
         return domain_xml(uuid, cmd["name"], cmd["flavor"], disks, ports,
-                          self.cache.instance_dir(uuid) / "console.log", self.host,
+                          self.cache.instance_dir(uuid) / "console.log", self.driver.owner,
                           self._direct_boot(uuid, cmd["name"], image or cmd["image"]))
 
     def _direct_boot(self, uuid: str, name: str,

@@ -37,7 +37,7 @@ def serve(settings: Settings, stop: threading.Event) -> None:
     topics = Topics(settings.topic_prefix)
     ensure_topics(settings, [topics.compute(host)])
     state_dir = settings.home / "compute" / host
-    driver = driver_for(host, libvirt_uri(config, state_dir))
+    driver = driver_for(host, libvirt_uri(config, state_dir), settings.topic_prefix)
     vcpus, memory_mb = driver.host_resources()
     disk_gb = config.disk_gb or 200
     if driver.shared:  # a real machine: its memory and disk, shared by its compute hosts

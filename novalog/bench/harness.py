@@ -178,6 +178,10 @@ class BenchStack:
         if self._watch is not None:
             self._watch.join()
         self.supervisor.shutdown()
+        if self.qemu_hosts:  # real guests outlive their agents: the bench's go with it
+            from consumers.compute.driver import destroy_deployment
+
+            destroy_deployment("qemu:///system", self.settings.topic_prefix)
         if self.base.database_url:  # a configured database keeps nothing of the bench
             drop_schemas(self.settings)
         shutil.rmtree(self._home, ignore_errors=True)

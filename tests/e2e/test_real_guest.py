@@ -22,6 +22,7 @@ import libvirt
 import psutil
 import pytest
 
+from consumers.compute.driver import destroy_deployment
 from novalog.client import ApiFailure
 from producers.tiny_image import MARKER
 from tests.conftest import Infra
@@ -52,6 +53,7 @@ def cloud(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cl
     with running_cloud(infra, tmp_path_factory.mktemp("qemu") / "home", hosts=1,
                        up_args=("--qemu-hosts", "1")) as c:
         yield c
+    destroy_deployment(URI, c.settings.topic_prefix)  # a failed test's guests
 
 
 def console(cloud: Cloud, server_id: str) -> str:

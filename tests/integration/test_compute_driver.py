@@ -92,18 +92,21 @@ def test_hosts_sharing_one_libvirt_touch_only_their_own_domains(tmp_path: Path) 
     """qemu1 and qemu2 on one machine's libvirt: after a move, the destination's domain
     has the instance's uuid, and the source's clean-up must not destroy it."""
     (tmp_path / "host.xml").write_text(host_definition(8, 16384))
-    one = LibvirtDriver(f"test://{tmp_path / 'host.xml'}", "qemu1")
-    two = LibvirtDriver(one.uri, "qemu2")
+    one = LibvirtDriver(f"test://{tmp_path / 'host.xml'}", "qemu1", "cloud")
+    two = LibvirtDriver(one.uri, "qemu2", "cloud")
     two._conn = one.conn  # one daemon, two compute hosts
     one.shared = two.shared = True
     uid = str(uuid.uuid4())
-    one.spawn(domain_xml(uid, "vm", FLAVOR, [], [], tmp_path / "c.log", "qemu1"),
+    one.spawn(domain_xml(uid, "vm", FLAVOR, [], [], tmp_path / "c.log", one.owner),
               tmp_path / "one.xml")
+    other = LibvirtDriver(one.uri, "qemu1", "another-cloud")  # its own qemu1
+    other._conn, other.shared = one.conn, True
     assert one.instance_uuids() == [uid] and two.instance_uuids() == []
+    assert other.instance_uuids() == [] and other.power_state_of(uid) is None
     assert (one.running_count(), two.running_count()) == (1, 0)
     two.destroy(uid)  # not qemu2's: left alone
     assert one.power_state_of(uid) == 1 and two.power_state_of(uid) is None
-    two.spawn(domain_xml(uid, "vm", FLAVOR, [], [], tmp_path / "c.log", "qemu2"),
+    two.spawn(domain_xml(uid, "vm", FLAVOR, [], [], tmp_path / "c.log", two.owner),
               tmp_path / "two.xml")  # the move's destination defines it as its own
     one.destroy(uid)  # the source's clean-up
     assert two.instance_uuids() == [uid] and one.instance_uuids() == []

@@ -56,7 +56,7 @@ def test_a_kernel_image_boots_directly_with_its_command_line(tmp_path: Path) -> 
     assert "<kernel>/base/k</kernel><initrd>/base/r</initrd>" in xml
     assert "<cmdline>console=ttyS0 novalog.uuid=u novalog.name=a%20b</cmdline>" in xml
     assert "<boot dev='hd'/>" not in xml and "append='on'" in xml
-    assert "<novalog:host>qemu1</novalog:host>" in xml
+    assert "<novalog:owner>qemu1</novalog:owner>" in xml
     plain = domain_xml("6a3c6b2e-0000-4000-8000-000000000001", "a", FLAVOR, [], [],
                        tmp_path / "console.log", "qemu1")
     assert "<boot dev='hd'/>" in plain and "<kernel>" not in plain
