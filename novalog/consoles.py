@@ -26,8 +26,9 @@ def console_log_path(home: Path, host: str, instance_uuid: str) -> Path:
 
 
 def console_output(path: Path, length: int | None) -> str:
-    """The last MAX_CONSOLE_BYTES of the log, then its last `length` lines (Nova's
-    _tail_log), without control characters; "" while the file is not there yet."""
+    """The last MAX_CONSOLE_BYTES of the log, then its last `length` pieces between
+    newlines (Nova's _tail_log, which Tempest counts: a log ending in a newline gives
+    one line fewer), without control characters; "" while the file is not there yet."""
     try:
         with open(path, "rb") as log:
             size = log.seek(0, os.SEEK_END)
@@ -35,6 +36,6 @@ def console_output(path: Path, length: int | None) -> str:
             text = log.read().decode("utf-8", errors="replace")
     except FileNotFoundError:
         return ""
-    if length is not None:
-        text = "\n".join(text.split("\n")[-length - 1:]) if length else ""
+    if length is not None:  # as Nova: the "" after a final newline counts as a line
+        text = "\n".join(text.split("\n")[-length:]) if length else ""
     return UNPRINTABLE.sub("", text)

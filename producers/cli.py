@@ -383,6 +383,16 @@ def build_tiny(register: Annotated[bool, typer.Option(
                                                 "already registered; nothing changed"))
 
 
+def _new_part(seen: str, text: str) -> str:
+    """What `text` (the console's last 100 KiB now) adds to `seen` (the last read): the
+    window may have moved on, so the end of the last read is looked for in it."""
+    if text.startswith(seen):
+        return text[len(seen):]
+    tail = seen[-256:]
+    at = text.rfind(tail) if tail else -1
+    return text[at + len(tail):] if at >= 0 else text
+
+
 def console_log(server: SERVER, lines: Annotated[int | None, typer.Option(
         "--lines", help="Only the last N lines (Nova's `length`).")] = None,
                 follow: Annotated[bool, typer.Option(
@@ -393,17 +403,17 @@ def console_log(server: SERVER, lines: Annotated[int | None, typer.Option(
     def show(client: NovalogClient) -> None:
         found = client.find("server", server)
         path = f"/compute/v2.1/servers/{found['id']}/action"
-        body: dict[str, object] = {"os-getConsoleOutput": {"length": lines}}
-        seen = ""
-        while True:
-            text = str(client.request("POST", path, json=body)["output"])
-            if not text.startswith(seen):  # a restarted guest's log, or a window moved
-                seen = ""
-            typer.echo(text[len(seen):], nl=False)
-            seen = text
-            if not follow:
-                return
-            body = {"os-getConsoleOutput": {"length": None}}
+
+        def read(length: int | None) -> str:
+            body = {"os-getConsoleOutput": {"length": length}}
+            return str(client.request("POST", path, json=body)["output"])
+
+        typer.echo(read(lines), nl=False)
+        seen = read(None) if follow else ""
+        while follow:
             time.sleep(interval)
+            text = read(None)
+            typer.echo(_new_part(seen, text), nl=False)
+            seen = text
 
     _run(show)

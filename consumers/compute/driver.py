@@ -11,6 +11,7 @@ only its own.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -115,13 +116,13 @@ def domain_xml(instance_uuid: str, name: str, flavor: payloads.Flavor,
     )
 
 
-def owner_of(dom: libvirt.virDomain) -> str | None:
+def owner_of(dom: libvirt.virDomain, live: bool = False) -> str | None:
     """The owner in the novalog metadata of the domain's persistent definition (a move's
     destination redefines a running domain: the live one keeps the source's until the
-    next start); None for a domain novalog did not define."""
+    next start), or of the running one; None for a domain novalog did not define."""
+    flags = libvirt.VIR_DOMAIN_AFFECT_LIVE if live else libvirt.VIR_DOMAIN_AFFECT_CONFIG
     try:
-        xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NOVALOG_NS,
-                           libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NOVALOG_NS, flags)
     except libvirt.libvirtError:
         return None
     found = ElementTree.fromstring(xml).find("owner")
@@ -178,6 +179,7 @@ class LibvirtDriver:
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
         self._changed: set[str] = set()  # uuids with a lifecycle event since the last drain
+        self._callback: int | None = None
 
     @property
     def conn(self) -> libvirt.virConnect:
@@ -187,7 +189,7 @@ class LibvirtDriver:
                     _start_event_loop()
                 self._conn = libvirt.open(self.uri)
                 if self.shared:  # a guest that powers itself off is seen at once
-                    self._conn.domainEventRegisterAny(
+                    self._callback = self._conn.domainEventRegisterAny(
                         None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None)
             return self._conn
 
@@ -223,9 +225,36 @@ class LibvirtDriver:
     def _owned(self, dom: libvirt.virDomain) -> bool:
         return not self.shared or owner_of(dom) == self.owner
 
+    def owned_elsewhere(self, instance_uuid: str) -> bool:
+        """The domain exists on this shared libvirt as another host's (a move's
+        destination took it): this host must neither start nor redefine it."""
+        if not self.shared:
+            return False
+        try:
+            dom = self.conn.lookupByUUIDString(instance_uuid)
+        except libvirt.libvirtError:
+            return False
+        owner = owner_of(dom)
+        return owner is not None and owner != self.owner
+
     def spawn(self, xml: str, dump_to: Path) -> libvirt.virDomain:
-        """Define (idempotent: same uuid and name) and start unless already running."""
+        """Define (idempotent: same uuid and name) and start unless already running. On a
+        shared libvirt a domain still running as another host's (a live migration or an
+        evacuation between two hosts of one machine) is started again: it must run on
+        this host's disks, not on the ones its source is about to remove."""
+        restart = False
+        if self.shared:
+            try:
+                old = self.conn.lookupByUUIDString(str(ElementTree.fromstring(xml).findtext(
+                    "uuid")))
+                restart = bool(old.isActive()) and owner_of(old, live=True) != self.owner
+            except libvirt.libvirtError:
+                pass
         dom = self.conn.defineXML(xml)
+        if restart:
+            log.info("%s ran as %s's; starting it again here", dom.UUIDString(),
+                     owner_of(dom, live=True))
+            dom.destroy()
         if not dom.isActive():
             dom.create()
         dump_to.write_text(dom.XMLDesc())  # what libvirt accepted, like Nova's libvirt.xml
@@ -254,12 +283,12 @@ class LibvirtDriver:
         """Nova's _clean_shutdown: ask the guest (ACPI power button), again every
         SHUTDOWN_RETRY_S, until it is off or the timeout passes; whether it went off."""
         deadline = time.monotonic() + timeout_s
-        asked = 0.0
+        asked: float | None = None
         while dom.isActive():
             now = time.monotonic()
             if now >= deadline:
                 return False
-            if now - asked >= SHUTDOWN_RETRY_S:
+            if asked is None or now - asked >= SHUTDOWN_RETRY_S:
                 try:
                     dom.shutdown()
                 except libvirt.libvirtError:
@@ -267,6 +296,8 @@ class LibvirtDriver:
                         break
                     raise
                 asked = now
+                if not dom.isActive():  # the test driver's shutdown is immediate
+                    break
             time.sleep(0.1)
         return True
 
@@ -388,5 +419,8 @@ class LibvirtDriver:
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
+                if self._callback is not None:
+                    with contextlib.suppress(libvirt.libvirtError):
+                        self._conn.domainEventDeregisterAny(self._callback)
                 self._conn.close()
                 self._conn = None

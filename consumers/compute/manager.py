@@ -113,7 +113,8 @@ class ComputeManager(VolumeOps):
         for stage, start in (("active", True), ("stopped", False), ("outgoing", False)):
             for uuid in self.tracker.instances_at(stage):
                 saved = self.cache.instance_dir(uuid) / "libvirt.xml"
-                if uuid in self._releasing or not saved.exists():
+                if uuid in self._releasing or not saved.exists() or \
+                        self.driver.owned_elsewhere(uuid):  # a move's destination has it
                     continue
                 if start and self.driver.power_state_of(uuid) != states.RUNNING:
                     log.info("init_host: starting the domain of %s again", uuid)
@@ -157,7 +158,7 @@ class ComputeManager(VolumeOps):
             self.sync_power_states()
         changed = self.driver.changed_domains()
         if changed:  # Nova's handle_lifecycle_event: those guests synced now
-            self._sync_instances(changed, f"req-{self.host}-lifecycle-{int(time.time())}")
+            self._sync_changed(changed, f"req-{self.host}-lifecycle-{int(time.time())}")
         if self.ident.resize_confirm_window_s and now - self._last_poll >= min(
                 10.0, self.ident.resize_confirm_window_s):
             self.poll_unconfirmed_resizes()
@@ -185,14 +186,18 @@ class ComputeManager(VolumeOps):
         reported (power_state 0); nothing changes while a task is in progress."""
         self._last_sync = time.monotonic()
         correlation = f"req-{self.host}-power-sync-{int(time.time())}"
-        self._sync_instances(self.tracker.instances_at("active") +
-                             self.tracker.instances_at("stopped"), correlation)
+        self._sync_instances([(uuid, stage) for stage in ("active", "stopped")
+                              for uuid in self.tracker.instances_at(stage)], correlation)
 
-    def _sync_instances(self, uuids: Iterable[str], correlation: str) -> None:
-        for uuid in uuids:
-            record = self._record(uuid)
-            if record is None or record.stage not in ("active", "stopped"):
-                continue  # not ours, or a build or a move under way here
+    def _sync_changed(self, uuids: Iterable[str], correlation: str) -> None:
+        records = [self._record(uuid) for uuid in uuids]
+        self._sync_instances([(r.instance_uuid, r.stage) for r in records if r is not None],
+                             correlation)
+
+    def _sync_instances(self, instances: list[tuple[str, str]], correlation: str) -> None:
+        for uuid, stage in instances:
+            if uuid in self._releasing or stage not in ("active", "stopped"):
+                continue  # a build or a move under way here
             server = self.projection.server(uuid) if self.projection else None
             if server is not None and (server.task_state is not None or
                                        server.vm_state not in SYNCED):
@@ -208,12 +213,12 @@ class ComputeManager(VolumeOps):
                                      correlation)
                 continue
             self._vanished.discard(uuid)
-            if record.stage == "active" and power in (states.SHUTDOWN, states.CRASHED):
+            if stage == "active" and power in (states.SHUTDOWN, states.CRASHED):
                 log.warning("power sync: %s is shut off; it is stopped now", uuid)
                 self.tracker.set_stage(uuid, "stopped")
                 self._sync_event("InstanceStopped", uuid, payloads.InstanceStopped(
                     host=self.host, power_state=power), correlation)
-            elif record.stage == "stopped" and power == states.RUNNING:
+            elif stage == "stopped" and power == states.RUNNING:
                 log.warning("power sync: %s runs while stopped; stopping it", uuid)
                 self.driver.power_off(uuid, self.ident.shutdown_timeout_s)
 

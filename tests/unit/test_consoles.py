@@ -20,8 +20,11 @@ def test_the_last_lines_without_control_characters(tmp_path: Path) -> None:
     log = tmp_path / "console.log"
     log.write_bytes(b"one\n\x1b[0mtwo\x07\n\tthree\nfour\n")
     assert console_output(log, None) == "one\n[0mtwo\n\tthree\nfour\n"
-    assert console_output(log, 2) == "\tthree\nfour\n"
+    assert console_output(log, 3) == "\tthree\nfour\n"  # Nova's count: "" is the 3rd
+    assert console_output(log, 3).split("\n") == ["\tthree", "four", ""]
     assert console_output(log, 0) == ""
+    log.write_bytes(b"one\ntwo\nthree")  # a line still being written counts
+    assert console_output(log, 2) == "two\nthree"
     assert console_output(log, 100).startswith("one\n")
     assert console_output(tmp_path / "absent.log", 5) == ""  # not written yet
 
@@ -60,3 +63,13 @@ def test_a_kernel_image_boots_directly_with_its_command_line(tmp_path: Path) -> 
     plain = domain_xml("6a3c6b2e-0000-4000-8000-000000000001", "a", FLAVOR, [], [],
                        tmp_path / "console.log", "qemu1")
     assert "<boot dev='hd'/>" in plain and "<kernel>" not in plain
+
+
+def test_following_prints_only_what_is_new_even_when_the_window_moves() -> None:
+    from producers.cli import _new_part
+
+    assert _new_part("", "a\n") == "a\n"
+    assert _new_part("a\n", "a\nb\n") == "b\n"
+    window = "x" * 600 + "line\n"
+    assert _new_part(window, window[100:] + "next\n") == "next\n"  # the oldest 100 gone
+    assert _new_part("old guest\n", "new\n") == "new\n"  # nothing in common: all of it

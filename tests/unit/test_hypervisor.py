@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from novalog.cli import app
 
 def setup_says(monkeypatch: pytest.MonkeyPatch, *args: str, uid: int = 1000,
                missing: list[str] | None = None) -> tuple[int, str]:
-    monkeypatch.setattr(hypervisor.os, "geteuid", lambda: uid)
+    monkeypatch.setattr(os, "geteuid", lambda: uid)
     monkeypatch.setattr(hypervisor, "missing_packages", lambda: missing or [])
     monkeypatch.setattr(hypervisor, "check", lambda uri: f"{uri}: checked")
     done = CliRunner().invoke(app, ["hypervisor", "setup", *args])
