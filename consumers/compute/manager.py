@@ -116,12 +116,16 @@ class ComputeManager(VolumeOps):
                 if uuid in self._releasing or not saved.exists() or \
                         self.driver.owned_elsewhere(uuid):  # a move's destination has it
                     continue
-                if start and self.driver.power_state_of(uuid) != states.RUNNING:
-                    log.info("init_host: starting the domain of %s again", uuid)
-                    self.driver.spawn(saved.read_text(), saved)
-                elif not start and uuid not in known:
-                    log.info("init_host: defining the domain of %s again (%s)", uuid, stage)
-                    self.driver.define(saved.read_text())
+                try:
+                    if start and self.driver.power_state_of(uuid) != states.RUNNING:
+                        log.info("init_host: starting the domain of %s again", uuid)
+                        self.driver.spawn(saved.read_text(), saved)
+                    elif not start and uuid not in known:
+                        log.info("init_host: defining the domain of %s again (%s)", uuid,
+                                 stage)
+                        self.driver.define(saved.read_text())
+                except Exception:  # as Nova's init_host: one guest never stops the host
+                    log.exception("init_host: the domain of %s could not be restored", uuid)
 
     def _destroy_evacuated_instances(self) -> None:
         """Nova's init_host step of the same name: the instances evacuated from this host
