@@ -156,6 +156,7 @@ def check(uri: str) -> str:
     versions for the report."""
     import libvirt
 
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # raised, not printed too
     try:
         conn = libvirt.open(uri)
     except libvirt.libvirtError as exc:

@@ -73,8 +73,8 @@ def follow(client: NovalogClient, ids: list[str], names: dict[str, str],
 
 def boot(
     name: Annotated[str, typer.Argument(help="Server name (-1, -2... appended with --count).")],
-    flavor: Annotated[str, typer.Option(help="Flavor name or id.")],
     image: Annotated[str, typer.Option(help="Image name or id.")],
+    flavor: Annotated[str, typer.Option(help="Flavor name or id.")] = "m1.tiny",
     network: Annotated[list[str] | None, typer.Option(
         help="Network name or id (repeatable; default: private).")] = None,
     count: Annotated[int, typer.Option(min=1, max=1000, help="How many servers.")] = 1,
