@@ -8,6 +8,8 @@ adds the middleware, the error handlers and health.
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 from importlib.metadata import version
 from typing import Any
@@ -53,6 +55,31 @@ def _location(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc if p != "body")
 
 
+NUL_ESCAPE = re.compile(rb"\\u0000", re.IGNORECASE)
+
+
+def has_nul(body: bytes) -> bool:
+    """Whether a JSON body holds a NUL in any string (as the escape \\u0000, or raw)."""
+    if b"\x00" in body:
+        return True
+    if not NUL_ESCAPE.search(body):
+        return False
+    try:
+        return _nul_in(json.loads(body))
+    except ValueError:
+        return False  # not JSON: the route's own parsing says so
+
+
+def _nul_in(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, list):
+        return any(_nul_in(v) for v in value)
+    if isinstance(value, dict):
+        return any(_nul_in(k) or _nul_in(v) for k, v in value.items())
+    return False
+
+
 def create_app(settings: Settings) -> FastAPI:
     """A new app bound to `settings`; no client is created until a request needs it."""
     app = FastAPI(
@@ -72,11 +99,18 @@ def create_app(settings: Settings) -> FastAPI:
         if request.method == "PUT" and request.url.path.startswith("/image/") and \
                 request.url.path.endswith("/file"):
             return await call_next(request)  # image data: streamed, with its own cap
-        body = await request.body() if length is None else b""
-        size = int(length) if length and length.isdigit() else len(body)
-        if size > MAX_BODY_BYTES:
+        size = int(length) if length and length.isdigit() else None
+        if size is not None and size > MAX_BODY_BYTES:
             return JSONResponse(error_body(400, f"Request body too large: {size} bytes, the "
                                                 f"limit is {MAX_BODY_BYTES} bytes."),
+                                status_code=400)
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            return JSONResponse(error_body(400, f"Request body too large: {len(body)} bytes, "
+                                                f"the limit is {MAX_BODY_BYTES} bytes."),
+                                status_code=400)
+        if has_nul(body):  # no field can hold one: Postgres text cannot, nor can a name
+            return JSONResponse(error_body(400, "NUL characters are not allowed in a request."),
                                 status_code=400)
         return await call_next(request)
 

@@ -15,6 +15,7 @@ When its version is not the live one, it activates it once it has caught up.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -72,21 +73,47 @@ class Projector:
         return self.runner.poll_once()
 
     def _project_batch(self, batch: Batch, conn: Connection[Any]) -> None:
-        instances = InstanceBatch(conn, [e for _, e in batch.events
+        """The batch pipelined in one savepoint. If Postgres cannot store a value of one
+        record (a DataError: a NUL, a number out of range), the batch is projected again
+        one record per savepoint and the records it cannot store are dead-lettered:
+        one bad fact never stalls the projection. Refusals are sent once, after the
+        attempt that stands."""
+        refusals: list[tuple[Record, str]] = []
+        try:
+            with conn.transaction():
+                self._project_records(conn, batch.events, refusals, pipelined=True)
+        except psycopg.DataError as exc:
+            log.warning("a batch of %d records could not be stored (%s); projecting it one "
+                        "record at a time", len(batch.events), str(exc).strip())
+            refusals = []
+            for item in batch.events:
+                kept: list[tuple[Record, str]] = []
+                try:
+                    with conn.transaction():
+                        self._project_records(conn, [item], kept, pipelined=False)
+                except psycopg.DataError as bad:
+                    kept = [(item[0], f"cannot be stored: {str(bad).strip()}")]
+                refusals += kept
+        for record, why in refusals:
+            self.runner.refuse(record, why)
+
+    def _project_records(self, conn: Connection[Any], events: list[tuple[Record, Event]],
+                         refusals: list[tuple[Record, str]], pipelined: bool) -> None:
+        instances = InstanceBatch(conn, [e for _, e in events
                                          if family_of(e.event_type) == "instance"])
-        with conn.pipeline():
-            for record, event in batch.events:
-                self._project(conn, instances, record, event)
+        with conn.pipeline() if pipelined else contextlib.nullcontext():
+            for record, event in events:
+                self._project(conn, instances, record, event, refusals)
             instances.finish()
 
     def _project(self, conn: Connection[Any], instances: InstanceBatch, record: Record,
-                 event: Event) -> None:
+                 event: Event, refusals: list[tuple[Record, str]]) -> None:
         family = family_of(event.event_type)
         if family == "instance":
             try:
                 state = instances.fold(event)  # refused before anything of it is written
             except TransitionError as exc:
-                self.runner.refuse(record, f"refused by the fold: {exc}")
+                refusals.append((record, f"refused by the fold: {exc}"))
                 return
             if state is not None:
                 instances.add(event, record.value or b"", state)
@@ -97,7 +124,7 @@ class Projector:
         try:
             writer(conn, event, record.value or b"")  # a volume fold refuses before writing
         except TransitionError as exc:
-            self.runner.refuse(record, f"refused by the fold: {exc}")
+            refusals.append((record, f"refused by the fold: {exc}"))
 
     def close(self) -> None:
         self.runner.close()

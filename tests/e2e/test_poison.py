@@ -32,6 +32,13 @@ def ev(kind: str, key: str, **payload: object) -> Event:
     return Event(kind, key, dict(payload), f"req-{uuid.uuid4()}", "intruder@x")
 
 
+def flavor(flavorid: str, **fields: object) -> Event:
+    return ev("FlavorCreated", flavorid, **{
+        "flavorid": flavorid, "name": f"poison-{flavorid}", "vcpus": 1, "memory_mb": 64,
+        "root_gb": 1, "ephemeral_gb": 0, "swap_mb": 0, "is_public": True, "extra_specs": {},
+        **fields})
+
+
 def test_poison_on_every_topic_is_dead_lettered_or_ignored_and_the_cloud_goes_on(
         cloud: Cloud) -> None:
     prefix = cloud.settings.topic_prefix
@@ -48,7 +55,10 @@ def test_poison_on_every_topic_is_dead_lettered_or_ignored_and_the_cloud_goes_on
         "hosts": [GARBAGE, unknown_fp,
                   encode(ev("ServiceHeartbeat", "nowhere", host="nowhere",
                             binary="nova-compute"))],
-        "catalog": [GARBAGE, unknown_fp],
+        "catalog": [GARBAGE, unknown_fp,  # then facts Postgres cannot store, then a good one
+                    encode(flavor("nul", name="bad\x00name")),
+                    encode(flavor("huge", swap_mb=2**40)),
+                    encode(flavor("fine"))],
         "network": [GARBAGE, unknown_fp,
                     encode(ev("ReleasePorts", "nonet", instance_uuid=ghost,
                               network_id="nonet", reason="x", attempt=0))],
@@ -86,7 +96,8 @@ def test_poison_on_every_topic_is_dead_lettered_or_ignored_and_the_cloud_goes_on
         done = all(consumers <= got.get(topic, set())
                    for (topic, _), consumers in expected.items())
         reasons = " | ".join(d["error"] for d in letters)
-        if done and "refused by the fold: InstanceSpawned for unknown instance" in reasons \
+        if done and reasons.count("cannot be stored") >= 2 \
+                and "refused by the fold: InstanceSpawned for unknown instance" in reasons \
                 and "refused by the fold: InstanceScheduled for instance" in reasons \
                 and "BuildAndRunInstance for host cmp2 reached cmp1" in reasons:
             break
@@ -94,6 +105,9 @@ def test_poison_on_every_topic_is_dead_lettered_or_ignored_and_the_cloud_goes_on
         time.sleep(0.5)
     assert "undecodable: not Avro single-object encoding" in reasons
     assert "undecodable: unknown schema fingerprint" in reasons
+    assert "NUL" in reasons and "out of range" in reasons  # one record each, not the batch
+    flavors = {f["name"] for f in cloud.client().get("/compute/v2.1/flavors")["flavors"]}
+    assert "poison-fine" in flavors and not {"poison-huge", "bad"} & flavors
     # nothing else changed, and every role is still working
     services = cloud.client().get("/compute/v2.1/os-services")["services"]
     assert sorted(s["host"] for s in services
