@@ -21,8 +21,10 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from novalog import request_ids
 from novalog.process import StackError, tcp_answers
-from novalog.roles import ROLES, configure_logging, plan, run_role
+from novalog.request_ids import configure_logging
+from novalog.roles import ROLES, plan, run_role
 from novalog.running import read_state, state_path, with_running_stack
 from novalog.settings import Settings, SettingsError
 from novalog.stack import (
@@ -79,7 +81,7 @@ def up(
                                          "--qemu-hosts", str(qemu_hosts),
                                          *[a for u in qemu_uri or [] for a in ("--qemu-uri", u)]])
         return
-    configure_logging("supervisor")
+    configure_logging()
     stopping: list[int] = []
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -225,6 +227,25 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         healthy = _print_status(settings)
     if not healthy:
         raise typer.Exit(EXIT_NOT_RUNNING)
+
+
+@app.command()
+def logs(request: Annotated[str, typer.Option(
+        "--request", help="A request id, req-<uuid> (this request's or a caller's global "
+                          "one): its lines in every role's log.")],
+         ) -> None:
+    """One request across every role's log ($NOVALOG_HOME/logs), in time order."""
+    settings = _settings()
+    if not request.startswith("req-"):
+        raise _fail(ValueError(f"{request!r} is not a request id: they look like "
+                               "req-<uuid> (X-OpenStack-Request-ID, os-instance-actions)"))
+    found = request_ids.lines_of(settings.home / "logs", request)
+    if not found:
+        console.print(f"no log line of {settings.home / 'logs'} names {request}")
+        raise typer.Exit(1)
+    width = max(len(role) for role, _ in found)
+    for role, line in found:
+        print(f"{role:<{width}}  {line}")
 
 
 @app.command()

@@ -43,6 +43,7 @@ from psycopg import Connection
 from psycopg_pool import ConnectionPool
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from novalog import request_ids
 from novalog.faults import crash_point
 from novalog.idempotency import Inbox
 from novalog.kafka import (
@@ -512,16 +513,17 @@ class ConsumeLoop(Runner[None]):
             self._one(record, event)
 
     def _one(self, record: Record, event: Event) -> None:
-        try:
-            through_outages(f"{self.name} waits for its infrastructure",
-                            lambda: self._retrying(self.handler, event, record))
-        except Exception as exc:
-            attempts = self.settings.max_retries + 1
-            why = f"gave up after {attempts} attempts: " if self.retry_if(exc) else \
-                "handler failed: "
-            log.error("%s %s@%d:%d (%s)", why, record.topic, record.partition,
-                      record.offset, event.event_type, exc_info=exc)
-            self.refuse(record, f"{why}{type(exc).__name__}: {exc}")
+        with request_ids.bound(request_ids.handling(event)):  # in every line it causes
+            try:
+                through_outages(f"{self.name} waits for its infrastructure",
+                                lambda: self._retrying(self.handler, event, record))
+            except Exception as exc:
+                attempts = self.settings.max_retries + 1
+                why = f"gave up after {attempts} attempts: " if self.retry_if(exc) else \
+                    "handler failed: "
+                log.error("%s %s@%d:%d (%s)", why, record.topic, record.partition,
+                          record.offset, event.event_type, exc_info=exc)
+                self.refuse(record, f"{why}{type(exc).__name__}: {exc}")
 
 
 def dead_letter(producer: EventProducer, topic: str, consumer: str, record: Record,

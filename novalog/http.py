@@ -9,8 +9,10 @@ adds the middleware, the error handlers and health.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
+import time
 from importlib.metadata import version
 from typing import Any
 
@@ -21,8 +23,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from psycopg_pool import PoolTimeout
 
+from novalog import request_ids
 from novalog.db import DatabaseUnavailable, check_database
 from novalog.kafka import BrokerUnavailable, check_broker
+from novalog.request_ids import RequestIds
 from novalog.settings import Settings
 from novalog.web import MAX_BODY_BYTES, ApiError, AppState, compute_microversion, dotted, error_body
 from producers.actions import router as actions_router
@@ -49,6 +53,8 @@ from projections.networks import router as networks_router
 from projections.server_groups import router as server_groups_router
 from projections.volumes import compute_router as attach_router
 from projections.volumes import router as volumes_router
+
+log = logging.getLogger("novalog.api.requestlog")
 
 
 def _location(loc: tuple[Any, ...]) -> str:
@@ -127,6 +133,25 @@ def create_app(settings: Settings) -> FastAPI:
         response.headers["OpenStack-API-Version"] = f"compute {version}"
         response.headers["X-OpenStack-Nova-API-Version"] = version
         response.headers["Vary"] = "OpenStack-API-Version, X-OpenStack-Nova-API-Version"
+        return response
+
+    @app.middleware("http")
+    async def request_id(request: Request, call_next: Any) -> Any:
+        """oslo's RequestId middleware: a fresh req-<uuid> for each request, the caller's
+        X-OpenStack-Request-ID (when well formed) as its global request id; both bound
+        for the log lines and the events the request causes. One line per request, as
+        Nova's requestlog writes it."""
+        ids = RequestIds(request_ids.new_request_id(), request_ids.valid_request_id(
+            request.headers.get("x-openstack-request-id")))
+        started = time.monotonic()
+        with request_ids.bound(ids):
+            response = await call_next(request)
+            log.info('%s "%s %s" status: %d time: %.4f',
+                     request.client.host if request.client else "-", request.method,
+                     request.url.path, response.status_code, time.monotonic() - started)
+        response.headers["X-OpenStack-Request-ID"] = ids.request_id
+        if request.url.path.startswith("/compute"):
+            response.headers["X-Compute-Request-ID"] = ids.request_id
         return response
 
     @app.exception_handler(ApiError)
@@ -208,7 +233,7 @@ def serve(settings: Settings, stop: threading.Event) -> None:
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(
         app, host=settings.api_host, port=settings.api_port,
-        log_level="info", access_log=False,
+        log_level="info", access_log=False, log_config=None,  # the role's logging
     ))
 
     def exit_when_stopped() -> None:

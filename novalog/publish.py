@@ -2,7 +2,8 @@
 
 An event caused by another gets the id derived_id(cause, type, *what), the
 cause's id as causation_id and the cause's request id as correlation_id, so
-re-handling an input re-emits identical events (see novalog.idempotency).
+re-handling an input re-emits identical events (see novalog.idempotency). The
+caller's global request id travels the same way (novalog.request_ids).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
+from novalog import request_ids
 from novalog.idempotency import derived_id
 from novalog.kafka import EventProducer
 from schemas import Event
@@ -39,11 +41,14 @@ class Publisher:
         correlation = correlation_id or (cause.correlation_id if cause else None)
         if correlation is None:
             raise ValueError(f"{event_type} needs a cause or a correlation id")
+        ids = request_ids.current()
         event = Event(
             event_type=event_type, aggregate_id=aggregate_id, payload=payload,
             correlation_id=correlation, producer=self.name,
             causation_id=cause.event_id if cause else None,
             occurred_at=datetime.now(UTC),
+            global_request_id=cause.global_request_id if cause else
+            ids.global_request_id if ids else None,
             **({"event_id": event_id} if event_id else {}),
         )
         return event

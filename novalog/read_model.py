@@ -148,6 +148,11 @@ class LiveProjection:
         return {"id": image_id, "name": name, "disk_format": disk_format, "checksum": checksum,
                 "size": size, "location": location, "properties": properties}
 
+    def server_group(self, group_id: str) -> payloads.ServerGroupPolicy | None:
+        rows = self._rows("SELECT group_id, policy FROM {live}.server_groups "
+                          "WHERE group_id = %s", (group_id,))
+        return {"group_id": rows[0][0], "policy": rows[0][1]} if rows else None
+
     def network(self, network_id: str | None,
                 fixed_ip: str | None) -> payloads.NetworkToAttach | None:
         """The network as compute and the network role need it, with the address asked."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from novalog import faults
+from novalog.request_ids import configure_logging
 from novalog.settings import Settings
 
 RoleMain = Callable[[Settings, threading.Event], None]
@@ -96,18 +97,11 @@ def plan(settings: Settings, hosts: int = 4, replicas: int = 1, qemu_hosts: int 
     return out
 
 
-def configure_logging(role: str, level: int = logging.INFO) -> None:
-    logging.basicConfig(
-        level=level,
-        format=f"%(asctime)s %(levelname)s {role} %(name)s: %(message)s",
-    )
-
-
 def run_role(name: str, settings: Settings) -> None:
     """Run one role until SIGTERM / SIGINT asks it to stop."""
     if name not in ROLES:
         raise KeyError(f"unknown role {name!r}; roles: {', '.join(sorted(ROLES))}")
-    configure_logging(name)
+    configure_logging()
     stop = threading.Event()
 
     def _stop(signum: int, _frame: FrameType | None) -> None:

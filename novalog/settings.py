@@ -88,6 +88,7 @@ class ComputeSettings:
     ram_allocation_ratio: float = 1.0
     disk_allocation_ratio: float = 1.0
     shares: int = 1  # compute hosts sharing this real machine: each reports 1/shares of it
+    zone: str = "nova"  # the host's availability zone (Nova's default_availability_zone)
     shutdown_timeout_s: float = 60.0  # Nova's shutdown_timeout
     soft_reboot_wait_s: float = 120.0  # Nova's [libvirt] wait_soft_reboot_seconds
 
@@ -103,6 +104,7 @@ class ComputeSettings:
             ram_allocation_ratio=env_float(e, "NOVALOG_RAM_ALLOCATION_RATIO", 1.0),
             disk_allocation_ratio=env_float(e, "NOVALOG_DISK_ALLOCATION_RATIO", 1.0),
             shares=env_int(e, "NOVALOG_COMPUTE_SHARES", 1, low=1),
+            zone=e.get("NOVALOG_COMPUTE_ZONE") or "nova",
             shutdown_timeout_s=env_float(e, "NOVALOG_SHUTDOWN_TIMEOUT_S", 60.0),
             soft_reboot_wait_s=env_float(e, "NOVALOG_SOFT_REBOOT_WAIT_S", 120.0),
         )

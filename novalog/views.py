@@ -59,7 +59,7 @@ ServerView = TypedDict("ServerView", {
     "metadata": dict[str, str], "hostId": str, "image": IdRef | str, "flavor": IdRef,
     "created": str | None, "updated": str | None, "addresses": Addresses,
     "accessIPv4": str, "accessIPv6": str, "links": list[Link], "OS-DCF:diskConfig": str,
-    "progress": int, "OS-EXT-AZ:availability_zone": str, "config_drive": str,
+    "progress": NotRequired[int], "OS-EXT-AZ:availability_zone": str, "config_drive": str,
     "key_name": str | None, "OS-SRV-USG:launched_at": str | None,
     "OS-SRV-USG:terminated_at": None, "OS-EXT-STS:vm_state": str,
     "OS-EXT-STS:task_state": str | None, "OS-EXT-STS:power_state": int,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,6 +20,7 @@ from fastapi import APIRouter, Body, Request, Response
 from fastapi.responses import JSONResponse
 from psycopg import Connection
 
+from novalog import request_ids
 from novalog.consoles import console_log_path, console_output
 from novalog.domain import states
 from novalog.domain.actions import NOT_RESIZED, RESIZE_FINISHED, refusal
@@ -37,12 +37,6 @@ from schemas import payloads
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/compute/v2.1", tags=["compute"])
-
-
-def new_request_id(response: Response) -> str:
-    request_id = f"req-{uuid.uuid4()}"
-    response.headers["X-Openstack-Request-Id"] = request_id
-    return request_id
 
 
 def _locked(conn: Connection[Any], app: AppState, ctx: Context,
@@ -65,7 +59,7 @@ def _locked(conn: Connection[Any], app: AppState, ctx: Context,
                responses={404: {"description": "no such server in your project"}})
 def delete_server(server_id: str, request: Request, ctx: Auth, response: Response) -> Response:
     app = state_of(request)
-    request_id = new_request_id(response)
+    request_id = request_ids.request_id()
     answer = Response(status_code=204, headers=dict(response.headers))
     with app.pool.connection() as conn, conn.transaction():
         (project_id, user_id, pending), server = _locked(conn, app, ctx, server_id)
@@ -273,7 +267,7 @@ def server_action(server_id: str, request: Request, ctx: Auth, response: Respons
         return _console_output(server_id, request, ctx, body["os-getConsoleOutput"])
     asked = _action_of(body)
     app = state_of(request)
-    request_id = new_request_id(response)
+    request_id = request_ids.request_id()
     name = asked.rule.removesuffix("_hard")
     with app.pool.connection() as conn, conn.transaction():
         (_, _, pending), _row = _locked(conn, app, ctx, server_id)  # 404 before 403, as Nova

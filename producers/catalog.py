@@ -25,6 +25,7 @@ from pathlib import Path
 
 from psycopg_pool import ConnectionPool
 
+from novalog import request_ids
 from novalog.idempotency import NAMESPACE, derived_id
 from novalog.kafka import EventProducer, Topics
 from novalog.publish import Publisher
@@ -131,7 +132,7 @@ def bootstrap_catalog(settings: Settings, pool: ConnectionPool, *,
         topic = Topics(settings.topic_prefix).catalog
         producer = EventProducer(settings)
         pub = Publisher(producer, "bootstrap", settings.hostname)
-        correlation = f"req-{uuid.uuid4()}"
+        correlation = request_ids.new_request_id()
         for table, key, kind, payload in wanted:
             pub.emit(topic, kind, key.split("/")[0], payload, correlation_id=correlation,
                      event_id=derived_id("bootstrap", table, key))

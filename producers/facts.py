@@ -12,13 +12,13 @@ both pass the "already exists" check.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from psycopg import Connection
 
+from novalog import request_ids
 from novalog.kafka import DeliveryError, Topics
 from novalog.publish import Publisher
 from novalog.web import ApiError, AppState
@@ -43,7 +43,7 @@ def publish(app: AppState, facts: list[tuple[str, str, Payload]],
     projection. `conn`: the owner_lock's connection, to poll with (each statement sees
     new commits), so a lock holder never waits for a second connection from the pool."""
     pub = Publisher(app.producer, "api", app.settings.hostname)
-    request_id = f"req-{uuid.uuid4()}"
+    request_id = request_ids.request_id()
     for event_type, key, payload in facts:
         pub.emit(topic or Topics(app.settings.topic_prefix).catalog, event_type, key, payload,
                  correlation_id=request_id)

@@ -25,6 +25,7 @@ from psycopg import Connection
 from pydantic import BaseModel, ConfigDict, Field
 from typing_extensions import TypedDict  # pydantic validates the response bodies
 
+from novalog import request_ids
 from novalog.kafka import Topics
 from novalog.publish import Publisher
 from novalog.tokens import Context
@@ -318,9 +319,14 @@ def requested_networks(conn: Connection[Any], s: ServerCreate,
         return [{"network_id": row[0], "fixed_ip": None, "port_id": None}]
     assert isinstance(s.networks, list)
     out: list[payloads.RequestedNetwork] = []
+    ports = [n.port for n in s.networks if n.port]
+    for port in ports:  # Nova's first pass, before any port is looked up
+        if ports.count(port) > 1:
+            raise ApiError(400, f"Port ID '{port}' was specified twice: you cannot attach a "
+                                "port multiple times.")
     for net in s.networks:
-        if net.port:
-            raise ApiError(400, f"Port {net.port} could not be found.")
+        if net.port:  # novalog makes every port at boot: none exists beforehand to ask for
+            raise ApiError(400, f"Port id {net.port} could not be found.")
         if not net.uuid:
             raise ApiError(400, "Bad network format: missing 'uuid'")
         if not _is_uuid(net.uuid):
@@ -388,7 +394,7 @@ def hints_of(conn: Connection[Any], hints: SchedulerHints | None,
     if hints.group:
         row = _one(conn, "SELECT project_id FROM server_groups WHERE group_id = %s", hints.group)
         if row is None or (row[0] != ctx.project_id and not ctx.is_admin):
-            raise ApiError(400, f"Invalid server group {hints.group}")
+            raise ApiError(400, f"Instance group {hints.group} could not be found.")
         out["group"] = [hints.group]
     for key in ("same_host", "different_host"):
         value = getattr(hints, key)
@@ -410,8 +416,7 @@ def create_server(body: CreateServerBody, ctx: Auth, request: Request,
     s = body.server
     app = state_of(request)
     counts, image_id = validate(s)
-    request_id = f"req-{uuid.uuid4()}"
-    response.headers["X-Openstack-Request-Id"] = request_id
+    request_id = request_ids.request_id()
     volumes = source_volumes(s)
     with app.pool.connection() as conn, facts.held_locks(conn, [f"volume/{v}" for v in volumes]):
         with conn.transaction():
@@ -427,7 +432,9 @@ def create_server(body: CreateServerBody, ctx: Auth, request: Request,
     if s.return_reservation_id:
         return {"reservation_id": admitted.reservation_id}
     first = admitted.server_ids[0]
-    return {"server": {"id": first, "links": server_link(request, first),
+    links = server_link(request, first)
+    response.headers["Location"] = links[0]["href"]  # Nova's _add_location: the self link
+    return {"server": {"id": first, "links": links,
                        "OS-DCF:diskConfig": s.disk_config or "MANUAL",
                        "security_groups": [{"name": g.name} for g in s.security_groups or []]
                        or [{"name": "default"}],
@@ -443,9 +450,11 @@ def validate(s: ServerCreate) -> tuple[tuple[int, int], str | None]:
     image_id = boot_image_id(s)
     check_user_data(s.user_data)
     if len(s.metadata) > MAX_METADATA_ITEMS:
-        raise ApiError(403, f"Quota exceeded for metadata_items: Requested "
-                            f"{len(s.metadata)}, but already used 0 of {MAX_METADATA_ITEMS} "
-                            "metadata_items")
+        raise ApiError(403, f"Maximum number of metadata items exceeds {MAX_METADATA_ITEMS}")
+    if max_count > 1 and isinstance(s.networks, list) and any(
+            n.uuid and n.fixed_ip for n in s.networks):
+        raise ApiError(400, "Failed to launch instances: max_count cannot be greater than 1 "
+                            "if an fixed_ip is specified.")
     return (s.min_count, max_count), image_id
 
 

@@ -6,13 +6,13 @@ the projection shows it, so a client that lists services next sees its change.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from typing_extensions import TypedDict  # pydantic validates the response bodies
 
+from novalog import request_ids
 from novalog.kafka import DeliveryError, Topics
 from novalog.publish import Publisher
 from novalog.service import service_id
@@ -46,7 +46,7 @@ def _publish(app: AppState, event_type: str, host: str, payload: dict[str, objec
     """Publish the admin's event, then wait up to 10 s for the projection to show it."""
     Publisher(app.producer, "api", app.settings.hostname).emit(
         Topics(app.settings.topic_prefix).hosts, event_type, host, payload,
-        correlation_id=f"req-{uuid.uuid4()}")
+        correlation_id=request_ids.request_id())
     try:
         app.producer.flush(10)
     except DeliveryError as exc:

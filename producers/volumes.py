@@ -17,6 +17,7 @@ from fastapi import APIRouter, Request, Response
 from psycopg import Connection
 from pydantic import BaseModel, ConfigDict, Field
 
+from novalog import request_ids
 from novalog.domain import volume as vol
 from novalog.kafka import Topics
 from novalog.publish import Publisher
@@ -208,7 +209,7 @@ def _send(app: AppState, conn: Connection[Any], events: list[tuple[str, str, str
     """Facts and commands (topic, type, key, payload) through the outbox, in order, then
     wait until the projection shows `projected`."""
     pub = Publisher(app.producer, "api", app.settings.hostname)
-    request_id = f"req-{uuid.uuid4()}"
+    request_id = request_ids.request_id()
     ids = []
     with conn.transaction():
         for topic, kind, key, payload in events:

@@ -19,6 +19,7 @@ from psycopg.rows import class_row
 
 from novalog import views
 from novalog.domain import states
+from novalog.domain.instance import instance_name
 from novalog.timeparse import parse_moment
 from novalog.tokens import Context
 from novalog.views import Link, zulu
@@ -43,7 +44,9 @@ SERVER_COLUMNS = ("uuid, name, project_id, user_id, status, vm_state, task_state
                   "reservation_id, launch_index, created_at, updated_at, launched_at, fault, "
                   "(SELECT COALESCE(jsonb_agg(a.volume_id ORDER BY a.device), '[]') FROM "
                   "volume_attachments a WHERE a.instance_uuid = servers.uuid AND "
-                  "a.attach_status <> 'reserved') AS volumes_attached")
+                  "a.attach_status <> 'reserved') AS volumes_attached, "
+                  "(SELECT zone FROM services z WHERE z.host = servers.host AND "
+                  "z.service_binary = 'nova-compute') AS host_zone")
 
 
 class AcceptedRow(TypedDict):
@@ -104,8 +107,11 @@ def server_view(request: Request, row: ServerRow, ctx: Context) -> views.ServerV
         "created": zulu(row["created_at"]), "updated": zulu(row["updated_at"]),
         "addresses": row["addresses"], "accessIPv4": "", "accessIPv6": "",
         "links": server_link(request, row["uuid"]),
-        "OS-DCF:diskConfig": "MANUAL", "progress": 100 if row["status"] == "ACTIVE" else 0,
-        "OS-EXT-AZ:availability_zone": row["availability_zone"] or "nova",
+        "OS-DCF:diskConfig": "MANUAL",
+        # Nova's get_instance_availability_zone: the host's zone once placed, else the
+        # zone asked for
+        "OS-EXT-AZ:availability_zone": (row.get("host_zone") if row["host"] else None)
+        or row["availability_zone"] or "",
         "config_drive": "", "key_name": row["key_name"],
         "OS-SRV-USG:launched_at": zulu(row["launched_at"]),
         "OS-SRV-USG:terminated_at": None,
@@ -115,16 +121,18 @@ def server_view(request: Request, row: ServerRow, ctx: Context) -> views.ServerV
         "os-extended-volumes:volumes_attached": [
             {"id": v} for v in row.get("volumes_attached", [])],
     }
+    if row["status"] in states.PROGRESS_STATUSES:
+        view["progress"] = 0  # what libvirt's Nova shows: no driver step reports progress
     if ctx.is_admin:
         view["OS-EXT-SRV-ATTR:host"] = row["host"]
         view["OS-EXT-SRV-ATTR:hypervisor_hostname"] = row["node"]
-        view["OS-EXT-SRV-ATTR:instance_name"] = f"instance-{row['uuid']}"
+        view["OS-EXT-SRV-ATTR:instance_name"] = instance_name(row["uuid"])
     fault = row["fault"]
     if fault and row["status"] in ("ERROR", "DELETED"):  # Nova's _fault_statuses
         view["fault"] = {"code": fault["code"], "message": fault["message"],
                          "created": fault.get("created")}
         details = fault.get("details")
-        if ctx.is_admin and details:
+        if details and (ctx.is_admin or fault["code"] != 500):  # Nova's rule
             view["fault"]["details"] = details
     return view
 

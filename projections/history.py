@@ -58,6 +58,7 @@ class ServerRow(TypedDict):
     launched_at: datetime | None
     fault: StoredFault | Fault | None
     volumes_attached: NotRequired[list[str]]  # ids, device order (the live projection's)
+    host_zone: NotRequired[str | None]  # the zone of the host's compute service
 
 
 def fold_rows(raws: list[bytes]) -> Instance | None:

@@ -46,6 +46,7 @@ class EventRecord(TypedDict):
     causation_id: str | None
     correlation_id: str
     producer: str
+    global_request_id: str | None
     payload: Mapping[str, object]
 
 
@@ -65,6 +66,7 @@ class Event:
     causation_id: str | None = None
     event_id: str = field(default_factory=_new_id)
     occurred_at: datetime = field(default_factory=_now)
+    global_request_id: str | None = None
 
     def __post_init__(self) -> None:
         """occurred_at travels as timestamp-millis: keep exactly what the wire can carry."""
@@ -84,6 +86,7 @@ class Event:
             "causation_id": self.causation_id,
             "correlation_id": self.correlation_id,
             "producer": self.producer,
+            "global_request_id": self.global_request_id,
             "payload": self.payload,
         }
 
@@ -163,4 +166,5 @@ def decode(data: bytes, registry: Registry | None = None) -> Event:
         causation_id=record["causation_id"],
         event_id=record["event_id"],
         occurred_at=record["occurred_at"],
+        global_request_id=record.get("global_request_id"),
     )

@@ -169,6 +169,13 @@ class NetworkToAttach(TypedDict):
     fixed_ip: str | None
 
 
+# The instance's server group and its policy, for the host's late check (Nova's
+# _validate_instance_group_policy).
+class ServerGroupPolicy(TypedDict):
+    group_id: str
+    policy: str
+
+
 # Command from the conductor to one compute agent (its per-host topic), like Nova's RPC
 # cast.
 class BuildAndRunInstance(TypedDict):
@@ -186,6 +193,7 @@ class BuildAndRunInstance(TypedDict):
     key_name: str | None
     user_data: str | None
     metadata: dict[str, str]
+    server_group: ServerGroupPolicy | None
 
 
 # Tear the instance down on this host: destroy and undefine the domain, remove its disks,

@@ -23,6 +23,7 @@ from xml.sax.saxutils import escape, quoteattr
 import libvirt
 
 from novalog.domain import states
+from novalog.domain.instance import instance_name
 from schemas import payloads
 
 NOVA_NS = "http://openstack.org/xmlns/libvirt/nova/1.1"
@@ -50,7 +51,7 @@ def host_definition(vcpus: int, memory_mb: int) -> str:
 
 
 def domain_name(instance_uuid: str) -> str:
-    return f"instance-{instance_uuid}"
+    return instance_name(instance_uuid)
 
 
 def _disk_files(domain: ElementTree.Element) -> dict[str, str]:

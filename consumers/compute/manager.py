@@ -279,6 +279,7 @@ class ComputeManager(VolumeOps):
             self._instance_event("InstanceClaimRefused", uuid, payloads.InstanceClaimRefused(
                 host=host, attempt=attempt, node=p["node"], reason=reason), event)
             return
+        log.info("[instance: %s] Claim successful on node %s", uuid, p["node"])
         self._instance_event("InstanceClaimAccepted", uuid, payloads.InstanceClaimAccepted(
             host=host, attempt=attempt, node=p["node"], vcpus=need.vcpus,
             memory_mb=need.memory_mb, disk_gb=need.disk_gb), event)
@@ -370,8 +371,11 @@ class ComputeManager(VolumeOps):
                                  payloads.InstanceSpawningStarted(host=host, attempt=attempt),
                                  cause)
             try:
+                started = time.monotonic()
                 xml = self._domain_xml(uuid, cmd, disks, ports)
                 self.driver.spawn(xml, self.cache.instance_dir(uuid) / "libvirt.xml")
+                log.info("[instance: %s] Took %.2f seconds to spawn the instance on the "
+                         "hypervisor.", uuid, time.monotonic() - started)
             except Exception as exc:
                 raise BuildStepFailed("spawning", str(exc), retryable=True) from exc
             crash_point("compute.after_define")

@@ -8,7 +8,9 @@ serialised and the last free resources go to exactly one of them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+from psycopg import Connection
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 from typing_extensions import TypedDict
@@ -106,17 +108,40 @@ class ResourceTracker:
                 ("vCPU", need.vcpus, t.vcpus * t.cpu_allocation_ratio - used_cpu, ""),
                 ("disk", need.disk_gb, t.local_gb * t.disk_allocation_ratio - used_disk, "GB"),
             ]
-            for what, wanted, free, unit in checks:
+            for (what, wanted, free, unit), total in zip(
+                    checks, (t.memory_mb, t.vcpus, t.local_gb), strict=True):
+                if wanted > total:  # placement's max_unit: no instance larger than the host
+                    return ClaimResult(False, f"Insufficient {what} on {self.host}: "
+                                              f"{wanted}{unit} requested, the host has "
+                                              f"{total}{unit}")
                 if wanted > free:
                     return ClaimResult(False, f"Insufficient {what} on {self.host}: "
                                               f"{wanted}{unit} requested, {max(free, 0):g}{unit}"
                                               f" free")
+            violation = self._group_violation(conn, instance, command.get("server_group"))
+            if violation:
+                return ClaimResult(False, violation)
             conn.execute(
                 "INSERT INTO compute_claims (host, instance_uuid, attempt, vcpus, memory_mb, "
                 "disk_gb, stage, command, ports) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (self.host, instance, attempt, need.vcpus, need.memory_mb, need.disk_gb,
                  stage, Jsonb(command), Jsonb(ports or {})))
         return ClaimResult(True)
+
+    def _group_violation(self, conn: Connection[Any], instance: str,
+                         group: payloads.ServerGroupPolicy | None) -> str | None:
+        """Nova's _validate_instance_group_policy, under the host's claim lock: a racing
+        build the scheduler could not see must not break the group's policy here."""
+        if group is None or group["policy"] not in ("affinity", "anti-affinity"):
+            return None  # the soft policies are the weighers' business only
+        hosts = {r[0] for r in conn.execute(
+            "SELECT host FROM compute_claims WHERE command->'server_group'->>'group_id' = %s "
+            "AND instance_uuid <> %s", (group["group_id"], instance)).fetchall()}
+        if group["policy"] == "anti-affinity" and self.host in hosts:
+            return "Anti-affinity instance group policy was violated."
+        if group["policy"] == "affinity" and hosts and self.host not in hosts:
+            return "Affinity instance group policy was violated."
+        return None
 
     def get(self, instance: str) -> BuildRecord | None:
         with self.pool.connection() as conn:

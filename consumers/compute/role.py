@@ -49,7 +49,7 @@ def serve(settings: Settings, stop: threading.Event) -> None:
     pool = make_pool(settings)
     producer = EventProducer(settings)
     manager = ComputeManager(
-        ComputeIdentity(host, report_interval_s=settings.report_interval_s,
+        ComputeIdentity(host, zone=config.zone, report_interval_s=settings.report_interval_s,
                         sync_power_state_interval_s=settings.sync_power_state_interval_s,
                         resize_confirm_window_s=settings.resize_confirm_window_s,
                         shutdown_timeout_s=config.shutdown_timeout_s,

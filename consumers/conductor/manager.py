@@ -125,6 +125,8 @@ class Conductor:
         request = self.requests.get(uuid)
         build = self._build(uuid, request, p["host"], p["node"], p["attempt"], request["flavor"],
                             moving=False)
+        log.info("[instance: %s] build_and_run_instance cast to %s (attempt %d)", uuid,
+                 p["host"], p["attempt"])
         # the record first, then the cast: without transactions (Tansu) a host may answer
         # before the batch is flushed, and the log should still read in causal order
         self.pub.emit(self.topics.instances, "InstanceBuildDispatched", uuid,
@@ -147,7 +149,12 @@ class Conductor:
             image=image, networks=networks,
             block_device_mapping=self._block_devices(uuid, request, moving),
             key_name=request["key_name"], user_data=request["user_data"],
-            metadata=request["metadata"])
+            metadata=request["metadata"], server_group=self._server_group(request))
+
+    def _server_group(self, request: payloads.InstanceBuildRequested,
+                      ) -> payloads.ServerGroupPolicy | None:
+        groups = request["scheduler_hints"].get("group") or []
+        return self.projection.server_group(groups[0]) if groups else None
 
     def _block_devices(self, uuid: str, request: payloads.InstanceBuildRequested,
                        moving: bool) -> list[payloads.BlockDeviceMapping]:
@@ -374,6 +381,9 @@ class Conductor:
 
     def retry_or_fail(self, event: Event, attempt: int, reason: str, retryable: bool) -> None:
         uuid = event.aggregate_id
+        request = self.requests.get(uuid)
+        if request["forced_host"] or request["forced_node"]:
+            retryable = False  # Nova's populate_retry: a forced host is never rescheduled
         if retryable and attempt < self.max_attempts:
             self.pub.emit(self.topics.instances, "InstanceRescheduled", uuid,
                           payloads.InstanceRescheduled(

@@ -117,6 +117,8 @@ class NetworkService:
                                                          attempt=p["attempt"],
                                                          reason=str(exc)), cause=event)
             return
+        log.info("[instance: %s] port %s on %s: %s", uuid, port.port_id, net["name"],
+                 port.ip_address)
         self._fact("IpAllocated", net["network_id"], payloads.IpAllocated(
             network_id=port.network_id, instance_uuid=uuid, port_id=port.port_id,
             ip_address=port.ip_address, mac_address=port.mac_address, host=port.host,

@@ -12,6 +12,7 @@ from consumers.scheduler.filters import DEFAULT_FILTERS, BaseHostFilter
 from consumers.scheduler.host_state import HostState
 from consumers.scheduler.request_spec import RequestSpec
 from consumers.scheduler.weighers import BaseWeigher, default_weighers, weigh_hosts
+from novalog.domain.instance import NOT_ENOUGH_HOSTS
 
 WEIGHED_HOSTS_KEPT = 10  # the best hosts a Selection lists (InstanceScheduled carries them)
 
@@ -40,9 +41,10 @@ class NoValidHost:
 def run_filters(hosts: list[HostState], spec: RequestSpec, filters: list[BaseHostFilter],
                 ) -> tuple[list[HostState], list[FilterResult]]:
     results = []
+    forced = bool(spec.forced_host or spec.forced_node)
     for f in filters:
         before = len(hosts)
-        if f.applies(spec):
+        if f.applies(spec) and (f.placement or not forced):
             hosts = [h for h in hosts if f.host_passes(h, spec)]
         results.append(FilterResult(f.name, before, len(hosts)))
         if not hosts:
@@ -59,10 +61,7 @@ def select_destination(hosts: list[HostState], spec: RequestSpec, *,
     candidates, results = run_filters(hosts, spec,
                                       DEFAULT_FILTERS if filters is None else filters)
     if not candidates:
-        removed = [f"{r.filter} removed {r.hosts_in - r.hosts_out} of {r.hosts_in}"
-                   for r in results if r.hosts_in != r.hosts_out]
-        detail = "; ".join(removed) if removed else f"{len(hosts)} hosts known"
-        return NoValidHost(f"There are not enough hosts available. ({detail})", results)
+        return NoValidHost(NOT_ENOUGH_HOSTS, results)
     ranked = weigh_hosts(candidates, spec, default_weighers() if weighers is None else weighers,
                          top=max(WEIGHED_HOSTS_KEPT, host_subset_size))
     best = ranked[: max(1, host_subset_size)]

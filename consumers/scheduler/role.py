@@ -17,12 +17,12 @@ from datetime import UTC, datetime, timedelta
 from typing import ClassVar
 
 from consumers.scheduler.host_state import HostView
-from consumers.scheduler.manager import Selection, select_destination
+from consumers.scheduler.manager import NoValidHost, Selection, select_destination
 from consumers.scheduler.request_spec import build_spec
 from novalog.consume import ConsumeLoop, Record
 from novalog.db import make_pool
 from novalog.domain.claims import claim_of
-from novalog.domain.instance import NO_VALID_HOST
+from novalog.domain.instance import NO_VALID_HOST, filter_counts
 from novalog.idempotency import Inbox
 from novalog.kafka import EventProducer, Topics
 from novalog.publish import Publisher
@@ -94,7 +94,8 @@ class Scheduler:
                               migration_id=m["migration_id"], host=result.host,
                               node=result.node), cause=event)
             return
-        log.info("NoValidHost for the %s of %s: %s", m["kind"], uuid, result.reason)
+        log.info("NoValidHost for the %s of %s: %s", m["kind"], uuid,
+                 filter_counts(_filter_results(result)))
         self.pub.emit(self.topics.instances, "InstanceMigrationFailed", uuid,
                       payloads.InstanceMigrationFailed(
                           migration_id=m["migration_id"], stage="scheduling",
@@ -113,18 +114,22 @@ class Scheduler:
             if isinstance(result, Selection):
                 self.view.record_placement(uuid, result.host, claim_of(request["flavor"]))
         if isinstance(result, Selection):
+            log.info("[instance: %s] Selected host %s (attempt %d)", uuid, result.host, attempt)
             self.pub.emit(self.topics.instances, "InstanceScheduled", uuid,
                           payloads.InstanceScheduled(
                               host=result.host, node=result.node, attempt=attempt,
                               weighed_hosts=result.weighed_hosts[:10]), cause=cause)
         else:
-            log.info("NoValidHost for %s: %s", uuid, result.reason)
+            filters = _filter_results(result)
+            log.info("NoValidHost for %s: %s", uuid, filter_counts(filters))
             self.pub.emit(self.topics.instances, "InstanceNoValidHost", uuid,
-                          payloads.InstanceNoValidHost(
-                              attempt=attempt, reason=result.reason,
-                              filters=[payloads.FilterResult(filter=r.filter, hosts_in=r.hosts_in,
-                                                             hosts_out=r.hosts_out)
-                                       for r in result.filters]), cause=cause)
+                          payloads.InstanceNoValidHost(attempt=attempt, reason=result.reason,
+                                                       filters=filters), cause=cause)
+
+
+def _filter_results(result: NoValidHost) -> list[payloads.FilterResult]:
+    return [payloads.FilterResult(filter=r.filter, hosts_in=r.hosts_in, hosts_out=r.hosts_out)
+            for r in result.filters]
 
 
 # What the scheduler acts on, by event type: its consume loop's subscription (WANTS)

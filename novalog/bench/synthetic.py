@@ -18,6 +18,7 @@ from rich.console import Console
 
 from novalog.bench.report import ReplayResult, SchedulerRow
 from novalog.db import make_pool
+from novalog.domain.instance import instance_name
 from novalog.kafka import EventProducer, Topics, ensure_topics
 from novalog.migrations import drop_schemas, migrate
 from novalog.settings import Settings
@@ -63,7 +64,7 @@ def boot_events(n: int, host: str) -> list[Event]:
         ("InstanceSpawningStarted", "compute",
          payloads.InstanceSpawningStarted(host=host, attempt=1)),
         ("InstanceSpawned", "compute", payloads.InstanceSpawned(
-            host=host, attempt=1, node=host, domain_name=f"instance-{uid}", power_state=1,
+            host=host, attempt=1, node=host, domain_name=instance_name(uid), power_state=1,
             launched_at=datetime.now(UTC))),
     ]
     return [Event(kind, uid, payload, req, f"{role}@bench") for kind, role, payload in steps]

@@ -23,6 +23,7 @@ Rules:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, replace
@@ -35,6 +36,25 @@ from schemas import Event, payloads
 from schemas.typed import payload_of
 
 NO_VALID_HOST = "No valid host was found. "
+NOT_ENOUGH_HOSTS = "There are not enough hosts available."
+
+
+def filter_counts(filters: Iterable[payloads.FilterResult]) -> str:
+    """Which filter removed how many hosts: NoValidHost's details, for admins only (Nova
+    keeps them in the scheduler's log; members see only NOT_ENOUGH_HOSTS)."""
+    removed = [f"{f['filter']} removed {f['hosts_in'] - f['hosts_out']} of {f['hosts_in']}"
+               for f in filters if f["hosts_in"] != f["hosts_out"]]
+    return "; ".join(removed) or "no compute host is known"
+
+
+def instance_name(instance_uuid: str) -> str:
+    """Nova's instance_name_template, `instance-%08x` of the instance's number: the
+    libvirt domain's name and the API's OS-EXT-SRV-ATTR:instance_name. Nova numbers
+    instances with a database sequence; novalog derives 48 bits from the uuid, the
+    same in every replay and never coordinated (a clash is a 1-in-10^4 chance with a
+    hundred thousand guests on one libvirtd)."""
+    digest = hashlib.sha256(instance_uuid.encode()).digest()
+    return f"instance-{int.from_bytes(digest[:6], 'big'):08x}"
 
 
 class TransitionError(ValueError):
@@ -181,7 +201,7 @@ def _rescheduled(new: Instance, event: Event) -> Instance:
 
 def _no_valid_host(new: Instance, event: Event) -> Instance:
     p = payload_of(event, payloads.InstanceNoValidHost)
-    return _errored(new, 500, NO_VALID_HOST + p["reason"])
+    return _errored(new, 500, NO_VALID_HOST + p["reason"], filter_counts(p["filters"]))
 
 
 def _instance_errored(new: Instance, event: Event) -> Instance:

@@ -52,39 +52,33 @@ _VM_STATUS = {
     "resized": "VERIFY_RESIZE", "soft-delete": "SOFT_DELETED", "shelved": "SHELVED",
     "shelved_offloaded": "SHELVED_OFFLOADED",
 }
-_TASK_STATUS = {  # task states that override the vm_state's status, as Nova's API does
-    (ACTIVE, REBOOTING): "REBOOT",
-    (ACTIVE, REBOOT_PENDING): "REBOOT",
-    (ACTIVE, REBOOT_STARTED): "REBOOT",
-    (ACTIVE, REBOOTING_HARD): "HARD_REBOOT",
-    (ACTIVE, REBOOT_PENDING_HARD): "HARD_REBOOT",
-    (ACTIVE, REBOOT_STARTED_HARD): "HARD_REBOOT",
-    (STOPPED, REBOOTING_HARD): "HARD_REBOOT",
-    (ACTIVE, REBUILDING): "REBUILD",
-    (ACTIVE, REBUILD_BLOCK_DEVICE_MAPPING): "REBUILD",
-    (ACTIVE, REBUILD_SPAWNING): "REBUILD",
-    (STOPPED, REBUILDING): "REBUILD",
-    (STOPPED, REBUILD_BLOCK_DEVICE_MAPPING): "REBUILD",
-    (STOPPED, REBUILD_SPAWNING): "REBUILD",
-    (ERROR, REBUILDING): "REBUILD",
-    (ERROR, REBUILD_BLOCK_DEVICE_MAPPING): "REBUILD",
-    (ERROR, REBUILD_SPAWNING): "REBUILD",
-    (ACTIVE, MIGRATING): "MIGRATING",
-    (ACTIVE, RESIZE_PREP): "RESIZE",
-    (ACTIVE, RESIZE_MIGRATING): "RESIZE",
-    (ACTIVE, RESIZE_MIGRATED): "RESIZE",
-    (ACTIVE, RESIZE_FINISH): "RESIZE",
-    (STOPPED, RESIZE_PREP): "RESIZE",
-    (STOPPED, RESIZE_MIGRATING): "RESIZE",
-    (STOPPED, RESIZE_MIGRATED): "RESIZE",
-    (STOPPED, RESIZE_FINISH): "RESIZE",
-    (RESIZED, RESIZE_REVERTING): "REVERT_RESIZE",
-    (ACTIVE, "updating_password"): "PASSWORD",
+_REBOOT = {REBOOTING: "REBOOT", REBOOT_PENDING: "REBOOT", REBOOT_STARTED: "REBOOT",
+           REBOOTING_HARD: "HARD_REBOOT", REBOOT_PENDING_HARD: "HARD_REBOOT",
+           REBOOT_STARTED_HARD: "HARD_REBOOT"}
+_REBUILD = {REBUILDING: "REBUILD", REBUILD_BLOCK_DEVICE_MAPPING: "REBUILD",
+            REBUILD_SPAWNING: "REBUILD"}
+_RESIZE = {RESIZE_PREP: "RESIZE", RESIZE_MIGRATING: "RESIZE", RESIZE_MIGRATED: "RESIZE",
+           RESIZE_FINISH: "RESIZE"}
+# Task states that override the vm_state's status: Nova's _STATE_MAP
+# (nova/api/openstack/common.py), pair for pair. A hard reboot of a stopped server shows
+# SHUTOFF there, so it does here.
+_TASK_STATUS: dict[str, dict[str, str]] = {
+    ACTIVE: {**_REBOOT, **_REBUILD, **_RESIZE, "updating_password": "PASSWORD",
+             MIGRATING: "MIGRATING"},
+    STOPPED: {**_RESIZE, **_REBUILD},
+    RESIZED: {RESIZE_REVERTING: "REVERT_RESIZE"},
+    PAUSED_VM: {MIGRATING: "MIGRATING"},
+    ERROR: dict(_REBUILD),
 }
 
 
 def api_status(vm_state: str, task_state: str | None) -> str:
     """The `status` field of GET /servers/{id} for a (vm_state, task_state) pair."""
-    if task_state is not None and (vm_state, task_state) in _TASK_STATUS:
-        return _TASK_STATUS[(vm_state, task_state)]
+    by_task = _TASK_STATUS.get(vm_state, {})
+    if task_state is not None and task_state in by_task:
+        return by_task[task_state]
     return _VM_STATUS.get(vm_state, "UNKNOWN")
+
+
+PROGRESS_STATUSES = ("ACTIVE", "BUILD", "REBUILD", "RESIZE", "VERIFY_RESIZE", "MIGRATING")
+"""The statuses whose server view carries `progress` (Nova's _progress_statuses)."""

@@ -153,7 +153,9 @@ def test_a_flavor_larger_than_every_host_is_no_valid_host_with_filter_counts(
     assert "No valid host was found" in result.stderr, result.stderr
     server = client.find("server", "huge")
     assert server["status"] == "ERROR"
-    assert "RamFilter removed 4 of 4" in server["fault"]["message"]
+    assert server["fault"]["message"] == \
+        "No valid host was found. There are not enough hosts available."
+    assert server["fault"]["details"] == "RamFilter removed 4 of 4"  # for the admin only
     events = client.get(f"/novalog/v1/servers/{server['id']}/events")["events"]
     novalid = next(e for e in events if e["event_type"] == "InstanceNoValidHost")
     counts = {f["filter"]: (f["hosts_in"], f["hosts_out"]) for f in novalid["payload"]["filters"]}
@@ -207,7 +209,19 @@ CASES: list[tuple[str, Any, int, str, str]] = [
     ("metadata value too long", lambda c: _body(c, metadata={"k": "v" * 256}), 400,
      "badRequest", "metadata"),
     ("too many metadata items", lambda c: _body(c, metadata={f"k{i}": "v" for i in range(129)}),
-     403, "forbidden", "Quota exceeded for metadata_items"),
+     403, "forbidden", "Maximum number of metadata items exceeds 128"),
+    ("fixed ip for many", lambda c: _body(c, max_count=2, networks=[
+        {"uuid": str(uuid.uuid4()), "fixed_ip": "10.0.0.9"}]), 400, "badRequest",
+     "Failed to launch instances: max_count cannot be greater than 1 if an fixed_ip is "
+     "specified."),
+    ("port twice", lambda c: _body(c, networks=[{"port": str(uuid.UUID(int=5))}] * 2), 400,
+     "badRequest", f"Port ID '{uuid.UUID(int=5)}' was specified twice: you cannot attach a "
+                   "port multiple times."),
+    ("unknown port", lambda c: _body(c, networks=[{"port": str(uuid.UUID(int=5))}]), 400,
+     "badRequest", f"Port id {uuid.UUID(int=5)} could not be found."),
+    ("unknown server group", lambda c: {**_body(c), "os:scheduler_hints": {
+        "group": str(uuid.UUID(int=6))}}, 400, "badRequest",
+     f"Instance group {uuid.UUID(int=6)} could not be found."),
     ("unknown zone", lambda c: _body(c, availability_zone="moon"), 400, "badRequest",
      "The requested availability zone is not available"),
     ("forced host as member", None, 403, "forbidden", "forced_host"),
@@ -254,6 +268,7 @@ def test_every_validation_rule_answers_novas_code_and_publishes_nothing(
     assert list(payload) == [fault]
     assert payload[fault]["code"] == status
     assert fragment in payload[fault]["message"]
+    assert "Location" not in response.headers
     time.sleep(0.3)
     assert build_requests(cloud) == before
 

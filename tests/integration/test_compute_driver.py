@@ -138,7 +138,7 @@ def test_the_power_state_sync_follows_what_libvirt_says(settings: Settings,
             instance_uuid=uid, host="cmpx", node="cmpx", attempt=1, name=uid[:8],
             project_id="p", user_id="u", flavor=FLAVOR, image=None, networks=[],
             block_device_mapping=[],
-            key_name=None, user_data=None, metadata={})
+            key_name=None, user_data=None, metadata={}, server_group=None)
         assert tracker.claim(uid, 1, claim_of(FLAVOR), command).accepted
         tracker.set_stage(uid, "active")
         driver.spawn(domain_xml(uid, uid[:8], FLAVOR, [], [], tmp_path / f"{uid}.log", "cmpx"),
@@ -158,4 +158,52 @@ def test_the_power_state_sync_follows_what_libvirt_says(settings: Settings,
     manager.sync_power_states()
     assert not driver.conn.lookupByUUIDString(off).isActive() and len(sink.events()) == 2
     driver.close()
+    pool.close()
+
+
+def _command(uid: str, host: str, flavor: payloads.Flavor,
+             group: payloads.ServerGroupPolicy | None) -> payloads.BuildAndRunInstance:
+    return payloads.BuildAndRunInstance(
+        instance_uuid=uid, host=host, node=host, attempt=1, name=uid[:8], project_id="p",
+        user_id="u", flavor=flavor, image=None, networks=[], block_device_mapping=[],
+        key_name=None, user_data=None, metadata={}, server_group=group)
+
+
+def test_a_claim_refuses_what_is_larger_than_the_host_and_a_broken_group_policy(
+        settings: Settings) -> None:
+    """The host's late checks, in Postgres under its claim lock: no instance larger than
+    the host whatever the ratio (placement's max_unit), and a build that a racing one
+    would put beside its anti-affinity peer (or away from its affinity peers) is refused
+    (Nova's _validate_instance_group_policy), so the conductor reschedules it."""
+    schema = f"claims_{uuid.uuid4().hex[:8]}"
+    migrate(settings, schema)
+    pool = make_pool(replace(settings, db_schema=schema))
+    hosts = {h: ResourceTracker(pool, h, HostTotals(4, 8192, 100, 16.0, 1.5, 1.0))
+             for h in ("cmpa", "cmpb")}
+    for tracker in hosts.values():
+        tracker.register()
+    a = hosts["cmpa"]
+    wide: payloads.Flavor = {**FLAVOR, "vcpus": 5}  # 64 vCPUs after the ratio, 4 CPUs
+    result = a.claim("wide", 1, claim_of(wide), _command("wide", "cmpa", wide, None))
+    assert (result.accepted, result.reason) == (
+        False, "Insufficient vCPU on cmpa: 5 requested, the host has 4")
+    big: payloads.Flavor = {**FLAVOR, "memory_mb": 9000}  # fits 8192 x 1.5, not one host's 8192
+    assert not a.claim("big", 1, claim_of(big), _command("big", "cmpa", big, None)).accepted
+    apart: payloads.ServerGroupPolicy = {"group_id": "g1", "policy": "anti-affinity"}
+    assert a.claim("m1", 1, claim_of(FLAVOR), _command("m1", "cmpa", FLAVOR, apart)).accepted
+    late = a.claim("m2", 1, claim_of(FLAVOR), _command("m2", "cmpa", FLAVOR, apart))
+    assert (late.accepted, late.reason) == (
+        False, "Anti-affinity instance group policy was violated.")
+    assert hosts["cmpb"].claim("m2", 2, claim_of(FLAVOR),
+                               _command("m2", "cmpb", FLAVOR, apart)).accepted
+    assert a.claim("m1", 1, claim_of(FLAVOR),  # a re-delivered claim is still the same one
+                   _command("m1", "cmpa", FLAVOR, apart)).duplicate
+    together: payloads.ServerGroupPolicy = {"group_id": "g2", "policy": "affinity"}
+    assert a.claim("t1", 1, claim_of(FLAVOR), _command("t1", "cmpa", FLAVOR, together)).accepted
+    away = hosts["cmpb"].claim("t2", 1, claim_of(FLAVOR),
+                               _command("t2", "cmpb", FLAVOR, together))
+    assert (away.accepted, away.reason) == (False, "Affinity instance group policy was violated.")
+    soft: payloads.ServerGroupPolicy = {"group_id": "g3", "policy": "soft-anti-affinity"}
+    for uid in ("s1", "s2"):  # a soft policy is the weighers' preference, never a refusal
+        assert a.claim(uid, 1, claim_of(FLAVOR), _command(uid, "cmpa", FLAVOR, soft)).accepted
     pool.close()

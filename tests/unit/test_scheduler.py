@@ -30,6 +30,7 @@ from consumers.scheduler.request_spec import RequestSpec
 from consumers.scheduler.weighers import default_weighers, normalize, weigh_hosts
 from consumers.scheduler.weighers.build_failure import BuildFailureWeigher
 from novalog.domain.claims import Claim, claim_of
+from novalog.domain.instance import filter_counts
 from schemas import Event, payloads
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -52,8 +53,15 @@ def spec(**kw: Any) -> RequestSpec:
     (AvailabilityZoneFilter(), host("a", zone="az1"), host("a", zone="az2"),
      {"availability_zone": "az1"}),
     (RamFilter(), host("a", memory_mb=512), host("a", memory_mb=511), {}),
-    (RamFilter(), host("a", memory_mb=400, ram_allocation_ratio=1.5),
-     host("a", memory_mb=400), {}),
+    (RamFilter(), host("a", memory_mb=1024, ram_allocation_ratio=1.5,
+                       reported_memory_mb_used=1000),
+     host("a", memory_mb=1024, reported_memory_mb_used=1000), {}),
+    # placement's max_unit: never larger than the host, whatever the ratio
+    (RamFilter(), host("a", memory_mb=512), host("a", memory_mb=400, ram_allocation_ratio=4.0),
+     {}),
+    (CoreFilter(), host("a", vcpus=2, cpu_allocation_ratio=1.0),
+     host("a", vcpus=1, cpu_allocation_ratio=16.0), {"claim": Claim(2, 512, 1)}),
+    (DiskFilter(), host("a", local_gb=1), host("a", local_gb=0, disk_allocation_ratio=8.0), {}),
     (CoreFilter(), host("a", vcpus=1, cpu_allocation_ratio=1.0),
      host("a", vcpus=1, cpu_allocation_ratio=1.0, reported_vcpus_used=1), {}),
     (DiskFilter(), host("a", local_gb=1), host("a", local_gb=0), {}),
@@ -128,13 +136,47 @@ def test_no_valid_host_says_which_filter_removed_how_many() -> None:
     hosts = [host("a"), host("b"), host("c", disabled=True)]
     result = select_destination(hosts, spec(claim=Claim(vcpus=1, memory_mb=99999, disk_gb=1)))
     assert isinstance(result, NoValidHost)
-    assert "ComputeFilter removed 1 of 3" in result.reason
-    assert "RamFilter removed 2 of 2" in result.reason
+    assert result.reason == "There are not enough hosts available."  # what members see
     counts = {r.filter: (r.hosts_in, r.hosts_out) for r in result.filters}
     assert counts["ComputeFilter"] == (3, 2) and counts["RamFilter"] == (2, 0)
     assert "CoreFilter" not in counts  # filtering stops once no host is left
     empty = select_destination([], spec())
-    assert isinstance(empty, NoValidHost) and "0 hosts known" in empty.reason
+    assert isinstance(empty, NoValidHost)
+    assert filter_counts(_payloads(empty)) == "no compute host is known"
+    assert filter_counts(_payloads(result)) == \
+        "ComputeFilter removed 1 of 3; RamFilter removed 2 of 2"  # the admin's details
+
+
+def _payloads(result: NoValidHost) -> list[payloads.FilterResult]:
+    return [{"filter": r.filter, "hosts_in": r.hosts_in, "hosts_out": r.hosts_out}
+            for r in result.filters]
+
+
+def test_a_forced_host_skips_the_filters_but_not_placement() -> None:
+    """Nova's forced host: a disabled (or down) host an operator names takes the build;
+    one too small for the flavor still gives NoValidHost."""
+    off = host("a", disabled=True, last_heartbeat=NOW - timedelta(hours=1))
+    chosen = select_destination([off, host("b")], spec(forced_host="a"))
+    assert isinstance(chosen, Selection) and chosen.host == "a"
+    small = select_destination([host("a", vcpus=1, cpu_allocation_ratio=16.0), host("b")],
+                               spec(forced_host="a", claim=Claim(2, 512, 1)))
+    assert isinstance(small, NoValidHost)
+    assert filter_counts(_payloads(small)) == \
+        "ForcedHostFilter removed 1 of 2; CoreFilter removed 1 of 1"
+    unforced = select_destination([off], spec())
+    assert isinstance(unforced, NoValidHost)  # without forcing, ComputeFilter applies
+
+
+def test_ram_and_disk_weigh_what_is_physically_free_and_cpu_counts_the_ratio() -> None:
+    """Nova's weighers: an overcommitted host's RAM weighs below zero, whatever its ratio."""
+    from consumers.scheduler.weighers.resources import CPUWeigher, DiskWeigher, RAMWeigher
+    over = host("a", memory_mb=1000, ram_allocation_ratio=1.5, reported_memory_mb_used=1200,
+                local_gb=10, disk_allocation_ratio=2.0, reported_local_gb_used=15,
+                vcpus=4, cpu_allocation_ratio=4.0, reported_vcpus_used=6)
+    s = spec()
+    assert RAMWeigher().weigh(over, s) == -200
+    assert DiskWeigher().weigh(over, s) == -5
+    assert CPUWeigher().weigh(over, s) == 10
 
 
 def ev(kind: str, aggregate: str, at: datetime = NOW, **payload: Any) -> Event:

@@ -7,7 +7,12 @@ from consumers.scheduler.request_spec import RequestSpec
 
 
 class BaseHostFilter:
-    """A host either passes or not; the class name is what NoValidHost reports."""
+    """A host either passes or not; the class name is what NoValidHost reports.
+
+    `placement` marks the checks Nova leaves to the placement service (capacity and
+    max_unit): they hold even for an admin's forced host, which skips the others."""
+
+    placement = False
 
     @property
     def name(self) -> str:

@@ -1,8 +1,8 @@
 """ForcedHostFilter: an admin's `AZ:host[:node]` keeps only that host.
 
-Nova skips every other filter for a forced host; novalog still runs them, so a
-forced host that cannot fit the flavor gives NoValidHost at once instead of a
-claim refusal on the host.
+As in Nova, a forced host skips every other filter (an operator may test a disabled
+or a down node this way) but not placement's capacity checks (the resource filters):
+a flavor that cannot fit gives NoValidHost at once, not a claim refused on the host.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from consumers.scheduler.request_spec import RequestSpec
 
 
 class ForcedHostFilter(BaseHostFilter):
+    placement = True  # runs first, so that the forced host is all that is left
+
     def applies(self, spec: RequestSpec) -> bool:
         return bool(spec.forced_host or spec.forced_node)
 

@@ -1,4 +1,8 @@
-"""RAMWeigher, CPUWeigher, DiskWeigher: more free resource weighs more (spread)."""
+"""RAMWeigher, CPUWeigher, DiskWeigher: more free resource weighs more (spread).
+
+As Nova's: RAM and disk weigh what is physically free (total - used, below zero
+when overcommitted), only the CPU weigher counts the allocation ratio.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from consumers.scheduler.weighers.base import BaseWeigher
 
 class RAMWeigher(BaseWeigher):
     def weigh(self, host: HostState, spec: RequestSpec) -> float:
-        return host.free_ram_mb
+        return host.memory_mb - host.memory_mb_used
 
 
 class CPUWeigher(BaseWeigher):
@@ -19,4 +23,4 @@ class CPUWeigher(BaseWeigher):
 
 class DiskWeigher(BaseWeigher):
     def weigh(self, host: HostState, spec: RequestSpec) -> float:
-        return host.free_disk_gb
+        return host.local_gb - host.local_gb_used
