@@ -173,9 +173,17 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        where = _location(tuple(first.get("loc", ())))
-        message = (f"Invalid input for field/attribute {where}. {first.get('msg')}"
-                   if where else f"Invalid request body: {first.get('msg')}")
+        loc = tuple(first.get("loc", ()))
+        where = _location(loc)
+        if first.get("type") == "extra_forbidden" and loc:  # Nova's jsonschema wording
+            where = _location(loc[:-1])
+            message = (f"Invalid input for field/attribute {where}. Additional properties "
+                       f"are not allowed ('{loc[-1]}' was unexpected)" if where else
+                       f"Additional properties are not allowed ('{loc[-1]}' was unexpected)")
+        elif where:
+            message = f"Invalid input for field/attribute {where}. {first.get('msg')}"
+        else:
+            message = f"Invalid request body: {first.get('msg')}"
         return JSONResponse(error_body(400, message), status_code=400)
 
     @app.get("/", summary="What this endpoint is")

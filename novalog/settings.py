@@ -44,6 +44,18 @@ def env_float(env: Mapping[str, str], name: str, default: float, low: float = 0.
     return value
 
 
+def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """A yes / no variable (1, true, yes, on / 0, false, no, off), or SettingsError."""
+    raw = env.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={raw!r} is not a yes or a no (1/0, true/false, yes/no)")
+
+
 def env_int(env: Mapping[str, str], name: str, default: int, low: int = 1,
             high: int = 2**31 - 1) -> int:
     """An integer variable within bounds, or SettingsError naming it."""
@@ -89,6 +101,7 @@ class ComputeSettings:
     disk_allocation_ratio: float = 1.0
     shares: int = 1  # compute hosts sharing this real machine: each reports 1/shares of it
     zone: str = "nova"  # the host's availability zone (Nova's default_availability_zone)
+    force_config_drive: bool = False  # Nova's force_config_drive: every guest gets one
     shutdown_timeout_s: float = 60.0  # Nova's shutdown_timeout
     soft_reboot_wait_s: float = 120.0  # Nova's [libvirt] wait_soft_reboot_seconds
 
@@ -105,6 +118,7 @@ class ComputeSettings:
             disk_allocation_ratio=env_float(e, "NOVALOG_DISK_ALLOCATION_RATIO", 1.0),
             shares=env_int(e, "NOVALOG_COMPUTE_SHARES", 1, low=1),
             zone=e.get("NOVALOG_COMPUTE_ZONE") or "nova",
+            force_config_drive=env_bool(e, "NOVALOG_FORCE_CONFIG_DRIVE", False),
             shutdown_timeout_s=env_float(e, "NOVALOG_SHUTDOWN_TIMEOUT_S", 60.0),
             soft_reboot_wait_s=env_float(e, "NOVALOG_SOFT_REBOOT_WAIT_S", 120.0),
         )

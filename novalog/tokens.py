@@ -55,6 +55,22 @@ def load_keys(settings: Settings) -> list[bytes]:
     return [line.strip().encode() for line in path.read_text().splitlines() if line.strip()]
 
 
+def seal(settings: Settings, secret: str) -> str:
+    """A secret that must cross the log (a server's admin password, on its way to the
+    config drive) without being readable there: Fernet with the deployment's keys."""
+    return MultiFernet([Fernet(k) for k in load_keys(settings)]).encrypt(
+        secret.encode()).decode()
+
+
+def unseal(settings: Settings, sealed: str) -> str | None:
+    """The secret, or None once no key of the deployment opens it (rotated away)."""
+    try:
+        return MultiFernet([Fernet(k) for k in load_keys(settings)]).decrypt(
+            sealed.encode()).decode()
+    except InvalidToken:
+        return None
+
+
 @dataclass(frozen=True)
 class Context:
     """Who is calling (Nova's RequestContext)."""

@@ -28,7 +28,7 @@ from typing_extensions import TypedDict  # pydantic validates the response bodie
 from novalog import request_ids
 from novalog.kafka import Topics
 from novalog.publish import Publisher
-from novalog.tokens import Context
+from novalog.tokens import Context, seal
 from novalog.views import Link, NameRef
 from novalog.web import ApiError, Auth, server_link, state_of
 from producers import facts, outbox
@@ -54,7 +54,11 @@ class NetworkRequest(BaseModel):
 
 
 class BlockDeviceMappingV2(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    """Nova's block_device_mapping_v2 entry at microversion 2.1 (tag and volume_type come
+    later, and are refused as unknown); what novalog cannot serve is refused in
+    check_mapping, never accepted and ignored."""
+
+    model_config = ConfigDict(extra="forbid")
     source_type: Literal["image", "volume", "snapshot", "blank"] = "image"
     destination_type: Literal["local", "volume"] = "local"
     uuid: str | None = None
@@ -62,10 +66,15 @@ class BlockDeviceMappingV2(BaseModel):
     volume_size: int | None = Field(default=None, ge=0, le=2**31 - 1)
     guest_format: str | None = None
     delete_on_termination: bool = False
+    device_name: str | None = Field(default=None, max_length=255)  # ignored, as libvirt's
+    disk_bus: str | None = None
+    device_type: str | None = None
+    no_device: bool | None = None
 
 
 class SecurityGroup(BaseModel):
-    name: str
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=255)
 
 
 Metadata = dict[Annotated[str, Field(min_length=1, max_length=255)],
@@ -210,6 +219,18 @@ def check_mapping(b: BlockDeviceMappingV2) -> None:
     """Nova's checks of one block_device_mapping_v2 entry, as far as novalog serves them:
     image or blank to a new volume, an existing volume, the image to the local root."""
     invalid = "Block Device Mapping is Invalid: "
+    if b.no_device:
+        raise ApiError(400, invalid + "no_device (suppressing an image's device) is not "
+                                      "supported.")
+    if b.disk_bus not in (None, "virtio"):
+        raise ApiError(400, invalid + f"disk_bus {b.disk_bus} is not supported (novalog "
+                                      "attaches every disk on virtio).")
+    if b.device_type not in (None, "disk"):
+        raise ApiError(400, invalid + f"device_type {b.device_type} is not supported "
+                                      "(disks only).")
+    if b.guest_format is not None:
+        raise ApiError(400, invalid + "guest_format is not supported (novalog formats no "
+                                      "disk).")
     if b.source_type == "snapshot":
         raise ApiError(400, invalid + "snapshots are not supported (novalog has none).")
     if b.destination_type == "local":
@@ -338,8 +359,7 @@ def requested_networks(conn: Connection[Any], s: ServerCreate,
             raise ApiError(400, f"Network {net.uuid} could not be found.")
         if not row[1]:  # created, no subnet yet: Neutron would give the port no address
             raise ApiError(400, f"Network {net.uuid} has no subnet: no address to give.")
-        if any(o["network_id"] == net.uuid for o in out):
-            raise ApiError(400, f"Duplicate networks ({net.uuid}) are not allowed")
+        # the same network twice is two ports on it, as Nova allows since Liberty
         if net.fixed_ip is not None:
             try:
                 ip = ipaddress.ip_address(net.fixed_ip)
@@ -418,9 +438,11 @@ def create_server(body: CreateServerBody, ctx: Auth, request: Request,
     counts, image_id = validate(s)
     request_id = request_ids.request_id()
     volumes = source_volumes(s)
+    password = s.adminPass or secrets.token_urlsafe(9)  # Nova's: one for the whole request
     with app.pool.connection() as conn, facts.held_locks(conn, [f"volume/{v}" for v in volumes]):
         with conn.transaction():
-            plan = plan_build(conn, s, body.hints, ctx, image_id, counts[1])
+            plan = plan_build(conn, s, body.hints, ctx, image_id, counts[1],
+                              seal(app.settings, password))
             admitted = admit(conn, Publisher(app.producer, "api", app.settings.hostname),
                              Topics(app.settings.topic_prefix), ctx, plan, counts, request_id)
         outbox.publish_accepted(app.pool, app.producer, admitted.event_ids,
@@ -438,12 +460,13 @@ def create_server(body: CreateServerBody, ctx: Auth, request: Request,
                        "OS-DCF:diskConfig": s.disk_config or "MANUAL",
                        "security_groups": [{"name": g.name} for g in s.security_groups or []]
                        or [{"name": "default"}],
-                       "adminPass": s.adminPass or secrets.token_urlsafe(9)}}
+                       "adminPass": password}}
 
 
 def validate(s: ServerCreate) -> tuple[tuple[int, int], str | None]:
     """The checks that need nothing but the request: (min, max) count and the image id."""
     check_name(s.name)
+    wants_config_drive(s.config_drive)
     max_count = s.max_count or s.min_count
     if s.min_count > max_count:
         raise ApiError(400, "min_count must be <= max_count")
@@ -458,8 +481,25 @@ def validate(s: ServerCreate) -> tuple[tuple[int, int], str | None]:
     return (s.min_count, max_count), image_id
 
 
+def wants_config_drive(value: bool | str | None) -> bool:
+    """Nova's boolean parameter type, as config_drive takes it (a bool or its spelling)."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if value.lower() in TRUE_WORDS:
+        return True
+    if value.lower() in FALSE_WORDS:
+        return False
+    raise ApiError(400, f"Invalid input for field/attribute config_drive. Value: {value}. "
+                        f"'{value}' is not a boolean")
+
+
+TRUE_WORDS = ("true", "1", "on", "yes", "y", "t")
+FALSE_WORDS = ("false", "0", "off", "no", "n", "f", "")
+
+
 def plan_build(conn: Connection[Any], s: ServerCreate, hints: SchedulerHints | None,
-               ctx: Context, image_id: str | None, max_count: int = 1) -> BuildPlan:
+               ctx: Context, image_id: str | None, max_count: int = 1,
+               admin_password: str | None = None) -> BuildPlan:
     """Everything the request names, looked up and checked: what each instance will be.
     Booted from a volume, the instance has no image of its own (Nova's image "")."""
     flavor = flavor_record(conn, s.flavorRef)
@@ -468,9 +508,9 @@ def plan_build(conn: Connection[Any], s: ServerCreate, hints: SchedulerHints | N
         check_flavor_fits_image(flavor, image)
     check_volumes(conn, s, ctx, flavor, image_id, max_count)
     networks = requested_networks(conn, s, ctx)
-    if s.key_name is not None and _one(
-            conn, "SELECT 1 FROM keypairs WHERE user_id = %s AND name = %s",
-            ctx.user_id, s.key_name) is None:
+    key = _one(conn, "SELECT public_key FROM keypairs WHERE user_id = %s AND name = %s",
+               ctx.user_id, s.key_name) if s.key_name is not None else None
+    if s.key_name is not None and key is None:
         raise ApiError(400, "Invalid key_name provided.")
     target = parse_target(conn, s.availability_zone, ctx)
     bdm = [payloads.BlockDeviceMapping(
@@ -491,5 +531,7 @@ def plan_build(conn: Connection[Any], s: ServerCreate, hints: SchedulerHints | N
         metadata=s.metadata, user_data=s.user_data,
         availability_zone=target.zone, forced_host=target.host,
         forced_node=target.node, scheduler_hints=hints_of(conn, hints, ctx),
-        is_admin=ctx.is_admin))
+        is_admin=ctx.is_admin, config_drive=wants_config_drive(s.config_drive),
+        security_groups=[g.name for g in s.security_groups or []],
+        admin_password=admin_password, key_data=key[0] if key else None))
 

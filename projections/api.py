@@ -46,7 +46,9 @@ SERVER_COLUMNS = ("uuid, name, project_id, user_id, status, vm_state, task_state
                   "volume_attachments a WHERE a.instance_uuid = servers.uuid AND "
                   "a.attach_status <> 'reserved') AS volumes_attached, "
                   "(SELECT zone FROM services z WHERE z.host = servers.host AND "
-                  "z.service_binary = 'nova-compute') AS host_zone")
+                  "z.service_binary = 'nova-compute') AS host_zone, "
+                  "COALESCE((state->>'config_drive')::boolean, false) AS config_drive, "
+                  "COALESCE(state->'security_groups', '[]') AS security_groups")
 
 
 class AcceptedRow(TypedDict):
@@ -112,12 +114,13 @@ def server_view(request: Request, row: ServerRow, ctx: Context) -> views.ServerV
         # zone asked for
         "OS-EXT-AZ:availability_zone": (row.get("host_zone") if row["host"] else None)
         or row["availability_zone"] or "",
-        "config_drive": "", "key_name": row["key_name"],
+        "config_drive": "True" if row.get("config_drive") else "",  # Nova's string
+        "key_name": row["key_name"],
         "OS-SRV-USG:launched_at": zulu(row["launched_at"]),
         "OS-SRV-USG:terminated_at": None,
         "OS-EXT-STS:vm_state": row["vm_state"], "OS-EXT-STS:task_state": row["task_state"],
         "OS-EXT-STS:power_state": row["power_state"],
-        "security_groups": [{"name": "default"}],
+        "security_groups": [{"name": g} for g in row.get("security_groups") or ["default"]],
         "os-extended-volumes:volumes_attached": [
             {"id": v} for v in row.get("volumes_attached", [])],
     }

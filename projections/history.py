@@ -59,6 +59,8 @@ class ServerRow(TypedDict):
     fault: StoredFault | Fault | None
     volumes_attached: NotRequired[list[str]]  # ids, device order (the live projection's)
     host_zone: NotRequired[str | None]  # the zone of the host's compute service
+    config_drive: NotRequired[bool]
+    security_groups: NotRequired[list[str]]
 
 
 def fold_rows(raws: list[bytes]) -> Instance | None:
@@ -101,4 +103,5 @@ def as_row(s: Instance) -> ServerRow:
             "addresses": addresses(s), "key_name": s.key_name, "metadata": s.metadata,
             "reservation_id": s.reservation_id, "launch_index": s.launch_index,
             "created_at": s.created_at, "updated_at": s.updated_at,
-            "launched_at": s.launched_at, "fault": s.fault}
+            "launched_at": s.launched_at, "fault": s.fault, "config_drive": s.config_drive,
+            "security_groups": list(s.security_groups)}

@@ -22,7 +22,7 @@ from psycopg import Connection, sql
 from novalog.db import live_schema
 
 SCHEMA_FILE = Path(__file__).resolve().parent / "schema.sql"
-PROJECTION_VERSION = 4  # bump when schema.sql or a writer changes what is projected
+PROJECTION_VERSION = 5  # bump when schema.sql or a writer changes what is projected
 VIEW_TABLES = [
     "servers", "instance_events", "instance_actions", "instance_action_events",
     "compute_nodes", "services", "flavors", "images", "networks", "projects", "users",

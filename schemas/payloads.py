@@ -194,6 +194,10 @@ class BuildAndRunInstance(TypedDict):
     user_data: str | None
     metadata: dict[str, str]
     server_group: ServerGroupPolicy | None
+    config_drive: bool
+    admin_password: str | None
+    key_data: str | None
+    launch_index: int
 
 
 # Tear the instance down on this host: destroy and undefine the domain, remove its disks,
@@ -420,6 +424,10 @@ class InstanceBuildRequested(TypedDict):
     forced_node: str | None
     scheduler_hints: dict[str, list[str]]
     is_admin: bool
+    config_drive: bool
+    security_groups: list[str]
+    admin_password: str | None
+    key_data: str | None
 
 
 # The scheduler chose a host.
@@ -826,6 +834,7 @@ class AllocatePorts(TypedDict):
     host: str
     attempt: int
     network: NetworkToAttach
+    slot: int
 
 
 # Command to the network role, keyed by network id: free the instance's ports on it (build
@@ -846,6 +855,7 @@ class IpAllocated(TypedDict):
     mac_address: str
     host: str
     attempt: int
+    slot: int
 
 
 # Fact keyed by network id: the address is free again.
@@ -870,6 +880,7 @@ class PortsAllocated(TypedDict):
     host: str
     attempt: int
     ports: list[Port]
+    slot: int
 
 
 # Reply to the compute agent's topic: no port could be made; nothing stays allocated.

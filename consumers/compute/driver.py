@@ -88,13 +88,24 @@ def os_xml(boot: DirectBoot | None) -> str:
             f"<cmdline>{escape(boot.cmdline)}</cmdline></os>")
 
 
+def config_drive_element(path: Path) -> str:
+    """Nova's config drive for an i440fx guest: a read-only IDE CD-ROM, the bus's last
+    device (hdd)."""
+    return (f"<disk type='file' device='cdrom'><driver name='qemu' type='raw'/>"
+            f"<source file={quoteattr(str(path))}/><target dev='hdd' bus='ide'/><readonly/>"
+            f"</disk>")
+
+
 def domain_xml(instance_uuid: str, name: str, flavor: payloads.Flavor,
                disks: list[payloads.Disk], ports: list[payloads.Port],
-               console_log: Path, owner: str, boot: DirectBoot | None = None) -> str:
+               console_log: Path, owner: str, boot: DirectBoot | None = None,
+               config_drive: Path | None = None) -> str:
     """What Nova's libvirt driver would define, reduced to what a boot needs: TCG, ACPI
     (without it a guest's power-off never ends the domain), the serial console appended
     to a file (a reboot adds to it), no balloon, the instance uuid as the domain's."""
     disk_xml = "".join(disk_element(d["device"], d["path"], d["format"]) for d in disks)
+    if config_drive is not None:
+        disk_xml += config_drive_element(config_drive)
     nic_xml = "".join(
         f"<interface type='ethernet'><mac address={quoteattr(p['mac_address'])}/>"
         f"<model type='virtio'/></interface>" for p in ports)

@@ -19,10 +19,16 @@ from typing import ClassVar
 from urllib.parse import quote
 from uuid import uuid4
 
+from consumers.compute import config_drive
 from consumers.compute.driver import DirectBoot, LibvirtDriver, domain_name, domain_xml
 from consumers.compute.image_cache import ImageCache, ImageError
 from consumers.compute.image_cache import device_name as _device
-from consumers.compute.resource_tracker import BuildRecord, ResourceTracker
+from consumers.compute.resource_tracker import (
+    BuildRecord,
+    ResourceTracker,
+    port_key,
+    port_slots,
+)
 from consumers.compute.volumes import VolumeOps, volume_disks
 from novalog.consume import Record
 from novalog.domain import states
@@ -62,6 +68,7 @@ class ComputeIdentity:
     resize_confirm_window_s: float = 0.0  # Nova's resize_confirm_window: 0, never automatic
     shutdown_timeout_s: float = 60.0  # Nova's shutdown_timeout: a clean stop, then off
     soft_reboot_wait_s: float = 120.0  # Nova's [libvirt] wait_soft_reboot_seconds
+    force_config_drive: bool = False  # Nova's force_config_drive
 
 
 class ComputeManager(VolumeOps):
@@ -69,9 +76,12 @@ class ComputeManager(VolumeOps):
 
     def __init__(self, ident: ComputeIdentity, tracker: ResourceTracker, driver: LibvirtDriver,
                  cache: ImageCache, publisher: Publisher, topics: Topics,
-                 projection: LiveProjection | None = None) -> None:
+                 projection: LiveProjection | None = None,
+                 unseal: Callable[[str], str | None] = lambda _sealed: None) -> None:
         """`projection`: where the power-state sync sees a task in progress (and then
-        changes nothing); without it every instance is synced."""
+        changes nothing); without it every instance is synced. `unseal` opens the admin
+        password the API sealed (novalog.tokens.unseal with the deployment's keys)."""
+        self.unseal = unseal
         self.ident = ident
         self.host = ident.host
         self.tracker = tracker
@@ -293,11 +303,11 @@ class ComputeManager(VolumeOps):
             assert record is not None
             self._continue_build(record, event)
             return
-        for net in p["networks"]:
+        for _key, net, slot in port_slots(p["networks"]):
             self.pub.emit(self.topics.network, "AllocatePorts", net["network_id"],
                           payloads.AllocatePorts(instance_uuid=uuid, host=host, attempt=attempt,
-                                                 network=net),
-                          cause=event, what=(net["network_id"],))
+                                                 network=net, slot=slot),
+                          cause=event, what=(net["network_id"], *([slot] if slot else [])))
 
     def ports_allocated(self, event: Event) -> None:
         p = payload_of(event, payloads.PortsAllocated)
@@ -311,11 +321,11 @@ class ComputeManager(VolumeOps):
             self._continue_build(record, event)
             return
         network_id = p["ports"][0]["network_id"] if p["ports"] else ""
-        record = self.tracker.add_ports(record.instance_uuid, network_id, p["ports"])
+        record = self.tracker.add_ports(record.instance_uuid,
+                                        port_key(network_id, p.get("slot", 0)), p["ports"])
         if record is None:
             return
-        wanted = [n["network_id"] for n in record.command["networks"]]
-        if all(n in record.ports for n in wanted):
+        if all(key in record.ports for key, _, _ in port_slots(record.command["networks"])):
             self._continue_build(record, event)
 
     def ports_allocation_failed(self, event: Event) -> None:
@@ -327,9 +337,9 @@ class ComputeManager(VolumeOps):
 
     # -- the build -------------------------------------------------------------------------
     def _continue_build(self, record: BuildRecord, cause: Event) -> None:
-        cmd, uuid = record.command, record.instance_uuid
+        uuid = record.instance_uuid
         host, attempt = self.host, record.attempt
-        ports = [port for n in cmd["networks"] for port in record.ports.get(n["network_id"], [])]
+        ports = record.ordered_ports()
         self._instance_event("InstanceNetworkAllocated", uuid, payloads.InstanceNetworkAllocated(
             host=host, attempt=attempt, ports=ports), cause)
         self.tracker.set_stage(uuid, "block_device_mapping")
@@ -354,7 +364,7 @@ class ComputeManager(VolumeOps):
         """Disks (local ones made, volumes attached), then the domain defined and started."""
         cmd, uuid = record.command, record.instance_uuid
         host, attempt = self.host, record.attempt
-        ports = [port for n in cmd["networks"] for port in record.ports.get(n["network_id"], [])]
+        ports = record.ordered_ports()
         try:
             try:
                 disks = self.cache.prepare_disks(uuid, cmd["image"], cmd["flavor"])
@@ -393,7 +403,29 @@ class ComputeManager(VolumeOps):
                     image: payloads.ImageToBoot | None = None) -> str:
         return domain_xml(uuid, cmd["name"], cmd["flavor"], disks, ports,
                           self.cache.instance_dir(uuid) / "console.log", self.driver.owner,
-                          self._direct_boot(uuid, cmd["name"], image or cmd["image"]))
+                          self._direct_boot(uuid, cmd["name"], image or cmd["image"]),
+                          self._config_drive(uuid, cmd, ports, image or cmd["image"]))
+
+    def _config_drive(self, uuid: str, cmd: payloads.BuildAndRunInstance,
+                      ports: list[payloads.Port],
+                      image: payloads.ImageToBoot | None) -> Path | None:
+        """Nova's rule: asked for, forced by the host's configuration, or mandatory for
+        the image (img_config_drive). Made once per host; a move makes it again on the
+        destination, as Nova does."""
+        props = image["properties"] if image else {}
+        if not (cmd.get("config_drive") or self.ident.force_config_drive
+                or props.get("img_config_drive") == "mandatory"):
+            return None
+        path = self.cache.instance_dir(uuid) / "disk.config"
+        if not path.exists():
+            sealed = cmd.get("admin_password")
+            password = self.unseal(sealed) if sealed else None
+            if sealed and password is None:
+                log.warning("[instance: %s] the admin password cannot be opened with this "
+                            "deployment's keys: the config drive goes without it", uuid)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            config_drive.write(path, config_drive.files(cmd, ports, self.ident.zone, password))
+        return path
 
     def _direct_boot(self, uuid: str, name: str,
                      image: payloads.ImageToBoot | None) -> DirectBoot | None:
@@ -438,12 +470,11 @@ class ComputeManager(VolumeOps):
         self.cache.remove(uuid)
         self._releasing.add(uuid)
         if record is not None:
-            for net in record.command["networks"]:
-                self.pub.emit(self.topics.network, "ReleasePorts", net["network_id"],
-                              payloads.ReleasePorts(instance_uuid=uuid,
-                                                    network_id=net["network_id"],
+            for network_id in dict.fromkeys(n["network_id"] for n in record.command["networks"]):
+                self.pub.emit(self.topics.network, "ReleasePorts", network_id,
+                              payloads.ReleasePorts(instance_uuid=uuid, network_id=network_id,
                                                     reason=reason, attempt=record.attempt),
-                              cause=cause, what=(net["network_id"],))
+                              cause=cause, what=(network_id,))
 
     def _record(self, uuid: str) -> BuildRecord | None:
         """The instance's claim record, unless it is being released (later commands of the
@@ -621,7 +652,7 @@ class ComputeManager(VolumeOps):
         step = "InstanceRebuildBlockDeviceMapping" if evacuation else "InstanceResizeFinishing"
         if kind != "live-migration":
             self._instance_event(step, uuid, {"migration_id": mid, "host": self.host}, event)
-        ports = [port for n in cmd["networks"] for port in record.ports.get(n["network_id"], [])]
+        ports = record.ordered_ports()
         try:
             if p["disks"]:
                 disks = self.cache.adopt_disks(uuid, cmd["image"], cmd["flavor"])
@@ -735,7 +766,7 @@ class ComputeManager(VolumeOps):
         disks = [self.cache.rescue_disk(uuid, image)] if image else []
         disks += [{**d, "device": _device(len(disks) + i)}
                   for i, d in enumerate(own + volume_disks(record))]
-        ports = [port for n in cmd["networks"] for port in record.ports.get(n["network_id"], [])]
+        ports = record.ordered_ports()
         saved = directory / "unrescue.xml"
         if not saved.exists():
             (directory / "libvirt.xml").replace(saved)

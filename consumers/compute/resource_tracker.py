@@ -52,8 +52,31 @@ class BuildRecord:
     attempt: int
     stage: str
     command: payloads.BuildAndRunInstance
-    ports: dict[str, list[payloads.Port]]  # by network id
+    ports: dict[str, list[payloads.Port]]  # by port_key (the network id, for slot 0)
     volumes: dict[str, VolumeDisk] = field(default_factory=dict)  # by volume id
+
+    def ordered_ports(self) -> list[payloads.Port]:
+        """The instance's ports in the order of the request's networks (its NICs)."""
+        return [port for key, _net, _slot in port_slots(self.command["networks"])
+                for port in self.ports.get(key, [])]
+
+
+def port_key(network_id: str, slot: int) -> str:
+    """Where a claim keeps one requested network entry's ports: the network id for the
+    first entry (as before slots existed), `<id>#<slot>` for a repeated one."""
+    return network_id if slot == 0 else f"{network_id}#{slot}"
+
+
+def port_slots(networks: list[payloads.NetworkToAttach],
+               ) -> list[tuple[str, payloads.NetworkToAttach, int]]:
+    """(port key, network, slot) per requested entry: Nova allows one network twice."""
+    seen: dict[str, int] = {}
+    out = []
+    for net in networks:
+        slot = seen.get(net["network_id"], 0)
+        seen[net["network_id"]] = slot + 1
+        out.append((port_key(net["network_id"], slot), net, slot))
+    return out
 
 
 class VolumeDisk(TypedDict):
@@ -150,13 +173,14 @@ class ResourceTracker:
                 "WHERE host = %s AND instance_uuid = %s", (self.host, instance)).fetchone()
         return BuildRecord(instance, row[0], row[1], row[2], row[3], row[4]) if row else None
 
-    def add_ports(self, instance: str, network_id: str,
+    def add_ports(self, instance: str, key: str,
                   ports: list[payloads.Port]) -> BuildRecord | None:
-        """Record one network's ports; returns the updated build (None when released)."""
+        """Record one requested entry's ports (under its port_key); returns the updated
+        build (None when released)."""
         with self.pool.connection() as conn:
             conn.execute(
                 "UPDATE compute_claims SET ports = ports || %s WHERE host = %s "
-                "AND instance_uuid = %s", (Jsonb({network_id: ports}), self.host, instance))
+                "AND instance_uuid = %s", (Jsonb({key: ports}), self.host, instance))
         return self.get(instance)
 
     def add_volume(self, instance: str, volume_id: str, volume: VolumeDisk) -> None:

@@ -19,6 +19,7 @@ from novalog.kafka import EventProducer, Topics, ensure_topics
 from novalog.publish import Publisher
 from novalog.read_model import LiveProjection
 from novalog.settings import ComputeSettings, Settings
+from novalog.tokens import unseal
 
 
 def libvirt_uri(config: ComputeSettings, state_dir: Path) -> str:
@@ -53,10 +54,12 @@ def serve(settings: Settings, stop: threading.Event) -> None:
                         sync_power_state_interval_s=settings.sync_power_state_interval_s,
                         resize_confirm_window_s=settings.resize_confirm_window_s,
                         shutdown_timeout_s=config.shutdown_timeout_s,
-                        soft_reboot_wait_s=config.soft_reboot_wait_s),
+                        soft_reboot_wait_s=config.soft_reboot_wait_s,
+                        force_config_drive=config.force_config_drive),
         tracker_for(host, ResourceTracker(pool, host, totals)), driver,
         ImageCache(instances_dir(settings.home, host)), Publisher(producer, "compute", host),
-        topics, LiveProjection(pool, settings.db_schema))
+        topics, LiveProjection(pool, settings.db_schema),
+        unseal=lambda sealed: unseal(settings, sealed))
     group = f"compute-{host}"
     loop = ConsumeLoop(settings, group_id=group, topics=[topics.compute(host)],
                        handler=manager.handle, producer=producer, inbox=Inbox(pool, group),

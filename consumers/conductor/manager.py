@@ -149,7 +149,11 @@ class Conductor:
             image=image, networks=networks,
             block_device_mapping=self._block_devices(uuid, request, moving),
             key_name=request["key_name"], user_data=request["user_data"],
-            metadata=request["metadata"], server_group=self._server_group(request))
+            metadata=request["metadata"], server_group=self._server_group(request),
+            # (.get: a request projected before these fields existed has none)
+            config_drive=request.get("config_drive", False),
+            admin_password=request.get("admin_password"), key_data=request.get("key_data"),
+            launch_index=request["launch_index"])
 
     def _server_group(self, request: payloads.InstanceBuildRequested,
                       ) -> payloads.ServerGroupPolicy | None:

@@ -32,6 +32,7 @@ class Port:
     instance_uuid: str
     attempt: int = 0  # the build attempt the port is bound for
     host: str = ""
+    slot: int = 0  # which of the instance's entries for this network
 
     def as_payload(self) -> payloads.Port:
         """The novalog.instance.Port record."""
@@ -82,10 +83,10 @@ class Pool:
         return [p for p in held if not attempt or p.attempt == attempt]
 
     def allocate(self, instance_uuid: str, fixed_ip: str | None = None, *, attempt: int = 0,
-                 host: str = "") -> Port:
-        """The instance's port on this network, bound to `attempt`: the existing one
-        (re-bound, as Neutron moves a port to the new host), or a new one."""
-        existing = self.ports_of(instance_uuid)
+                 host: str = "", slot: int = 0) -> Port:
+        """The instance's port `slot` on this network, bound to `attempt`: the existing
+        one (re-bound, as Neutron moves a port to the new host), or a new one."""
+        existing = [p for p in self.ports_of(instance_uuid) if p.slot == slot]
         if existing:
             return replace(existing[0], attempt=attempt, host=host)
         if fixed_ip is not None:
@@ -94,14 +95,16 @@ class Pool:
                 raise PoolExhausted(f"fixed IP {fixed_ip} is not usable on {self.name}")
             if str(ip) in self.ports:
                 raise PoolExhausted(f"fixed IP {fixed_ip} is already in use on {self.name}")
-            return replace(self._port(instance_uuid, str(ip)), attempt=attempt, host=host)
+            return replace(self._port(instance_uuid, str(ip)), attempt=attempt, host=host,
+                           slot=slot)
         first = max(int(ipaddress.ip_address(self.allocation_start)), self._lowest_free)
         last = int(ipaddress.ip_address(self.allocation_end))
         for n in range(first, last + 1):
             candidate = str(ipaddress.IPv4Address(n))
             if candidate not in self.ports and candidate != self.gateway_ip:
                 self._lowest_free = n
-                return replace(self._port(instance_uuid, candidate), attempt=attempt, host=host)
+                return replace(self._port(instance_uuid, candidate), attempt=attempt, host=host,
+                               slot=slot)
         raise PoolExhausted(f"no free IP address on network {self.name} ({self.cidr})")
 
     def _port(self, instance_uuid: str, ip: str) -> Port:
@@ -115,7 +118,8 @@ class Pool:
     def apply_allocated(self, p: payloads.IpAllocated) -> None:
         """An IpAllocated fact; applying it twice changes nothing."""
         port = Port(p["port_id"], p["network_id"], self.name, p["ip_address"],
-                    p["mac_address"], p["instance_uuid"], p.get("attempt", 0), p.get("host", ""))
+                    p["mac_address"], p["instance_uuid"], p.get("attempt", 0), p.get("host", ""),
+                    p.get("slot", 0))
         old = self.ports.get(port.ip_address)
         if old is not None:
             self._unindex(old)

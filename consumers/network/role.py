@@ -106,7 +106,7 @@ class NetworkService:
         reply_topic = self.topics.compute(p["host"])
         try:
             port = self.pool(net).allocate(uuid, net["fixed_ip"], attempt=p["attempt"],
-                                           host=p["host"])
+                                           host=p["host"], slot=p["slot"])
         except (PoolExhausted, ValueError) as exc:
             self.pub.emit(self.topics.network, "IpAllocationFailed", net["network_id"],
                           payloads.IpAllocationFailed(network_id=net["network_id"],
@@ -122,10 +122,10 @@ class NetworkService:
         self._fact("IpAllocated", net["network_id"], payloads.IpAllocated(
             network_id=port.network_id, instance_uuid=uuid, port_id=port.port_id,
             ip_address=port.ip_address, mac_address=port.mac_address, host=port.host,
-            attempt=port.attempt), event)
+            attempt=port.attempt, slot=port.slot), event)
         self.pub.emit(reply_topic, "PortsAllocated", uuid, payloads.PortsAllocated(
             instance_uuid=uuid, host=p["host"], attempt=p["attempt"],
-            ports=[port.as_payload()]), cause=event)
+            ports=[port.as_payload()], slot=port.slot), cause=event)
 
 
 # What rebuilds the pools, by event type: facts, and the networks commands name.

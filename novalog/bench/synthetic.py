@@ -46,7 +46,8 @@ def boot_events(n: int, host: str) -> list[Event]:
                                  properties={}), networks=[], block_device_mapping=[],
             key_name=None, metadata={}, user_data=None, availability_zone=None,
             forced_host=None, forced_node=None, scheduler_hints={},
-            is_admin=False)),
+            is_admin=False, config_drive=False, security_groups=[], admin_password=None,
+            key_data=None)),
         ("InstanceScheduled", "scheduler", payloads.InstanceScheduled(
             host=host, attempt=1, node=host, weighed_hosts=[host])),
         ("InstanceBuildDispatched", "conductor", payloads.InstanceBuildDispatched(

@@ -103,6 +103,8 @@ class Instance:
     fault: Fault | None = None
     action_request_id: str | None = None  # the request whose task is in progress
     migration: payloads.Migration | None = None  # the move under way (resize ... evacuate)
+    config_drive: bool = False
+    security_groups: tuple[str, ...] = ()  # as asked for; none: Nova's "default"
     events_applied: int = 1
 
     @property
@@ -132,6 +134,9 @@ def created(event: Event) -> Instance:
         requested_networks=p["networks"], key_name=p["key_name"], metadata=p["metadata"],
         availability_zone=p["availability_zone"], request_id=event.correlation_id,
         created_at=event.occurred_at, updated_at=event.occurred_at,
+        # (.get: fields added later than the first requests, absent from their JSON)
+        config_drive=p.get("config_drive", False),
+        security_groups=tuple(p.get("security_groups", ())),
     )
 
 
@@ -490,6 +495,7 @@ def to_json(state: Instance) -> dict[str, Any]:
         d["fault"] = {**d["fault"], "created": d["fault"]["created"].isoformat()}
     d["ports"], d["disks"], d["tried_hosts"] = list(d["ports"]), list(d["disks"]), \
         list(d["tried_hosts"])
+    d["security_groups"] = list(d["security_groups"])
     out: dict[str, Any] = json.loads(json.dumps(d, default=str))
     return out
 
@@ -502,6 +508,7 @@ def from_json(d: dict[str, Any]) -> Instance:
         d["fault"] = {**d["fault"], "created": datetime.fromisoformat(d["fault"]["created"])}
     d["ports"], d["disks"], d["tried_hosts"] = tuple(d["ports"]), tuple(d["disks"]), \
         tuple(d["tried_hosts"])
+    d["security_groups"] = tuple(d.get("security_groups", ()))
     return Instance(**d)
 
 

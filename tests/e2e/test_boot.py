@@ -175,7 +175,36 @@ def _drop(body: dict[str, Any], key: str) -> dict[str, Any]:
 CASES: list[tuple[str, Any, int, str, str]] = [
     # (what, body or builder, status, fault name, message fragment)
     ("no server", lambda c: {"srv": {}}, 400, "badRequest", "server"),
-    ("unknown field", lambda c: _body(c, colour="blue"), 400, "badRequest", "colour"),
+    ("unknown field", lambda c: _body(c, colour="blue"), 400, "badRequest",
+     "Invalid input for field/attribute server. Additional properties are not allowed "
+     "('colour' was unexpected)"),
+    # above the advertised microversion (2.1), as Nova refuses them there
+    ("tags at 2.1", lambda c: _body(c, tags=["web"]), 400, "badRequest",
+     "Additional properties are not allowed ('tags' was unexpected)"),
+    ("trusted certificates at 2.1", lambda c: _body(c, trusted_image_certificates=["x"]), 400,
+     "badRequest", "Additional properties are not allowed ('trusted_image_certificates' was "
+                   "unexpected)"),
+    ("bdm tag at 2.1", lambda c: _body(c, block_device_mapping_v2=[
+        {"source_type": "image", "uuid": c.image_id(), "boot_index": 0, "tag": "root"}]),
+     400, "badRequest", "('tag' was unexpected)"),
+    ("bdm guest format", lambda c: _body(c, block_device_mapping_v2=[
+        {"source_type": "blank", "destination_type": "volume", "volume_size": 1,
+         "guest_format": "ext4"}]), 400, "badRequest",
+     "Block Device Mapping is Invalid: guest_format is not supported"),
+    ("bdm scsi bus", lambda c: _body(c, block_device_mapping_v2=[
+        {"source_type": "blank", "destination_type": "volume", "volume_size": 1,
+         "disk_bus": "scsi"}]), 400, "badRequest",
+     "Block Device Mapping is Invalid: disk_bus scsi is not supported"),
+    ("bdm cdrom", lambda c: _body(c, block_device_mapping_v2=[
+        {"source_type": "blank", "destination_type": "volume", "volume_size": 1,
+         "device_type": "cdrom"}]), 400, "badRequest",
+     "Block Device Mapping is Invalid: device_type cdrom is not supported"),
+    ("bdm no device", lambda c: _body(c, block_device_mapping_v2=[
+        {"source_type": "blank", "destination_type": "volume", "volume_size": 1,
+         "no_device": True}]), 400, "badRequest",
+     "Block Device Mapping is Invalid: no_device"),
+    ("config drive not a boolean", lambda c: _body(c, config_drive="maybe"), 400,
+     "badRequest", "Invalid input for field/attribute config_drive. Value: maybe."),
     ("empty name", lambda c: _body(c, name=""), 400, "badRequest", "name"),
     ("blank-edged name", lambda c: _body(c, name=" vm"), 400, "badRequest", "whitespace"),
     ("long name", lambda c: _body(c, name="x" * 256), 400, "badRequest", "name"),

@@ -4,11 +4,14 @@ scheduler replicas (real broker, Postgres, libvirt test driver)."""
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -198,3 +201,66 @@ def test_one_request_id_from_the_response_through_every_roles_log(cloud: Cloud) 
     missing = cloud.cli("logs", "--request", "req-00000000-0000-0000-0000-000000000000")
     assert missing.returncode == 1 and "no log line" in missing.stdout
     assert cloud.cli("logs", "--request", "bogus").returncode == 1
+
+
+def test_what_a_post_gives_reaches_the_guest_on_its_config_drive(cloud: Cloud) -> None:
+    """user_data, the key pair's public key, adminPass, metadata and the port's address
+    on an ISO 9660 config-2 drive attached to the domain, read back and parsed; the
+    security groups shown as given; the password on the log only sealed."""
+    from consumers.compute import config_drive
+
+    admin = cloud.client()
+    key = admin.request("POST", "/compute/v2.1/os-keypairs",
+                        json={"keypair": {"name": "drive-key"}})["keypair"]
+    user_data = base64.b64encode(b"#cloud-config\nhostname: drive\n").decode()
+    body, _ = _create(cloud, "drive", config_drive=True, key_name="drive-key",
+                      user_data=user_data, adminPass="Pa55-word", metadata={"tier": "web"},
+                      security_groups=[{"name": "web"}, {"name": "ssh"}])
+    assert body["server"]["adminPass"] == "Pa55-word"
+    assert body["server"]["security_groups"] == [{"name": "web"}, {"name": "ssh"}]
+    server_id = body["server"]["id"]
+    server = cloud.wait_servers([server_id])[server_id]
+    assert server["status"] == "ACTIVE" and server["config_drive"] == "True"
+    assert server["security_groups"] == [{"name": "web"}, {"name": "ssh"}]
+    xml = ET.parse(cloud.home / "compute" / server["OS-EXT-SRV-ATTR:host"] / "instances" /
+                   server_id / "libvirt.xml").getroot()
+    cdrom = next(d for d in xml.iterfind("devices/disk") if d.get("device") == "cdrom")
+    target, source = cdrom.find("target"), cdrom.find("source")
+    assert target is not None and source is not None and cdrom.find("readonly") is not None
+    assert (target.get("dev"), target.get("bus")) == ("hdd", "ide")
+    drive = Path(str(source.get("file")))
+    assert config_drive.volume_label(drive) == "config-2"
+    files = config_drive.read(drive)
+    meta = json.loads(files["openstack/latest/meta_data.json"])
+    assert (meta["uuid"], meta["name"], meta["meta"]) == (server_id, "drive", {"tier": "web"})
+    assert meta["public_keys"] == {"drive-key": key["public_key"]}
+    assert meta["admin_pass"] == "Pa55-word" and meta["availability_zone"] == "az1"
+    assert files["openstack/latest/user_data"] == b"#cloud-config\nhostname: drive\n"
+    network = json.loads(files["openstack/latest/network_data.json"])
+    assert [n["ip_address"] for n in network["networks"]] == \
+        [a["addr"] for a in server["addresses"]["private"]]
+    requested = next(e for e in cloud.topic_events(f"{cloud.settings.topic_prefix}.instances")
+                     if e.event_type == "InstanceBuildRequested" and e.aggregate_id == server_id)
+    sealed = str(requested.payload["admin_password"])
+    assert "Pa55-word" not in json.dumps(dict(requested.payload)) and sealed.startswith("gAAAA")
+    plain, _ = _create(cloud, "no-drive")  # not asked for, not forced: no drive
+    plain_server = cloud.wait_servers([plain["server"]["id"]])[plain["server"]["id"]]
+    assert plain_server["config_drive"] == ""
+    assert plain_server["security_groups"] == [{"name": "default"}]
+    plain_xml = (cloud.home / "compute" / plain_server["OS-EXT-SRV-ATTR:host"] / "instances" /
+                 plain_server["id"] / "libvirt.xml").read_text()
+    assert "cdrom" not in plain_xml
+
+
+def test_one_network_twice_is_two_ports_on_it(cloud: Cloud) -> None:
+    """Nova allows it since Liberty (only a repeated port is refused)."""
+    private = cloud.client().find("network", "private")["id"]
+    body, _ = _create(cloud, "two-nics", networks=[{"uuid": private}, {"uuid": private}])
+    server_id = body["server"]["id"]
+    server = cloud.wait_servers([server_id])[server_id]
+    assert server["status"] == "ACTIVE", server.get("fault")
+    ips = [a["addr"] for a in server["addresses"]["private"]]
+    assert len(ips) == 2 and len(set(ips)) == 2
+    xml = ET.parse(cloud.home / "compute" / server["OS-EXT-SRV-ATTR:host"] / "instances" /
+                   server_id / "libvirt.xml").getroot()
+    assert len(xml.findall("devices/interface")) == 2

@@ -138,7 +138,8 @@ def test_the_power_state_sync_follows_what_libvirt_says(settings: Settings,
             instance_uuid=uid, host="cmpx", node="cmpx", attempt=1, name=uid[:8],
             project_id="p", user_id="u", flavor=FLAVOR, image=None, networks=[],
             block_device_mapping=[],
-            key_name=None, user_data=None, metadata={}, server_group=None)
+            key_name=None, user_data=None, metadata={}, server_group=None,
+            config_drive=False, admin_password=None, key_data=None, launch_index=0)
         assert tracker.claim(uid, 1, claim_of(FLAVOR), command).accepted
         tracker.set_stage(uid, "active")
         driver.spawn(domain_xml(uid, uid[:8], FLAVOR, [], [], tmp_path / f"{uid}.log", "cmpx"),
@@ -166,7 +167,8 @@ def _command(uid: str, host: str, flavor: payloads.Flavor,
     return payloads.BuildAndRunInstance(
         instance_uuid=uid, host=host, node=host, attempt=1, name=uid[:8], project_id="p",
         user_id="u", flavor=flavor, image=None, networks=[], block_device_mapping=[],
-        key_name=None, user_data=None, metadata={}, server_group=group)
+        key_name=None, user_data=None, metadata={}, server_group=group, config_drive=False,
+        admin_password=None, key_data=None, launch_index=0)
 
 
 def test_a_claim_refuses_what_is_larger_than_the_host_and_a_broken_group_policy(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,7 +21,7 @@ def fact_of(port: Port, instance: str) -> payloads.IpAllocated:
     return payloads.IpAllocated(network_id=port.network_id, instance_uuid=instance,
                                 port_id=port.port_id, ip_address=port.ip_address,
                                 mac_address=port.mac_address, host=port.host,
-                                attempt=port.attempt)
+                                attempt=port.attempt, slot=port.slot)
 
 
 def allocated(pool: Pool, instance: str) -> payloads.IpAllocated:
@@ -136,3 +138,21 @@ def test_the_indexes_agree_with_a_scan_of_every_port(steps: list[tuple[bool, int
             pool.apply_released(facts.pop(instance))
         assert {i: [p.ip_address for p in pool.ports_of(i)] for i in facts} == {
             i: [f["ip_address"]] for i, f in facts.items()}
+
+
+def test_two_entries_for_one_network_are_two_ports_each_re_handled_to_itself() -> None:
+    """Nova allows a network twice in one request: one port per entry (slot), and a
+    re-handled allocation of either gives back that same port, never a third."""
+    pool = Pool.from_network(NET)
+    first = pool.allocate("i-1", attempt=1, host="cmp1")
+    pool.apply_allocated(fact_of(first, "i-1"))
+    second = pool.allocate("i-1", attempt=1, host="cmp1", slot=1)
+    pool.apply_allocated(fact_of(second, "i-1"))
+    assert first.ip_address != second.ip_address and second.slot == 1
+    assert pool.allocate("i-1", attempt=1, host="cmp1", slot=1) == second
+    assert pool.allocate("i-1", attempt=2, host="cmp2") == \
+        replace(first, attempt=2, host="cmp2")
+    rebuilt = Pool.from_network(NET)  # the pool folded again from the facts
+    for port in (first, second):
+        rebuilt.apply_allocated(fact_of(port, "i-1"))
+    assert sorted(p.slot for p in rebuilt.ports_of("i-1")) == [0, 1]
