@@ -385,8 +385,9 @@ class Conductor:
 
     def retry_or_fail(self, event: Event, attempt: int, reason: str, retryable: bool) -> None:
         uuid = event.aggregate_id
-        request = self.requests.get(uuid)
-        if request["forced_host"] or request["forced_node"]:
+        request = self.requests.get(uuid) if uuid in self.requests else \
+            self.projection.build_request(uuid)
+        if request is not None and (request["forced_host"] or request["forced_node"]):
             retryable = False  # Nova's populate_retry: a forced host is never rescheduled
         if retryable and attempt < self.max_attempts:
             self.pub.emit(self.topics.instances, "InstanceRescheduled", uuid,

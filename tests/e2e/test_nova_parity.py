@@ -264,3 +264,22 @@ def test_one_network_twice_is_two_ports_on_it(cloud: Cloud) -> None:
     xml = ET.parse(cloud.home / "compute" / server["OS-EXT-SRV-ATTR:host"] / "instances" /
                    server_id / "libvirt.xml").getroot()
     assert len(xml.findall("devices/interface")) == 2
+
+
+def test_service_and_hypervisor_ids_are_stable_numbers_not_positions(cloud: Cloud) -> None:
+    """Nova's ids are database numbers: novalog's are derived from (host, binary), so a
+    replay or another API replica gives the same; a hypervisor's is its service's."""
+    from novalog.service import service_id
+
+    admin = cloud.client()
+    services = {s["host"]: s for s in admin.get("/compute/v2.1/os-services",
+                                                binary="nova-compute")["services"]}
+    nodes = admin.get("/compute/v2.1/os-hypervisors/detail")["hypervisors"]
+    assert {n["service"]["host"] for n in nodes} == {"cmp1", "cmp2"}
+    for node in nodes:
+        host = node["service"]["host"]
+        assert node["id"] == services[host]["id"] == service_id(host, "nova-compute")
+        assert node["state"] == "up" and node["status"] == "enabled"
+        shown = admin.get(f"/compute/v2.1/os-hypervisors/{node['id']}")["hypervisor"]
+        assert shown["hypervisor_hostname"] == node["hypervisor_hostname"]
+    assert sorted(n["id"] for n in nodes) != [1, 2]
