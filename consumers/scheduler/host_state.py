@@ -8,11 +8,12 @@ The compute claim stays the final word: a stale view only costs a reschedule.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import cached_property
 
+from consumers.scheduler.host_table import HostTable
 from novalog.domain.claims import Claim, claim_of
 from schemas import Event, payloads
 from schemas.typed import payload_of
@@ -90,11 +91,34 @@ class HostState:
                        instances=self.instances - {instance})
 
 
+class Hosts(dict[str, HostState]):
+    """The view's hosts by name, mirrored into a HostTable on every change, so the
+    scheduler decides over columns that are always current."""
+
+    def __init__(self, hosts: Mapping[str, HostState] | None = None) -> None:
+        super().__init__()
+        self.table = HostTable()
+        for name, state in (hosts or {}).items():
+            self[name] = state
+
+    def __setitem__(self, name: str, state: HostState) -> None:
+        super().__setitem__(name, state)
+        self.table.upsert(state)
+
+    def __delitem__(self, name: str) -> None:
+        super().__delitem__(name)
+        self.table.remove(name)
+
+    def pop(self, name: str, *default: HostState | None) -> HostState | None:  # type: ignore[override]
+        self.table.remove(name)
+        return super().pop(name, *default)
+
+
 @dataclass
 class HostView:
     """Every host by name, plus where each instance went. Fed events in log order."""
 
-    hosts: dict[str, HostState] = field(default_factory=dict)
+    hosts: Hosts = field(default_factory=Hosts)  # also as columns: hosts.table
     placements: dict[str, str] = field(default_factory=dict)  # instance -> host
     groups: dict[str, set[str]] = field(default_factory=dict)  # server group -> instances
     group_policies: dict[str, str] = field(default_factory=dict)  # server group -> policy

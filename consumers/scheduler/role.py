@@ -83,7 +83,7 @@ class Scheduler:
             spec = build_spec(uuid, moved, self.view, attempt=1,
                               excluded_hosts=frozenset({m["source_host"]}),
                               now=datetime.now(UTC))
-            result = select_destination(list(self.view.hosts.values()), spec,
+            result = select_destination(self.view.hosts.table, spec,
                                         host_subset_size=self.host_subset_size, rng=self.rng)
             if isinstance(result, Selection):
                 self.view.record_placement(uuid, result.host, claim_of(m["new_flavor"]),
@@ -109,7 +109,7 @@ class Scheduler:
         with self.replica.lock:
             spec = build_spec(uuid, request, self.view, attempt=attempt,
                               excluded_hosts=excluded, now=datetime.now(UTC))
-            result = select_destination(list(self.view.hosts.values()), spec,
+            result = select_destination(self.view.hosts.table, spec,
                                         host_subset_size=self.host_subset_size, rng=self.rng)
             if isinstance(result, Selection):
                 self.view.record_placement(uuid, result.host, claim_of(request["flavor"]))

@@ -115,19 +115,21 @@ def scheduler_decisions(hosts: int, decisions: int, seed: int = 7) -> list[float
     from datetime import timedelta
 
     from consumers.scheduler.host_state import HostState
+    from consumers.scheduler.host_table import HostTable
     from consumers.scheduler.manager import select_destination
     from consumers.scheduler.request_spec import RequestSpec
     from novalog.domain.claims import Claim
 
     rng = random.Random(seed)
     now = datetime.now(UTC)
-    view = [HostState(host=f"cmp{i}", node=f"cmp{i}", zone=rng.choice(["nova", "az2"]),
-                      disabled=rng.random() < 0.02, vcpus=32, memory_mb=131072,
-                      local_gb=2000, reported_vcpus_used=rng.randrange(0, 100),
-                      reported_memory_mb_used=rng.randrange(0, 120000),
-                      reported_local_gb_used=rng.randrange(0, 1800),
-                      last_heartbeat=now - timedelta(seconds=rng.randrange(0, 90)))
-            for i in range(hosts)]
+    view = HostTable.of(
+        HostState(host=f"cmp{i}", node=f"cmp{i}", zone=rng.choice(["nova", "az2"]),
+                  disabled=rng.random() < 0.02, vcpus=32, memory_mb=131072,
+                  local_gb=2000, reported_vcpus_used=rng.randrange(0, 100),
+                  reported_memory_mb_used=rng.randrange(0, 120000),
+                  reported_local_gb_used=rng.randrange(0, 1800),
+                  last_heartbeat=now - timedelta(seconds=rng.randrange(0, 90)))
+        for i in range(hosts))
     spec = RequestSpec(instance_uuid="bench", claim=Claim(2, 4096, 40), now=now)
     times = []
     for _ in range(decisions):

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from consumers.conductor.manager import Conductor, max_retries_message
-from consumers.scheduler.host_state import HostState, HostView
+from consumers.scheduler.host_state import Hosts, HostState, HostView
 from consumers.scheduler.role import Scheduler
 from novalog.consume import TransientError
 from novalog.kafka import Topics
@@ -42,7 +42,7 @@ def up(name: str, **kw: Any) -> HostState:
 
 def scheduler(*hosts: HostState) -> tuple[Scheduler, InMemorySink, FakeProjection]:
     view, sink, projection = HostView(), InMemorySink(), FakeProjection()
-    view.hosts = {h.host: h for h in hosts}
+    view.hosts = Hosts({h.host: h for h in hosts})
     return (Scheduler(Settings(topic_prefix="t"), view, FakeReplica(),  # type: ignore[arg-type]
                       publisher(sink, "scheduler"), projection), sink, projection)
 

@@ -7,6 +7,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pytest
 
 from consumers.scheduler.filters import (
@@ -24,8 +25,9 @@ from consumers.scheduler.filters.forced_host_filter import ForcedHostFilter
 from consumers.scheduler.filters.image_props_filter import ImagePropertiesFilter
 from consumers.scheduler.filters.resource_filters import CoreFilter, DiskFilter, RamFilter
 from consumers.scheduler.filters.retry_filter import RetryFilter
-from consumers.scheduler.host_state import HostState, HostView
-from consumers.scheduler.manager import NoValidHost, Selection, select_destination
+from consumers.scheduler.host_state import Hosts, HostState, HostView
+from consumers.scheduler.host_table import HostTable
+from consumers.scheduler.manager import NoValidHost, Selection, run_filters, select_destination
 from consumers.scheduler.request_spec import RequestSpec
 from consumers.scheduler.weighers import default_weighers, normalize, weigh_hosts
 from consumers.scheduler.weighers.build_failure import BuildFailureWeigher
@@ -113,7 +115,7 @@ def test_weighers_spread_by_default_and_failing_hosts_sink() -> None:
 
 
 def test_select_destination_picks_the_best_and_spreads_with_the_view() -> None:
-    view = HostView(hosts={n: host(n) for n in ("cmp1", "cmp2", "cmp3")})
+    view = HostView(hosts=Hosts({n: host(n) for n in ("cmp1", "cmp2", "cmp3")}))
     chosen = []
     for i in range(6):
         uuid = f"i-{i}"
@@ -223,7 +225,7 @@ def test_the_view_counts_pending_placements_until_a_report_includes_them() -> No
 
 
 def test_the_view_knows_server_group_hosts() -> None:
-    view = HostView(hosts={"a": host("a"), "b": host("b")})
+    view = HostView(hosts=Hosts({"a": host("a"), "b": host("b")}))
     view.apply(ev("ServerGroupCreated", "g", group_id="g", name="web", policy="anti-affinity",
                   project_id="p"))
     view.apply(request("i-1", group="g"))
@@ -277,3 +279,49 @@ def test_ranking_breaks_ties_by_name_and_keeps_only_the_best() -> None:
     result = select_destination(list(reversed(many)), spec())
     assert isinstance(result, Selection)
     assert result.host == "h000" and result.weighed_hosts == [f"h{i:03}" for i in range(10)]
+
+
+def test_the_column_view_follows_every_change_of_the_hosts() -> None:
+    """The view's table is updated row by row (a removed host's row is refilled by the
+    last one): after any sequence of changes it holds what a fresh table would."""
+    rng = random.Random(3)
+    hosts = Hosts()
+    for step in range(400):
+        name = f"cmp{rng.randrange(30)}"
+        if rng.random() < 0.3:
+            hosts.pop(name, None)
+        else:
+            hosts[name] = host(name, zone=rng.choice(["nova", "az2"]), disabled=step % 7 == 0,
+                               reported_memory_mb_used=rng.randrange(8192),
+                               failed_builds=rng.randrange(3))
+    fresh = HostTable.of(hosts.values())
+    live = hosts.table
+    assert sorted(live.rows) == sorted(hosts) == sorted(fresh.rows)
+    for name in hosts:
+        a, b = live.rows[name], fresh.rows[name]
+        assert live.states[a] is hosts[name]
+        for column in ("memory_mb_used", "disabled", "failed_builds", "heartbeat"):
+            assert live.column(column)[a] == fresh.column(column)[b], (name, column)
+        assert live.states[a].zone == fresh.states[b].zone
+    zone = AvailabilityZoneFilter().passes(live, spec(availability_zone="az2"))
+    assert {live.states[r].host for r in np.flatnonzero(zone)} == \
+        {n for n, h in hosts.items() if h.zone == "az2"}
+
+
+def test_a_decision_over_the_table_is_the_one_host_by_host() -> None:
+    """Vector filters and weighers agree with asking each host alone (one-row tables),
+    ranking ties by name, over a random cloud."""
+    rng = random.Random(11)
+    cloud = [host(f"h{i:03}", zone=rng.choice(["nova", "az2"]), disabled=rng.random() < 0.1,
+                  reported_memory_mb_used=rng.choice([0, 2048, 4096]),
+                  reported_vcpus_used=rng.randrange(20), failed_builds=rng.choice([0, 0, 1]),
+                  last_heartbeat=NOW - timedelta(seconds=rng.choice([1, 30, 90])))
+             for i in range(200)]
+    s = spec(availability_zone="nova", excluded_hosts=frozenset({"h001", "h002"}))
+    one_by_one = [h for h in cloud if all(f.host_passes(h, s) for f in DEFAULT_FILTERS)]
+    table, alive, _ = run_filters(cloud, s, DEFAULT_FILTERS)
+    assert [table.states[r].host for r in np.flatnonzero(alive)] == [h.host for h in one_by_one]
+    ranked = weigh_hosts(one_by_one, s, default_weighers())
+    top = weigh_hosts(table, s, default_weighers(), top=10, candidates=alive)
+    assert top == ranked[:10]
+    assert ranked == sorted(ranked, key=lambda p: (-p[1], p[0].host))

@@ -1,4 +1,5 @@
-"""Nova's filters, in the order they run. Each is a pure `host_passes(host, spec)`.
+"""Nova's filters, in the order they run. Each is a pure `passes(table, spec)`: a mask
+over every host of the column-oriented view at once (host_table.py).
 
 A filter is a class so it has a name for NoValidHost reports, like Nova's
 `nova.scheduler.filters.*Filter`.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from consumers.scheduler.filters.base import BaseHostFilter
-from consumers.scheduler.host_state import HostState
+from consumers.scheduler.host_table import HostTable, Mask
 from consumers.scheduler.request_spec import RequestSpec
 
 
@@ -13,8 +13,8 @@ class SameHostFilter(BaseHostFilter):
     def applies(self, spec: RequestSpec) -> bool:
         return bool(spec.same_host)
 
-    def host_passes(self, host: HostState, spec: RequestSpec) -> bool:
-        return not spec.same_host or bool(spec.same_host & host.instances)
+    def passes(self, table: HostTable, spec: RequestSpec) -> Mask:
+        return table.where(bool(spec.same_host & s.instances) for s in table.states)
 
 
 class DifferentHostFilter(BaseHostFilter):
@@ -23,8 +23,8 @@ class DifferentHostFilter(BaseHostFilter):
     def applies(self, spec: RequestSpec) -> bool:
         return bool(spec.different_host)
 
-    def host_passes(self, host: HostState, spec: RequestSpec) -> bool:
-        return not (spec.different_host & host.instances)
+    def passes(self, table: HostTable, spec: RequestSpec) -> Mask:
+        return table.where(not (spec.different_host & s.instances) for s in table.states)
 
 
 class ServerGroupAffinityFilter(BaseHostFilter):
@@ -33,10 +33,8 @@ class ServerGroupAffinityFilter(BaseHostFilter):
     def applies(self, spec: RequestSpec) -> bool:
         return spec.group_policy == "affinity" and bool(spec.group_hosts)
 
-    def host_passes(self, host: HostState, spec: RequestSpec) -> bool:
-        if spec.group_policy != "affinity" or not spec.group_hosts:
-            return True
-        return host.host in spec.group_hosts
+    def passes(self, table: HostTable, spec: RequestSpec) -> Mask:
+        return table.rows_of(spec.group_hosts)
 
 
 class ServerGroupAntiAffinityFilter(BaseHostFilter):
@@ -45,5 +43,5 @@ class ServerGroupAntiAffinityFilter(BaseHostFilter):
     def applies(self, spec: RequestSpec) -> bool:
         return spec.group_policy == "anti-affinity" and bool(spec.group_hosts)
 
-    def host_passes(self, host: HostState, spec: RequestSpec) -> bool:
-        return spec.group_policy != "anti-affinity" or host.host not in spec.group_hosts
+    def passes(self, table: HostTable, spec: RequestSpec) -> Mask:
+        return ~table.rows_of(spec.group_hosts)

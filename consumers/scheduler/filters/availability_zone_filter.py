@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from consumers.scheduler.filters.base import BaseHostFilter
-from consumers.scheduler.host_state import HostState
+from consumers.scheduler.host_table import HostTable, Mask
 from consumers.scheduler.request_spec import RequestSpec
 
 
@@ -11,5 +11,7 @@ class AvailabilityZoneFilter(BaseHostFilter):
     def applies(self, spec: RequestSpec) -> bool:
         return spec.availability_zone is not None
 
-    def host_passes(self, host: HostState, spec: RequestSpec) -> bool:
-        return spec.availability_zone is None or host.zone == spec.availability_zone
+    def passes(self, table: HostTable, spec: RequestSpec) -> Mask:
+        assert spec.availability_zone is not None
+        same: Mask = table.column("zone") == table.code("zone", spec.availability_zone)
+        return same

@@ -7,8 +7,10 @@ a flavor that cannot fit gives NoValidHost at once, not a claim refused on the h
 
 from __future__ import annotations
 
+import numpy as np
+
 from consumers.scheduler.filters.base import BaseHostFilter
-from consumers.scheduler.host_state import HostState
+from consumers.scheduler.host_table import HostTable, Mask
 from consumers.scheduler.request_spec import RequestSpec
 
 
@@ -18,7 +20,9 @@ class ForcedHostFilter(BaseHostFilter):
     def applies(self, spec: RequestSpec) -> bool:
         return bool(spec.forced_host or spec.forced_node)
 
-    def host_passes(self, host: HostState, spec: RequestSpec) -> bool:
-        if spec.forced_host and host.host != spec.forced_host:
-            return False
-        return not (spec.forced_node and host.node != spec.forced_node)
+    def passes(self, table: HostTable, spec: RequestSpec) -> Mask:
+        mask = table.rows_of([spec.forced_host]) if spec.forced_host \
+            else np.ones(len(table), dtype=bool)
+        if spec.forced_node:
+            mask &= table.where(s.node == spec.forced_node for s in table.states)
+        return mask

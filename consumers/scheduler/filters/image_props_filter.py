@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from consumers.scheduler.filters.base import BaseHostFilter
-from consumers.scheduler.host_state import HostState
+from consumers.scheduler.host_table import HostTable, Mask
 from consumers.scheduler.request_spec import RequestSpec
 
 
@@ -13,10 +15,12 @@ class ImagePropertiesFilter(BaseHostFilter):
         return any(k in p for k in ("hw_architecture", "architecture", "img_hv_type",
                                     "hypervisor_type"))
 
-    def host_passes(self, host: HostState, spec: RequestSpec) -> bool:
+    def passes(self, table: HostTable, spec: RequestSpec) -> Mask:
         props = spec.image_properties
-        arch = props.get("hw_architecture") or props.get("architecture")
-        hv_type = props.get("img_hv_type") or props.get("hypervisor_type")
-        if arch and arch.lower() != host.cpu_arch.lower():
-            return False
-        return not (hv_type and hv_type.lower() != host.hypervisor_type.lower())
+        mask: Mask = np.ones(len(table), dtype=bool)
+        for column, wanted in (
+                ("cpu_arch", props.get("hw_architecture") or props.get("architecture")),
+                ("hypervisor_type", props.get("img_hv_type") or props.get("hypervisor_type"))):
+            if wanted:  # compared case-insensitively, as the table codes them
+                mask &= table.column(column) == table.code(column, wanted)
+        return mask

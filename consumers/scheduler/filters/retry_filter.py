@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from consumers.scheduler.filters.base import BaseHostFilter
-from consumers.scheduler.host_state import HostState
+from consumers.scheduler.host_table import HostTable, Mask
 from consumers.scheduler.request_spec import RequestSpec
 
 
@@ -11,5 +11,5 @@ class RetryFilter(BaseHostFilter):
     def applies(self, spec: RequestSpec) -> bool:
         return bool(spec.excluded_hosts)
 
-    def host_passes(self, host: HostState, spec: RequestSpec) -> bool:
-        return host.host not in spec.excluded_hosts
+    def passes(self, table: HostTable, spec: RequestSpec) -> Mask:
+        return ~table.rows_of(spec.excluded_hosts)

@@ -3,9 +3,10 @@ multiplied by the weigher's multiplier, and the products are summed (nova.weight
 
 from __future__ import annotations
 
-import heapq
+import numpy as np
 
 from consumers.scheduler.host_state import HostState
+from consumers.scheduler.host_table import Floats, HostTable, Mask
 from consumers.scheduler.request_spec import RequestSpec
 from consumers.scheduler.weighers.affinity import (
     ServerGroupSoftAffinityWeigher,
@@ -27,31 +28,36 @@ def default_weighers(ram: float = 1.0, cpu: float = 1.0, disk: float = 1.0,
 
 def normalize(values: list[float]) -> list[float]:
     """Nova's weights.normalize: scale to 0..1; all equal values weigh 0."""
-    low, high = min(values, default=0.0), max(values, default=0.0)
-    if high == low:
-        return [0.0 for _ in values]
-    return [(v - low) / (high - low) for v in values]
+    return [float(v) for v in _normalized(np.array(values, dtype=np.float64))]
 
 
-def weigh_hosts(hosts: list[HostState], spec: RequestSpec, weighers: list[BaseWeigher],
-                top: int | None = None) -> list[tuple[HostState, float]]:
-    """Hosts with their total weight, best first, ties by host name; with `top`, only
-    the best `top` (a partial selection: no full sort of a large cloud per decision)."""
-    totals = [0.0] * len(hosts)
+def weigh_hosts(hosts: HostTable | list[HostState], spec: RequestSpec,
+                weighers: list[BaseWeigher], top: int | None = None,
+                candidates: Mask | None = None) -> list[tuple[HostState, float]]:
+    """The candidate hosts (all, or the rows of `candidates`) with their total weight,
+    best first, ties by host name; with `top`, only the best `top`: a partial selection,
+    no full sort of a large cloud per decision."""
+    table = hosts if isinstance(hosts, HostTable) else HostTable.of(hosts)
+    rows = np.arange(len(table)) if candidates is None else np.flatnonzero(candidates)
+    totals = np.zeros(len(rows))
     for weigher in weighers:
-        if weigher.multiplier == 0:
-            continue
-        raw = [weigher.weigh(h, spec) for h in hosts]
-        for i, w in enumerate(normalize(raw)):
-            totals[i] += weigher.multiplier * w
-    pairs = zip(hosts, totals, strict=True)
-    if top is not None and top < len(hosts):
-        return heapq.nsmallest(top, pairs, key=_rank)
-    return sorted(pairs, key=_rank)
+        if weigher.multiplier != 0:
+            totals += weigher.multiplier * _normalized(weigher.weights(table, spec)[rows])
+    if top is not None and top < len(rows):
+        # Everything at least as heavy as the top-th weight, so ties at the edge are
+        # broken by name like the rest.
+        edge = np.partition(totals, len(totals) - top)[len(totals) - top]
+        keep = totals >= edge
+        rows, totals = rows[keep], totals[keep]
+    order = np.lexsort((table.name_rank[rows], -totals))[:top]
+    return [(table.states[rows[i]], float(totals[i])) for i in order]
 
 
-def _rank(pair: tuple[HostState, float]) -> tuple[float, str]:
-    return -pair[1], pair[0].host
+def _normalized(raw: Floats) -> Floats:
+    if len(raw) == 0:
+        return raw
+    low, high = raw.min(), raw.max()
+    return np.zeros(len(raw)) if high == low else (raw - low) / (high - low)
 
 
 __all__ = ["BaseWeigher", "default_weighers", "normalize", "weigh_hosts"]

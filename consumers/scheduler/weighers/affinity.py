@@ -6,20 +6,25 @@ the hosts with fewer (nova.scheduler.weights.affinity); other policies weigh 0.
 
 from __future__ import annotations
 
-from consumers.scheduler.host_state import HostState
+import numpy as np
+
+from consumers.scheduler.host_table import Floats, HostTable
 from consumers.scheduler.request_spec import RequestSpec
 from consumers.scheduler.weighers.base import BaseWeigher
 
 
-def _members_on(host: HostState, spec: RequestSpec) -> float:
-    return float(len(spec.group_members & host.instances))
+def _members_on(table: HostTable, spec: RequestSpec, policy: str) -> Floats:
+    if spec.group_policy != policy or not spec.group_members:
+        return np.zeros(len(table))
+    return np.fromiter((len(spec.group_members & s.instances) for s in table.states),
+                       dtype=np.float64, count=len(table))
 
 
 class ServerGroupSoftAffinityWeigher(BaseWeigher):
-    def weigh(self, host: HostState, spec: RequestSpec) -> float:
-        return _members_on(host, spec) if spec.group_policy == "soft-affinity" else 0.0
+    def weights(self, table: HostTable, spec: RequestSpec) -> Floats:
+        return _members_on(table, spec, "soft-affinity")
 
 
 class ServerGroupSoftAntiAffinityWeigher(BaseWeigher):
-    def weigh(self, host: HostState, spec: RequestSpec) -> float:
-        return -_members_on(host, spec) if spec.group_policy == "soft-anti-affinity" else 0.0
+    def weights(self, table: HostTable, spec: RequestSpec) -> Floats:
+        return -_members_on(table, spec, "soft-anti-affinity")

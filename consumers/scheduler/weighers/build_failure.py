@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from consumers.scheduler.host_state import HostState
+from consumers.scheduler.host_table import Floats, HostTable
 from consumers.scheduler.request_spec import RequestSpec
 from consumers.scheduler.weighers.base import BaseWeigher
 
 
 class BuildFailureWeigher(BaseWeigher):
-    def weigh(self, host: HostState, spec: RequestSpec) -> float:
-        return -float(host.failed_builds)
+    def weights(self, table: HostTable, spec: RequestSpec) -> Floats:
+        return -table.column("failed_builds")

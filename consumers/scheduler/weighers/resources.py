@@ -6,21 +6,22 @@ when overcommitted), only the CPU weigher counts the allocation ratio.
 
 from __future__ import annotations
 
-from consumers.scheduler.host_state import HostState
+from consumers.scheduler.host_table import Floats, HostTable
 from consumers.scheduler.request_spec import RequestSpec
 from consumers.scheduler.weighers.base import BaseWeigher
 
 
 class RAMWeigher(BaseWeigher):
-    def weigh(self, host: HostState, spec: RequestSpec) -> float:
-        return host.memory_mb - host.memory_mb_used
+    def weights(self, table: HostTable, spec: RequestSpec) -> Floats:
+        return table.column("memory_mb") - table.column("memory_mb_used")
 
 
 class CPUWeigher(BaseWeigher):
-    def weigh(self, host: HostState, spec: RequestSpec) -> float:
-        return host.free_vcpus
+    def weights(self, table: HostTable, spec: RequestSpec) -> Floats:
+        return (table.column("vcpus") * table.column("cpu_allocation_ratio")
+                - table.column("vcpus_used"))
 
 
 class DiskWeigher(BaseWeigher):
-    def weigh(self, host: HostState, spec: RequestSpec) -> float:
-        return host.local_gb - host.local_gb_used
+    def weights(self, table: HostTable, spec: RequestSpec) -> Floats:
+        return table.column("local_gb") - table.column("local_gb_used")
