@@ -370,6 +370,37 @@ def brokers(serial_count: Annotated[int, typer.Option(min=1)] = 100,
     console.print(report.brokers_table(result))
 
 
+@app.command("compare")
+def compare_command(
+        a: Annotated[str, typer.Argument(
+            metavar="A", help="Side A: [label:]KEY=VALUE[,KEY=VALUE...] (environment), or "
+                              "another checkout's path.")],
+        b: Annotated[str, typer.Argument(metavar="B", help="Side B, the same way.")],
+        scenario: Annotated[str, typer.Option(help="serial, burst, rate, soak, replay or "
+                                                   "scheduler.")] = "burst",
+        arguments: Annotated[str, typer.Option("--args", help="The scenario's own options, "
+                                               "e.g. '--count 300 --hosts 10'.")] = "",
+        rounds: Annotated[int, typer.Option(min=1, max=20,
+                                            help="Runs of each side, alternating.")] = 2,
+        output: Output = DEFAULT_OUTPUT) -> None:
+    """Two configurations run alternately on this machine: each figure's median per side
+    and the ratio B / A (compare.json; each run's own files under compare/a-N, b-N)."""
+    import shlex
+
+    from novalog.bench import compare
+
+    try:
+        sides = compare.Side.parse(a, "A"), compare.Side.parse(b, "B")
+        result = compare.compare(*sides, scenario, shlex.split(arguments), rounds, output)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    except RuntimeError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(compare.compare_table(result))
+    console.print(f"written: {output / 'compare.json'}")
+
+
 @app.command()
 def scheduler(output: Output = DEFAULT_OUTPUT) -> None:
     """Decision time of the filter + weigher pipeline for 10 to 10,000 hosts."""

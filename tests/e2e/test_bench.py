@@ -85,3 +85,34 @@ def test_on_a_configured_database_the_bench_drops_what_it_made(novalog_env,
         left = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE "
                             "'bench\\_%'").fetchall()
     assert left == []
+
+
+def test_compare_runs_both_sides_alternately_and_states_ratios(novalog_env) -> None:
+    """Settings on one side, a checkout (this one) on the other: both really run, twice,
+    alternating, and compare.json holds each round, the medians and B / A."""
+    root = Path(__file__).resolve().parents[2]
+    data = bench(novalog_env, "compare", "plain:NOVALOG_LOG_LEVEL=WARNING", str(root),
+                 "--scenario", "scheduler", "--rounds", "2")
+    out = Path(novalog_env["NOVALOG_HOME"]).parent / "results" / "compare"
+    assert data["compared"] == "scheduler" and data["rounds"] == 2
+    assert (data["a"]["label"], data["b"]["label"]) == ("plain", root.name)
+    names = {f"p99_ms_at_{n}_hosts" for n in (10, 100, 1000, 10000)}
+    assert set(data["ratio"]) == names and set(data["better"].values()) <= {"a", "b", "="}
+    for side in ("a", "b"):
+        assert all(len(runs) == 2 and min(runs) > 0
+                   for runs in data[side]["figures"].values())
+        assert sorted(p.name for p in out.glob(f"{side}-*")) == [f"{side}-1", f"{side}-2"]
+    for name in names:
+        a, b = data["a"]["median"][name], data["b"]["median"][name]
+        assert data["ratio"][name] == round(b / a, 3)
+
+
+def test_compare_refuses_a_side_it_cannot_run(novalog_env) -> None:
+    out = Path(novalog_env["NOVALOG_HOME"]).parent / "refused"
+    result = subprocess.run([sys.executable, "-m", "novalog", "bench", "compare",
+                             "NOVALOG_BROKER=kafka", "/no/such/checkout", "--output",
+                             str(out)], env={**novalog_env, "COLUMNS": "300"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "neither KEY=VALUE settings nor a novalog checkout" in result.stderr
+    assert not out.exists()
