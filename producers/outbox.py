@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from psycopg import Connection
 from psycopg_pool import ConnectionPool
@@ -26,22 +29,38 @@ def add(conn: Connection[object], topic: str, event: Event) -> None:
                  (event.event_id, topic, event.aggregate_id.encode(), encode(event)))
 
 
-def publish_accepted(pool: ConnectionPool, producer: EventProducer, event_ids: list[str],
+Source = ConnectionPool | Connection[Any]
+
+
+@contextmanager
+def _borrowed(source: Source) -> Iterator[Connection[Any]]:
+    """The connection itself, or one from the pool. A request that holds a connection
+    (under session advisory locks) publishes on it: taking a second one from the pool
+    while holding the first starves the pool under load (every holder waits for one)."""
+    if isinstance(source, ConnectionPool):
+        with source.connection() as conn:
+            yield conn
+    else:
+        yield source
+
+
+def publish_accepted(source: Source, producer: EventProducer, event_ids: list[str],
                      what: str) -> None:
     """Publish a request's events once its transaction is committed. A broker that does
     not acknowledge them leaves the request accepted all the same: the relay publishes
-    them (same event ids)."""
+    them (same event ids). `source`: the pool, or the connection the caller holds
+    (autocommit, as `facts.held_locks` leaves it)."""
     crash_point("api.after_commit")
     try:
-        publish(pool, producer, event_ids)
+        publish(source, producer, event_ids)
     except DeliveryError as exc:
         log.warning("%s accepted, publishing deferred to the relay: %s", what, exc)
 
 
-def publish(pool: ConnectionPool, producer: EventProducer, event_ids: list[str] | None = None,
+def publish(source: Source, producer: EventProducer, event_ids: list[str] | None = None,
             older_than_s: float = 0.0) -> int:
     """Publish outbox rows (these ids, or every row older than `older_than_s`), then delete."""
-    with pool.connection() as conn, conn.transaction():
+    with _borrowed(source) as conn, conn.transaction():
         if event_ids is not None:
             rows = conn.execute("SELECT event_id, topic, key, value FROM outbox WHERE "
                                 "event_id = ANY(%s) ORDER BY seq FOR UPDATE SKIP LOCKED",

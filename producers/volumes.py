@@ -216,7 +216,7 @@ def _send(app: AppState, conn: Connection[Any], events: list[tuple[str, str, str
             event = pub.build(kind, key, payload, correlation_id=request_id)
             outbox.add(conn, topic, event)
             ids.append(event.event_id)
-    outbox.publish_accepted(app.pool, app.producer, ids, f"request {request_id}")
+    outbox.publish_accepted(conn, app.producer, ids, f"request {request_id}")
     facts.wait_projected(app, projected, conn)
 
 
