@@ -6,8 +6,10 @@ made is reused, so a re-delivered build does not make a second one.
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
+import uuid
 from pathlib import Path
 
 from novalog.image_files import ImageError, cached_name, fetch_verified, qemu_format, qemu_img
@@ -21,6 +23,46 @@ def device_name(index: int) -> str:
     return "vd" + "abcdefghijklmnopqrstuvwxyz"[index]
 
 
+class NewDisks:
+    """New qcow2 files, made by qemu-img once per kind and copied after. A new qcow2 of a
+    given size (and backing file, and its format) is the same bytes every time: its
+    header holds no id and no time. Spawning qemu-img costs ~11 ms of CPU per disk on the
+    bench machine; copying its ~200 KB costs a fraction of a millisecond."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self._made: dict[tuple[str, ...], bytes] = {}
+        self._lock = threading.Lock()
+
+    def create(self, path: Path, size: str | None = None,
+               backing: tuple[Path, str] | None = None) -> None:
+        """`qemu-img create -f qcow2 [-F format -b backing] path [size]`, in effect.
+        Written under a temporary name, then renamed: a crash never leaves a part of a
+        disk where a re-delivered build would take it as made."""
+        args: tuple[str, ...] = ("-F", backing[1], "-b", str(backing[0])) \
+            if backing is not None else ()
+        args += (size,) if size is not None else ()
+        with self._lock:
+            data = self._made.get(args)
+            if data is None:
+                data = self._made[args] = self._make(args)
+        part = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
+        part.write_bytes(data)
+        os.replace(part, path)
+
+    def _make(self, args: tuple[str, ...]) -> bytes:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        sample = self.workdir / f".new-disk-{uuid.uuid4().hex}"
+        try:
+            if args and args[0] == "-F":
+                qemu_img("create", "-q", "-f", "qcow2", *args[:4], str(sample), *args[4:])
+            else:
+                qemu_img("create", "-q", "-f", "qcow2", str(sample), *args)
+            return sample.read_bytes()
+        finally:
+            sample.unlink(missing_ok=True)
+
+
 class ImageCache:
     """`<instances>/_base/<sha1 of image id>`, as Nova names its cached base images."""
 
@@ -29,6 +71,7 @@ class ImageCache:
         self.base_dir = instances_dir / "_base"
         self._lock = threading.Lock()
         self.fetches = 0  # how many times an image was actually copied in
+        self.new_disks = NewDisks(self.base_dir)
 
     def base_path(self, image: payloads.ImageToBoot) -> Path:
         return self.base_dir / cached_name(image["id"])
@@ -77,12 +120,12 @@ class ImageCache:
                 continue
             if disk["backing_file"] is not None and image is not None:
                 base = self.base_image(image)
-                qemu_img("create", "-q", "-f", "qcow2", "-F", qemu_format(image["disk_format"]),
-                         "-b", str(base), str(path), f"{flavor['root_gb']}G")
+                self.new_disks.create(path, f"{flavor['root_gb']}G",
+                                      (base, qemu_format(image["disk_format"])))
             elif path.name == "disk.swap":
-                qemu_img("create", "-q", "-f", "qcow2", str(path), f"{flavor['swap_mb']}M")
+                self.new_disks.create(path, f"{flavor['swap_mb']}M")
             else:
-                qemu_img("create", "-q", "-f", "qcow2", str(path), f"{disk['size_gb']}G")
+                self.new_disks.create(path, f"{disk['size_gb']}G")
         return disks
 
     def disks_of(self, instance_uuid: str, image: payloads.ImageToBoot | None,
@@ -133,8 +176,7 @@ class ImageCache:
         base = self.base_image(image)
         path = self.instance_dir(instance_uuid) / "disk.rescue"
         if not path.exists():
-            qemu_img("create", "-q", "-f", "qcow2", "-F", qemu_format(image["disk_format"]), "-b",
-                      str(base), str(path))
+            self.new_disks.create(path, backing=(base, qemu_format(image["disk_format"])))
         return payloads.Disk(device="vda", path=str(path), format="qcow2",
                              size_gb=-(-image["size"] // 2**30), backing_file=str(base))
 

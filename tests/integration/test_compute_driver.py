@@ -57,6 +57,33 @@ def test_disks_are_an_overlay_on_a_base_fetched_once_plus_ephemeral_and_swap(tmp
     assert not (tmp_path / "instances" / "a").exists() and base.exists()
 
 
+def test_disks_copied_from_the_first_are_the_bytes_qemu_img_makes(tmp_path: Path) -> None:
+    """Disks after the first of a kind are copies: each one byte for byte what qemu-img
+    makes itself, a valid qcow2 on its own, and independent of the others."""
+    cache = ImageCache(tmp_path / "instances")
+    img = image(tmp_path)
+    disks = [cache.prepare_disks(name, img, FLAVOR) for name in ("a", "b", "c")]
+    base = str(cache.base_path(img))
+    made = tmp_path / "by-qemu-img"
+    made.mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base,
+                    str(made / "disk"), "2G"], check=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(made / "disk.eph0"), "1G"],
+                   check=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(made / "disk.swap"),
+                    "512M"], check=True)
+    for layout in disks:
+        for disk in layout:
+            path = Path(disk["path"])
+            assert path.read_bytes() == (made / path.name).read_bytes(), path
+            subprocess.run(["qemu-img", "check", "-q", str(path)], check=True)
+    # written into one overlay, the others do not change
+    subprocess.run(["qemu-io", "-c", "write -P 7 0 64k", disks[0][0]["path"]], check=True,
+                   capture_output=True)
+    assert Path(disks[1][0]["path"]).read_bytes() == (made / "disk").read_bytes()
+    assert not list((tmp_path / "instances").rglob("*.part"))
+
+
 def test_a_bad_checksum_is_refused_and_caches_nothing(tmp_path) -> None:
     cache = ImageCache(tmp_path / "instances")
     with pytest.raises(ImageError, match="checksum"):
