@@ -27,6 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent import futures
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar
@@ -341,8 +342,8 @@ class CommitOffsets:
         if self.after_flush is not None:
             self.after_flush()
         if self.inbox is not None and fresh.events:
-            inbox, ids = self.inbox, [e.event_id for _, e in fresh.events]
-            through_outages(f"{runner.name} records its inbox", lambda: inbox.record(ids))
+            inbox, keys = self.inbox, [(r.topic, e.event_id) for r, e in fresh.events]
+            through_outages(f"{runner.name} records its inbox", lambda: inbox.record(keys))
             crash_point("consume.after_inbox")
         _commit(runner.name, consumer, batch.last, asynchronous=False)
 
@@ -352,9 +353,9 @@ class CommitOffsets:
         inbox = self.inbox
         if inbox is None:
             return batch
-        ids = [e.event_id for _, e in batch.events]
-        seen = through_outages(f"{name} reads its inbox", lambda: inbox.seen_among(ids)) \
-            if ids else set()
+        keys = [(r.topic, e.event_id) for r, e in batch.events]
+        seen = through_outages(f"{name} reads its inbox", lambda: inbox.seen_among(keys)) \
+            if keys else set()
         fresh = Batch(last=batch.last, refused=batch.refused)
         for record, event in batch.events:
             if event.event_id in seen:
@@ -494,12 +495,18 @@ class ConsumeLoop(Runner[None]):
         on_idle: Callable[[], None] | None = None,
         wants: frozenset[str] | None = None,
         after_flush: Callable[[], None] | None = None,
+        lanes: int = 1,
     ) -> None:
-        """`after_flush`: runs once a batch's output is acknowledged, before its commit."""
+        """`after_flush`: runs once a batch's output is acknowledged, before its commit.
+        `lanes` > 1: a batch's topics are handled at once, each in order in its own
+        thread (a compute fleet: one host's topic per lane, so one host's wait on Postgres,
+        libvirt or qemu-img does not hold up the others); the batch ends when all have."""
         super().__init__(settings, name=group_id, topics=topics, handle=self._each,
                          checkpoint=CommitOffsets(inbox, after_flush), producer=producer,
                          wants=wants, batch_size=batch_size, on_idle=on_idle)
         self.handler = handler
+        self._lanes = futures.ThreadPoolExecutor(lanes, thread_name_prefix=f"{group_id}-lane") \
+            if lanes > 1 else None
         self.retry_if = retry_if
         self._retrying = Retrying(
             stop=stop_after_attempt(settings.max_retries + 1),
@@ -509,8 +516,25 @@ class ConsumeLoop(Runner[None]):
         )
 
     def _each(self, batch: Batch, _context: None) -> None:
+        by_topic: dict[str, list[tuple[Record, Event]]] = {}
         for record, event in batch.events:
+            by_topic.setdefault(record.topic, []).append((record, event))
+        if self._lanes is None or len(by_topic) < 2:
+            for record, event in batch.events:
+                self._one(record, event)
+            return
+        done, _ = futures.wait([self._lanes.submit(self._lane, lane) for lane in by_topic.values()])
+        for future in done:  # every lane has ended: only then may a failure stop the loop
+            future.result()
+
+    def _lane(self, events: list[tuple[Record, Event]]) -> None:
+        for record, event in events:
             self._one(record, event)
+
+    def close(self) -> None:
+        super().close()
+        if self._lanes is not None:
+            self._lanes.shutdown(wait=True)
 
     def _one(self, record: Record, event: Event) -> None:
         with request_ids.bound(request_ids.handling(event)):  # in every line it causes

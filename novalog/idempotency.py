@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from psycopg_pool import ConnectionPool
 
@@ -44,27 +44,40 @@ def derived_id(cause: str, *what: object) -> str:
 
 
 class Inbox:
-    """The event ids one consumer group has fully handled."""
+    """The event ids one consumer group has fully handled, keyed (topic, event id).
 
-    def __init__(self, pool: ConnectionPool, consumer: str) -> None:
+    `by_topic` names another consumer for some topics: a compute fleet keeps each host's
+    inbox under that host's own name (`compute-cmp3`), so an agent that later serves the
+    host alone, or a fleet laid out otherwise, skips what was handled there already."""
+
+    def __init__(self, pool: ConnectionPool, consumer: str,
+                 by_topic: Mapping[str, str] | None = None) -> None:
         self.pool = pool
         self.consumer = consumer
+        self.by_topic = dict(by_topic or {})
 
-    def seen_among(self, event_ids: list[str]) -> set[str]:
-        """Which of `event_ids` were handled already (one query)."""
+    def _rows(self, keys: Iterable[tuple[str, str]]) -> tuple[list[str], list[str]]:
+        pairs = [(self.by_topic.get(topic, self.consumer), event_id) for topic, event_id in keys]
+        return [c for c, _ in pairs], [e for _, e in pairs]
+
+    def seen_among(self, keys: list[tuple[str, str]]) -> set[str]:
+        """Which of these (topic, event id) were handled already (one query)."""
+        consumers, ids = self._rows(keys)
         with self.pool.connection() as conn:
-            rows = conn.execute("SELECT event_id FROM inbox WHERE consumer = %s "
-                                "AND event_id = ANY(%s)", (self.consumer, event_ids)).fetchall()
+            rows = conn.execute(
+                "SELECT i.event_id FROM inbox i JOIN unnest(%s::text[], %s::text[]) "
+                "AS k(consumer, event_id) USING (consumer, event_id)",
+                (consumers, ids)).fetchall()
         return {r[0] for r in rows}
 
-    def record(self, event_ids: Iterable[str]) -> None:
-        ids = list(event_ids)
+    def record(self, keys: Iterable[tuple[str, str]]) -> None:
+        consumers, ids = self._rows(keys)
         if not ids:
             return
-        with self.pool.connection() as conn, conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO inbox (consumer, event_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                [(self.consumer, i) for i in ids])
+        with self.pool.connection() as conn:
+            conn.execute("INSERT INTO inbox (consumer, event_id) SELECT * FROM "
+                         "unnest(%s::text[], %s::text[]) ON CONFLICT DO NOTHING",
+                         (consumers, ids))
 
 
 def build_volume_id(instance_uuid: str, index: int) -> str:

@@ -54,7 +54,8 @@ ROLES: dict[str, Role] = {
         Role("volume", "consumers.volume.role:serve",
              "cinder-volume: volumes as files ($NOVALOG_HOME/volumes), made and removed"),
         Role("compute", "consumers.compute.role:serve",
-             "nova-compute for one host (NOVALOG_COMPUTE_HOST): claims, disks, libvirt"),
+             "nova-compute for a host, or a fleet of simulated ones (NOVALOG_COMPUTE_HOST): "
+             "claims, disks, libvirt"),
     ]
 }
 REPLICATED = ("scheduler", "conductor", "projector")  # one consumer group each
@@ -71,11 +72,28 @@ class RoleInstance:
     phase: int = 0  # 1 = started after the catalog is bootstrapped (the API)
 
 
+def fleets(hosts: int, processes: int) -> list[list[str]]:
+    """Simulated hosts cmp1..cmpN spread over `processes` agents in contiguous runs
+    (0: one agent each, as real hosts have)."""
+    names = [f"cmp{i}" for i in range(1, hosts + 1)]
+    if processes <= 0 or hosts == 0:
+        return [[n] for n in names]
+    k = min(processes, hosts)
+    size, extra = divmod(hosts, k)
+    out, start = [], 0
+    for f in range(k):
+        end = start + size + (1 if f < extra else 0)
+        out.append(names[start:end])
+        start = end
+    return out
+
+
 def plan(settings: Settings, hosts: int = 4, replicas: int = 1, qemu_hosts: int = 0,
          qemu_uris: tuple[str, ...] = ("qemu:///system",)) -> list[RoleInstance]:
-    """The processes of a stack: every role, `hosts` simulated compute agents (cmp1..),
-    `qemu_hosts` real ones (qemu1.., the i-th on the i-th URI, the last one repeated),
-    `replicas` of the replicated roles."""
+    """The processes of a stack: every role, `hosts` simulated compute hosts (cmp1..; one
+    agent each, or NOVALOG_COMPUTE_FLEETS agents sharing them), `qemu_hosts` real ones
+    (qemu1.., the i-th on the i-th URI, the last one repeated), `replicas` of the
+    replicated roles."""
     out: list[RoleInstance] = []
     for role in ("projector", "network", "volume", "scheduler", "conductor"):
         count = replicas if role in REPLICATED else 1
@@ -83,9 +101,11 @@ def plan(settings: Settings, hosts: int = 4, replicas: int = 1, qemu_hosts: int 
             # replicas on one machine are distinct services, as on distinct hosts in Nova
             env = () if count == 1 else (("NOVALOG_HOST", f"{settings.hostname}-{i}"),)
             out.append(RoleInstance(role if count == 1 else f"{role}-{i}", role, env=env))
-    for i in range(1, hosts + 1):
-        out.append(RoleInstance(f"compute-cmp{i}", "compute",
-                                env=(("NOVALOG_COMPUTE_HOST", f"cmp{i}"),)))
+    groups = fleets(hosts, settings.compute_fleets)
+    for i, members in enumerate(groups, 1):
+        name = f"compute-{members[0]}" if len(members) == 1 else f"compute-fleet{i}"
+        out.append(RoleInstance(name, "compute",
+                                env=(("NOVALOG_COMPUTE_HOST", ",".join(members)),)))
     uris = qemu_uris or ("qemu:///system",)
     for i in range(1, qemu_hosts + 1):
         uri = uris[min(i, len(uris)) - 1]

@@ -123,10 +123,15 @@ class ComputeSettings:
             soft_reboot_wait_s=env_float(e, "NOVALOG_SOFT_REBOOT_WAIT_S", 120.0),
         )
 
-    def require_host(self) -> str:
-        if not self.host:
+    def require_hosts(self) -> list[str]:
+        """The hosts this agent is: one (a real machine), or a fleet of simulated ones
+        (`cmp1,cmp2,...`), each still with its own driver, tracker, claims and topic."""
+        hosts = [h.strip() for h in (self.host or "").split(",") if h.strip()]
+        if not hosts:
             raise SettingsError("NOVALOG_COMPUTE_HOST is not set: which host is this agent?")
-        return self.host
+        if len(set(hosts)) != len(hosts):
+            raise SettingsError(f"NOVALOG_COMPUTE_HOST={self.host!r} names a host twice")
+        return hosts
 
 
 def private_cidr(raw: str) -> str:
@@ -160,6 +165,7 @@ class Settings:
     poll_timeout_ms: int = 100
     fetch_wait_ms: int = 20
     linger_ms: int = 5
+    compute_fleets: int = 0  # processes the simulated hosts share; 0: one each (as real ones)
     max_retries: int = 3
     retry_backoff_ms: int = 200
     home: Path = field(default_factory=_default_home)
@@ -218,6 +224,7 @@ class Settings:
             poll_timeout_ms=_int(e, "NOVALOG_POLL_TIMEOUT_MS", 100, low=1),
             fetch_wait_ms=_int(e, "NOVALOG_FETCH_WAIT_MS", 20, low=1, high=10_000),
             linger_ms=_int(e, "NOVALOG_LINGER_MS", 5, low=0, high=10_000),
+            compute_fleets=_int(e, "NOVALOG_COMPUTE_FLEETS", 0, low=0, high=1000),
             max_retries=_int(e, "NOVALOG_MAX_RETRIES", 3, low=0, high=100),
             retry_backoff_ms=_int(e, "NOVALOG_RETRY_BACKOFF_MS", 200, low=0),
             home=Path(e.get("NOVALOG_HOME") or _default_home()),
@@ -285,6 +292,7 @@ class Settings:
             "NOVALOG_POLL_TIMEOUT_MS": str(self.poll_timeout_ms),
             "NOVALOG_FETCH_WAIT_MS": str(self.fetch_wait_ms),
             "NOVALOG_LINGER_MS": str(self.linger_ms),
+            "NOVALOG_COMPUTE_FLEETS": str(self.compute_fleets),
             "NOVALOG_MAX_RETRIES": str(self.max_retries),
             "NOVALOG_RETRY_BACKOFF_MS": str(self.retry_backoff_ms),
             "NOVALOG_HOME": str(self.home),

@@ -39,7 +39,9 @@ app = typer.Typer(help="Measure novalog against a stack the bench starts itself;
 console = report.console
 
 Output = Annotated[Path, typer.Option(help="Directory for the JSON and PNG results.")]
-Hosts = Annotated[int, typer.Option(min=1, max=64, help="Simulated compute hosts.")]
+Hosts = Annotated[int, typer.Option(
+    min=1, max=1000, help="Simulated compute hosts (beyond 16, fleets of up to 100 hosts "
+                          "per agent process; NOVALOG_COMPUTE_FLEETS overrides).")]
 Replicas = Annotated[int, typer.Option(min=1, max=8,
                                        help="Replicas of scheduler, conductor, projector.")]
 Profile = Annotated[bool, typer.Option(help="Sample every role with py-spy meanwhile.")]

@@ -16,7 +16,10 @@ import pytest
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from novalog.consume import DLQ_HEADER, ConsumeLoop, Record, TransientError
-from novalog.kafka import EventProducer, Topics, client_config, consumer_config
+from novalog.db import make_pool
+from novalog.idempotency import Inbox
+from novalog.kafka import EventProducer, Topics, client_config, consumer_config, ensure_topics
+from novalog.migrations import migrate
 from novalog.settings import Settings
 from schemas import Event, encode
 
@@ -256,3 +259,57 @@ def test_read_to_end_stops_at_the_end_and_a_dead_replica_is_noticed(settings: Se
         time.sleep(0.05)
     with pytest.raises(ReplicaDied, match="replica-broken stopped reading"):
         broken.check()
+
+
+def test_lanes_handle_topics_at_once_each_in_order_and_inboxes_keep_their_names(
+        settings: Settings) -> None:
+    """A compute fleet's loop: one lane per topic, in parallel, each in log order; every
+    topic's inbox under its own consumer name, so a second loop with another layout (one
+    topic alone, another group) skips what the first handled."""
+    topics = [Topics(settings.topic_prefix).compute(h) for h in ("fa", "fb")]
+    ensure_topics(settings, topics)
+    producer = EventProducer(settings)
+    sent = {t: [heartbeat(f"{t[-2:]}-{i}") for i in range(6)] for t in topics}
+    for topic, events in sent.items():
+        for event in events:  # one key per topic: one partition, an observable order
+            producer.produce(topic, topic.encode(), encode(event))
+    producer.flush()
+    got: dict[str, list[str]] = {t: [] for t in topics}
+    active: set[str] = set()
+    overlapped: list[bool] = []
+    lock = threading.Lock()
+
+    def handler(event: Event, record: Record) -> None:
+        with lock:
+            active.add(record.topic)
+            overlapped.append(len(active) > 1)
+        time.sleep(0.03)  # a host's wait on libvirt or Postgres
+        with lock:
+            active.discard(record.topic)
+            got[record.topic].append(event.event_id)
+
+    pool = make_pool(settings)
+    migrate(settings)
+    names = {t: f"compute-{t[-2:]}" for t in topics}
+    loop = ConsumeLoop(settings, group_id="fleet-ab", topics=topics, handler=handler,
+                       producer=producer, inbox=Inbox(pool, "fleet-ab", names), lanes=2)
+    try:
+        run_until(loop, lambda: sum(map(len, got.values())) == 12)
+    finally:
+        loop.close()
+    assert got == {t: [e.event_id for e in events] for t, events in sent.items()}
+    assert any(overlapped)  # the two hosts' records were handled at the same time
+    with pool.connection() as conn:
+        rows = conn.execute("SELECT consumer, count(*) FROM inbox WHERE consumer = ANY(%s) "
+                            "GROUP BY consumer", (list(names.values()),)).fetchall()
+    assert dict(rows) == {name: 6 for name in names.values()}
+    again: list[str] = []
+    alone = ConsumeLoop(settings, group_id=names[topics[0]], topics=[topics[0]],
+                        handler=lambda e, _r: again.append(e.event_id), producer=producer,
+                        inbox=Inbox(pool, names[topics[0]]))
+    try:
+        run_until(alone, lambda: committed_total(settings, names[topics[0]], topics[0]) == 6)
+    finally:
+        alone.close()
+        pool.close()
+    assert again == []  # all six were handled by the fleet already

@@ -92,11 +92,17 @@ def test_every_role_setting_comes_from_settings() -> None:
         "NOVALOG_CPU_ALLOCATION_RATIO": "2.5", "NOVALOG_REPORT_INTERVAL_S": "1"})
     assert s.token_keys == ("k1", "k2") and s.token_ttl_s == 60
     assert (s.max_attempts, s.build_timeout_s, s.host_subset_size) == (5, 30.0, 2)
-    assert (s.compute.require_host(), s.compute.vcpus, s.compute.cpu_allocation_ratio,
-            s.report_interval_s) == ("cmp7", 16, 2.5, 1.0)
+    assert (s.compute.require_hosts(), s.compute.vcpus, s.compute.cpu_allocation_ratio,
+            s.report_interval_s) == (["cmp7"], 16, 2.5, 1.0)
     assert "s3cret" not in repr(s) and "k1" not in repr(s)  # secrets never in a log line
     with pytest.raises(SettingsError, match="NOVALOG_COMPUTE_HOST is not set"):
-        Settings.from_env({}).compute.require_host()
+        Settings.from_env({}).compute.require_hosts()
+    fleet = Settings.from_env({"NOVALOG_COMPUTE_HOST": "cmp1, cmp2,cmp3",
+                               "NOVALOG_COMPUTE_FLEETS": "2"})
+    assert fleet.compute.require_hosts() == ["cmp1", "cmp2", "cmp3"]
+    assert fleet.as_env()["NOVALOG_COMPUTE_FLEETS"] == "2"
+    with pytest.raises(SettingsError, match="names a host twice"):
+        Settings.from_env({"NOVALOG_COMPUTE_HOST": "cmp1,cmp1"}).compute.require_hosts()
     with pytest.raises(SettingsError, match="NOVALOG_MAX_ATTEMPTS=0 is outside"):
         Settings.from_env({"NOVALOG_MAX_ATTEMPTS": "0"})
     with pytest.raises(SettingsError, match="NOVALOG_COMPUTE_MEMORY_MB=64 is outside"):
@@ -127,3 +133,20 @@ def test_compute_microversions_are_parsed_as_nova_does() -> None:
         with pytest.raises(ApiError) as refused:
             compute_microversion(headers)
         assert refused.value.status == status
+
+
+def test_simulated_hosts_are_spread_over_fleets_in_contiguous_runs() -> None:
+    from novalog.roles import fleets, plan
+
+    assert fleets(3, 0) == [["cmp1"], ["cmp2"], ["cmp3"]]
+    assert fleets(5, 2) == [["cmp1", "cmp2", "cmp3"], ["cmp4", "cmp5"]]
+    assert fleets(2, 8) == [["cmp1"], ["cmp2"]]
+    spread = fleets(1000, 7)
+    assert sum(map(len, spread)) == 1000 and max(map(len, spread)) - min(map(len, spread)) <= 1
+    assert [h for f in spread for h in f] == [f"cmp{i}" for i in range(1, 1001)]
+    computes = [r for r in plan(Settings.from_env({"NOVALOG_COMPUTE_FLEETS": "2"}), hosts=4)
+                if r.role == "compute"]
+    assert [(r.name, dict(r.env)["NOVALOG_COMPUTE_HOST"]) for r in computes] == [
+        ("compute-fleet1", "cmp1,cmp2"), ("compute-fleet2", "cmp3,cmp4")]
+    alone = [r.name for r in plan(Settings.from_env({}), hosts=2) if r.role == "compute"]
+    assert alone == ["compute-cmp1", "compute-cmp2"]
