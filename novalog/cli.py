@@ -56,12 +56,16 @@ def _fail(exc: Exception) -> typer.Exit:
     return typer.Exit(1)
 
 
+MAX_AGENTS = 64  # compute processes `up` starts on one machine
+
+
 @app.command()
 def up(
     detach: Annotated[bool, typer.Option("--detach", "-d",
                                          help="Start in the background and return.")] = False,
-    hosts: Annotated[int, typer.Option(min=0, max=64,
-                                       help="Simulated compute hosts (cmp1..cmpN).")] = 4,
+    hosts: Annotated[int, typer.Option(
+        min=0, max=1000, help="Simulated compute hosts (cmp1..cmpN); more than 64 share "
+                              "agent processes (NOVALOG_COMPUTE_FLEETS).")] = 4,
     replicas: Annotated[int, typer.Option(min=1, max=8,
                                           help="Replicas of scheduler, conductor and "
                                                "projector.")] = 1,
@@ -76,6 +80,10 @@ def up(
 ) -> None:
     """Start the broker, Postgres (embedded unless configured) and every role."""
     settings = _settings()
+    if hosts > MAX_AGENTS and not settings.compute_fleets:
+        err.print(f"[red]error:[/red] {hosts} hosts are {hosts} processes: set "
+                  f"NOVALOG_COMPUTE_FLEETS (e.g. {-(-hosts // 100)}) beyond {MAX_AGENTS}")
+        raise typer.Exit(2)
     if detach:
         _up_detached(settings, timeout, ["--hosts", str(hosts), "--replicas", str(replicas),
                                          "--qemu-hosts", str(qemu_hosts),

@@ -62,7 +62,8 @@ class Topics:
         return f"{self.prefix}.dead-letters"
 
     def compute(self, host: str) -> str:
-        """The command topic of one compute agent, like Nova's per-host RPC queue."""
+        """The command topic of one compute agent, like Nova's per-host RPC queue: one
+        partition (COMMAND_PARTITIONS), as one agent reads it in order anyway."""
         return f"{self.prefix}.compute.{host}"
 
     def core(self) -> list[str]:
@@ -249,15 +250,20 @@ def wait_for_brokers(bootstrap: str, count: int, timeout: float = 60.0) -> None:
         time.sleep(0.1)
 
 
-def ensure_topics(settings: Settings, names: Iterable[str], timeout: float = 15.0) -> None:
-    """Create missing topics with the configured partitions; existing ones are left alone."""
+def ensure_topics(settings: Settings, names: Iterable[str], timeout: float | None = None,
+                  partitions: int | None = None) -> None:
+    """Create missing topics with the configured partitions (or `partitions`); existing
+    ones are left alone. The wait grows with the count: ten fleets creating a hundred
+    command topics each at once keep the embedded broker busy for a while."""
+    partitions = partitions or settings.partitions
     admin = AdminClient(client_config(settings))
     wanted = sorted(set(names))
-    existing = set(admin.list_topics(timeout=timeout).topics)
+    existing = set(admin.list_topics(timeout=15).topics)
     missing = [n for n in wanted if n not in existing]
+    timeout = timeout if timeout is not None else 15.0 + 0.5 * len(missing)
     if missing:
         futures = admin.create_topics(
-            [NewTopic(n, settings.partitions, settings.replication_factor) for n in missing],
+            [NewTopic(n, partitions, settings.replication_factor) for n in missing],
             operation_timeout=timeout,
         )
         for name, future in futures.items():
@@ -266,15 +272,18 @@ def ensure_topics(settings: Settings, names: Iterable[str], timeout: float = 15.
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise
-            log.info("created topic %s (%d partitions)", name, settings.partitions)
+            log.info("created topic %s (%d partitions)", name, partitions)
     deadline = time.monotonic() + timeout
     while missing and time.monotonic() < deadline:
         known = admin.list_topics(timeout=timeout).topics
         missing = [n for n in missing if n not in known or known[n].error is not None]
-        if missing:
-            time.sleep(0.05)
+        if missing:  # each look lists every topic: not too often when there are many
+            time.sleep(0.05 if len(missing) < 10 else 0.5)
     if missing:
         raise BrokerUnavailable(f"topics not visible after {timeout}s: {missing}")
+
+
+COMMAND_PARTITIONS = 1  # a host's command topic: 1,000 hosts are 1,000 partitions, not 4,000
 
 
 class EventProducer:

@@ -333,7 +333,8 @@ def prepare_cloud(hosts: int) -> Callable[[Settings], None]:
         try:
             published = bootstrap_catalog(settings, pool)
             logging.getLogger(__name__).info("catalog: %d entries published", published)
-            deadline = time.monotonic() + 60
+            within = 60 + hosts // 10  # a fleet of 100 simulated hosts starts in ~10 s
+            deadline = time.monotonic() + within
             while True:
                 with pool.connection() as conn:
                     row = conn.execute("SELECT count(*) FROM compute_nodes WHERE vcpus > 0"
@@ -342,7 +343,7 @@ def prepare_cloud(hosts: int) -> Callable[[Settings], None]:
                     break
                 if time.monotonic() > deadline:
                     raise StackError(f"only {row[0] if row else 0} of {hosts} compute hosts "
-                                     "reported within 60s; see the compute logs")
+                                     f"reported within {within}s; see the compute logs")
                 time.sleep(0.1)
         finally:
             pool.close()

@@ -18,7 +18,7 @@ from novalog.consoles import instances_dir
 from novalog.consume import ConsumeLoop, Record
 from novalog.db import make_pool
 from novalog.idempotency import Inbox
-from novalog.kafka import EventProducer, Topics, ensure_topics
+from novalog.kafka import COMMAND_PARTITIONS, EventProducer, Topics, ensure_topics
 from novalog.publish import Publisher
 from novalog.read_model import LiveProjection
 from novalog.settings import ComputeSettings, Settings
@@ -36,7 +36,8 @@ def libvirt_uri(config: ComputeSettings, state_dir: Path) -> str:
     return f"test://{definition}"
 
 
-FLEET_LANES = 16  # hosts of a fleet handled at once (threads; their waits overlap)
+FLEET_LANES = 8  # hosts of a fleet handled at once (threads whose waits overlap); with
+# its pool of lanes + 2 connections, ten fleets stay well inside Postgres's 200
 
 
 def agent(settings: Settings, host: str, pool: ConnectionPool,
@@ -91,7 +92,7 @@ def serve(settings: Settings, stop: threading.Event) -> None:
     hosts = settings.compute.require_hosts()
     topics = Topics(settings.topic_prefix)
     host_topics = {host: topics.compute(host) for host in hosts}
-    ensure_topics(settings, list(host_topics.values()))
+    ensure_topics(settings, list(host_topics.values()), partitions=COMMAND_PARTITIONS)
     lanes = min(len(hosts), FLEET_LANES)
     pool = make_pool(settings, max_size=4 if lanes == 1 else lanes + 2)
     producer = EventProducer(settings)
