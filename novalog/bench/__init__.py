@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -78,10 +79,12 @@ def run_load(scenario: str, parameters: dict[str, float], hosts: int, replicas: 
              poll_s: float = 0.05, sample_s: float = 0.5, warm_up: bool = True,
              profile: bool = False, qemu_hosts: int = 0,
              prepare: Callable[[BenchStack], str] | None = None,
-             extra: Callable[[LoadResult], None] | None = None) -> LoadResult:
+             extra: Callable[[LoadResult], None] | None = None,
+             after: Callable[[LoadResult, Load], None] | None = None) -> LoadResult:
     """Start a stack, boot one server to warm it up, then drive the load while sampling
     every process; write and print what was measured. `prepare` readies the stack and
-    names the image to boot (cirros without it); `extra` adds the drive's own figures."""
+    names the image to boot (cirros without it); `extra` adds the drive's own figures;
+    `after` runs once every boot is done, on the stack still up (the soak's deletes)."""
     console.print(f"[bold]{scenario}[/bold]: starting a stack with {hosts} hosts"
                   + (f" and {qemu_hosts} QEMU hosts" if qemu_hosts else "") + " ...")
     with BenchStack(hosts=hosts, replicas=replicas, qemu_hosts=qemu_hosts) as stack:
@@ -113,6 +116,8 @@ def run_load(scenario: str, parameters: dict[str, float], hosts: int, replicas: 
                    "hosts": hosts, "replicas": replicas,
                    "ready_seconds": {k: round(v, 2)
                                      for k, v in stack.supervisor.ready_seconds.items()}}
+        if after is not None:
+            after(result, load)
     cpu = sampler.cpu_used()
     active = max(1, result["summary"]["active"])
     roles_cpu = sum(v for k, v in cpu.items() if k in roles)
@@ -283,24 +288,57 @@ def rate(boots_per_second: Annotated[float, typer.Option("--rate", min=0.1,
 def soak(count: Annotated[int, typer.Option(min=1, help="Boots in all.")] = 10_000,
          boots_per_second: Annotated[float, typer.Option("--rate", min=0.1,
                                                          help="Offered load.")] = 20,
+         delete_after: Annotated[float, typer.Option(
+             min=0, help="Seconds each server stays ACTIVE before the soak deletes it.")] = 30,
          hosts: Hosts = 10, concurrency: Concurrency = 16,
          output: Output = DEFAULT_OUTPUT) -> None:
-    """Many boots at a steady rate, memory of every process sampled throughout: does any
-    role grow? (Boots only: novalog has no delete yet, see the README.)"""
+    """Many boots at a steady rate, each deleted a while after it is ACTIVE, memory of
+    every process sampled throughout: does any role grow, does throughput hold?"""
     duration = count / boots_per_second
+    stop_deleting = threading.Event()
+    deleter: list[threading.Thread] = []
 
     def drive(load: Load, bar: Progress) -> None:
+        deleter.append(threading.Thread(target=load.delete_after,
+                                        args=(delete_after, stop_deleting), daemon=True))
+        deleter[0].start()
         task = bar.add_task(f"{count} boots at {boots_per_second:g}/s", total=None)
         load.at_rate(boots_per_second, duration, concurrency)
         bar.update(task, completed=1)
 
-    result = run_load("soak", {"count": count, "rate": boots_per_second, "hosts": hosts},
+    def deletes(result: LoadResult, load: Load) -> None:
+        stop_deleting.set()  # what is still there is deleted now
+        deleter[0].join()
+        started = time.perf_counter()
+        left = load.wait_gone(600)
+        sent = sum(1 for b in load.boots.values() if b.delete_sent_at is not None)
+        result["deletes"] = {"sent": sent, "still_listed": left,
+                             "seconds_to_all_gone": round(time.perf_counter() - started, 1)}
+        result["throughput_first_last_1000"] = first_last_rate(Outcome.of(load).timeline)
+
+    result = run_load("soak", {"count": count, "rate": boots_per_second, "hosts": hosts,
+                               "delete_after": delete_after},
                       hosts, 1, drive, 600, output,
-                      sample_s=min(2.0, max(0.2, duration / 50)))
+                      sample_s=min(2.0, max(0.2, duration / 50)), after=deletes)
     result["memory_growth_mb_per_1000_boots"] = growth(result)
     report.write_json(result, output / "soak.json")
+    console.print(f"deletes: {result.get('deletes')}; boots/s of the first and the last "
+                  f"1,000: {result.get('throughput_first_last_1000')}")
     console.print("RSS growth after warm-up, MB per 1,000 boots: "
                   f"{result['memory_growth_mb_per_1000_boots']}")
+
+
+def first_last_rate(timeline: list[tuple[float, int]], n: int = 1000) -> list[float]:
+    """Boots/s over the first `n` and the last `n` ACTIVE (fewer when fewer boots)."""
+    times = [t for t, _ in timeline]
+    n = min(n, len(times))
+    if n < 2:
+        return []
+
+    def rate(span: list[float]) -> float:
+        return round((len(span) - 1) / max(span[-1] - span[0], 1e-9), 1)
+
+    return [rate(times[:n]), rate(times[-n:])]
 
 
 def growth(result: LoadResult) -> dict[str, float]:

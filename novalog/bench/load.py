@@ -32,6 +32,7 @@ class Boot:
     done_at: float | None = None
     status: str | None = None
     error: str | None = None  # the refusal, or the fault of an ERROR
+    delete_sent_at: float | None = None  # the soak's DELETE, once ACTIVE for a while
 
     @property
     def latency_ms(self) -> float | None:
@@ -182,6 +183,54 @@ class Load:
             if left == 0:
                 return
             time.sleep(0.05)
+
+    # -- deleting (soak) --------------------------------------------------------------
+    def delete_after(self, seconds: float, stop: threading.Event) -> None:
+        """Until `stop`, then for what is left: DELETE each ACTIVE server `seconds` after
+        it was seen ACTIVE (one at a time, as an operator's tooling would)."""
+        while True:
+            stopping = stop.is_set()
+            now = time.perf_counter()
+            with self._lock:
+                due = [b for b in self.boots.values() if b.status == "ACTIVE"
+                       and b.delete_sent_at is None and b.done_at is not None
+                       and (stopping or now - b.done_at >= seconds)]
+            for boot in due:
+                try:
+                    self.client.request("DELETE", f"/compute/v2.1/servers/{boot.server_id}")
+                except (ApiFailure, OSError) as exc:
+                    boot.error = f"delete: {exc}"
+                    continue
+                boot.delete_sent_at = time.perf_counter()
+            if stopping:
+                return
+            stop.wait(0.2)
+
+    def wait_gone(self, timeout: float) -> int:
+        """Until the API lists none of the deleted servers; how many it still lists."""
+        deleted = {b.server_id for b in self.boots.values()
+                   if b.delete_sent_at is not None and b.server_id is not None}
+        deadline = time.perf_counter() + timeout
+        while True:
+            try:
+                listed = self.listed()
+            except (ApiFailure, OSError):
+                listed = deleted
+            left = len(listed & deleted)
+            if left == 0 or time.perf_counter() > deadline:
+                return left
+            time.sleep(0.5)
+
+    def listed(self) -> set[str]:
+        """Every server the API lists, page by page (Nova's max_limit is 1,000)."""
+        ids: list[str] = []
+        while True:
+            params = {"limit": "1000", **({"marker": ids[-1]} if ids else {})}
+            page = [s["id"] for s in self.client.get("/compute/v2.1/servers",
+                                                      **params)["servers"]]
+            ids += page
+            if len(page) < 1000:
+                return set(ids)
 
     # -- scenarios -------------------------------------------------------------------
     def burst(self, count: int, concurrency: int,

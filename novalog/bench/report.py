@@ -40,6 +40,12 @@ class MemorySample(TypedDict):
     rss_mb: dict[str, float]  # by process
 
 
+class SoakDeletes(TypedDict):
+    sent: int  # DELETEs answered 204
+    still_listed: int  # deleted servers the API still listed when the soak gave up
+    seconds_to_all_gone: float  # from the last boot done to none listed
+
+
 class LoadResult(TypedDict, total=False):
     """What a load scenario (serial, burst, rate, soak) measured, as written to JSON."""
 
@@ -61,6 +67,8 @@ class LoadResult(TypedDict, total=False):
     charts: list[str]
     keeps_up: bool  # rate
     memory_growth_mb_per_1000_boots: dict[str, float]  # soak
+    deletes: SoakDeletes  # soak
+    throughput_first_last_1000: list[float]  # soak: boots/s of the first and last 1,000
     console_marker_ms: Percentiles  # serial --qemu: POST -> the guest's marker on its console
 
 
