@@ -358,10 +358,11 @@ class CommitOffsets:
             if keys else set()
         fresh = Batch(last=batch.last, refused=batch.refused)
         for record, event in batch.events:
-            if event.event_id in seen:
+            key = (record.topic, event.event_id)
+            if key in seen:
                 log.info("skipping %s %s: already handled", event.event_type, event.event_id)
                 continue
-            seen.add(event.event_id)
+            seen.add(key)
             fresh.events.append((record, event))
         return fresh
 
@@ -524,17 +525,20 @@ class ConsumeLoop(Runner[None]):
                 self._one(record, event)
             return
         done, _ = futures.wait([self._lanes.submit(self._lane, lane) for lane in by_topic.values()])
-        for future in done:  # every lane has ended: only then may a failure stop the loop
-            future.result()
+        failures = [e for f in done if (e := f.exception()) is not None]
+        for failure in failures[1:]:  # the first stops the loop; the others are told
+            log.error("%s: another lane failed too", self.name, exc_info=failure)
+        if failures:  # every lane has ended: only then may a failure stop the loop
+            raise failures[0]
 
     def _lane(self, events: list[tuple[Record, Event]]) -> None:
         for record, event in events:
             self._one(record, event)
 
     def close(self) -> None:
+        if self._lanes is not None:  # lanes first: none may still use the consumer's batch
+            self._lanes.shutdown(wait=True, cancel_futures=True)
         super().close()
-        if self._lanes is not None:
-            self._lanes.shutdown(wait=True)
 
     def _one(self, record: Record, event: Event) -> None:
         with request_ids.bound(request_ids.handling(event)):  # in every line it causes

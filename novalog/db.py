@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 import psycopg
-from psycopg import sql
+from psycopg import Connection, sql
 from psycopg_pool import ConnectionPool
 
 from novalog.settings import Settings
@@ -63,3 +67,20 @@ def make_pool(settings: Settings, *, max_size: int = 4, projection_schema: str |
         timeout=timeout,
         check=ConnectionPool.check_connection,  # a connection from before an outage is tested
     )
+
+
+Source = ConnectionPool | Connection[Any]
+
+
+@contextmanager
+def borrowed(source: Source) -> Iterator[Connection[Any]]:
+    """The connection itself, or one from the pool. A request that holds a connection
+    (under a row lock or session advisory locks) does its other queries on it: taking a
+    second one from the pool while holding the first starves the pool under load (every
+    holder waits for one; the API's POSTs did, until the 5 s pool timeout)."""
+    if isinstance(source, ConnectionPool):
+        with source.connection() as conn:
+            yield conn
+    else:
+        yield source
+

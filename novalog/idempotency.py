@@ -60,15 +60,16 @@ class Inbox:
         pairs = [(self.by_topic.get(topic, self.consumer), event_id) for topic, event_id in keys]
         return [c for c, _ in pairs], [e for _, e in pairs]
 
-    def seen_among(self, keys: list[tuple[str, str]]) -> set[str]:
+    def seen_among(self, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
         """Which of these (topic, event id) were handled already (one query)."""
         consumers, ids = self._rows(keys)
         with self.pool.connection() as conn:
             rows = conn.execute(
-                "SELECT i.event_id FROM inbox i JOIN unnest(%s::text[], %s::text[]) "
+                "SELECT consumer, event_id FROM inbox JOIN unnest(%s::text[], %s::text[]) "
                 "AS k(consumer, event_id) USING (consumer, event_id)",
                 (consumers, ids)).fetchall()
-        return {r[0] for r in rows}
+        handled = {(r[0], r[1]) for r in rows}
+        return {k for k, c, i in zip(keys, consumers, ids, strict=True) if (c, i) in handled}
 
     def record(self, keys: Iterable[tuple[str, str]]) -> None:
         consumers, ids = self._rows(keys)

@@ -12,10 +12,9 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from psycopg import sql
-from psycopg_pool import ConnectionPool
 
 from novalog.consume import TransientError
-from novalog.db import live_schema
+from novalog.db import Source, borrowed, live_schema
 from novalog.domain.instance import Instance, from_json
 from schemas import Event, payloads
 
@@ -44,13 +43,14 @@ class VolumeRecord(NamedTuple):
 class LiveProjection:
     """The queries reactors make of the live projection (S_live), each naming its table."""
 
-    def __init__(self, pool: ConnectionPool, base_schema: str) -> None:
+    def __init__(self, pool: Source, base_schema: str) -> None:
+        """`pool`: the role's pool, or the connection a request already holds."""
         self.pool = pool
         self.schema = sql.Identifier(live_schema(base_schema))
         self.base = sql.Identifier(base_schema)
 
     def _rows(self, query: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        with self.pool.connection() as conn:
+        with borrowed(self.pool) as conn:
             return conn.execute(sql.SQL(query).format(live=self.schema, base=self.base),
                                 args).fetchall()
 

@@ -48,7 +48,7 @@ def _locked(conn: Connection[Any], app: AppState, ctx: Context,
                        "WHERE uuid = %s FOR UPDATE", (server_id,)).fetchone()
     if row is None or (row[0] != ctx.project_id and not ctx.is_admin):
         raise ApiError(404, f"Instance {server_id} could not be found.")
-    server = LiveProjection(app.pool, app.settings.db_schema).server(server_id)
+    server = LiveProjection(conn, app.settings.db_schema).server(server_id)
     if server is not None and server.vm_state == states.DELETED:
         raise ApiError(404, f"Instance {server_id} could not be found.")
     return (row[0], row[1], row[2]), server
@@ -199,9 +199,9 @@ def _action_of(body: dict[str, Any]) -> Asked:
     return ACTIONS[key](value)
 
 
-def _service_up(app: AppState, host: str) -> bool | None:
+def _service_up(conn: Connection[Any], app: AppState, host: str) -> bool | None:
     """Whether the host's nova-compute is up (heartbeat age); None when it has none."""
-    service = LiveProjection(app.pool, app.settings.db_schema).compute_service(host)
+    service = LiveProjection(conn, app.settings.db_schema).compute_service(host)
     if service is None:
         return None
     beat, _disabled = service
@@ -213,7 +213,7 @@ def _check_move(conn: Connection[Any], app: AppState, ctx: Context, asked: Asked
                 server: Instance) -> dict[str, Any]:
     """Nova's checks of a move before anything is published; the event's payload."""
     uuid, source = server.uuid, str(server.host)
-    up = _service_up(app, source)
+    up = _service_up(conn, app, source)
     if asked.rule == "evacuate":
         if up:
             raise ApiError(400, f"Compute service of {source} is still in use.")
@@ -221,7 +221,7 @@ def _check_move(conn: Connection[Any], app: AppState, ctx: Context, asked: Asked
                                        "confirmResize"):
         raise ApiError(409, "Service is unavailable at this time.")
     if asked.host is not None:
-        known = _service_up(app, asked.host) is not None
+        known = _service_up(conn, app, asked.host) is not None
         if asked.rule == "evacuate":
             if asked.host == source:
                 raise ApiError(400, "The target host can't be the same one.")
@@ -273,7 +273,7 @@ def server_action(server_id: str, request: Request, ctx: Auth, response: Respons
         (_, _, pending), _row = _locked(conn, app, ctx, server_id)  # 404 before 403, as Nova
         if asked.admin_only and not ctx.is_admin:
             raise ApiError(403, f"Policy doesn't allow {asked.admin_only} to be performed.")
-        server = LiveProjection(app.pool, app.settings.db_schema).instance(server_id)
+        server = LiveProjection(conn, app.settings.db_schema).instance(server_id)
         if server is None:  # accepted, not projected yet: still building
             raise ApiError(409, f"Cannot '{name}' instance {server_id} "
                                 f"while it is in vm_state {states.BUILDING}")

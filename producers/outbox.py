@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
 from psycopg import Connection
 from psycopg_pool import ConnectionPool
 
+from novalog.db import Source, borrowed
 from novalog.faults import crash_point
 from novalog.kafka import DeliveryError, EventProducer
 from schemas import Event, encode
@@ -27,21 +25,6 @@ log = logging.getLogger(__name__)
 def add(conn: Connection[object], topic: str, event: Event) -> None:
     conn.execute("INSERT INTO outbox (event_id, topic, key, value) VALUES (%s, %s, %s, %s)",
                  (event.event_id, topic, event.aggregate_id.encode(), encode(event)))
-
-
-Source = ConnectionPool | Connection[Any]
-
-
-@contextmanager
-def _borrowed(source: Source) -> Iterator[Connection[Any]]:
-    """The connection itself, or one from the pool. A request that holds a connection
-    (under session advisory locks) publishes on it: taking a second one from the pool
-    while holding the first starves the pool under load (every holder waits for one)."""
-    if isinstance(source, ConnectionPool):
-        with source.connection() as conn:
-            yield conn
-    else:
-        yield source
 
 
 def publish_accepted(source: Source, producer: EventProducer, event_ids: list[str],
@@ -60,7 +43,7 @@ def publish_accepted(source: Source, producer: EventProducer, event_ids: list[st
 def publish(source: Source, producer: EventProducer, event_ids: list[str] | None = None,
             older_than_s: float = 0.0) -> int:
     """Publish outbox rows (these ids, or every row older than `older_than_s`), then delete."""
-    with _borrowed(source) as conn, conn.transaction():
+    with borrowed(source) as conn, conn.transaction():
         if event_ids is not None:
             rows = conn.execute("SELECT event_id, topic, key, value FROM outbox WHERE "
                                 "event_id = ANY(%s) ORDER BY seq FOR UPDATE SKIP LOCKED",

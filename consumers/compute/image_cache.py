@@ -47,8 +47,11 @@ class NewDisks:
             if data is None:
                 data = self._made[args] = self._make(args)
         part = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
-        part.write_bytes(data)
-        os.replace(part, path)
+        try:
+            part.write_bytes(data)
+            os.replace(part, path)
+        finally:
+            part.unlink(missing_ok=True)
 
     def _make(self, args: tuple[str, ...]) -> bytes:
         self.workdir.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import threading
 from pathlib import Path
@@ -15,7 +16,7 @@ from consumers.compute.image_cache import ImageCache
 from consumers.compute.manager import ComputeIdentity, ComputeManager
 from consumers.compute.resource_tracker import HostTotals, ResourceTracker
 from novalog.consoles import instances_dir
-from novalog.consume import ConsumeLoop, Record
+from novalog.consume import ConsumeLoop, Record, is_outage
 from novalog.db import make_pool
 from novalog.idempotency import Inbox
 from novalog.kafka import COMMAND_PARTITIONS, EventProducer, Topics, ensure_topics
@@ -35,6 +36,8 @@ def libvirt_uri(config: ComputeSettings, state_dir: Path) -> str:
     definition.write_text(host_definition(config.vcpus, config.memory_mb))
     return f"test://{definition}"
 
+
+log = logging.getLogger(__name__)
 
 FLEET_LANES = 8  # hosts of a fleet handled at once (threads whose waits overlap); with
 # its pool of lanes + 2 connections, ten fleets stay well inside Postgres's 200
@@ -80,8 +83,14 @@ class Fleet:
         self.managers[record.topic].handle(event, record)
 
     def periodic(self) -> None:
+        """Each host's periodic work; one host's outage does not skip the others'."""
         for manager in self.managers.values():
-            manager.periodic()
+            try:
+                manager.periodic()
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                log.warning("%s: periodic work skipped: %s", manager.host, exc)
 
     def flushed(self) -> None:
         for manager in self.managers.values():

@@ -8,7 +8,7 @@ from consumers.conductor.manager import Conductor
 from novalog.consume import ConsumeLoop
 from novalog.db import make_pool
 from novalog.idempotency import Inbox
-from novalog.kafka import EventProducer, Topics, ensure_topics
+from novalog.kafka import COMMAND_PARTITIONS, EventProducer, Topics, ensure_topics
 from novalog.publish import Publisher
 from novalog.read_model import LiveProjection
 from novalog.service import ServiceReporter
@@ -24,7 +24,8 @@ def serve(settings: Settings, stop: threading.Event) -> None:
     conductor = Conductor(
         topics, Publisher(producer, "conductor", settings.hostname),
         LiveProjection(pool, settings.db_schema),
-        ensure_topic=lambda topic: ensure_topics(settings, [topic]),
+        ensure_topic=lambda topic: ensure_topics(settings, [topic],
+                                                  partitions=COMMAND_PARTITIONS),
         max_attempts=settings.max_attempts, build_timeout_s=settings.build_timeout_s,
     )
     reporter = ServiceReporter(settings, producer, "conductor")

@@ -312,7 +312,8 @@ def soak(count: Annotated[int, typer.Option(min=1, help="Boots in all.")] = 10_0
         started = time.perf_counter()
         left = load.wait_gone(600)
         sent = sum(1 for b in load.boots.values() if b.delete_sent_at is not None)
-        result["deletes"] = {"sent": sent, "still_listed": left,
+        failed = sum(1 for b in load.boots.values() if b.delete_failed)
+        result["deletes"] = {"sent": sent, "failed": failed, "still_listed": left,
                              "seconds_to_all_gone": round(time.perf_counter() - started, 1)}
         result["throughput_first_last_1000"] = first_last_rate(Outcome.of(load).timeline)
 

@@ -33,6 +33,7 @@ class Boot:
     status: str | None = None
     error: str | None = None  # the refusal, or the fault of an ERROR
     delete_sent_at: float | None = None  # the soak's DELETE, once ACTIVE for a while
+    delete_failed: bool = False  # refused or unanswered: not sent again
 
     @property
     def latency_ms(self) -> float | None:
@@ -193,13 +194,14 @@ class Load:
             now = time.perf_counter()
             with self._lock:
                 due = [b for b in self.boots.values() if b.status == "ACTIVE"
-                       and b.delete_sent_at is None and b.done_at is not None
+                       and b.delete_sent_at is None and not b.delete_failed
+                       and b.done_at is not None
                        and (stopping or now - b.done_at >= seconds)]
             for boot in due:
                 try:
                     self.client.request("DELETE", f"/compute/v2.1/servers/{boot.server_id}")
                 except (ApiFailure, OSError) as exc:
-                    boot.error = f"delete: {exc}"
+                    boot.error, boot.delete_failed = f"delete: {exc}", True
                     continue
                 boot.delete_sent_at = time.perf_counter()
             if stopping:

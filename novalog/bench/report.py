@@ -42,8 +42,9 @@ class MemorySample(TypedDict):
 
 class SoakDeletes(TypedDict):
     sent: int  # DELETEs answered 204
+    failed: int  # DELETEs refused or unanswered (not sent again)
     still_listed: int  # deleted servers the API still listed when the soak gave up
-    seconds_to_all_gone: float  # from the last boot done to none listed
+    seconds_to_all_gone: float  # from the last DELETE sent to none listed
 
 
 class LoadResult(TypedDict, total=False):

@@ -68,6 +68,7 @@ def test_burst_serial_rate_and_soak_boot_everything_they_post(novalog_env) -> No
     _common(soak, 10)
     assert "api" in soak["memory_growth_mb_per_1000_boots"]
     assert soak["deletes"]["sent"] == 10 and soak["deletes"]["still_listed"] == 0
+    assert soak["deletes"]["failed"] == 0
     first, last = soak["throughput_first_last_1000"]  # ten boots: both spans are all ten
     assert first == last > 0
     assert not (Path(novalog_env["NOVALOG_HOME"]) / "stack.json").exists()
