@@ -96,7 +96,7 @@ def consumer_config(settings: Settings, group_id: str) -> dict[str, Any]:
         "auto.offset.reset": "earliest",
         "session.timeout.ms": settings.session_timeout_ms,
         "heartbeat.interval.ms": settings.heartbeat_interval_ms,
-        "fetch.wait.max.ms": settings.fetch_wait_ms,  # see README "Latency settings"
+        "fetch.wait.max.ms": settings.fetch_wait,  # see README "Latency settings"
         # a batch may wait on real guests (a soft reboot waits up to 120 s for ACPI): a
         # few in one batch must not pass the default 300 s and cost a rebalance
         "max.poll.interval.ms": 900_000,

@@ -163,7 +163,7 @@ class Settings:
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
     poll_timeout_ms: int = 100
-    fetch_wait_ms: int = 20
+    fetch_wait_ms: int | None = None  # None: by broker (fetch_wait), README "Latency settings"
     linger_ms: int = 5
     compute_fleets: int = 0  # processes the simulated hosts share; 0: one each (as real ones)
     max_retries: int = 3
@@ -222,7 +222,7 @@ class Settings:
             session_timeout_ms=_int(e, "NOVALOG_SESSION_TIMEOUT_MS", 6000, low=1000),
             heartbeat_interval_ms=_int(e, "NOVALOG_HEARTBEAT_INTERVAL_MS", 1000, low=100),
             poll_timeout_ms=_int(e, "NOVALOG_POLL_TIMEOUT_MS", 100, low=1),
-            fetch_wait_ms=_int(e, "NOVALOG_FETCH_WAIT_MS", 20, low=1, high=10_000),
+            fetch_wait_ms=_int(e, "NOVALOG_FETCH_WAIT_MS", 0, low=1, high=10_000) or None,
             linger_ms=_int(e, "NOVALOG_LINGER_MS", 5, low=0, high=10_000),
             compute_fleets=_int(e, "NOVALOG_COMPUTE_FLEETS", 0, low=0, high=1000),
             max_retries=_int(e, "NOVALOG_MAX_RETRIES", 3, low=0, high=100),
@@ -262,6 +262,17 @@ class Settings:
         return replace(self, kafka_bootstrap_servers=bootstrap, database_url=database_url)
 
     @property
+    def fetch_wait(self) -> int:
+        """Consumers' fetch.wait.max.ms: NOVALOG_FETCH_WAIT_MS, else by broker. Apache
+        Kafka answers a waiting fetch as soon as data arrives, so a long wait costs no
+        latency and saves empty fetches (500 against 20, by `bench compare` on 2 cores:
+        burst 1.17 x the boots/s, serial p50 0.87 x); Tansu does not, and a hop there
+        costs about a third of the wait (20)."""
+        if self.fetch_wait_ms is not None:
+            return self.fetch_wait_ms
+        return 20 if self.broker == "tansu" else 500
+
+    @property
     def trusts_watermarks(self) -> bool:
         """Apache Kafka's (and any real broker's) watermarks are right; Tansu's are not."""
         return self.broker != "tansu"
@@ -290,7 +301,7 @@ class Settings:
             "NOVALOG_SESSION_TIMEOUT_MS": str(self.session_timeout_ms),
             "NOVALOG_HEARTBEAT_INTERVAL_MS": str(self.heartbeat_interval_ms),
             "NOVALOG_POLL_TIMEOUT_MS": str(self.poll_timeout_ms),
-            "NOVALOG_FETCH_WAIT_MS": str(self.fetch_wait_ms),
+            "NOVALOG_FETCH_WAIT_MS": str(self.fetch_wait_ms or ""),
             "NOVALOG_LINGER_MS": str(self.linger_ms),
             "NOVALOG_COMPUTE_FLEETS": str(self.compute_fleets),
             "NOVALOG_MAX_RETRIES": str(self.max_retries),

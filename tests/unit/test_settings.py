@@ -150,3 +150,11 @@ def test_simulated_hosts_are_spread_over_fleets_in_contiguous_runs() -> None:
         ("compute-fleet1", "cmp1,cmp2"), ("compute-fleet2", "cmp3,cmp4")]
     alone = [r.name for r in plan(Settings.from_env({}), hosts=2) if r.role == "compute"]
     assert alone == ["compute-cmp1", "compute-cmp2"]
+
+
+def test_the_fetch_wait_is_chosen_by_broker_unless_set() -> None:
+    assert Settings.from_env({}).fetch_wait == 500  # Apache Kafka wakes a waiting fetch
+    assert Settings.from_env({"NOVALOG_BROKER": "tansu"}).fetch_wait == 20
+    assert Settings.from_env({"NOVALOG_FETCH_WAIT_MS": "50"}).fetch_wait == 50
+    child = Settings.from_env(Settings.from_env({"NOVALOG_BROKER": "tansu"}).as_env())
+    assert child.fetch_wait_ms is None and child.fetch_wait == 20  # a role decides alike
