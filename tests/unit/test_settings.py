@@ -152,9 +152,10 @@ def test_simulated_hosts_are_spread_over_fleets_in_contiguous_runs() -> None:
     assert alone == ["compute-cmp1", "compute-cmp2"]
 
 
-def test_the_fetch_wait_is_chosen_by_broker_unless_set() -> None:
-    assert Settings.from_env({}).fetch_wait == 500  # Apache Kafka wakes a waiting fetch
+def test_the_fetch_wait_is_20_unless_set_and_reaches_the_roles() -> None:
+    assert Settings.from_env({}).fetch_wait == 20
     assert Settings.from_env({"NOVALOG_BROKER": "tansu"}).fetch_wait == 20
-    assert Settings.from_env({"NOVALOG_FETCH_WAIT_MS": "50"}).fetch_wait == 50
-    child = Settings.from_env(Settings.from_env({"NOVALOG_BROKER": "tansu"}).as_env())
-    assert child.fetch_wait_ms is None and child.fetch_wait == 20  # a role decides alike
+    assert Settings.from_env({"NOVALOG_FETCH_WAIT_MS": "500"}).fetch_wait == 500
+    child = Settings.from_env(Settings.from_env({"NOVALOG_FETCH_WAIT_MS": "500"}).as_env())
+    assert child.fetch_wait == 500  # a role gets what `up` was given
+    assert Settings.from_env(Settings.from_env({}).as_env()).fetch_wait_ms is None
