@@ -28,7 +28,15 @@ from novalog.db import DatabaseUnavailable, check_database
 from novalog.kafka import BrokerUnavailable, check_broker
 from novalog.request_ids import RequestIds
 from novalog.settings import Settings
-from novalog.web import MAX_BODY_BYTES, ApiError, AppState, compute_microversion, dotted, error_body
+from novalog.web import (
+    MAX_BODY_BYTES,
+    ApiError,
+    AppState,
+    compute_microversion,
+    digits,
+    dotted,
+    error_body,
+)
 from producers.actions import router as actions_router
 from producers.flavors import router as flavors_write_router
 from producers.identity import router as identity_router
@@ -105,7 +113,7 @@ def create_app(settings: Settings) -> FastAPI:
         if request.method == "PUT" and request.url.path.startswith("/image/") and \
                 request.url.path.endswith("/file"):
             return await call_next(request)  # image data: streamed, with its own cap
-        size = int(length) if length and length.isdigit() else None
+        size = int(length) if length and digits(length) else None
         if size is not None and size > MAX_BODY_BYTES:
             return JSONResponse(error_body(400, f"Request body too large: {size} bytes, the "
                                                 f"limit is {MAX_BODY_BYTES} bytes."),

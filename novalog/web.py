@@ -50,7 +50,7 @@ def compute_microversion(headers: Mapping[str, str]) -> tuple[int, int]:
     if raw.lower() == "latest":
         return MAX_MICROVERSION
     major, dot, minor = raw.partition(".")
-    if not (dot and major.isdigit() and minor.isdigit()):
+    if not (dot and digits(major) and digits(minor)):
         raise ApiError(400, f"Invalid API version request: {raw!r} is not of the form X.Y")
     asked = (int(major), int(minor))
     if not MIN_MICROVERSION <= asked <= MAX_MICROVERSION:
@@ -58,6 +58,12 @@ def compute_microversion(headers: Mapping[str, str]) -> tuple[int, int]:
                             f"{dotted(MIN_MICROVERSION)} and maximum is "
                             f"{dotted(MAX_MICROVERSION)}.")
     return asked
+
+
+def digits(text: str) -> bool:
+    """Only ASCII digits: str.isdigit() is also true of '³', which int() refuses (a 500
+    the API fuzz found)."""
+    return text.isascii() and text.isdigit()
 
 
 class ApiError(Exception):

@@ -18,7 +18,7 @@ from psycopg import Connection
 from pydantic import BaseModel, ConfigDict, Field
 
 from novalog import views
-from novalog.web import ApiError, Auth, public_base, require_admin, state_of
+from novalog.web import ApiError, Auth, digits, public_base, require_admin, state_of
 from producers import facts
 from schemas import payloads
 
@@ -63,7 +63,7 @@ def create_flavor(body: FlavorBody, request: Request, ctx: Auth) -> views.OneFla
     require_admin(ctx, "os_compute_api:os-flavor-manage:create")
     f = body.flavor
     swap = 0 if f.swap in ("", None) else f.swap
-    if (not isinstance(swap, int) and not str(swap).isdigit()) or not 0 <= int(swap) <= INT32:
+    if (not isinstance(swap, int) and not digits(str(swap))) or not 0 <= int(swap) <= INT32:
         raise ApiError(400, f"Invalid input for field/attribute swap. Value: {f.swap}.")
     flavorid = str(uuid.uuid4()) if f.id in (None, "auto") else str(f.id)
     app = state_of(request)

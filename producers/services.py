@@ -16,7 +16,7 @@ from novalog import request_ids
 from novalog.kafka import DeliveryError, Topics
 from novalog.publish import Publisher
 from novalog.service import service_id
-from novalog.web import ApiError, AppState, Auth, require_admin, state_of
+from novalog.web import ApiError, AppState, Auth, digits, require_admin, state_of
 from schemas import payloads
 
 router = APIRouter(prefix="/compute/v2.1", tags=["compute"])
@@ -103,7 +103,7 @@ def update_service(action: str, body: ServiceRef, request: Request,
                           409: {"description": "the host still has instances"}})
 def delete_service(service_id_: str, request: Request, ctx: Auth) -> Response:
     require_admin(ctx, "os_compute_api:os-services:delete")
-    if not service_id_.isdigit():
+    if not digits(service_id_):
         raise ApiError(400, f"Invalid ID {service_id_} passed")
     app = state_of(request)
     with app.pool.connection() as conn:

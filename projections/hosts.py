@@ -19,7 +19,7 @@ from novalog import views
 from novalog.service import CONTROL_PLANE, service_id
 from novalog.settings import Settings
 from novalog.views import zulu
-from novalog.web import ApiError, Auth, require_admin, state_of
+from novalog.web import ApiError, Auth, digits, require_admin, state_of
 
 router = APIRouter(prefix="/compute/v2.1", tags=["compute"])
 
@@ -108,7 +108,7 @@ def show_host(host: str, request: Request, ctx: Auth) -> views.HostDetail:
 def _flavor_number(flavorid: str) -> int | str:
     """Nova answers the flavor's integer id; novalog's flavor ids are those numbers (an
     admin's flavor with another id is answered as it is)."""
-    return int(flavorid) if flavorid.isdigit() else flavorid
+    return int(flavorid) if digits(flavorid) else flavorid
 
 
 def migration_number(migration_id: str) -> int:

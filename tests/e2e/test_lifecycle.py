@@ -693,3 +693,18 @@ def test_a_host_is_deleted_only_when_empty_and_then_gone_everywhere(cloud: Cloud
         ["nova-compute"]  # recorded as an event, never a hand-written DELETE
     replay = cloud.cli("replay", "--verify")
     assert replay.returncode == 0, replay.stdout + replay.stderr
+
+
+def test_numbers_in_paths_and_headers_are_ascii_digits_or_a_400(cloud: Cloud) -> None:
+    """str.isdigit() is true of '³', which int() refuses: such input is a 400, not a 500
+    (the API fuzz found it on DELETE /os-services/{id})."""
+    token = {"X-Auth-Token": cloud.client().token()}
+    with cloud.http() as http:
+        for bad in ("³", "١٢", "abc"):
+            answer = http.delete(f"/compute/v2.1/os-services/{bad}", headers=token)
+            assert answer.status_code == 400, (bad, answer.text)
+            assert f"Invalid ID {bad} passed" in answer.text
+        answer = http.post("/compute/v2.1/flavors", headers=token, json={"flavor": {
+            "name": "sup", "ram": 64, "vcpus": 1, "disk": 1, "swap": "\u00b3"}})
+        assert answer.status_code == 400, answer.text
+        assert "Invalid input for field/attribute swap" in answer.text
