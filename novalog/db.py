@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -52,20 +54,44 @@ def live_schema(base: str) -> str:
     return f"{base}_live"
 
 
+FRESH_S = 1.0  # a connection given back this recently is handed out again untested
+_given_back: weakref.WeakKeyDictionary[Connection[Any], float] = weakref.WeakKeyDictionary()
+
+
+def _note_given_back(conn: Connection[Any]) -> None:
+    _given_back[conn] = time.monotonic()
+
+
+def _check_unless_fresh(conn: Connection[Any]) -> None:
+    """A connection idle for a while (maybe from before an outage) is tested before use;
+    one given back within FRESH_S is not: testing every checkout cost a round trip per
+    query under load, and a test never closed the race with an outage anyway (the outage
+    policy of the consume loop, or the API's 503, covers a query that fails)."""
+    last = _given_back.get(conn)
+    if last is None or time.monotonic() - last >= FRESH_S:
+        ConnectionPool.check_connection(conn)
+
+
 def make_pool(settings: Settings, *, max_size: int = 4, projection_schema: str | None = None,
-              timeout: float = 30.0) -> ConnectionPool:
+              timeout: float = 30.0, autocommit: bool = False) -> ConnectionPool:
     """A pool opened on creation. Unqualified names find the projection tables first:
     the live views (`S_live`) for readers, or `projection_schema` for a projector
-    writing one version; then the role tables of the deployment's schema S."""
+    writing one version; then the role tables of the deployment's schema S.
+
+    `autocommit=True` (the reactors, whose code opens `conn.transaction()` wherever two
+    statements must hold together): a lone statement is one round trip, not BEGIN,
+    statement, COMMIT."""
     first = projection_schema or live_schema(settings.db_schema)
     return ConnectionPool(
         settings.require_database_url(),
         min_size=1,
         max_size=max_size,
-        kwargs={"options": f"-c search_path={first},{settings.db_schema},public"},
+        kwargs={"options": f"-c search_path={first},{settings.db_schema},public",
+                "autocommit": autocommit},
         open=True,
         timeout=timeout,
-        check=ConnectionPool.check_connection,  # a connection from before an outage is tested
+        check=_check_unless_fresh,
+        reset=_note_given_back,
     )
 
 

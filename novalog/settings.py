@@ -76,6 +76,16 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int = 1,
     return value
 
 
+BROKER_JITS = ("c1", "c2")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    raw = env.get(name) or default
+    if raw not in allowed:
+        raise SettingsError(f"{name}={raw!r}: use {' or '.join(allowed)}")
+    return raw
+
+
 def public_url(raw: str | None) -> str | None:
     """NOVALOG_PUBLIC_URL: an http(s) base URL (a path prefix is kept, for a proxy)."""
     if raw is None:
@@ -173,6 +183,7 @@ class Settings:
     controller_port: int = 19093
     broker: str | None = None  # kafka | tansu; None: Kafka when Java is there (embedded)
     broker_heap_mb: int = 512
+    broker_jit: str = "c1"  # the embedded node's JIT: c1 (quick) or c2 (tiered), README "Figures"
     cache_dir: Path = field(default_factory=_default_cache)
     maven_repository: str = MAVEN_CENTRAL
     postgres_port: int = 15432
@@ -232,6 +243,7 @@ class Settings:
             controller_port=_int(e, "NOVALOG_CONTROLLER_PORT", 19093, high=65535),
             broker=broker,
             broker_heap_mb=_int(e, "NOVALOG_BROKER_HEAP_MB", 512, low=128, high=65536),
+            broker_jit=_choice(e, "NOVALOG_BROKER_JIT", "c1", BROKER_JITS),
             cache_dir=Path(e.get("NOVALOG_CACHE_DIR") or _default_cache()),
             maven_repository=e.get("NOVALOG_MAVEN_REPOSITORY") or MAVEN_CENTRAL,
             postgres_port=_int(e, "NOVALOG_POSTGRES_PORT", 15432, high=65535),

@@ -178,10 +178,11 @@ class ResourceTracker:
         """Record one requested entry's ports (under its port_key); returns the updated
         build (None when released)."""
         with self.pool.connection() as conn:
-            conn.execute(
+            row = conn.execute(
                 "UPDATE compute_claims SET ports = ports || %s WHERE host = %s "
-                "AND instance_uuid = %s", (Jsonb({key: ports}), self.host, instance))
-        return self.get(instance)
+                "AND instance_uuid = %s RETURNING attempt, stage, command, ports, volumes",
+                (Jsonb({key: ports}), self.host, instance)).fetchone()
+        return BuildRecord(instance, row[0], row[1], row[2], row[3], row[4]) if row else None
 
     def add_volume(self, instance: str, volume_id: str, volume: VolumeDisk) -> None:
         with self.pool.connection() as conn:

@@ -103,7 +103,7 @@ def serve(settings: Settings, stop: threading.Event) -> None:
     host_topics = {host: topics.compute(host) for host in hosts}
     ensure_topics(settings, list(host_topics.values()), partitions=COMMAND_PARTITIONS)
     lanes = min(len(hosts), FLEET_LANES)
-    pool = make_pool(settings, max_size=4 if lanes == 1 else lanes + 2)
+    pool = make_pool(settings, max_size=4 if lanes == 1 else lanes + 2, autocommit=True)
     producer = EventProducer(settings)
     managers: dict[str, ComputeManager] = {}
     try:

@@ -19,7 +19,7 @@ GROUP = "conductor"
 
 def serve(settings: Settings, stop: threading.Event) -> None:
     topics = Topics(settings.topic_prefix)
-    pool = make_pool(settings)
+    pool = make_pool(settings, autocommit=True)
     producer = EventProducer(settings)
     conductor = Conductor(
         topics, Publisher(producer, "conductor", settings.hostname),

@@ -155,7 +155,7 @@ def serve(settings: Settings, stop: threading.Event) -> None:
     if not replica.wait_caught_up(60):
         replica.check()
         raise TimeoutError("the scheduler's host view did not catch up with the log in 60s")
-    pool = make_pool(settings)
+    pool = make_pool(settings, autocommit=True)
     producer = EventProducer(settings)
     scheduler = Scheduler(settings, view, replica, Publisher(producer, "scheduler",
                                                              settings.hostname),

@@ -20,7 +20,7 @@ GROUP = "volume"
 
 def serve(settings: Settings, stop: threading.Event) -> None:
     topics = Topics(settings.topic_prefix)
-    pool = make_pool(settings)
+    pool = make_pool(settings, autocommit=True)
     producer = EventProducer(settings)
     manager = VolumeManager(FileDriver(settings.volumes_dir),
                             Publisher(producer, "volume", settings.hostname), topics,

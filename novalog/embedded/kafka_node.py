@@ -232,6 +232,7 @@ class KafkaNode:
     voters: str  # controller.quorum.voters: "1@127.0.0.1:19093,2@…"
     cluster_size: int = 1
     heap_mb: int = 512
+    jit: str = "c1"  # c1: C1 only (see jvm_flags); c2: the JVM's default tiered compilation
     advertised_port: int | None = None  # another port clients are told to use (a proxy)
 
     @property
@@ -338,15 +339,23 @@ def format_storage(java: Path, jars: Path, node: KafkaNode, config: Path, cluste
                          f"{(result.stderr or result.stdout).strip()[-500:]}")
 
 
+def jvm_flags(jit: str) -> list[str]:
+    """The stock scripts' flags, and the compiler. On 2 shared cores the C2 compiler of a
+    fresh broker burns ~10 CPU-seconds in its first minute of load (more than the requests
+    it serves); C1 alone compiles in a tenth of that and serves a dev node's requests well
+    (README "Figures": the measured ratio). A long-running production broker wants c2."""
+    tiers = ["-XX:TieredStopAtLevel=1"] if jit == "c1" else []
+    return ["-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupancyPercent=35",
+            "-XX:+ExplicitGCInvokesConcurrent", "-XX:+ExitOnOutOfMemoryError", *tiers,
+            "-Djava.awt.headless=true"]
+
+
 def node_spec(java: Path, jars: Path, node: KafkaNode, config: Path, logs: Path,
               name: str = "broker") -> ProcessSpec:
     heap = node.heap_mb
     return ProcessSpec(
         name=name, kind="broker",
-        argv=[str(java), f"-Xms{min(heap, 256)}m", f"-Xmx{heap}m", "-XX:+UseG1GC",
-              "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupancyPercent=35",
-              "-XX:+ExplicitGCInvokesConcurrent", "-XX:+ExitOnOutOfMemoryError",
-              "-Djava.awt.headless=true",
+        argv=[str(java), f"-Xms{min(heap, 256)}m", f"-Xmx{heap}m", *jvm_flags(node.jit),
               f"-Dlog4j2.configurationFile={node.data_dir / 'log4j2.xml'}",
               f"-Dkafka.logs.dir={logs / name}", "-cp", f"{jars}/*", "kafka.Kafka",
               str(config)],
@@ -376,7 +385,7 @@ def single_node(settings: Settings) -> KafkaNode:
                      controller_port=settings.controller_port,
                      data_dir=settings.home / "kafka",
                      voters=f"1@127.0.0.1:{settings.controller_port}",
-                     heap_mb=settings.broker_heap_mb)
+                     heap_mb=settings.broker_heap_mb, jit=settings.broker_jit)
 
 
 def cluster_nodes(base: Path, ports: list[tuple[int, int]], heap_mb: int = 384,
