@@ -54,22 +54,21 @@ def live_schema(base: str) -> str:
     return f"{base}_live"
 
 
-FRESH_S = 1.0  # a connection given back this recently is handed out again untested
-_given_back: weakref.WeakKeyDictionary[Connection[Any], float] = weakref.WeakKeyDictionary()
-
-
-def _note_given_back(conn: Connection[Any]) -> None:
-    _given_back[conn] = time.monotonic()
+FRESH_S = 1.0  # a connection handed out this recently is handed out again untested
+_handed_out: weakref.WeakKeyDictionary[Connection[Any], float] = weakref.WeakKeyDictionary()
 
 
 def _check_unless_fresh(conn: Connection[Any]) -> None:
     """A connection idle for a while (maybe from before an outage) is tested before use;
-    one given back within FRESH_S is not: testing every checkout cost a round trip per
-    query under load, and a test never closed the race with an outage anyway (the outage
-    policy of the consume loop, or the API's 503, covers a query that fails)."""
-    last = _given_back.get(conn)
-    if last is None or time.monotonic() - last >= FRESH_S:
+    one in use within FRESH_S is not: testing every checkout cost a round trip per query
+    under load, and a test never closed the race with an outage anyway (the outage policy
+    of the consume loop, or the API's 503, covers a query that fails). No `reset`
+    callback: with one, psycopg_pool gives every connection back through a worker thread."""
+    now = time.monotonic()
+    last = _handed_out.get(conn)
+    if last is None or now - last >= FRESH_S:
         ConnectionPool.check_connection(conn)
+    _handed_out[conn] = now
 
 
 def make_pool(settings: Settings, *, max_size: int = 4, projection_schema: str | None = None,
@@ -91,7 +90,6 @@ def make_pool(settings: Settings, *, max_size: int = 4, projection_schema: str |
         open=True,
         timeout=timeout,
         check=_check_unless_fresh,
-        reset=_note_given_back,
     )
 
 

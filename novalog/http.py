@@ -8,11 +8,7 @@ adds the middleware, the error handlers and health.
 
 from __future__ import annotations
 
-import json
-import logging
-import re
 import threading
-import time
 from importlib.metadata import version
 from typing import Any
 
@@ -23,18 +19,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from psycopg_pool import PoolTimeout
 
-from novalog import request_ids
 from novalog.db import DatabaseUnavailable, check_database
 from novalog.kafka import BrokerUnavailable, check_broker
-from novalog.request_ids import RequestIds
+from novalog.middleware import ApiMiddleware
 from novalog.settings import Settings
 from novalog.web import (
-    MAX_BODY_BYTES,
     ApiError,
     AppState,
-    compute_microversion,
-    digits,
-    dotted,
     error_body,
 )
 from producers.actions import router as actions_router
@@ -62,36 +53,9 @@ from projections.server_groups import router as server_groups_router
 from projections.volumes import compute_router as attach_router
 from projections.volumes import router as volumes_router
 
-log = logging.getLogger("novalog.api.requestlog")
-
 
 def _location(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc if p != "body")
-
-
-NUL_ESCAPE = re.compile(rb"\\u0000", re.IGNORECASE)
-
-
-def has_nul(body: bytes) -> bool:
-    """Whether a JSON body holds a NUL in any string (as the escape \\u0000, or raw)."""
-    if b"\x00" in body:
-        return True
-    if not NUL_ESCAPE.search(body):
-        return False
-    try:
-        return _nul_in(json.loads(body))
-    except ValueError:
-        return False  # not JSON: the route's own parsing says so
-
-
-def _nul_in(value: object) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, list):
-        return any(_nul_in(v) for v in value)
-    if isinstance(value, dict):
-        return any(_nul_in(k) or _nul_in(v) for k, v in value.items())
-    return False
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -102,65 +66,7 @@ def create_app(settings: Settings) -> FastAPI:
         description="OpenStack Nova's boot flow as an event-sourced system.",
     )
     app.state.novalog = AppState(settings)
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Any) -> Any:
-        """Refuse oversized bodies before parsing them (400, as for any bad request)."""
-        if "%00" in request.url.query or "\x00" in request.url.path:
-            return JSONResponse(error_body(400, "NUL characters are not allowed in a request."),
-                                status_code=400)
-        length = request.headers.get("content-length")
-        if request.method == "PUT" and request.url.path.startswith("/image/") and \
-                request.url.path.endswith("/file"):
-            return await call_next(request)  # image data: streamed, with its own cap
-        size = int(length) if length and digits(length) else None
-        if size is not None and size > MAX_BODY_BYTES:
-            return JSONResponse(error_body(400, f"Request body too large: {size} bytes, the "
-                                                f"limit is {MAX_BODY_BYTES} bytes."),
-                                status_code=400)
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            return JSONResponse(error_body(400, f"Request body too large: {len(body)} bytes, "
-                                                f"the limit is {MAX_BODY_BYTES} bytes."),
-                                status_code=400)
-        if has_nul(body):  # no field can hold one: Postgres text cannot, nor can a name
-            return JSONResponse(error_body(400, "NUL characters are not allowed in a request."),
-                                status_code=400)
-        return await call_next(request)
-
-    @app.middleware("http")
-    async def microversions(request: Request, call_next: Any) -> Any:
-        """Nova's microversion headers on the compute API: checked, then echoed."""
-        if not request.url.path.startswith("/compute"):
-            return await call_next(request)
-        try:
-            version = dotted(compute_microversion(request.headers))
-        except ApiError as exc:
-            return JSONResponse(error_body(exc.status, exc.message), status_code=exc.status)
-        response = await call_next(request)
-        response.headers["OpenStack-API-Version"] = f"compute {version}"
-        response.headers["X-OpenStack-Nova-API-Version"] = version
-        response.headers["Vary"] = "OpenStack-API-Version, X-OpenStack-Nova-API-Version"
-        return response
-
-    @app.middleware("http")
-    async def request_id(request: Request, call_next: Any) -> Any:
-        """oslo's RequestId middleware: a fresh req-<uuid> for each request, the caller's
-        X-OpenStack-Request-ID (when well formed) as its global request id; both bound
-        for the log lines and the events the request causes. One line per request, as
-        Nova's requestlog writes it."""
-        ids = RequestIds(request_ids.new_request_id(), request_ids.valid_request_id(
-            request.headers.get("x-openstack-request-id")))
-        started = time.monotonic()
-        with request_ids.bound(ids):
-            response = await call_next(request)
-            log.info('%s "%s %s" status: %d time: %.4f',
-                     request.client.host if request.client else "-", request.method,
-                     request.url.path, response.status_code, time.monotonic() - started)
-        response.headers["X-OpenStack-Request-ID"] = ids.request_id
-        if request.url.path.startswith("/compute"):
-            response.headers["X-Compute-Request-ID"] = ids.request_id
-        return response
+    app.add_middleware(ApiMiddleware)  # request ids, microversions, body limits
 
     @app.exception_handler(ApiError)
     def _api_error(_request: Request, exc: ApiError) -> JSONResponse:

@@ -23,7 +23,9 @@ ReplicaDied = RunnerDied
 
 class LogReplica:
     def __init__(self, settings: Settings, topics: list[str], apply: Callable[[Event], None],
-                 name: str) -> None:
+                 name: str, wants: frozenset[str] | None = None) -> None:
+        """`wants`: the event types `apply` acts on; the others are passed over from the
+        header, never decoded (most of what a view reads is not for it)."""
         self.apply = apply
         self.name = name
         checkpoint = Unchecked()
@@ -31,7 +33,7 @@ class LogReplica:
         self.runner: Runner[None] = Runner(
             settings, name=f"replica-{name}", topics=topics, handle=self._fold,
             checkpoint=checkpoint, group=False, batch_size=1000, poll_timeout_s=0.05,
-            dead_letters=False, on_idle=self._note_caught_up)
+            dead_letters=False, on_idle=self._note_caught_up, wants=wants)
         self.thread = RunnerThread(self.runner)
         self._caught_up = threading.Event()
 

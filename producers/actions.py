@@ -74,8 +74,8 @@ def delete_server(server_id: str, request: Request, ctx: Auth, response: Respons
                 project_id=project_id, user_id=user_id,
                 host=server.host if server else None),
             correlation_id=request_id)
-        outbox.add(conn, Topics(app.settings.topic_prefix).instances, event)
-    outbox.publish_accepted(app.pool, app.producer, [event.event_id], f"delete {request_id}")
+        row = outbox.add(conn, Topics(app.settings.topic_prefix).instances, event)
+    outbox.publish_accepted(app.pool, app.producer, [row], f"delete {request_id}")
     return answer
 
 
@@ -292,8 +292,8 @@ def server_action(server_id: str, request: Request, ctx: Auth, response: Respons
             payload = _check_move(conn, app, ctx, asked, server)
         event = Publisher(app.producer, "api", app.settings.hostname).build(
             asked.event_type, server_id, payload, correlation_id=request_id)
-        outbox.add(conn, Topics(app.settings.topic_prefix).instances, event)
-    outbox.publish_accepted(app.pool, app.producer, [event.event_id], f"{name} {request_id}")
+        row = outbox.add(conn, Topics(app.settings.topic_prefix).instances, event)
+    outbox.publish_accepted(app.pool, app.producer, [row], f"{name} {request_id}")
     if asked.body is not None:
         return JSONResponse(asked.body, status_code=asked.status, headers=dict(response.headers))
     return Response(status_code=asked.status, headers=dict(response.headers))

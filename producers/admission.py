@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 class Admission:
     reservation_id: str
     server_ids: list[str]
-    event_ids: list[str]
+    outgoing: list[outbox.Outgoing]
 
 
 def admit(conn: Connection[Any], pub: Publisher, topics: Topics, ctx: Context,
@@ -45,7 +45,7 @@ def admit(conn: Connection[Any], pub: Publisher, topics: Topics, ctx: Context,
     flavor, image, reservation_id = first["flavor"], first["image"], first["reservation_id"]
     count = allowed_count(conn, ctx, flavor, *counts)
     ids = [str(uuid.uuid4()) for _ in range(count)]
-    event_ids: list[str] = []
+    outgoing: list[outbox.Outgoing] = []
     now = datetime.now(UTC)
     for index, server_id in enumerate(ids):
         name = first["name"] if count == 1 else f"{first['name']}-{index + 1}"
@@ -57,16 +57,15 @@ def admit(conn: Connection[Any], pub: Publisher, topics: Topics, ctx: Context,
         request: payloads.InstanceBuildRequested = {**first, "name": name, "launch_index": index}
         event = pub.build("InstanceBuildRequested", server_id, request,
                           correlation_id=request_id)
-        outbox.add(conn, topics.instances, event)
-        event_ids.append(event.event_id)
+        outgoing.append(outbox.add(conn, topics.instances, event))
         for volume_id in [b["volume_id"] for b in request["block_device_mapping"]
                           if b["source_type"] == "volume" and b["volume_id"]]:
             reserved = pub.build("VolumeReserved", volume_id, payloads.VolumeReserved(
                 volume_id=volume_id, attachment_id=boot_attachment_id(volume_id, server_id),
                 instance_uuid=server_id), correlation_id=request_id)
-            outbox.add(conn, topics.volumes, reserved)  # Nova's attachment_create at boot
-            event_ids.append(reserved.event_id)
-    return Admission(reservation_id, ids, event_ids)
+            # Nova's attachment_create at boot
+            outgoing.append(outbox.add(conn, topics.volumes, reserved))
+    return Admission(reservation_id, ids, outgoing)
 
 
 # Usage, as Nova counts it: every accepted instance until its deletion is done (projected

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 
 from psycopg import Connection
 from psycopg_pool import ConnectionPool
@@ -22,42 +23,59 @@ from schemas import Event, encode
 log = logging.getLogger(__name__)
 
 
-def add(conn: Connection[object], topic: str, event: Event) -> None:
+@dataclass(frozen=True)
+class Outgoing:
+    """An outbox row as inserted: the request publishes it from memory once committed."""
+
+    event_id: str
+    topic: str
+    key: bytes
+    value: bytes
+
+
+def add(conn: Connection[object], topic: str, event: Event) -> Outgoing:
+    row = Outgoing(event.event_id, topic, event.aggregate_id.encode(), encode(event))
     conn.execute("INSERT INTO outbox (event_id, topic, key, value) VALUES (%s, %s, %s, %s)",
-                 (event.event_id, topic, event.aggregate_id.encode(), encode(event)))
+                 (row.event_id, row.topic, row.key, row.value))
+    return row
 
 
-def publish_accepted(source: Source, producer: EventProducer, event_ids: list[str],
+def publish_accepted(source: Source, producer: EventProducer, rows: list[Outgoing],
                      what: str) -> None:
-    """Publish a request's events once its transaction is committed. A broker that does
-    not acknowledge them leaves the request accepted all the same: the relay publishes
-    them (same event ids). `source`: the pool, or the connection the caller holds
-    (autocommit, as `facts.held_locks` leaves it)."""
+    """Publish a request's events once its transaction is committed, from memory (reading
+    back rows the request has just written cost a transaction per request), then delete
+    them. A broker that does not acknowledge them leaves the request accepted all the
+    same: the relay publishes them (same event ids). `source`: the pool, or the
+    connection the caller holds (autocommit, as `facts.held_locks` leaves it)."""
     crash_point("api.after_commit")
     try:
-        publish(source, producer, event_ids)
+        _send(producer, [(r.topic, r.key, r.value) for r in rows])
     except DeliveryError as exc:
         log.warning("%s accepted, publishing deferred to the relay: %s", what, exc)
+        return
+    if rows:
+        crash_point("api.after_publish")
+    with borrowed(source) as conn:  # should the relay have sent them too: the same ids
+        conn.execute("DELETE FROM outbox WHERE event_id = ANY(%s)", ([r.event_id for r in rows],))
 
 
-def publish(source: Source, producer: EventProducer, event_ids: list[str] | None = None,
-            older_than_s: float = 0.0) -> int:
-    """Publish outbox rows (these ids, or every row older than `older_than_s`), then delete."""
+def _send(producer: EventProducer, rows: list[tuple[str, bytes, bytes]]) -> None:
+    for i, (topic, key, value) in enumerate(rows):
+        if i and topic != rows[i - 1][0]:
+            producer.flush(10)  # a fact is on the log before the command it leads to
+        producer.produce(topic, key, value)
+    producer.flush(10)
+
+
+def publish(source: Source, producer: EventProducer, older_than_s: float = 0.0) -> int:
+    """Publish outbox rows older than `older_than_s` (what a request left behind), then
+    delete them."""
     with borrowed(source) as conn, conn.transaction():
-        if event_ids is not None:
-            rows = conn.execute("SELECT event_id, topic, key, value FROM outbox WHERE "
-                                "event_id = ANY(%s) ORDER BY seq FOR UPDATE SKIP LOCKED",
-                                (event_ids,)).fetchall()
-        else:
-            rows = conn.execute("SELECT event_id, topic, key, value FROM outbox WHERE "
-                                "created_at < now() - make_interval(secs => %s) "
-                                "ORDER BY seq LIMIT 1000 FOR UPDATE SKIP LOCKED",
-                                (older_than_s,)).fetchall()
-        for i, (_, topic, key, value) in enumerate(rows):
-            if i and topic != rows[i - 1][1]:
-                producer.flush(10)  # a fact is on the log before the command it leads to
-            producer.produce(topic, bytes(key), bytes(value))
-        producer.flush(10)
+        rows = conn.execute("SELECT event_id, topic, key, value FROM outbox WHERE "
+                            "created_at < now() - make_interval(secs => %s) "
+                            "ORDER BY seq LIMIT 1000 FOR UPDATE SKIP LOCKED",
+                            (older_than_s,)).fetchall()
+        _send(producer, [(topic, bytes(key), bytes(value)) for _, topic, key, value in rows])
         if rows:
             crash_point("api.after_publish")
         conn.execute("DELETE FROM outbox WHERE event_id = ANY(%s)", ([r[0] for r in rows],))

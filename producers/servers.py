@@ -445,7 +445,7 @@ def create_server(body: CreateServerBody, ctx: Auth, request: Request,
                               seal(app.settings, password))
             admitted = admit(conn, Publisher(app.producer, "api", app.settings.hostname),
                              Topics(app.settings.topic_prefix), ctx, plan, counts, request_id)
-        outbox.publish_accepted(conn, app.producer, admitted.event_ids,
+        outbox.publish_accepted(conn, app.producer, admitted.outgoing,
                                 f"request {request_id}")
         if volumes:  # held until the projection shows them reserved
             facts.wait_projected(app, lambda c: c.execute(

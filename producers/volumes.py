@@ -210,13 +210,12 @@ def _send(app: AppState, conn: Connection[Any], events: list[tuple[str, str, str
     wait until the projection shows `projected`."""
     pub = Publisher(app.producer, "api", app.settings.hostname)
     request_id = request_ids.request_id()
-    ids = []
+    rows = []
     with conn.transaction():
         for topic, kind, key, payload in events:
-            event = pub.build(kind, key, payload, correlation_id=request_id)
-            outbox.add(conn, topic, event)
-            ids.append(event.event_id)
-    outbox.publish_accepted(conn, app.producer, ids, f"request {request_id}")
+            rows.append(outbox.add(conn, topic, pub.build(kind, key, payload,
+                                                          correlation_id=request_id)))
+    outbox.publish_accepted(conn, app.producer, rows, f"request {request_id}")
     facts.wait_projected(app, projected, conn)
 
 

@@ -96,6 +96,7 @@ class ComputeManager(VolumeOps):
         self._last_poll = 0.0
         self._vanished: set[str] = set()  # reported once each
         self._releasing: set[str] = set()  # claims to drop once this batch's events are safe
+        self._report_due: Event | None = None  # a usage report for after this batch
         self._start_correlation = f"req-{self.host}-start-{int(time.time())}"
 
     # -- service lifecycle -----------------------------------------------------------------
@@ -264,6 +265,13 @@ class ComputeManager(VolumeOps):
                       correlation_id=cause.correlation_id if cause else self._start_correlation,
                       event_id=str(uuid4()))  # a snapshot, not a consequence: never de-duplicated
 
+    def report_after_batch(self, cause: Event) -> None:
+        """A build's change of usage, reported once for the whole batch (flushed() sends
+        it): forty builds landing on a host in one batch are one report, not eighty. The
+        scheduler counted its placements already; a report lost in a crash is made good
+        by the next one (a snapshot, never a consequence)."""
+        self._report_due = cause
+
     # -- commands --------------------------------------------------------------------------
     def handle(self, event: Event, _record: Record) -> None:
         handler = HANDLERS.get(event.event_type)
@@ -294,7 +302,7 @@ class ComputeManager(VolumeOps):
             host=host, attempt=attempt, node=p["node"], vcpus=need.vcpus,
             memory_mb=need.memory_mb, disk_gb=need.disk_gb), event)
         if not duplicate:
-            self.report_resources(cause=event)
+            self.report_after_batch(event)
         self._instance_event("InstanceNetworkingStarted", uuid,
                              payloads.InstanceNetworkingStarted(host=host, attempt=attempt),
                              event)
@@ -396,7 +404,7 @@ class ComputeManager(VolumeOps):
         self._instance_event("InstanceSpawned", uuid, payloads.InstanceSpawned(
             host=host, attempt=attempt, node=host, domain_name=domain_name(uuid),
             power_state=states.RUNNING, launched_at=datetime.now(UTC)), cause)
-        self.report_resources(cause=cause)
+        self.report_after_batch(cause)
 
     def _domain_xml(self, uuid: str, cmd: payloads.BuildAndRunInstance,
                     disks: list[payloads.Disk], ports: list[payloads.Port],
@@ -485,13 +493,17 @@ class ComputeManager(VolumeOps):
         """After the batch's events are acknowledged (the consume loop's after_flush): drop
         the claims released in it. Dropped before, a crash would lose the ReleasePorts
         still queued, and the re-delivered command, finding no claim, would not resend
-        them; dropped after, a re-delivered command finds the claim and repeats them."""
+        them; dropped after, a re-delivered command finds the claim and repeats them.
+        Then the batch's report of usage, if one is due."""
+        due, self._report_due = self._report_due, None
         if not self._releasing:
+            if due is not None:
+                self.report_resources(cause=due)
             return
         for uuid in sorted(self._releasing):
             self.tracker.release(uuid)
         self._releasing.clear()
-        self.report_resources()
+        self.report_resources(cause=due)
 
     # -- delete ----------------------------------------------------------------------------
     def terminate_instance(self, event: Event) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar
 
-from consumers.scheduler.host_state import HostView
+from consumers.scheduler.host_state import VIEW_HANDLERS, HostView
 from consumers.scheduler.manager import NoValidHost, Selection, select_destination
 from consumers.scheduler.request_spec import build_spec
 from novalog.consume import ConsumeLoop, Record
@@ -151,7 +151,7 @@ def serve(settings: Settings, stop: threading.Event) -> None:
     topics = Topics(settings.topic_prefix)
     view = HostView(service_down_time=timedelta(seconds=settings.service_down_time_s))
     replica = LogReplica(settings, [topics.hosts, topics.instances, topics.catalog], view.apply,
-                         "scheduler").start()
+                         "scheduler", wants=frozenset(VIEW_HANDLERS)).start()
     if not replica.wait_caught_up(60):
         replica.check()
         raise TimeoutError("the scheduler's host view did not catch up with the log in 60s")

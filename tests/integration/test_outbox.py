@@ -46,11 +46,11 @@ def test_a_request_holding_the_only_connection_publishes_on_it(settings: Setting
     try:
         with pool.connection() as conn, facts.held_locks(conn, ["outbox-test"]):
             with conn.transaction():
-                outbox.add(conn, topic, event)
+                row = outbox.add(conn, topic, event)
             # The pool has nothing left to lend: taking a second connection would wait.
             with pytest.raises(PoolTimeout), pool.connection(timeout=0.2):
                 pass
-            outbox.publish_accepted(conn, producer, [event.event_id], "test")
+            outbox.publish_accepted(conn, producer, [row], "test")
         assert outbox_rows(pool, event.event_id) == 0
         records = read_all(settings, topic, expect=1)
         assert [decode(r.value() or b"").event_id for r in records] == [event.event_id]
@@ -73,10 +73,10 @@ def test_concurrent_holders_of_a_small_pool_all_publish(settings: Settings) -> N
             for i, event in enumerate(batch):
                 with pool.connection() as conn, facts.held_locks(conn, []):
                     with conn.transaction():
-                        outbox.add(conn, topic, event)
+                        row = outbox.add(conn, topic, event)
                     if i == 0:
                         barrier.wait(5)  # both connections are out now
-                    outbox.publish_accepted(conn, producer, [event.event_id], "test")
+                    outbox.publish_accepted(conn, producer, [row], "test")
         except BaseException as exc:
             failures.append(exc)
 

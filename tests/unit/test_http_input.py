@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from novalog.http import has_nul
+from novalog.middleware import has_nul
 
 
 @pytest.mark.parametrize(("body", "nul"), [
