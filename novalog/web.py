@@ -141,8 +141,13 @@ def authenticate(request: Request,
     except ValueError:
         raise ApiError(401, AUTH_REQUIRED) from None
     with state_of(request).pool.connection() as conn:
-        revoked = conn.execute("SELECT 1 FROM revoked_tokens WHERE token_id = %s",
-                               (ctx.token_id,)).fetchone()
+        conn.autocommit = True  # a lone read on every request: no BEGIN and COMMIT round trips
+        try:
+            revoked = conn.execute("SELECT 1 FROM revoked_tokens WHERE token_id = %s",
+                                   (ctx.token_id,)).fetchone()
+        finally:
+            if not conn.broken:  # a broken one is dropped by the pool (and would refuse)
+                conn.autocommit = False
     if revoked:
         raise ApiError(401, AUTH_REQUIRED)
     return ctx
