@@ -9,8 +9,8 @@ its `Checkpoint`, which owns "make the effects durable, then record how far":
 - `CommitOffsets` (reactors: scheduler, conductor, compute, network): handle
   each new event (the inbox skips those already handled), flush the producer
   (follow-up events and dead letters acknowledged), record the inbox, and only
-  then commit the offsets to Kafka. A crash before the commit re-delivers the
-  batch, so handlers must be idempotent (DESIGN.md §4).
+  then commit the offsets to Kafka (asynchronously). A crash before the commit
+  is done re-delivers the batch, so handlers must be idempotent (DESIGN.md §4).
 - `TrackOffsets` (projections): the batch's rows and the next offset of every
   partition in one Postgres transaction; partitions start where that table says.
 - `Unchecked` (replicas): fold under a lock, record nothing; a restart reads again.
@@ -332,7 +332,7 @@ class CommitOffsets:
     def process(self, runner: Runner[None], batch: Batch, handle: BatchHandler[None]) -> None:
         consumer = runner.consumer
         if not batch.events and not batch.refused:  # only records passed over
-            _commit(runner.name, consumer, batch.last, asynchronous=True)
+            _commit(runner.name, consumer, batch.last)
             return
         fresh = self._fresh(runner.name, batch)
         handle(fresh, None)
@@ -345,7 +345,7 @@ class CommitOffsets:
             inbox, keys = self.inbox, [(r.topic, e.event_id) for r, e in fresh.events]
             through_outages(f"{runner.name} records its inbox", lambda: inbox.record(keys))
             crash_point("consume.after_inbox")
-        _commit(runner.name, consumer, batch.last, asynchronous=False)
+        _commit(runner.name, consumer, batch.last)
 
     def _fresh(self, name: str, batch: Batch) -> Batch:
         """The batch without events already handled (one inbox query per batch, not per
@@ -367,13 +367,12 @@ class CommitOffsets:
         return fresh
 
 
-def _commit(name: str, consumer: Consumer, last: Offsets, asynchronous: bool) -> None:
+def _commit(name: str, consumer: Consumer, last: Offsets) -> None:
+    """Asynchronously: the next batch need not wait for the broker's answer. A commit lost
+    in a crash re-delivers records the inbox skips; a later one supersedes it."""
     offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
     try:
-        if asynchronous:
-            consumer.commit(offsets=offsets, asynchronous=True)
-        else:
-            consumer.commit(offsets=offsets, asynchronous=False)
+        consumer.commit(offsets=offsets, asynchronous=True)
     except KafkaException as exc:  # e.g. the group moved on during an outage
         log.warning("%s: commit refused (%s); these records will come again and the inbox "
                     "will skip them", name, exc.args[0].str())
@@ -406,6 +405,14 @@ class TrackOffsets:
     def _write(self, runner: Runner[Connection[Any]], batch: Batch,
                handle: BatchHandler[Connection[Any]]) -> None:
         with self.pool.connection() as conn, conn.transaction():
+            # one lock per partition, in order (two members of the group overlap for a
+            # moment in a rebalance): an aggregate lives in one partition, so its rows are
+            # never folded by two transactions at once, without a row lock on each
+            topics, parts = zip(*sorted(batch.last), strict=True)
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(format('%%s/%%s/%%s', "
+                "current_schema(), t, p), 0)) FROM (SELECT t, p FROM unnest(%s::text[], "
+                "%s::int[]) AS k(t, p) ORDER BY t, p) AS ordered", (list(topics), list(parts)))
             handle(batch, conn)
             # dead letters are acknowledged before the offsets are stored, but never waited
             # for with the rows locked: an unacknowledged flush rolls the batch back, and

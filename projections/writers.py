@@ -59,7 +59,8 @@ class InstanceBatch:
     """The instance events of one projector batch, written with a handful of round trips.
 
     Before the batch: which of its event ids are already projected (first wins)
-    and the current state of every server it touches (locked). Then each event
+    and the current state of every server it touches (no row locks: the projector's
+    checkpoint holds its partitions' locks for the transaction). Then each event
     is folded in memory, in log order; a refused one raises TransitionError
     before anything of it is written. Writes need no answer, so the projector
     sends them in pipeline mode; each server is written once, at the end.
@@ -72,7 +73,7 @@ class InstanceBatch:
         self.seen = {r[0] for r in conn.execute(
             "SELECT event_id FROM instance_events WHERE event_id = ANY(%s)", (ids,))}
         self.states: dict[str, Instance] = {r[0]: from_json(r[1]) for r in conn.execute(
-            "SELECT uuid, state FROM servers WHERE uuid = ANY(%s) ORDER BY uuid FOR UPDATE",
+            "SELECT uuid, state FROM servers WHERE uuid = ANY(%s)",
             (uuids,))}
         self.touched: list[str] = []
         self.rows: list[tuple[Any, ...]] = []  # instance_events, written by finish()
