@@ -387,10 +387,18 @@ class TrackOffsets:
 
     seeks = True
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: ConnectionPool, *, committed: Callable[[], None] | None = None,
+                 assigned: Callable[[], None] | None = None) -> None:
+        """`committed`: runs after each batch's transaction commits; `assigned`: when
+        partitions are (re)assigned, before the offsets are read (what the handler keeps
+        in memory about its partitions may be stale then)."""
         self.pool = pool
+        self.committed = committed
+        self.assigned = assigned
 
     def starting_offsets(self) -> Offsets:
+        if self.assigned is not None:
+            self.assigned()
         with self.pool.connection() as conn:
             rows = conn.execute("SELECT topic, partition, next_offset FROM projector_offsets"
                                 ).fetchall()
@@ -425,6 +433,8 @@ class TrackOffsets:
                 "next_offset = GREATEST(projector_offsets.next_offset, excluded.next_offset)",
                 [(t, p, o + 1) for (t, p), o in batch.last.items()])
             crash_point("projector.before_commit")
+        if self.committed is not None:
+            self.committed()
 
 
 class Unchecked:

@@ -27,12 +27,12 @@ from psycopg_pool import ConnectionPool
 
 from novalog.consume import Batch, Record, Runner, TrackOffsets
 from novalog.db import make_pool
-from novalog.domain.instance import TransitionError
+from novalog.domain.instance import Instance, TransitionError
 from novalog.kafka import EventProducer, Topics
 from novalog.service import ServiceReporter
 from novalog.settings import Settings
 from projections import versions
-from projections.writers import WRITERS, InstanceBatch
+from projections.writers import WRITERS, FoldCache, InstanceBatch
 from schemas import Event, default_registry
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,10 @@ class Projector:
         """`dead_letters=False` for a replay: a poison record was dead-lettered once already."""
         topics = Topics(settings.topic_prefix)
         self.group_id = group_id
-        self.checkpoint = TrackOffsets(pool)
+        self.folded = FoldCache()
+        self._pending: dict[str, Instance] = {}  # states of this batch, cached once committed
+        self.checkpoint = TrackOffsets(pool, committed=self._committed,
+                                       assigned=self.folded.clear)
         self.runner: Runner[Connection[Any]] = Runner(
             settings, name=group_id, topics=[topics.instances, topics.hosts, topics.catalog,
                                      topics.volumes],
@@ -79,13 +82,14 @@ class Projector:
         one bad fact never stalls the projection. Refusals are sent once, after the
         attempt that stands."""
         refusals: list[tuple[Record, str]] = []
+        self._pending = {}  # a batch written again (after an outage) starts afresh
         try:
             with conn.transaction():
                 self._project_records(conn, batch.events, refusals, pipelined=True)
         except psycopg.DataError as exc:
             log.warning("a batch of %d records could not be stored (%s); projecting it one "
                         "record at a time", len(batch.events), str(exc).strip())
-            refusals = []
+            refusals, self._pending = [], {}
             for item in batch.events:
                 kept: list[tuple[Record, str]] = []
                 try:
@@ -100,11 +104,18 @@ class Projector:
     def _project_records(self, conn: Connection[Any], events: list[tuple[Record, Event]],
                          refusals: list[tuple[Record, str]], pipelined: bool) -> None:
         instances = InstanceBatch(conn, [e for _, e in events
-                                         if family_of(e.event_type) == "instance"])
+                                         if family_of(e.event_type) == "instance"],
+                                  {**self.folded.states, **self._pending})
         with conn.pipeline() if pipelined else contextlib.nullcontext():
             for record, event in events:
                 self._project(conn, instances, record, event, refusals)
             instances.finish()
+        # written (in this savepoint): cached once the whole batch commits
+        self._pending.update((u, instances.states[u]) for u in instances.touched)
+
+    def _committed(self) -> None:
+        self.folded.committed(self._pending)
+        self._pending = {}
 
     def _project(self, conn: Connection[Any], instances: InstanceBatch, record: Record,
                  event: Event, refusals: list[tuple[Record, str]]) -> None:

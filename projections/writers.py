@@ -8,7 +8,8 @@ has its own entry in a table (ACTION_STEPS, HOST_WRITERS, CATALOG_UPSERTS).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -66,15 +67,21 @@ class InstanceBatch:
     sends them in pipeline mode; each server is written once, at the end.
     """
 
-    def __init__(self, conn: Connection[Any], events: list[Event]) -> None:
+    def __init__(self, conn: Connection[Any], events: list[Event],
+                 known: Mapping[str, Instance] | None = None) -> None:
+        """`known`: states this projector committed itself and still owns (FoldCache);
+        the others are read from `servers`."""
         self.conn = conn
         ids = [e.event_id for e in events]
-        uuids = sorted({e.aggregate_id for e in events})
+        uuids = {e.aggregate_id for e in events}
+        known = known or {}
+        self.states: dict[str, Instance] = {u: known[u] for u in uuids if u in known}
+        missing = sorted(uuids - self.states.keys())
         self.seen = {r[0] for r in conn.execute(
             "SELECT event_id FROM instance_events WHERE event_id = ANY(%s)", (ids,))}
-        self.states: dict[str, Instance] = {r[0]: from_json(r[1]) for r in conn.execute(
-            "SELECT uuid, state FROM servers WHERE uuid = ANY(%s)",
-            (uuids,))}
+        if missing:
+            self.states.update((r[0], from_json(r[1])) for r in conn.execute(
+                "SELECT uuid, state FROM servers WHERE uuid = ANY(%s)", (missing,)))
         self.touched: list[str] = []
         self.rows: list[tuple[Any, ...]] = []  # instance_events, written by finish()
 
@@ -118,6 +125,31 @@ class InstanceBatch:
             self.rows.clear()
         for uuid in self.touched:
             _upsert_server(self.conn, self.states[uuid])
+
+
+class FoldCache:
+    """The folded state of the servers a projector wrote last, so a batch need not read
+    them back from `servers` (the JSON out of Postgres and back into Python was most of
+    a batch's wait). Only states of committed transactions go in; it is emptied whenever
+    the projector's partitions are (re)assigned, since another member may have written
+    them meanwhile. Deleted servers leave it; at most `limit` are kept (least recent go)."""
+
+    def __init__(self, limit: int = 2000) -> None:
+        self.limit = limit
+        self.states: OrderedDict[str, Instance] = OrderedDict()
+
+    def committed(self, states: Mapping[str, Instance]) -> None:
+        for uuid, state in states.items():
+            if state.vm_state == DELETED:
+                self.states.pop(uuid, None)
+                continue
+            self.states[uuid] = state
+            self.states.move_to_end(uuid)
+        while len(self.states) > self.limit:
+            self.states.popitem(last=False)
+
+    def clear(self) -> None:
+        self.states.clear()
 
 
 def _upsert_server(conn: Connection[Any], s: Instance) -> None:

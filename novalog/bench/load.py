@@ -22,6 +22,7 @@ from typing import TypedDict
 from novalog.client import ApiFailure, NovalogClient
 
 FINAL = ("ACTIVE", "ERROR")
+SWEEP_S = 1.0  # the observer looks a minute back this often (see Load._observe)
 
 
 @dataclass
@@ -124,13 +125,16 @@ class Load:
 
     def _observe(self) -> None:
         """Cheap on both sides: the short list (ids only), filtered by status and by a
-        changes-since window; every 5 s a sweep a minute back catches rows the projector
-        committed later than the window's 1 s margin."""
+        changes-since window; every second a sweep a minute back catches rows the
+        projector committed later than the window's 1 s margin. (`updated_at` is the
+        event's business time, not the projection's: when the projector lags by more
+        than the margin, only a sweep sees a server, so a sweep every 5 s added up to
+        5 s to burst latencies, in clumps.)"""
         since: datetime | None = None
         polls, last_sweep = 0, time.perf_counter()
         while not self._stop.is_set():
             started = datetime.now(UTC)
-            sweep = time.perf_counter() - last_sweep > 5.0
+            sweep = time.perf_counter() - last_sweep > SWEEP_S
             if sweep:
                 last_sweep = time.perf_counter()
             statuses = FINAL if sweep or polls % 10 == 0 else ("ACTIVE",)
