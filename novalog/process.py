@@ -10,6 +10,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -127,3 +128,22 @@ def wait_until(check: Callable[[], bool], child: Child | None, what: str,
             raise StackError(f"{what} did not become ready in {timeout:.0f}s "
                              f"(see {child.spec.log_path if child else 'its log'})")
         time.sleep(0.05)
+
+
+LISTEN_PORTS = range(20000, 32768)  # below Linux's ephemeral range (32768-60999)
+
+
+def free_port() -> int:
+    """A port nothing listens on now, for a server about to start. Taken below the
+    ephemeral range: a port the kernel handed out (bind to 0) may be given to some
+    outgoing connection before a slow server (a JVM) binds it (seen once: Kafka's
+    "Address already in use" in a test run)."""
+    for _ in range(200):
+        port = random.choice(LISTEN_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError("no free port below the ephemeral range")

@@ -82,7 +82,9 @@ class Projector:
         one bad fact never stalls the projection. Refusals are sent once, after the
         attempt that stands."""
         refusals: list[tuple[Record, str]] = []
-        self._pending = {}  # a batch written again (after an outage) starts afresh
+        if self._pending:  # the last attempt never got to its commit hook: whether it
+            self.folded.clear()  # committed is unknown (a connection lost in COMMIT)
+        self._pending = {}
         try:
             with conn.transaction():
                 self._project_records(conn, batch.events, refusals, pipelined=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -25,7 +24,15 @@ from novalog import embedded
 from novalog.db import check_database, ensure_schema
 from novalog.embedded.postgres import embedded_database_url, prepare_postgres
 from novalog.kafka import Topics, check_broker, ensure_topics, wait_for_brokers
-from novalog.process import Child, ProcessSpec, spawn, stop_child, tcp_answers, wait_until
+from novalog.process import (
+    Child,
+    ProcessSpec,
+    free_port,
+    spawn,
+    stop_child,
+    tcp_answers,
+    wait_until,
+)
 from novalog.settings import Settings
 
 needs_java = pytest.mark.skipif(
@@ -66,10 +73,6 @@ def cli(env: dict[str, str], *args: str, timeout: float = 300,
                           capture_output=True, text=True, timeout=timeout)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _docker_answers() -> bool:

@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import psycopg
 
 from novalog.client import NovalogClient
 from novalog.migrations import drop_schemas
+from novalog.process import free_port
 from novalog.roles import plan
 from novalog.settings import Settings
 from novalog.stack import Supervisor, prepare_cloud
@@ -49,11 +49,6 @@ def bench_fleets(hosts: int) -> int:
     return -(-hosts // HOSTS_PER_FLEET)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

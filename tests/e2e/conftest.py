@@ -23,10 +23,11 @@ from cryptography.fernet import Fernet
 
 from novalog.client import NovalogClient
 from novalog.kafka import EventProducer, Topics, scan_topic
+from novalog.process import free_port
 from novalog.publish import Publisher
 from novalog.settings import Settings
 from schemas import Event, SerializationError, decode
-from tests.conftest import Infra, free_port
+from tests.conftest import Infra
 
 
 @dataclass

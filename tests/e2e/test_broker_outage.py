@@ -18,9 +18,9 @@ import pytest
 
 from novalog.embedded import kafka_node
 from novalog.kafka import wait_for_brokers
-from novalog.process import spawn, stop_child
+from novalog.process import free_port, spawn, stop_child
 from novalog.settings import Settings
-from tests.conftest import Infra, free_port, needs_java
+from tests.conftest import Infra, needs_java
 from tests.e2e.conftest import running_cloud
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, needs_java]

@@ -20,9 +20,9 @@ from confluent_kafka.admin import AdminClient
 
 from novalog.embedded import kafka_node
 from novalog.kafka import wait_for_brokers
-from novalog.process import Child, spawn, stop_child
+from novalog.process import Child, free_port, spawn, stop_child
 from novalog.settings import Settings
-from tests.conftest import Infra, free_port, needs_java
+from tests.conftest import Infra, needs_java
 from tests.e2e.conftest import assert_one_of_everything, running_cloud
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, needs_java]

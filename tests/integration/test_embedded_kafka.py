@@ -17,9 +17,9 @@ import pytest
 from novalog import embedded
 from novalog.embedded import kafka_node
 from novalog.migrations import bind_log, log_binding, migrate
-from novalog.process import StackError
+from novalog.process import StackError, free_port
 from novalog.settings import Settings
-from tests.conftest import Infra, cli, free_port, needs_java
+from tests.conftest import Infra, cli, needs_java
 from tests.integration.test_stack import _no_process_uses
 
 pytestmark = [pytest.mark.integration]

@@ -16,7 +16,8 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import cli, free_port
+from novalog.process import free_port
+from tests.conftest import cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
