@@ -117,10 +117,11 @@ class InstanceBatch:
             self.conn.execute(
                 "INSERT INTO instance_events (event_id, instance_uuid, event_type, "
                 "occurred_at, vm_state, task_state, producer, request_id, payload, raw) "
-                "SELECT e, i, t, o, v, k, p, r, j, b FROM unnest(%s::text[], %s::text[], "
-                "%s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::text[], "
-                "%s::text[], %s::jsonb[], %s::bytea[]) WITH ORDINALITY AS x(e, i, t, o, v, k, "
-                "p, r, j, b, n) ORDER BY n ON CONFLICT (event_id) DO NOTHING",
+                "SELECT e, i, t, o, v, k, p, r, j, b FROM unnest(%b::text[], %b::text[], "
+                "%b::text[], %b::timestamptz[], %b::text[], %b::text[], %b::text[], "
+                "%b::text[], %b::jsonb[], %b::bytea[]) WITH ORDINALITY AS x(e, i, t, o, v, k, "
+                "p, r, j, b, n) ORDER BY n ON CONFLICT (event_id) DO NOTHING",  # binary arrays:
+                # no per-element quoting in Python (bytea's hex text was the costliest)
                 [list(column) for column in zip(*self.rows, strict=True)])
             self.rows.clear()
         for uuid in self.touched:
