@@ -339,8 +339,8 @@ class CommitOffsets:
         assert runner.producer is not None, "a reactor publishes"
         runner.producer.flush_all(f"{runner.name} waits for the broker")
         crash_point("consume.after_flush")
-        if self.after_flush is not None:
-            self.after_flush()
+        if self.after_flush is not None:  # Postgres work too: an outage is waited out
+            through_outages(f"{runner.name} after its flush", self.after_flush)
         if self.inbox is not None and fresh.events:
             inbox, keys = self.inbox, [(r.topic, e.event_id) for r, e in fresh.events]
             through_outages(f"{runner.name} records its inbox", lambda: inbox.record(keys))
@@ -388,17 +388,18 @@ class TrackOffsets:
     seeks = True
 
     def __init__(self, pool: ConnectionPool, *, committed: Callable[[], None] | None = None,
-                 assigned: Callable[[], None] | None = None) -> None:
-        """`committed`: runs after each batch's transaction commits; `assigned`: when
-        partitions are (re)assigned, before the offsets are read (what the handler keeps
-        in memory about its partitions may be stale then)."""
+                 stale: Callable[[], None] | None = None) -> None:
+        """`committed`: runs after each batch's transaction commits; `stale`: when
+        what the handler keeps in memory about its partitions may be stale (partitions
+        (re)assigned, or written by another member since this one last did)."""
         self.pool = pool
         self.committed = committed
-        self.assigned = assigned
+        self.stale = stale
+        self.written: Offsets = {}  # the next offsets this member itself committed
 
     def starting_offsets(self) -> Offsets:
-        if self.assigned is not None:
-            self.assigned()
+        if self.stale is not None:
+            self.stale()
         with self.pool.connection() as conn:
             rows = conn.execute("SELECT topic, partition, next_offset FROM projector_offsets"
                                 ).fetchall()
@@ -421,6 +422,16 @@ class TrackOffsets:
                 "SELECT pg_advisory_xact_lock(hashtextextended(format('%%s/%%s/%%s', "
                 "current_schema(), t, p), 0)) FROM (SELECT t, p FROM unnest(%s::text[], "
                 "%s::int[]) AS k(t, p) ORDER BY t, p) AS ordered", (list(topics), list(parts)))
+            # under the locks: has another member written these partitions since this one
+            # last did (a group member dropped and replaced while it waited out an
+            # outage)? Then what the handler keeps in memory about them is stale.
+            stored = {(t, p): o for t, p, o in conn.execute(
+                "SELECT topic, partition, next_offset FROM projector_offsets JOIN "
+                "unnest(%s::text[], %s::int[]) AS k(topic, partition) USING (topic, partition)",
+                (list(topics), list(parts)))}
+            if self.stale is not None and any(
+                    stored.get(k) != self.written.get(k) for k in batch.last):
+                self.stale()
             handle(batch, conn)
             # dead letters are acknowledged before the offsets are stored, but never waited
             # for with the rows locked: an unacknowledged flush rolls the batch back, and
@@ -433,6 +444,8 @@ class TrackOffsets:
                 "next_offset = GREATEST(projector_offsets.next_offset, excluded.next_offset)",
                 [(t, p, o + 1) for (t, p), o in batch.last.items()])
             crash_point("projector.before_commit")
+        for (t, p), o in batch.last.items():  # committed: what this member wrote last
+            self.written[(t, p)] = max(o + 1, self.written.get((t, p), 0))
         if self.committed is not None:
             self.committed()
 

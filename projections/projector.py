@@ -54,7 +54,7 @@ class Projector:
         self.folded = FoldCache()
         self._pending: dict[str, Instance] = {}  # states of this batch, cached once committed
         self.checkpoint = TrackOffsets(pool, committed=self._committed,
-                                       assigned=self.folded.clear)
+                                       stale=self.folded.clear)
         self.runner: Runner[Connection[Any]] = Runner(
             settings, name=group_id, topics=[topics.instances, topics.hosts, topics.catalog,
                                      topics.volumes],

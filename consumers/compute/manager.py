@@ -495,15 +495,14 @@ class ComputeManager(VolumeOps):
         still queued, and the re-delivered command, finding no claim, would not resend
         them; dropped after, a re-delivered command finds the claim and repeats them.
         Then the batch's report of usage, if one is due."""
-        due, self._report_due = self._report_due, None
-        if not self._releasing:
-            if due is not None:
-                self.report_resources(cause=due)
-            return
-        for uuid in sorted(self._releasing):
-            self.tracker.release(uuid)
-        self._releasing.clear()
-        self.report_resources(cause=due)
+        if self._releasing:
+            for uuid in sorted(self._releasing):
+                self.tracker.release(uuid)
+            self._releasing.clear()
+            self.report_resources(cause=self._report_due)
+        elif self._report_due is not None:
+            self.report_resources(cause=self._report_due)
+        self._report_due = None  # only once sent: a retry after an outage sends it then
 
     # -- delete ----------------------------------------------------------------------------
     def terminate_instance(self, event: Event) -> None:
