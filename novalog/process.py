@@ -140,10 +140,6 @@ def free_port() -> int:
     "Address already in use" in a test run)."""
     for _ in range(200):
         port = random.choice(LISTEN_PORTS)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+        if port_free("127.0.0.1", port):
             return port
     raise OSError("no free port below the ephemeral range")

@@ -104,3 +104,11 @@ def test_cli_verbs_learn_the_broker_kind_of_the_running_stack(tmp_path: Path) ->
     assert (found.kafka_bootstrap_servers, found.broker) == ("127.0.0.1:1", "tansu")
     assert found.trusts_watermarks is False
     assert with_running_stack(Settings(home=tmp_path, broker="kafka")).broker == "kafka"
+
+
+def test_the_broker_jit_setting_reaches_the_jvm() -> None:
+    assert "-XX:TieredStopAtLevel=1" in kafka_node.jvm_flags("c1")
+    assert not any(f.startswith("-XX:TieredStopAtLevel") for f in kafka_node.jvm_flags("c2"))
+    node = kafka_node.single_node(Settings.from_env({"NOVALOG_BROKER_JIT": "c2"}))
+    assert node.jit == "c2"
+

@@ -35,6 +35,7 @@ def test_overrides_round_trip_through_a_child_environment() -> None:
     ({"NOVALOG_DB_SCHEMA": "Robert'); DROP"}, "NOVALOG_DB_SCHEMA="),
     ({"NOVALOG_FETCH_WAIT_MS": "0"}, "NOVALOG_FETCH_WAIT_MS=0 is outside 1..10000"),
     ({"NOVALOG_LINGER_MS": "soon"}, "NOVALOG_LINGER_MS='soon' is not an integer"),
+    ({"NOVALOG_BROKER_JIT": "c3"}, "NOVALOG_BROKER_JIT='c3': use c1 or c2"),
 ])
 def test_bad_values_are_refused_with_the_variable_named(env: dict[str, str],
                                                         message: str) -> None:
