@@ -127,8 +127,9 @@ class Conductor:
                             moving=False)
         log.info("[instance: %s] build_and_run_instance cast to %s (attempt %d)", uuid,
                  p["host"], p["attempt"])
-        # the record first, then the cast: without transactions (Tansu) a host may answer
-        # before the batch is flushed, and the log should still read in causal order
+        # the record first, then the cast, so the log reads in causal order; a leader failover
+        # between the two can still let the host's answers in first (the fold absorbs a late
+        # record: novalog.domain.instance.LATE_RECORDS)
         self.pub.emit(self.topics.instances, "InstanceBuildDispatched", uuid,
                       payloads.InstanceBuildDispatched(host=p["host"], node=p["node"],
                                                        attempt=p["attempt"]), cause=event)

@@ -123,6 +123,12 @@ ATTEMPT_EVENTS = {
     "InstanceSpawned", "InstanceBuildFailed", *BUILD_STEPS,
 }
 
+# Records that change nothing and whose successors come from another producer. The
+# conductor writes InstanceBuildDispatched, then casts the build to the host's topic; when
+# the instances partition's leader fails over between the two, the host's claim and spawn
+# (its own producer) can reach the log first. A build that already ended absorbs it.
+LATE_RECORDS = frozenset({"InstanceBuildDispatched"})
+
 
 def created(event: Event) -> Instance:
     """The state right after InstanceBuildRequested."""
@@ -156,6 +162,8 @@ def apply(state: Instance | None, event: Event) -> Instance:
     if lifecycle is not None:
         return lifecycle(moved, event)
     if state.vm_state != s.BUILDING:
+        if kind in LATE_RECORDS:
+            return replace(state, events_applied=moved.events_applied)
         raise TransitionError(f"{kind} for instance {state.uuid} in vm_state {state.vm_state}")
     if kind in ATTEMPT_EVENTS and event.payload["attempt"] != state.attempt:
         return replace(state, events_applied=state.events_applied + 1)  # stale attempt

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -434,3 +435,20 @@ def test_a_pending_delete_wins_over_an_evacuation_and_a_move_is_never_replaced()
     other = {**migration("evacuation", FLAVOR), "migration_id": "m-2"}
     again = apply(live, c.ev("InstanceMigrationStarted", migration=other))
     assert again.migration == live.migration  # the open move stays the one in the state
+
+
+def test_a_late_dispatch_record_after_the_build_ended_changes_nothing() -> None:
+    """The conductor's record of its cast and the host's answers come from two producers:
+    a leader failover between them lets the answers reach the log first (seen in the
+    3-broker leader-kill test). Other late build facts are still refused."""
+    c = Clock()
+    scheduled, dispatched, claimed = attempt(c, "cmp1")
+    active = fold([requested(c), scheduled, claimed, *build(c, "cmp1")])
+    assert active is not None and active.vm_state == s.ACTIVE
+    after = apply(active, dispatched)
+    assert after == replace(active, events_applied=active.events_applied + 1)
+    errored = fold([requested(c), scheduled,
+                    c.ev("InstanceErrored", code=500, message="x", details=None)])
+    assert errored is not None and apply(errored, dispatched).vm_state == errored.vm_state
+    with pytest.raises(TransitionError, match="in vm_state active"):
+        apply(active, c.ev("InstanceNetworkAllocated", host="cmp1", attempt=1, ports=[]))
