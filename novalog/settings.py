@@ -275,12 +275,13 @@ class Settings:
 
     @property
     def fetch_wait(self) -> int:
-        """Consumers' fetch.wait.max.ms: NOVALOG_FETCH_WAIT_MS, else 20 on both brokers.
-        On Apache Kafka 500 measured better by `bench compare` on 2 cores (burst 1.17 x the
-        boots/s, serial p50 0.87 x), but one run of the 3-broker leader-kill test with it
-        had the network role receive nothing for 4 minutes after the kill (two reruns
-        passed): not the default until that is understood (README "Latency settings")."""
-        return self.fetch_wait_ms if self.fetch_wait_ms is not None else 20
+        """Consumers' fetch.wait.max.ms: NOVALOG_FETCH_WAIT_MS, else 500 on Apache Kafka and
+        20 on Tansu. Kafka answers a waiting fetch as soon as a record arrives, so the long
+        wait costs no latency and spares the broker empty fetches; Tansu often answers only
+        when the wait runs out (README "Latency settings")."""
+        if self.fetch_wait_ms is not None:
+            return self.fetch_wait_ms
+        return 20 if self.broker == "tansu" else 500
 
     @property
     def trusts_watermarks(self) -> bool:

@@ -153,9 +153,12 @@ def test_simulated_hosts_are_spread_over_fleets_in_contiguous_runs() -> None:
     assert alone == ["compute-cmp1", "compute-cmp2"]
 
 
-def test_the_fetch_wait_is_20_unless_set_and_reaches_the_roles() -> None:
-    assert Settings.from_env({}).fetch_wait == 20
+def test_the_fetch_wait_is_500_on_kafka_20_on_tansu_unless_set_and_reaches_the_roles() -> None:
+    assert Settings.from_env({}).fetch_wait == 500
+    assert Settings.from_env({"NOVALOG_BROKER": "kafka"}).fetch_wait == 500
     assert Settings.from_env({"NOVALOG_BROKER": "tansu"}).fetch_wait == 20
+    assert Settings.from_env({"NOVALOG_BROKER": "tansu",
+                              "NOVALOG_FETCH_WAIT_MS": "5"}).fetch_wait == 5
     assert Settings.from_env({"NOVALOG_FETCH_WAIT_MS": "500"}).fetch_wait == 500
     child = Settings.from_env(Settings.from_env({"NOVALOG_FETCH_WAIT_MS": "500"}).as_env())
     assert child.fetch_wait == 500  # a role gets what `up` was given
