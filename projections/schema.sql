@@ -79,6 +79,44 @@ CREATE TABLE IF NOT EXISTS instance_action_events (
     PRIMARY KEY (instance_uuid, request_id, event, attempt)
 );
 
+-- The instance-action steps of one projector batch, in log order: one call instead of a
+-- statement per step (projections/writers.py, _Actions). p_kinds: begin | start | finish | end.
+CREATE OR REPLACE FUNCTION apply_instance_actions(
+    p_kinds text[], p_uuids text[], p_requests text[], p_names text[], p_projects text[],
+    p_users text[], p_attempts int[], p_hosts text[], p_at timestamptz[], p_results text[],
+    p_details text[]) RETURNS void LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+    FOR i IN 1 .. coalesce(array_length(p_kinds, 1), 0) LOOP
+        CASE p_kinds[i]
+        WHEN 'begin' THEN
+            INSERT INTO instance_actions (instance_uuid, request_id, action, project_id,
+                                          user_id, start_time)
+            VALUES (p_uuids[i], p_requests[i], p_names[i], p_projects[i], p_users[i], p_at[i])
+            ON CONFLICT DO NOTHING;
+        WHEN 'start' THEN
+            INSERT INTO instance_action_events (instance_uuid, request_id, event, attempt, host,
+                                                start_time)
+            VALUES (p_uuids[i], p_requests[i], p_names[i], p_attempts[i], p_hosts[i], p_at[i])
+            ON CONFLICT DO NOTHING;
+        WHEN 'finish' THEN
+            -- an upsert: the host's answer can reach the log before the conductor's
+            -- dispatch that starts the step, and then the late start changes nothing
+            INSERT INTO instance_action_events AS e (instance_uuid, request_id, event, attempt,
+                                                     host, start_time, finish_time, result,
+                                                     details)
+            VALUES (p_uuids[i], p_requests[i], p_names[i], p_attempts[i], p_hosts[i], p_at[i],
+                    p_at[i], p_results[i], p_details[i])
+            ON CONFLICT (instance_uuid, request_id, event, attempt) DO UPDATE SET
+                finish_time = excluded.finish_time, result = excluded.result,
+                details = excluded.details, host = COALESCE(excluded.host, e.host)
+            WHERE e.finish_time IS NULL;
+        WHEN 'end' THEN
+            UPDATE instance_actions SET finish_time = p_at[i], message = p_details[i]
+            WHERE instance_uuid = p_uuids[i] AND request_id = p_requests[i];
+        END CASE;
+    END LOOP;
+END $$;
+
 CREATE TABLE IF NOT EXISTS compute_nodes (
     host                  text PRIMARY KEY,
     node                  text        NOT NULL,

@@ -494,17 +494,19 @@ _TIMES = ("created_at", "updated_at", "launched_at", "terminated_at")
 _FIELDS = fields(Instance)
 
 
-def to_json(state: Instance) -> dict[str, Any]:
-    """A JSON-able dict (the projector stores it, and reads it back with from_json)."""
-    d = {f.name: getattr(state, f.name) for f in _FIELDS}  # not asdict: no deep copy,
-    for key in _TIMES:  # the JSON round trip below makes new objects anyway
+def state_json(state: Instance) -> str:
+    """The state as JSON text: what the projector stores, and from_json reads back."""
+    d = {f.name: getattr(state, f.name) for f in _FIELDS}  # not asdict: no deep copy
+    for key in _TIMES:
         d[key] = d[key].isoformat() if d[key] else None
     if d["fault"] and d["fault"].get("created"):
         d["fault"] = {**d["fault"], "created": d["fault"]["created"].isoformat()}
-    d["ports"], d["disks"], d["tried_hosts"] = list(d["ports"]), list(d["disks"]), \
-        list(d["tried_hosts"])
-    d["security_groups"] = list(d["security_groups"])
-    out: dict[str, Any] = json.loads(json.dumps(d, default=str))
+    return json.dumps(d, default=str)  # (tuples go out as lists)
+
+
+def to_json(state: Instance) -> dict[str, Any]:
+    """The state as a JSON-able dict."""
+    out: dict[str, Any] = json.loads(state_json(state))
     return out
 
 
