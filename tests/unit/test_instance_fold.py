@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from novalog.domain import states as s
-from novalog.domain.instance import Instance, TransitionError, apply, fold
+from novalog.domain.instance import Instance, TransitionError, apply, evolve, fold
 from schemas import Event
 
 UUID = str(uuid.uuid4())
@@ -452,3 +452,13 @@ def test_a_late_dispatch_record_after_the_build_ended_changes_nothing() -> None:
     assert errored is not None and apply(errored, dispatched).vm_state == errored.vm_state
     with pytest.raises(TransitionError, match="in vm_state active"):
         apply(active, c.ev("InstanceNetworkAllocated", host="cmp1", attempt=1, ports=[]))
+
+
+def test_evolve_is_dataclasses_replace_for_the_fold() -> None:
+    state = fold([requested(Clock())])
+    assert state is not None
+    changed = evolve(state, vm_state=s.ACTIVE, task_state=None)
+    assert changed == replace(state, vm_state=s.ACTIVE, task_state=None)
+    assert (state.vm_state, state.task_state) == (s.BUILDING, s.SCHEDULING)  # untouched
+    with pytest.raises(TypeError, match="no field colour"):
+        evolve(state, colour="red")
