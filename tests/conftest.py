@@ -73,8 +73,6 @@ def cli(env: dict[str, str], *args: str, timeout: float = 300,
                           capture_output=True, text=True, timeout=timeout)
 
 
-
-
 def _docker_answers() -> bool:
     try:
         import docker  # type: ignore[import-untyped]

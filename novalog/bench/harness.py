@@ -49,8 +49,6 @@ def bench_fleets(hosts: int) -> int:
     return -(-hosts // HOSTS_PER_FLEET)
 
 
-
-
 @dataclass
 class Sample:
     at: float  # seconds since the sampler started

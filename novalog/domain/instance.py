@@ -519,12 +519,6 @@ def state_json(state: Instance) -> str:
     return json.dumps(d, default=str)  # (tuples go out as lists)
 
 
-def to_json(state: Instance) -> dict[str, Any]:
-    """The state as a JSON-able dict."""
-    out: dict[str, Any] = json.loads(state_json(state))
-    return out
-
-
 def from_json(d: dict[str, Any]) -> Instance:
     d = dict(d)
     for key in _TIMES:
